@@ -1,0 +1,51 @@
+# Two commands do all the set-up: `make demo` and `make test` (each creates .venv if missing).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+PIP    := $(BIN)/pip --disable-pip-version-check -q
+
+.PHONY: demo test test-fast lint typecheck format ui clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# torch first and exactly 2.13.0: a bare "torch" requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e .
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/husai extract --preset quick
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check husai tests benchmarks
+	$(BIN)/ruff format --check husai tests benchmarks
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy
+
+format: $(DEV_STAMP)
+	$(BIN)/ruff check --fix husai tests benchmarks
+	$(BIN)/ruff format husai tests benchmarks
+
+# The whole suite, slow tests (real training, mlflow run) included: what CI runs.
+test: lint typecheck
+	$(BIN)/pytest
+
+# For iterating: skips the slow tests.
+test-fast: $(DEV_STAMP)
+	$(BIN)/pytest -m "not slow"
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

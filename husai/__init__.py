@@ -1,0 +1,12 @@
+"""HUSAI: are sparse-autoencoder features reproducible across random seeds?
+
+An MLflow-tracked experiment registry: a modular-addition transformer, SAEs trained on its
+activations with many seeds, cross-seed stability against matched random baselines, Ray Tune
+sweeps and a release gate on the MLflow Model Registry. See README.md for how to run it.
+"""
+
+__version__ = "0.1.0"
+
+# Bumped whenever the definition of a metric or gate changes, so that runs measured under
+# different definitions are never compared silently (tagged on every run).
+metric_version = 1

@@ -1,0 +1,209 @@
+"""Activations of the base model at one hook and position, split and cached by content hash.
+
+Every p^2 pair goes through the model; the activation at the hook and position is one row. Rows
+are split into SAE-train and SAE-eval (held out; every reconstruction number uses these) with
+an explicit seed. The cache key is a hash of (base model run and version, hook, position, split
+seed, eval share): a hit is found on disk or, failing that, in the MLflow run that logged it.
+
+    python -m husai extract --preset quick
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from husai import names
+from husai.config import ActivationsConfig, ConfigError, ExperimentConfig, InputError, stable_hash
+from husai.data import make_modular_data, split_indices
+from husai.data.modular import SEQ_LEN
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from husai.base_model import BaseModelHandle
+    from husai.tracking import Tracker
+
+ACTS_FILE = "acts.safetensors"
+META_FILE = "meta.json"
+CACHE_FORMAT = 1  # bump when the file layout changes; it is part of every key
+
+
+class ActivationCacheError(InputError):
+    """A cached activation file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ActivationSet:
+    """Rows of activations; `*_rows` index the p^2 pairs (a = row // p, b = row % p)."""
+
+    key: str
+    p: int
+    hook: str
+    position: int
+    train: torch.Tensor  # [n_train, d_in] float32
+    eval: torch.Tensor  # [n_eval, d_in] float32, held out
+    train_rows: torch.Tensor  # [n_train] int64
+    eval_rows: torch.Tensor  # [n_eval] int64
+
+    @property
+    def d_in(self) -> int:
+        return int(self.train.shape[1])
+
+
+@dataclass(frozen=True)
+class ActivationsHandle:
+    acts: ActivationSet
+    run_id: str
+    cache_hit: bool
+    source: str  # "disk", "mlflow" or "computed"
+    path: Path
+
+
+def cache_root() -> Path:
+    """$HUSAI_CACHE_DIR, else <project>/mlruns/cache (git-ignored, beside the local store)."""
+    env = os.environ.get("HUSAI_CACHE_DIR")
+    if env:
+        return Path(env)
+    from husai.tracking import project_root
+
+    return project_root() / "mlruns" / "cache"
+
+
+def activation_key(base: BaseModelHandle, cfg: ActivationsConfig) -> str:
+    return stable_hash(
+        {
+            "format": CACHE_FORMAT,
+            "base_run_id": base.run_id,
+            "base_version": base.version,
+            "base_hash": base.config.base_hash(),
+            "hook": cfg.hook,
+            "position": cfg.position,
+            "split_seed": cfg.split_seed,
+            "eval_frac": cfg.eval_frac,
+        }
+    )
+
+
+def check_hook(cfg: ExperimentConfig) -> None:
+    """Fail before any training when the hook does not exist in the configured model."""
+    from husai.base_model import build_model
+
+    hooks = build_model(cfg.task, cfg.base).hook_dict
+    if cfg.activations.hook not in hooks:
+        near = [h for h in hooks if h.startswith("blocks.0.hook_")]
+        raise ConfigError(
+            f"activations.hook: {cfg.activations.hook!r} is not a hook of this model "
+            f"(e.g. {', '.join(near[:4])})"
+        )
+
+
+def extract(
+    model: HookedTransformer, p: int, cfg: ActivationsConfig, key: str, batch: int = 4096
+) -> ActivationSet:
+    data = make_modular_data(p)
+    chunks = []
+    with torch.no_grad():
+        for i in range(0, len(data), batch):
+            _, cache = model.run_with_cache(
+                data.tokens[i : i + batch], names_filter=cfg.hook, return_type=None
+            )
+            act = cache[cfg.hook][:, cfg.position % SEQ_LEN]
+            chunks.append(act.reshape(act.shape[0], -1).float())  # heads flattened for hook_z etc.
+    rows = torch.cat(chunks)
+    train_rows, eval_rows = split_indices(len(data), 1.0 - cfg.eval_frac, cfg.split_seed)
+    return ActivationSet(
+        key=key,
+        p=p,
+        hook=cfg.hook,
+        position=cfg.position,
+        train=rows[train_rows].contiguous(),
+        eval=rows[eval_rows].contiguous(),
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+    )
+
+
+def save_activations(acts: ActivationSet, directory: Path) -> Path:
+    """Write atomically: a half-written cache entry is never visible under its key."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    save_file(
+        {
+            "train": acts.train,
+            "eval": acts.eval,
+            "train_rows": acts.train_rows,
+            "eval_rows": acts.eval_rows,
+        },
+        str(tmp / ACTS_FILE),
+    )
+    meta = {"key": acts.key, "p": acts.p, "hook": acts.hook, "position": acts.position}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    try:
+        tmp.rename(directory)
+    except OSError:  # another process finished the same entry first; theirs is as good
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
+    meta_path, acts_path = directory / META_FILE, directory / ACTS_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(acts_path))
+        acts = ActivationSet(
+            key=meta["key"],
+            p=int(meta["p"]),
+            hook=meta["hook"],
+            position=int(meta["position"]),
+            train=tensors["train"],
+            eval=tensors["eval"],
+            train_rows=tensors["train_rows"],
+            eval_rows=tensors["eval_rows"],
+        )
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise ActivationCacheError(
+            f"{directory}: corrupt activation cache entry ({type(e).__name__}: {e}); delete it "
+            "to recompute"
+        ) from None
+    if key is not None and acts.key != key:
+        raise ActivationCacheError(f"{meta_path}: holds key {acts.key}, expected {key}")
+    if acts.train.shape[0] != acts.train_rows.shape[0] or acts.eval.shape[0] != acts.eval_rows.shape[0]:
+        raise ActivationCacheError(f"{acts_path}: row counts do not match their indices")
+    return acts
+
+
+def get_or_extract(
+    cfg: ExperimentConfig, base: BaseModelHandle, tracker: Tracker, cache_dir: Path | None = None
+) -> ActivationsHandle:
+    """Cached activations for this base model and request, computing and logging on a miss."""
+    key = activation_key(base, cfg.activations)
+    path = (cache_dir or cache_root()) / "activations" / key
+    run_ids = tracker.find_runs(names.EXPERIMENT_ACTIVATIONS, {names.PARAM_ACTIVATION_KEY: key})
+    if path.exists():
+        acts, source = load_activations(path, key), "disk"
+    elif run_ids:
+        with tempfile.TemporaryDirectory() as tmp:
+            fetched = tracker.download(run_ids[0], names.ARTIFACT_ACTIVATIONS, Path(tmp))
+            save_activations(load_activations(fetched, key), path)
+        acts, source = load_activations(path, key), "mlflow"
+    else:
+        acts = extract(base.model, cfg.task.p, cfg.activations, key)
+        save_activations(acts, path)
+        source = "computed"
+    hit = source != "computed"
+    if run_ids:
+        run_id = run_ids[0]
+        tracker.note_reuse({names.TAG_CACHE: "hit", names.PARAM_ACTIVATION_KEY: key}, run_id)
+    else:
+        run_id = tracker.record_activations(cfg, base, acts, path, cache_hit=hit)
+    return ActivationsHandle(acts=acts, run_id=run_id, cache_hit=hit, source=source, path=path)

@@ -1,0 +1,115 @@
+"""The `husai` command (also `python -m husai`); MLproject has one entry point per subcommand.
+
+    husai train-base --preset quick          # train (or reuse) the base model, register husai-base
+    husai extract --config my.yaml           # base model + cached, logged activations
+
+Bad input (config, checkpoint, cache entry) exits 2 with one line naming the file and field,
+before any compute and before any run is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from husai.config import PRESETS, ExperimentConfig, InputError, resolve
+
+EXIT_BAD_INPUT = 2
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=str, default="", help="experiment YAML (wins over --preset)")
+    p.add_argument(
+        "--preset", type=str, default="quick", choices=PRESETS, help="shipped experiment preset"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        type=str,
+        default="",
+        help="MLflow store; default $MLFLOW_TRACKING_URI or sqlite:///<project>/mlruns/mlflow.db",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="husai", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMAND_HELP.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+    return parser
+
+
+COMMAND_HELP = {
+    "train-base": "train the modular-addition transformer, or reuse the registered one",
+    "extract": "cache and log the base model's activations (trains the base model if needed)",
+}
+
+
+def _ui_hint(uri: str) -> str:
+    return f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}"
+
+
+def _print_base(handle) -> None:  # type: ignore[no-untyped-def]
+    verdict = "generalised" if handle.generalised else "DID NOT GENERALISE (memorised or undertrained)"
+    how = "reused (same config hash, no training)" if handle.reused else "trained and registered"
+    print(
+        f"husai-base version {handle.version} {how}: held-out accuracy "
+        f"{handle.test_acc:.4f}, {verdict}; run {handle.run_id}"
+    )
+
+
+def cmd_train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    from husai import names
+    from husai.base_model import get_or_train
+    from husai.tracking import Tracker
+
+    tracker = Tracker(args.tracking_uri or None)
+    handle = get_or_train(cfg, tracker)
+    if handle.reused:
+        tracker.note_reuse({names.TAG_REUSED_VERSION: handle.version}, handle.run_id)
+    _print_base(handle)
+    print(_ui_hint(tracker.uri))
+    return 0
+
+
+def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    from husai.activations import check_hook, get_or_extract
+    from husai.base_model import get_or_train
+    from husai.tracking import Tracker
+
+    check_hook(cfg)
+    tracker = Tracker(args.tracking_uri or None)
+    base = get_or_train(cfg, tracker)
+    _print_base(base)
+    handle = get_or_extract(cfg, base, tracker)
+    acts = handle.acts
+    state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
+    print(
+        f"activations {acts.key} at {acts.hook} pos {acts.position}: {state}; "
+        f"{acts.train.shape[0]} train + {acts.eval.shape[0]} held-out rows, d_in {acts.d_in}; "
+        f"run {handle.run_id}"
+    )
+    print(_ui_hint(tracker.uri))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[ExperimentConfig, argparse.Namespace], int]] = {
+    "train-base": cmd_train_base,
+    "extract": cmd_extract,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = resolve(Path(args.config) if args.config else None, args.preset)
+        return COMMANDS[args.command](cfg, args)
+    except InputError as e:
+        print(f"husai {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

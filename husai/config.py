@@ -1,0 +1,216 @@
+"""Typed experiment configs, YAML loading and the config hash.
+
+A config file is YAML with the sections below; any field left out takes its default, and
+`preset: quick` (or `paper`) starts from a shipped preset that the rest of the file overrides:
+
+    preset: quick
+    task: {p: 59}
+    activations: {split_seed: 3}
+
+Every model forbids unknown fields, so a misspelled key is an error that names it and the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PRESETS = ("quick", "paper")
+
+
+class InputError(ValueError):
+    """Bad input (config, checkpoint, cache entry): the CLI prints it as one line and exits 2."""
+
+
+class ConfigError(InputError):
+    """A config that cannot be used; the message is one line naming the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+class TaskConfig(_Strict):
+    """Modular addition c = (a + b) mod p on inputs [a, b, =]."""
+
+    p: int = Field(113, description="prime modulus; the vocabulary is p numbers plus '='")
+    train_frac: float = Field(0.3, description="share of all p^2 pairs the base model trains on")
+    data_seed: int = Field(0, description="seed of the base model's train/test split of pairs")
+
+    @field_validator("p")
+    @classmethod
+    def _prime(cls, p: int) -> int:
+        if p < 3 or not _is_prime(p):
+            raise ValueError(f"must be a prime >= 3, got {p}")
+        return p
+
+    @field_validator("train_frac")
+    @classmethod
+    def _frac(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"must lie strictly between 0 and 1, got {v}")
+        return v
+
+
+class BaseModelConfig(_Strict):
+    """The HookedTransformer and its full-batch AdamW training (shared/DESIGN.md 4.1)."""
+
+    n_layers: int = Field(1, ge=1, le=2, description="transformer blocks (1 or 2)")
+    d_model: int = Field(128, ge=8, description="residual stream width")
+    n_heads: int = Field(4, ge=1, description="attention heads; d_head = d_model / n_heads")
+    d_mlp: int = Field(512, ge=8, description="MLP hidden width")
+    act_fn: Literal["relu", "gelu"] = Field("relu", description="MLP activation")
+    layernorm: bool = Field(False, description="use LayerNorm (the default model has none)")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1.0, ge=0, description="AdamW weight decay (drives grokking)")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas")
+    max_steps: int = Field(30_000, ge=1, description="step budget of full-batch training")
+    target_test_acc: float = Field(
+        0.99, gt=0, le=1, description="stop once held-out accuracy reaches this"
+    )
+    eval_every: int = Field(50, ge=1, description="steps between logged curve points")
+    init_seed: int = Field(0, description="seed of the weight initialisation")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> BaseModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"n_heads: {self.n_heads} does not divide d_model {self.d_model}"
+            )
+        return self
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class ActivationsConfig(_Strict):
+    """Which activations the SAEs see and how they are split (shared/DESIGN.md 4.2)."""
+
+    hook: str = Field("blocks.0.hook_resid_post", description="TransformerLens hook name")
+    position: int = Field(-1, ge=-3, le=2, description="token position; -1 is the '=' read-out")
+    eval_frac: float = Field(0.2, description="share of rows held out for every SAE metric")
+    split_seed: int = Field(0, description="seed of the SAE-train / SAE-eval row split")
+
+    @field_validator("eval_frac")
+    @classmethod
+    def _frac(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"must lie strictly between 0 and 1, got {v}")
+        return v
+
+
+class ExperimentConfig(_Strict):
+    """Everything one experiment needs; sections are filled in by later stages of the pipeline."""
+
+    name: str = Field("custom", min_length=1, description="label for runs made from this config")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    base: BaseModelConfig = Field(default_factory=BaseModelConfig)
+    activations: ActivationsConfig = Field(default_factory=ActivationsConfig)
+
+    def base_hash(self) -> str:
+        """Identity of the base model: the task and the model/training settings, nothing else."""
+        return stable_hash({"task": self.task, "base": self.base})
+
+    def config_hash(self) -> str:
+        return stable_hash(self)
+
+
+def stable_hash(obj: Any) -> str:
+    """16 hex chars of sha256 over canonical JSON; key order and float repr cannot change it."""
+
+    def plain(o: Any) -> Any:
+        if isinstance(o, BaseModel):
+            return plain(o.model_dump(mode="json"))
+        if isinstance(o, dict):
+            return {k: plain(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [plain(v) for v in o]
+        return o
+
+    text = json.dumps(plain(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _format_validation(source: str, err: ValidationError) -> str:
+    errors = err.errors()
+    first = errors[0]
+    field = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (misspelled?)"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {field}: {msg}{more}"
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    text = resources.files("husai.presets").joinpath(f"{name}.yaml").read_text()
+    return _read_yaml(text, f"preset {name}")
+
+
+def from_dict(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    data = dict(data)
+    preset = data.pop("preset", None)
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise ConfigError(f"{source}: preset: must be a preset name, got {preset!r}")
+        data = _deep_merge(preset_dict(preset), data)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(source, e)) from None
+
+
+def load(path: str | Path) -> ExperimentConfig:
+    """Read and validate a config file; every problem is a one-line ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    return from_dict(_read_yaml(text, str(path)), str(path))
+
+
+def load_preset(name: str) -> ExperimentConfig:
+    return from_dict({"preset": name}, f"preset {name}")
+
+
+def resolve(config: str | Path | None, preset: str | None) -> ExperimentConfig:
+    """A config file wins over a preset; with neither, the quick preset."""
+    if config:
+        return load(config)
+    return load_preset(preset or "quick")

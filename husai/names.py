@@ -1,0 +1,103 @@
+"""Every MLflow name HUSAI writes or reads: metric keys, params, tags, aliases, experiments.
+
+The metric keys are a public contract (shared/DESIGN.md section 5): users compare them in the
+MLflow UI and gates read them. Nothing else in the package spells an MLflow key as a literal.
+"""
+
+from __future__ import annotations
+
+# --- registered models and aliases ------------------------------------------------------------
+BASE_MODEL_NAME = "husai-base"
+SAE_MODEL_NAME = "husai-sae"
+ALIAS_CANDIDATE = "candidate"
+ALIAS_CHAMPION = "champion"
+
+# --- experiments --------------------------------------------------------------------------------
+EXPERIMENT_BASE = "husai-base"
+EXPERIMENT_ACTIVATIONS = "husai-activations"
+EXPERIMENT_GATES = "husai-gates"
+EXPERIMENT_SWEEP_PREFIX = "husai/"
+
+# --- tags on every run --------------------------------------------------------------------------
+TAG_CONFIG_HASH = "husai.config_hash"
+TAG_GIT_SHA = "husai.git_sha"
+TAG_METRIC_VERSION = "husai.metric_version"
+TAG_PACKAGE_PREFIX = "husai.pkg."  # + distribution name, e.g. husai.pkg.torch
+TAG_KIND = "husai.kind"  # what the run is: one of the KIND_* values below
+TAG_COMMAND = "husai.command"  # the CLI subcommand that made the run
+TAG_REUSED_RUN = "husai.reused_run"  # on a `mlflow run` run whose work was found already done
+TAG_REUSED_VERSION = "husai.reused_version"
+KIND_BASE = "base_model"
+KIND_ACTIVATIONS = "activations"
+
+# --- base model ---------------------------------------------------------------------------------
+BASE_TRAIN_LOSS = "base/train_loss"
+BASE_TEST_LOSS = "base/test_loss"
+BASE_TRAIN_ACC = "base/train_acc"
+BASE_TEST_ACC = "base/test_acc"
+BASE_TRAIN_SECONDS = "base/train_seconds"
+BASE_STEPS = "base/steps"
+TAG_P = "husai.p"
+TAG_GENERALISED = "husai.generalised"  # "true" / "false"
+TAG_OUTCOME = "husai.outcome"  # generalised / memorised / undertrained
+ARTIFACT_BASE_WEIGHTS = "weights"  # run artifact dir: model.safetensors + config.json
+ARTIFACT_BASE_MODEL = "model"  # the pyfunc (logged model) that is registered
+ARTIFACT_PLOTS = "plots"
+PLOT_BASE_CURVES = "base_curves.png"
+
+# --- activations --------------------------------------------------------------------------------
+PARAM_ACTIVATION_KEY = "activation_key"
+PARAM_BASE_VERSION = "base_version"
+PARAM_BASE_RUN_ID = "base_run_id"
+PARAM_HOOK = "hook"
+PARAM_POSITION = "position"
+PARAM_SPLIT_SEED = "split_seed"
+PARAM_EVAL_FRAC = "eval_frac"
+PARAM_D_IN = "d_in"
+ACT_N_TRAIN = "acts/n_train_rows"
+ACT_N_EVAL = "acts/n_eval_rows"
+TAG_CACHE = "husai.cache"  # "hit" / "miss"
+ARTIFACT_ACTIVATIONS = "activations"
+
+# --- reconstruction (seed runs; trial runs carry the mean over seeds) ---------------------------
+RECON_FVU = "recon/fvu"
+RECON_EV = "recon/ev"
+RECON_MSE = "recon/mse"
+RECON_L0 = "recon/l0"
+RECON_DEAD_FRAC = "recon/dead_frac"
+RECON_LOSS_RECOVERED = "recon/loss_recovered"
+
+# --- stability (trial runs) ---------------------------------------------------------------------
+STABILITY_BASES = (
+    "stability/mmcs",
+    "stability/pw_mcc",
+    "stability/shared_frac_0.5",
+    "stability/shared_frac_0.7",
+    "stability/shared_frac_0.9",
+)
+STABILITY_SUFFIXES = ("", "_random", "_delta", "_delta_lcb", "_step0")
+
+# --- consistency, stress, external --------------------------------------------------------------
+CONSISTENCY_ALIGNMENT = "consistency/alignment_to_ref"
+CONSISTENCY_EV_DROP = "consistency/ev_drop"
+STRESS_TRANSCODER_DELTA = "stress/transcoder_delta"
+STRESS_TRANSCODER_DELTA_LCB = "stress/transcoder_delta_lcb"
+STRESS_OOD_DROP = "stress/ood_drop"
+EXTERNAL_PROBE_DELTA = "external/probe_delta"
+EXTERNAL_PROBE_DELTA_LCB = "external/probe_delta_lcb"
+EXTERNAL_CONTRASTIVE_DELTA = "external/contrastive_delta"
+EXTERNAL_CONTRASTIVE_DELTA_LCB = "external/contrastive_delta_lcb"
+
+# --- training curves (seed runs, per step) ------------------------------------------------------
+TRAIN_PREFIX = "train/"
+
+
+def stability_key(base: str, suffix: str = "") -> str:
+    """`stability/pw_mcc` + `_delta_lcb` -> `stability/pw_mcc_delta_lcb`, checked against the contract."""
+    if base not in STABILITY_BASES or suffix not in STABILITY_SUFFIXES:
+        raise KeyError(f"not a stability metric: {base!r}{suffix!r}")
+    return base + suffix
+
+
+def package_tag(distribution: str) -> str:
+    return TAG_PACKAGE_PREFIX + distribution

@@ -1,0 +1,1 @@
+"""Shipped experiment presets (YAML), loaded by `husai.config.load_preset`."""

@@ -1,0 +1,37 @@
+"""Plots and reports: PNG figures that tracking logs next to the numbers they show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on clusters or CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:
+    from husai.base_model import BaseCurves
+
+
+def plot_base_curves(curves: BaseCurves, path: Path, title: str = "") -> Path:
+    """Loss (log scale) and accuracy, train vs held-out, against step."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(curves.steps, curves.train_loss, label="train")
+    ax_loss.plot(curves.steps, curves.test_loss, label="held-out")
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.legend()
+    ax_acc.plot(curves.steps, curves.train_acc, label="train")
+    ax_acc.plot(curves.steps, curves.test_acc, label="held-out")
+    ax_acc.axhline(0.99, color="grey", linestyle=":", linewidth=1, label="0.99")
+    ax_acc.set_ylim(0, 1.02)
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.legend()
+    fig.suptitle(f"Base model {title}".strip())
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

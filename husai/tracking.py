@@ -1,0 +1,400 @@
+"""Every MLflow call HUSAI makes: the store, runs, params, metrics, artifacts, registry, aliases.
+
+Training and evaluation code returns dataclasses; this module records them. The default store is
+`sqlite:///<project>/mlruns/mlflow.db` with artifacts in `<project>/mlruns/artifacts`; an explicit
+`--tracking-uri` or `MLFLOW_TRACKING_URI` points at another store or a tracking server.
+Runs are created through an explicit `MlflowClient`, so several runs can be open in one process
+(sweep > trial > seed) without MLflow's global active-run stack.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+import husai
+from husai import names
+
+if TYPE_CHECKING:
+    from husai.activations import ActivationSet
+    from husai.base_model import BaseModelHandle, BaseTrainResult
+    from husai.config import ExperimentConfig
+
+TRACKED_PACKAGES = (
+    "torch",
+    "mlflow",
+    "ray",
+    "optuna",
+    "sae-lens",
+    "transformer-lens",
+    "numpy",
+    "pandas",
+)
+_BATCH = 1000  # MLflow's log_batch limit on metrics per call
+
+
+def project_root() -> Path:
+    """The source checkout (the folder holding MLproject), else the working directory."""
+    here = Path(husai.__file__).resolve().parent.parent
+    return here if (here / "MLproject").exists() else Path.cwd()
+
+
+def default_tracking_uri() -> str:
+    return "sqlite:///" + str(project_root() / "mlruns" / "mlflow.db")
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's SQLite store (absolute)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Relative SQLite paths follow whichever working directory opens them (Ray trials run
+        # elsewhere), so pin them to an absolute path once, here.
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def git_sha() -> str:
+    root = project_root()
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"husai": husai.__version__}
+    for dist in TRACKED_PACKAGES:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+@dataclass(frozen=True)
+class RegisteredBase:
+    """A husai-base model version and what its tags say about it."""
+
+    version: str
+    run_id: str
+    config_hash: str
+    test_acc: float
+    generalised: bool
+
+
+class Tracker:
+    """One MLflow store (tracking + registry) and the runs HUSAI writes into it."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.uri = resolve_tracking_uri(tracking_uri)
+        db = _sqlite_path(self.uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # The fluent API (pyfunc.log_model, artifact downloads) reads the global URI.
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        # `mlflow run` hands its run to the command through MLFLOW_RUN_ID; take it once, here, so
+        # that it becomes this command's main run and no other start_run adopts it by accident.
+        self.env_run_id: str | None = os.environ.pop("MLFLOW_RUN_ID", None)
+        self._git_sha = git_sha()
+        self._versions = package_versions()
+
+    # --- experiments and runs -------------------------------------------------------------
+    def artifact_root(self) -> Path | None:
+        db = _sqlite_path(self.uri)
+        return None if db is None else db.parent / "artifacts"
+
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        root = self.artifact_root()
+        location = None if root is None else (root / name.replace("/", "_")).as_uri()
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except MlflowException:
+            # Another process created it between our lookup and create.
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
+
+    def standard_tags(self, config_hash: str, kind: str, command: str) -> dict[str, str]:
+        tags = {
+            names.TAG_CONFIG_HASH: config_hash,
+            names.TAG_GIT_SHA: self._git_sha,
+            names.TAG_METRIC_VERSION: str(husai.metric_version),
+            names.TAG_KIND: kind,
+            names.TAG_COMMAND: command,
+            "mlflow.source.git.commit": self._git_sha.removesuffix("-dirty"),
+        }
+        tags.update({names.package_tag(k): v for k, v in self._versions.items()})
+        return tags
+
+    @contextmanager
+    def run(
+        self,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        adopt_env_run: bool = False,
+    ) -> Iterator[str]:
+        """A run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C; never left RUNNING.
+
+        With `adopt_env_run`, the run started by `mlflow run` (if any) is used instead of a new one.
+        """
+        all_tags = dict(tags)
+        if parent_run_id is not None:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        if adopt_env_run and self.env_run_id is not None:
+            run_id, self.env_run_id = self.env_run_id, None
+            all_tags["mlflow.runName"] = run_name
+        else:
+            run = self.client.create_run(
+                self.experiment_id(experiment), run_name=run_name, tags=all_tags
+            )
+            run_id = run.info.run_id
+        self.client.log_batch(
+            run_id,
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, v) for k, v in all_tags.items()],
+        )
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except BaseException:
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
+        self.log_series(run_id, {k: [(step, v)] for k, v in values.items()})
+
+    def log_series(self, run_id: str, series: Mapping[str, Sequence[tuple[int, float]]]) -> None:
+        """Whole curves in a few log_batch calls (one call per value is ~30x slower)."""
+        from time import time
+
+        now = int(time() * 1000)
+        metrics = [
+            Metric(key, float(value), now, int(step))
+            for key, points in series.items()
+            for step, value in points
+        ]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+
+    def note_reuse(self, tags: Mapping[str, str], reused_run_id: str) -> None:
+        """Under `mlflow run`, say on its run what was reused instead of recomputed."""
+        if self.env_run_id is not None:
+            self.set_tags(self.env_run_id, {**tags, names.TAG_REUSED_RUN: reused_run_id})
+
+    def get_run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def get_run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def find_runs(self, experiment: str, params: Mapping[str, str]) -> list[str]:
+        """Finished runs of `experiment` whose params equal `params`, newest first."""
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        clauses = [f"params.`{k}` = '{v}'" for k, v in params.items()]
+        clauses.append("attributes.status = 'FINISHED'")
+        runs = self.client.search_runs(
+            [exp.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"]
+        )
+        return [r.info.run_id for r in runs]
+
+    # --- base model ------------------------------------------------------------------------
+    def record_base_model(self, cfg: ExperimentConfig, result: BaseTrainResult) -> RegisteredBase:
+        """Log the training run (params, curves, plot, weights) and register it as husai-base."""
+        from husai.base_model import save_base
+        from husai.report import plot_base_curves
+
+        c = result.curves
+        params = {
+            **{f"task.{k}": v for k, v in cfg.task.model_dump().items()},
+            **{f"base.{k}": v for k, v in cfg.base.model_dump().items()},
+        }
+        tags = {
+            **self.standard_tags(cfg.base_hash(), names.KIND_BASE, "train-base"),
+            names.TAG_P: str(cfg.task.p),
+            names.TAG_GENERALISED: str(result.generalised).lower(),
+            names.TAG_OUTCOME: result.outcome,
+        }
+        with (
+            self.run(names.EXPERIMENT_BASE, f"base-p{cfg.task.p}", tags, params, adopt_env_run=True)
+            as run_id,
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            self.log_series(
+                run_id,
+                {
+                    names.BASE_TRAIN_LOSS: list(zip(c.steps, c.train_loss, strict=True)),
+                    names.BASE_TEST_LOSS: list(zip(c.steps, c.test_loss, strict=True)),
+                    names.BASE_TRAIN_ACC: list(zip(c.steps, c.train_acc, strict=True)),
+                    names.BASE_TEST_ACC: list(zip(c.steps, c.test_acc, strict=True)),
+                },
+            )
+            self.log_metrics(
+                run_id,
+                {names.BASE_TRAIN_SECONDS: result.seconds, names.BASE_STEPS: result.steps},
+            )
+            plots = Path(tmp) / "plots"
+            plots.mkdir()
+            plot_base_curves(c, plots / names.PLOT_BASE_CURVES, title=f"p={cfg.task.p}")
+            self.log_artifacts(run_id, plots, names.ARTIFACT_PLOTS)
+            weights = save_base(result.model, cfg, Path(tmp) / "weights")
+            self.log_artifacts(run_id, weights, names.ARTIFACT_BASE_WEIGHTS)
+            version = self._register_base(run_id, weights, cfg, result)
+        return RegisteredBase(
+            version=version,
+            run_id=run_id,
+            config_hash=cfg.base_hash(),
+            test_acc=result.test_acc,
+            generalised=result.generalised,
+        )
+
+    def _register_base(
+        self, run_id: str, weights: Path, cfg: ExperimentConfig, result: BaseTrainResult
+    ) -> str:
+        # A bare folder of safetensors cannot be registered (STACK.md); a models-from-code pyfunc
+        # wrapping it can, and loads with mlflow.pyfunc.load_model("models:/husai-base/<v>").
+        code = Path(__file__).with_name("pyfunc_base.py")
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            info = mlflow.pyfunc.log_model(
+                name=names.ARTIFACT_BASE_MODEL,
+                python_model=str(code),
+                artifacts={"weights": str(weights)},
+                signature=infer_signature(
+                    pd.DataFrame({"a": [0], "b": [0]}), pd.Series([0], name="c")
+                ),
+                pip_requirements=[f"{k}=={v}" for k, v in self._versions.items() if k != "husai"],
+            )
+        self._ensure_registered_model(names.BASE_MODEL_NAME)
+        mv = self.client.create_model_version(
+            names.BASE_MODEL_NAME,
+            source=info.model_uri,
+            run_id=run_id,
+            tags={
+                names.TAG_CONFIG_HASH: cfg.base_hash(),
+                names.TAG_P: str(cfg.task.p),
+                names.TAG_GENERALISED: str(result.generalised).lower(),
+                names.TAG_OUTCOME: result.outcome,
+                names.TAG_METRIC_VERSION: str(husai.metric_version),
+                names.BASE_TEST_ACC: f"{result.test_acc:.6f}",
+            },
+            description=(
+                f"Modular addition mod {cfg.task.p}: held-out accuracy {result.test_acc:.4f} "
+                f"after {result.steps} steps ({result.outcome})."
+            ),
+        )
+        return str(mv.version)
+
+    def _ensure_registered_model(self, name: str) -> None:
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name)
+
+    def find_base_version(self, config_hash: str) -> RegisteredBase | None:
+        """The newest husai-base version tagged with this config hash, if any."""
+        try:
+            versions = self.client.search_model_versions(
+                f"name = '{names.BASE_MODEL_NAME}' and tags.`{names.TAG_CONFIG_HASH}` = '{config_hash}'"
+            )
+        except MlflowException:
+            return None
+        if not versions:
+            return None
+        mv = max(versions, key=lambda v: int(v.version))
+        return RegisteredBase(
+            version=str(mv.version),
+            run_id=str(mv.run_id),
+            config_hash=config_hash,
+            test_acc=float(mv.tags.get(names.BASE_TEST_ACC, "nan")),
+            generalised=mv.tags.get(names.TAG_GENERALISED) == "true",
+        )
+
+    def download_base_weights(self, found: RegisteredBase, dst: Path) -> Path:
+        return self.download(found.run_id, names.ARTIFACT_BASE_WEIGHTS, dst)
+
+    # --- activations -----------------------------------------------------------------------
+    def record_activations(
+        self,
+        cfg: ExperimentConfig,
+        base: BaseModelHandle,
+        acts: ActivationSet,
+        path: Path,
+        cache_hit: bool,
+    ) -> str:
+        a = cfg.activations
+        params = {
+            names.PARAM_ACTIVATION_KEY: acts.key,
+            names.PARAM_BASE_VERSION: base.version,
+            names.PARAM_BASE_RUN_ID: base.run_id,
+            names.PARAM_HOOK: a.hook,
+            names.PARAM_POSITION: a.position,
+            names.PARAM_SPLIT_SEED: a.split_seed,
+            names.PARAM_EVAL_FRAC: a.eval_frac,
+            names.PARAM_D_IN: acts.d_in,
+            "task.p": cfg.task.p,
+        }
+        tags = {
+            **self.standard_tags(cfg.base_hash(), names.KIND_ACTIVATIONS, "extract"),
+            names.TAG_CACHE: "hit" if cache_hit else "miss",
+        }
+        name = f"acts-{a.hook}-{acts.key[:8]}"
+        with self.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params, adopt_env_run=True) as rid:
+            self.log_metrics(
+                rid, {names.ACT_N_TRAIN: acts.train.shape[0], names.ACT_N_EVAL: acts.eval.shape[0]}
+            )
+            self.log_artifacts(rid, path, names.ARTIFACT_ACTIVATIONS)
+        return rid
