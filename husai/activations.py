@@ -177,7 +177,10 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
         ) from None
     if key is not None and acts.key != key:
         raise ActivationCacheError(f"{meta_path}: holds key {acts.key}, expected {key}")
-    if acts.train.shape[0] != acts.train_rows.shape[0] or acts.eval.shape[0] != acts.eval_rows.shape[0]:
+    if (
+        acts.train.shape[0] != acts.train_rows.shape[0]
+        or acts.eval.shape[0] != acts.eval_rows.shape[0]
+    ):
         raise ActivationCacheError(f"{acts_path}: row counts do not match their indices")
     return acts
 

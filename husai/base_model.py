@@ -215,7 +215,11 @@ def load_base(directory: Path) -> tuple[HookedTransformer, TaskConfig, BaseModel
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"{w_path}: cannot read weights ({e})") from None
     model = build_model(task, base)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:
+        detail = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise CheckpointError(f"{w_path}: weights do not match the config ({detail})") from None
     missing = [k for k in missing if not k.endswith(("IGNORE", "mask"))]
     if missing or unexpected:
         raise CheckpointError(

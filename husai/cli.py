@@ -13,8 +13,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from husai.config import PRESETS, ExperimentConfig, InputError, resolve
+
+if TYPE_CHECKING:
+    from husai.base_model import BaseModelHandle
 
 EXIT_BAD_INPUT = 2
 
@@ -51,8 +55,10 @@ def _ui_hint(uri: str) -> str:
     return f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}"
 
 
-def _print_base(handle) -> None:  # type: ignore[no-untyped-def]
-    verdict = "generalised" if handle.generalised else "DID NOT GENERALISE (memorised or undertrained)"
+def _print_base(handle: BaseModelHandle) -> None:
+    verdict = (
+        "generalised" if handle.generalised else "DID NOT GENERALISE (memorised or undertrained)"
+    )
     how = "reused (same config hash, no training)" if handle.reused else "trained and registered"
     print(
         f"husai-base version {handle.version} {how}: held-out accuracy "

@@ -84,9 +84,7 @@ class BaseModelConfig(_Strict):
     @model_validator(mode="after")
     def _heads_divide(self) -> BaseModelConfig:
         if self.d_model % self.n_heads:
-            raise ValueError(
-                f"n_heads: {self.n_heads} does not divide d_model {self.d_model}"
-            )
+            raise ValueError(f"n_heads: {self.n_heads} does not divide d_model {self.d_model}")
         return self
 
     @property
@@ -164,14 +162,18 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     return data
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 

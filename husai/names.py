@@ -93,7 +93,7 @@ TRAIN_PREFIX = "train/"
 
 
 def stability_key(base: str, suffix: str = "") -> str:
-    """`stability/pw_mcc` + `_delta_lcb` -> `stability/pw_mcc_delta_lcb`, checked against the contract."""
+    """`stability/pw_mcc` + `_delta_lcb` -> `stability/pw_mcc_delta_lcb`, checked."""
     if base not in STABILITY_BASES or suffix not in STABILITY_SUFFIXES:
         raise KeyError(f"not a stability metric: {base!r}{suffix!r}")
     return base + suffix

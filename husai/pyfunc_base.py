@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
 import torch
 from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
 
 
-class BaseModelPyfunc(mlflow.pyfunc.PythonModel):
+class BaseModelPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         from husai.base_model import load_base
 
@@ -27,8 +27,8 @@ class BaseModelPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.Series:
         from husai.base_model import readout_logits
 
-        a = torch.as_tensor(model_input["a"].to_numpy(), dtype=torch.long)
-        b = torch.as_tensor(model_input["b"].to_numpy(), dtype=torch.long)
+        a = torch.tensor(model_input["a"].to_numpy(), dtype=torch.long)
+        b = torch.tensor(model_input["b"].to_numpy(), dtype=torch.long)
         p = self.task.p
         if ((a < 0) | (a >= p) | (b < 0) | (b >= p)).any():
             raise ValueError(f"operands must lie in [0, {p})")

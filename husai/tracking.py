@@ -269,8 +269,9 @@ class Tracker:
             names.TAG_OUTCOME: result.outcome,
         }
         with (
-            self.run(names.EXPERIMENT_BASE, f"base-p{cfg.task.p}", tags, params, adopt_env_run=True)
-            as run_id,
+            self.run(
+                names.EXPERIMENT_BASE, f"base-p{cfg.task.p}", tags, params, adopt_env_run=True
+            ) as run_id,
             tempfile.TemporaryDirectory() as tmp,
         ):
             self.log_series(
@@ -348,7 +349,8 @@ class Tracker:
         """The newest husai-base version tagged with this config hash, if any."""
         try:
             versions = self.client.search_model_versions(
-                f"name = '{names.BASE_MODEL_NAME}' and tags.`{names.TAG_CONFIG_HASH}` = '{config_hash}'"
+                f"name = '{names.BASE_MODEL_NAME}' "
+                f"and tags.`{names.TAG_CONFIG_HASH}` = '{config_hash}'"
             )
         except MlflowException:
             return None

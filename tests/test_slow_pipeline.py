@@ -1,0 +1,97 @@
+"""Real runs: the quick preset groks, `mlflow run` works, and a second demo reuses everything."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from husai import names
+from husai.cli import main
+from husai.tracking import Tracker
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def test_quick_preset_generalises_then_is_reused(
+    isolated_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t0 = time.perf_counter()
+    assert main(["extract", "--preset", "quick"]) == 0
+    first_s = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert "trained and registered" in out and "cache miss" in out
+
+    tracker = Tracker(isolated_store)
+    mv = tracker.client.get_model_version(names.BASE_MODEL_NAME, "1")
+    assert mv.tags[names.TAG_GENERALISED] == "true"
+    assert float(mv.tags[names.BASE_TEST_ACC]) >= 0.99
+    run = tracker.client.get_run(mv.run_id)
+    assert run.data.metrics[names.BASE_TEST_ACC] >= 0.99
+    assert run.data.tags[names.TAG_OUTCOME] == "generalised"
+
+    t0 = time.perf_counter()
+    assert main(["extract", "--preset", "quick"]) == 0
+    second_s = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert "reused" in out and "cache hit" in out
+    assert second_s < first_s / 3, (first_s, second_s)
+    assert len(tracker.client.search_model_versions(f"name = '{names.BASE_MODEL_NAME}'")) == 1
+
+
+def test_mlflow_run_entry_points(tmp_path: Path, isolated_store: str) -> None:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    # `--env-manager local` runs the entry point's `python` from PATH, as an activated venv does.
+    bindir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": isolated_store,
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+    }
+    Tracker(isolated_store).experiment_id(names.EXPERIMENT_BASE)  # the driver creates the db
+    for entry, experiment in (
+        ("train-base", names.EXPERIMENT_BASE),
+        ("extract", names.EXPERIMENT_ACTIVATIONS),
+    ):
+        proc = subprocess.run(
+            [
+                mlflow_bin,
+                "run",
+                str(ROOT),
+                "-e",
+                entry,
+                "--env-manager",
+                "local",
+                "--experiment-name",
+                experiment,
+                "-P",
+                f"config={cfg}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    tracker = Tracker(isolated_store)
+    mv = tracker.client.get_model_version(names.BASE_MODEL_NAME, "1")
+    base_run = tracker.client.get_run(mv.run_id)
+    # The run `mlflow run` created is the one that trained and registered the model.
+    assert base_run.data.tags.get("mlflow.project.entryPoint") == "train-base"
+    assert base_run.data.tags[names.TAG_CONFIG_HASH]
+    assert base_run.info.status == "FINISHED"
+    acts_exp = tracker.client.get_experiment_by_name(names.EXPERIMENT_ACTIVATIONS)
+    (acts_run,) = tracker.client.search_runs([acts_exp.experiment_id])
+    assert acts_run.data.tags.get("mlflow.project.entryPoint") == "extract"
+    assert acts_run.data.params[names.PARAM_BASE_VERSION] == "1"
+    assert acts_run.info.status == "FINISHED"
