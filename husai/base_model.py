@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from husai.config import BaseModelConfig, ConfigError, ExperimentConfig, InputError, TaskConfig
 from husai.data import make_modular_data, split_indices
 from husai.data.modular import READOUT_POSITION, SEQ_LEN
+from husai.repro import deterministic
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -124,7 +125,16 @@ def train_base(
     progress: bool = True,
     on_eval: Callable[[int, float], None] | None = None,
 ) -> BaseTrainResult:
-    """Full-batch AdamW until held-out accuracy >= target or `max_steps`."""
+    """Full-batch AdamW until held-out accuracy >= target or `max_steps`; deterministic on CPU."""
+    with deterministic():
+        return _train_base(cfg, progress, on_eval)
+
+
+def _train_base(
+    cfg: ExperimentConfig,
+    progress: bool,
+    on_eval: Callable[[int, float], None] | None,
+) -> BaseTrainResult:
     task, base = cfg.task, cfg.base
     data = make_modular_data(task.p)
     train_idx, test_idx = split_indices(len(data), task.train_frac, task.data_seed)
