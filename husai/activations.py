@@ -10,6 +10,7 @@ seed, eval share): a hit is found on disk or, failing that, in the MLflow run th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -47,9 +48,9 @@ class ActivationSet:
     """Rows of activations; `*_rows` index the p^2 pairs (a = row // p, b = row % p)."""
 
     key: str
-    p: int
-    hook: str
-    position: int
+    p: int | None  # None for a user's own activations (no base model behind them)
+    hook: str | None
+    position: int | None
     train: torch.Tensor  # [n_train, d_in] float32
     eval: torch.Tensor  # [n_eval, d_in] float32, held out
     train_rows: torch.Tensor  # [n_train] int64
@@ -162,9 +163,9 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
         tensors = load_file(str(acts_path))
         acts = ActivationSet(
             key=meta["key"],
-            p=int(meta["p"]),
+            p=meta["p"],
             hook=meta["hook"],
-            position=int(meta["position"]),
+            position=meta["position"],
             train=tensors["train"],
             eval=tensors["eval"],
             train_rows=tensors["train_rows"],
@@ -208,5 +209,119 @@ def get_or_extract(
         run_id = run_ids[0]
         tracker.note_reuse({names.TAG_CACHE: "hit", names.PARAM_ACTIVATION_KEY: key}, run_id)
     else:
-        run_id = tracker.record_activations(cfg, base, acts, path, cache_hit=hit)
+        from husai.records import record_activations
+
+        run_id = record_activations(tracker, cfg, base, acts, path, cache_hit=hit)
     return ActivationsHandle(acts=acts, run_id=run_id, cache_hit=hit, source=source, path=path)
+
+
+def readout_ce(
+    model: HookedTransformer,
+    p: int,
+    rows: torch.Tensor,
+    hook: str,
+    position: int,
+    patch: torch.Tensor | None,
+) -> float:
+    """Cross-entropy at the '=' read-out over `rows`, with the activation at (hook, position)
+    replaced by `patch` [len(rows), d_in] (flattened like the cached rows), or left clean."""
+    from husai.base_model import readout_logits
+
+    data = make_modular_data(p)
+    tokens, labels = data.tokens[rows], data.labels[rows]
+    pos = position % SEQ_LEN
+
+    def splice(act: torch.Tensor, hook: object) -> torch.Tensor:
+        assert patch is not None
+        act = act.clone()
+        act[:, pos] = patch.reshape(act[:, pos].shape).to(act.dtype)
+        return act
+
+    with torch.no_grad():
+        if patch is None:
+            logits = readout_logits(model, tokens)
+        else:
+            logits = model.run_with_hooks(tokens, fwd_hooks=[(hook, splice)])[:, -1]
+    return float(torch.nn.functional.cross_entropy(logits, labels))
+
+
+def _read_user_matrix(path: Path) -> torch.Tensor:
+    """A [n, d_in] float matrix from .safetensors, .npy or .pt, never unpickling anything."""
+    import numpy as np
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            tensors = load_file(str(path))
+            if len(tensors) != 1 and "activations" not in tensors:
+                raise ValueError(
+                    f"holds tensors {sorted(tensors)}; name one 'activations' or store only one"
+                )
+            x = tensors.get("activations", next(iter(tensors.values())))
+        elif suffix == ".npy":
+            x = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif suffix == ".pt":
+            x = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"holds a {type(x).__name__}, expected one tensor")
+        else:
+            raise ValueError("unsupported suffix; use .safetensors, .npy or .pt")
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise ActivationCacheError(f"{path}: cannot read activations ({e})") from None
+    if x.ndim != 2 or x.shape[0] < 4 or x.shape[1] < 1:
+        raise ActivationCacheError(f"{path}: expected a [n, d_in] matrix, got {list(x.shape)}")
+    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+        raise ActivationCacheError(f"{path}: activations must be finite floating-point numbers")
+    return x.float().contiguous()
+
+
+def load_user_activations(path: Path, cfg: ActivationsConfig) -> ActivationSet:
+    """Bring your own activations: held-out split with the config's seed; the key is a content
+    hash of the file plus the split, so the same file and split always get the same key."""
+    x = _read_user_matrix(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    key = stable_hash(
+        {
+            "format": CACHE_FORMAT,
+            "file_sha256": digest,
+            "split_seed": cfg.split_seed,
+            "eval_frac": cfg.eval_frac,
+        }
+    )
+    try:
+        train_rows, eval_rows = split_indices(x.shape[0], 1.0 - cfg.eval_frac, cfg.split_seed)
+    except ValueError as e:
+        raise ActivationCacheError(f"{path}: {e}") from None
+    return ActivationSet(
+        key=key,
+        p=None,
+        hook=None,
+        position=None,
+        train=x[train_rows].contiguous(),
+        eval=x[eval_rows].contiguous(),
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+    )
+
+
+def find_by_key(key: str, tracker: Tracker, cache_dir: Path | None = None) -> ActivationsHandle:
+    """A cached activation set by key, from disk or its MLflow run; InputError if neither has it."""
+    path = (cache_dir or cache_root()) / "activations" / key
+    run_ids = tracker.find_runs(names.EXPERIMENT_ACTIVATIONS, {names.PARAM_ACTIVATION_KEY: key})
+    if not path.exists() and not run_ids:
+        raise ConfigError(
+            f"activations.key: no activation set with key {key!r} in {path.parent} or in the "
+            f"MLflow store {tracker.uri}"
+        )
+    source = "disk" if path.exists() else "mlflow"
+    if source == "mlflow":
+        with tempfile.TemporaryDirectory() as tmp:
+            fetched = tracker.download(run_ids[0], names.ARTIFACT_ACTIVATIONS, Path(tmp))
+            save_activations(load_activations(fetched, key), path)
+    return ActivationsHandle(
+        acts=load_activations(path, key),
+        run_id=run_ids[0] if run_ids else "",
+        cache_hit=True,
+        source=source,
+        path=path,
+    )

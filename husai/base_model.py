@@ -261,7 +261,9 @@ def get_or_train(cfg: ExperimentConfig, tracker: Tracker, progress: bool = True)
             generalised=found.generalised,
         )
     result = train_base(cfg, progress=progress)
-    registered = tracker.record_base_model(cfg, result)
+    from husai.records import record_base_model
+
+    registered = record_base_model(tracker, cfg, result)
     return BaseModelHandle(
         model=result.model,
         config=cfg,
@@ -271,3 +273,12 @@ def get_or_train(cfg: ExperimentConfig, tracker: Tracker, progress: bool = True)
         test_acc=result.test_acc,
         generalised=result.generalised,
     )
+
+
+def load_base_from_run(tracker: Tracker, run_id: str) -> HookedTransformer:
+    """The base model whose weights a husai-base run logged."""
+    from husai import names
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _, _ = load_base(tracker.download(run_id, names.ARTIFACT_BASE_WEIGHTS, Path(tmp)))
+    return model

@@ -2,6 +2,7 @@
 
     husai train-base --preset quick          # train (or reuse) the base model, register husai-base
     husai extract --config my.yaml           # base model + cached, logged activations
+    husai trial --preset quick               # one SAE recipe x seeds: metrics, stability, registry
 
 Bad input (config, checkpoint, cache entry) exits 2 with one line naming the file and field,
 before any compute and before any run is created.
@@ -36,18 +37,36 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _trial_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--activation-key",
+        type=str,
+        default="",
+        help="train on a cached activation set by its key (sets activations.key)",
+    )
+    p.add_argument(
+        "--activations-file",
+        type=str,
+        default="",
+        help="your own [n, d_in] activations: .safetensors, .npy or .pt (sets activations.file)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="husai", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMAND_HELP.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
+        if name == "trial":
+            _trial_options(p)
     return parser
 
 
 COMMAND_HELP = {
     "train-base": "train the modular-addition transformer, or reuse the registered one",
     "extract": "cache and log the base model's activations (trains the base model if needed)",
+    "trial": "train one SAE recipe with several seeds; held-out metrics and cross-seed stability",
 }
 
 
@@ -101,9 +120,18 @@ def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
+    from husai.trial_cli import run_trial_command
+
+    return run_trial_command(
+        cfg, args.tracking_uri or None, args.activation_key, args.activations_file
+    )
+
+
 COMMANDS: dict[str, Callable[[ExperimentConfig, argparse.Namespace], int]] = {
     "train-base": cmd_train_base,
     "extract": cmd_extract,
+    "trial": cmd_trial,
 }
 
 

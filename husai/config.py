@@ -107,6 +107,112 @@ class ActivationsConfig(_Strict):
             raise ValueError(f"must lie strictly between 0 and 1, got {v}")
         return v
 
+    key: str | None = Field(
+        None, description="use an existing cached activation set by its key instead of extracting"
+    )
+    file: str | None = Field(
+        None, description="bring your own [n, d_in] activations (.safetensors, .npy or .pt)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ActivationsConfig:
+        if self.key is not None and self.file is not None:
+            raise ValueError("key and file: give at most one activation source")
+        return self
+
+
+ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard", "matryoshka_batchtopk")
+Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "matryoshka_batchtopk"]
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
+
+
+class SAEConfig(_Strict):
+    """One SAE recipe, built from the sae-lens training class of its architecture."""
+
+    architecture: Architecture = Field("topk", description="sae-lens training architecture")
+    d_sae: int = Field(512, ge=2, description="number of latents (dictionary size)")
+    k: int = Field(16, ge=1, description="active latents per row (topk family only)")
+    aux_loss_coefficient: float = Field(
+        1.0, ge=0, description="weight of the dead-latent AuxK loss (topk family)"
+    )
+    l1_coefficient: float = Field(1.0, ge=0, description="L1 sparsity weight (standard)")
+    l0_coefficient: float = Field(1.0, ge=0, description="L0 sparsity weight (jumprelu)")
+    jumprelu_init_threshold: float = Field(0.01, gt=0, description="initial JumpReLU threshold")
+    jumprelu_bandwidth: float = Field(0.05, gt=0, description="JumpReLU STE bandwidth")
+    sparsity_warmup_steps: int = Field(0, ge=0, description="linear warm-up of the L1/L0 weight")
+    matryoshka_widths: tuple[int, ...] | None = Field(
+        None, description="nested dictionary widths ending at d_sae; default d_sae/4, /2, 1"
+    )
+    decoder_init_norm: float = Field(0.1, gt=0, description="decoder row norm at initialisation")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> SAEConfig:
+        if self.architecture in TOPK_FAMILY and self.k > self.d_sae:
+            raise ValueError(f"k: {self.k} exceeds d_sae {self.d_sae}")
+        w = self.matryoshka_widths
+        if w is not None:
+            if self.architecture != "matryoshka_batchtopk":
+                raise ValueError("matryoshka_widths: only for architecture matryoshka_batchtopk")
+            if list(w) != sorted(set(w)) or w[0] < 1 or w[-1] != self.d_sae:
+                raise ValueError(
+                    f"matryoshka_widths: must increase strictly and end at d_sae {self.d_sae}"
+                )
+        return self
+
+    def widths(self) -> list[int]:
+        if self.matryoshka_widths is not None:
+            return list(self.matryoshka_widths)
+        return sorted({max(1, self.d_sae // 4), max(1, self.d_sae // 2), self.d_sae})
+
+
+class SAETrainConfig(_Strict):
+    """The training loop shared by every seed of a trial."""
+
+    steps: int = Field(1500, ge=1, description="optimizer steps per seed")
+    batch_size: int = Field(512, ge=1, description="rows per step")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    lr_warmup_steps: int = Field(50, ge=0, description="linear LR warm-up steps")
+    lr_decay_steps: int = Field(300, ge=0, description="linear LR decay to 0 over the last steps")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    dead_window: int = Field(
+        200, ge=1, description="steps without firing before a latent counts as dead (AuxK)"
+    )
+    log_every: int = Field(10, ge=1, description="steps between logged curve points")
+
+    @model_validator(mode="after")
+    def _schedule(self) -> SAETrainConfig:
+        if self.lr_warmup_steps + self.lr_decay_steps > self.steps:
+            raise ValueError(
+                f"lr_warmup_steps + lr_decay_steps ({self.lr_warmup_steps} + "
+                f"{self.lr_decay_steps}) exceed steps {self.steps}"
+            )
+        return self
+
+
+class TrialConfig(_Strict):
+    """One recipe trained with several seeds, compared against matched random baselines."""
+
+    seeds: tuple[int, ...] = Field((0, 1, 2, 3, 4), description="training seeds (at least 2)")
+    random_seed_offset: int = Field(
+        1_000_000, description="random-baseline seeds are seed + offset (distinct from training)"
+    )
+    bootstrap_samples: int = Field(2000, ge=100, description="seed-level bootstrap resamples")
+    bootstrap_seed: int = Field(0, description="seed of the bootstrap resampling")
+    register_sae: bool = Field(True, description="register the representative SAE as husai-sae")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) < 2 or len(set(v)) != len(v):
+            raise ValueError(f"need at least 2 distinct seeds, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _offset(self) -> TrialConfig:
+        if set(self.seeds) & {s + self.random_seed_offset for s in self.seeds}:
+            raise ValueError("random_seed_offset: random-baseline seeds overlap training seeds")
+        return self
+
 
 class ExperimentConfig(_Strict):
     """Everything one experiment needs; sections are filled in by later stages of the pipeline."""
@@ -115,6 +221,9 @@ class ExperimentConfig(_Strict):
     task: TaskConfig = Field(default_factory=TaskConfig)
     base: BaseModelConfig = Field(default_factory=BaseModelConfig)
     activations: ActivationsConfig = Field(default_factory=ActivationsConfig)
+    sae: SAEConfig = Field(default_factory=SAEConfig)
+    train: SAETrainConfig = Field(default_factory=SAETrainConfig)
+    trial: TrialConfig = Field(default_factory=TrialConfig)
 
     def base_hash(self) -> str:
         """Identity of the base model: the task and the model/training settings, nothing else."""

@@ -54,6 +54,7 @@ PARAM_POSITION = "position"
 PARAM_SPLIT_SEED = "split_seed"
 PARAM_EVAL_FRAC = "eval_frac"
 PARAM_D_IN = "d_in"
+PARAM_D_SAE = "d_sae"
 ACT_N_TRAIN = "acts/n_train_rows"
 ACT_N_EVAL = "acts/n_eval_rows"
 TAG_CACHE = "husai.cache"  # "hit" / "miss"
@@ -75,7 +76,8 @@ STABILITY_BASES = (
     "stability/shared_frac_0.7",
     "stability/shared_frac_0.9",
 )
-STABILITY_SUFFIXES = ("", "_random", "_delta", "_delta_lcb", "_step0")
+# _gaussian: the second control (i.i.d. Gaussian directions); _delta_ucb: the upper end of the CI.
+STABILITY_SUFFIXES = ("", "_random", "_gaussian", "_delta", "_delta_lcb", "_delta_ucb", "_step0")
 
 # --- consistency, stress, external --------------------------------------------------------------
 CONSISTENCY_ALIGNMENT = "consistency/alignment_to_ref"
@@ -91,12 +93,47 @@ EXTERNAL_CONTRASTIVE_DELTA_LCB = "external/contrastive_delta_lcb"
 # --- training curves (seed runs, per step) ------------------------------------------------------
 TRAIN_PREFIX = "train/"
 
+# --- trials -------------------------------------------------------------------------------------
+KIND_TRIAL = "trial"
+KIND_SEED = "seed"
+TRIAL_SECONDS = "trial/seconds"
+SEED_SECONDS = "train/seconds"
+TAG_REPRESENTATIVE_SEED = "husai.representative_seed"
+TAG_REPRESENTATIVE_WHY = "husai.representative_reason"
+TAG_TRIAL_RUN_ID = "husai.trial_run_id"
+TAG_ARCHITECTURE = "husai.architecture"
+TAG_K = "husai.k"
+TAG_D_SAE = "husai.d_sae"
+TAG_SEED = "husai.seed"
+TAG_ACTIVATION_SOURCE = "husai.activation_source"  # extracted / cached key / user file
+ARTIFACT_SAE = "sae"  # seed run artifact: the sae-lens folder
+ARTIFACT_SAE_MODEL = "sae_model"  # the registered pyfunc wrapping that folder
+PLOT_STABILITY_HEATMAP = "stability_heatmap.png"
+PARAM_LAMBDA = "lambda"
+PARAM_SEEDS = "seeds"
+PARAM_N_SEEDS = "n_seeds"
+
 
 def stability_key(base: str, suffix: str = "") -> str:
     """`stability/pw_mcc` + `_delta_lcb` -> `stability/pw_mcc_delta_lcb`, checked."""
     if base not in STABILITY_BASES or suffix not in STABILITY_SUFFIXES:
         raise KeyError(f"not a stability metric: {base!r}{suffix!r}")
     return base + suffix
+
+
+RECON_KEYS = {
+    "fvu": RECON_FVU,
+    "ev": RECON_EV,
+    "mse": RECON_MSE,
+    "l0": RECON_L0,
+    "dead_frac": RECON_DEAD_FRAC,
+    "loss_recovered": RECON_LOSS_RECOVERED,
+}
+
+
+def train_key(name: str) -> str:
+    """A training-curve key, e.g. train/mse or train/auxiliary_reconstruction_loss."""
+    return TRAIN_PREFIX + name
 
 
 def package_tag(distribution: str) -> str:

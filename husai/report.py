@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: no display on clusters or CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -33,5 +34,41 @@ def plot_base_curves(curves: BaseCurves, path: Path, title: str = "") -> Path:
     fig.suptitle(f"Base model {title}".strip())
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_stability_heatmap(
+    trained: dict[str, np.ndarray],
+    random: dict[str, np.ndarray],
+    seeds: list[int],
+    path: Path,
+    title: str = "",
+) -> Path:
+    """Pairwise pw_mcc and mmcs across seeds, trained beside the matched random baseline."""
+    panels = [
+        ("pw_mcc", trained, "trained"),
+        ("pw_mcc", random, "random init"),
+        ("mmcs", trained, "trained"),
+        ("mmcs", random, "random init"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+    labels = [str(s) for s in seeds]
+    for ax, (metric, mats, which) in zip(axes, panels, strict=True):
+        m = mats[metric].copy()
+        np.fill_diagonal(m, 1.0)
+        im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+        n = m.shape[0]
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+        ax.set_xticks(range(n), labels if which == "trained" else range(n))
+        ax.set_yticks(range(n), labels if which == "trained" else range(n))
+        ax.set_title(f"{metric} ({which})")
+        ax.set_xlabel("seed")
+    fig.colorbar(im, ax=axes.tolist(), shrink=0.8)
+    fig.suptitle(f"Cross-seed stability {title}".strip())
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -29,11 +28,6 @@ from mlflow.tracking import MlflowClient
 
 import husai
 from husai import names
-
-if TYPE_CHECKING:
-    from husai.activations import ActivationSet
-    from husai.base_model import BaseModelHandle, BaseTrainResult
-    from husai.config import ExperimentConfig
 
 TRACKED_PACKAGES = (
     "torch",
@@ -236,6 +230,9 @@ class Tracker:
     def get_run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.tags)
 
+    def get_run_params(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.params)
+
     def get_run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
 
@@ -251,92 +248,43 @@ class Tracker:
         )
         return [r.info.run_id for r in runs]
 
-    # --- base model ------------------------------------------------------------------------
-    def record_base_model(self, cfg: ExperimentConfig, result: BaseTrainResult) -> RegisteredBase:
-        """Log the training run (params, curves, plot, weights) and register it as husai-base."""
-        from husai.base_model import save_base
-        from husai.report import plot_base_curves
-
-        c = result.curves
-        params = {
-            **{f"task.{k}": v for k, v in cfg.task.model_dump().items()},
-            **{f"base.{k}": v for k, v in cfg.base.model_dump().items()},
-        }
-        tags = {
-            **self.standard_tags(cfg.base_hash(), names.KIND_BASE, "train-base"),
-            names.TAG_P: str(cfg.task.p),
-            names.TAG_GENERALISED: str(result.generalised).lower(),
-            names.TAG_OUTCOME: result.outcome,
-        }
-        with (
-            self.run(
-                names.EXPERIMENT_BASE, f"base-p{cfg.task.p}", tags, params, adopt_env_run=True
-            ) as run_id,
-            tempfile.TemporaryDirectory() as tmp,
-        ):
-            self.log_series(
-                run_id,
-                {
-                    names.BASE_TRAIN_LOSS: list(zip(c.steps, c.train_loss, strict=True)),
-                    names.BASE_TEST_LOSS: list(zip(c.steps, c.test_loss, strict=True)),
-                    names.BASE_TRAIN_ACC: list(zip(c.steps, c.train_acc, strict=True)),
-                    names.BASE_TEST_ACC: list(zip(c.steps, c.test_acc, strict=True)),
-                },
-            )
-            self.log_metrics(
-                run_id,
-                {names.BASE_TRAIN_SECONDS: result.seconds, names.BASE_STEPS: result.steps},
-            )
-            plots = Path(tmp) / "plots"
-            plots.mkdir()
-            plot_base_curves(c, plots / names.PLOT_BASE_CURVES, title=f"p={cfg.task.p}")
-            self.log_artifacts(run_id, plots, names.ARTIFACT_PLOTS)
-            weights = save_base(result.model, cfg, Path(tmp) / "weights")
-            self.log_artifacts(run_id, weights, names.ARTIFACT_BASE_WEIGHTS)
-            version = self._register_base(run_id, weights, cfg, result)
-        return RegisteredBase(
-            version=version,
-            run_id=run_id,
-            config_hash=cfg.base_hash(),
-            test_acc=result.test_acc,
-            generalised=result.generalised,
-        )
-
-    def _register_base(
-        self, run_id: str, weights: Path, cfg: ExperimentConfig, result: BaseTrainResult
+    # --- registry ----------------------------------------------------------------------------
+    def register_pyfunc(
+        self,
+        run_id: str,
+        code: Path,
+        artifacts: Mapping[str, str],
+        example: tuple[pd.DataFrame, Any],
+        model_name: str,
+        artifact_name: str,
+        tags: Mapping[str, str],
+        description: str,
+        alias: str | None = None,
     ) -> str:
-        # A bare folder of safetensors cannot be registered (STACK.md); a models-from-code pyfunc
-        # wrapping it can, and loads with mlflow.pyfunc.load_model("models:/husai-base/<v>").
-        code = Path(__file__).with_name("pyfunc_base.py")
+        """Log a models-from-code pyfunc on `run_id` and register it as a new version.
+
+        A bare folder of safetensors cannot be registered (STACK.md); a pyfunc wrapping it can,
+        and loads with mlflow.pyfunc.load_model("models:/<name>/<version>"). Nothing is pickled.
+        """
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             info = mlflow.pyfunc.log_model(
-                name=names.ARTIFACT_BASE_MODEL,
+                name=artifact_name,
                 python_model=str(code),
-                artifacts={"weights": str(weights)},
-                signature=infer_signature(
-                    pd.DataFrame({"a": [0], "b": [0]}), pd.Series([0], name="c")
-                ),
+                artifacts=dict(artifacts),
+                signature=infer_signature(*example),
                 pip_requirements=[f"{k}=={v}" for k, v in self._versions.items() if k != "husai"],
             )
-        self._ensure_registered_model(names.BASE_MODEL_NAME)
+        self._ensure_registered_model(model_name)
         mv = self.client.create_model_version(
-            names.BASE_MODEL_NAME,
+            model_name,
             source=info.model_uri,
             run_id=run_id,
-            tags={
-                names.TAG_CONFIG_HASH: cfg.base_hash(),
-                names.TAG_P: str(cfg.task.p),
-                names.TAG_GENERALISED: str(result.generalised).lower(),
-                names.TAG_OUTCOME: result.outcome,
-                names.TAG_METRIC_VERSION: str(husai.metric_version),
-                names.BASE_TEST_ACC: f"{result.test_acc:.6f}",
-            },
-            description=(
-                f"Modular addition mod {cfg.task.p}: held-out accuracy {result.test_acc:.4f} "
-                f"after {result.steps} steps ({result.outcome})."
-            ),
+            tags=dict(tags),
+            description=description,
         )
+        if alias is not None:
+            self.client.set_registered_model_alias(model_name, alias, str(mv.version))
         return str(mv.version)
 
     def _ensure_registered_model(self, name: str) -> None:
@@ -367,36 +315,3 @@ class Tracker:
 
     def download_base_weights(self, found: RegisteredBase, dst: Path) -> Path:
         return self.download(found.run_id, names.ARTIFACT_BASE_WEIGHTS, dst)
-
-    # --- activations -----------------------------------------------------------------------
-    def record_activations(
-        self,
-        cfg: ExperimentConfig,
-        base: BaseModelHandle,
-        acts: ActivationSet,
-        path: Path,
-        cache_hit: bool,
-    ) -> str:
-        a = cfg.activations
-        params = {
-            names.PARAM_ACTIVATION_KEY: acts.key,
-            names.PARAM_BASE_VERSION: base.version,
-            names.PARAM_BASE_RUN_ID: base.run_id,
-            names.PARAM_HOOK: a.hook,
-            names.PARAM_POSITION: a.position,
-            names.PARAM_SPLIT_SEED: a.split_seed,
-            names.PARAM_EVAL_FRAC: a.eval_frac,
-            names.PARAM_D_IN: acts.d_in,
-            "task.p": cfg.task.p,
-        }
-        tags = {
-            **self.standard_tags(cfg.base_hash(), names.KIND_ACTIVATIONS, "extract"),
-            names.TAG_CACHE: "hit" if cache_hit else "miss",
-        }
-        name = f"acts-{a.hook}-{acts.key[:8]}"
-        with self.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params, adopt_env_run=True) as rid:
-            self.log_metrics(
-                rid, {names.ACT_N_TRAIN: acts.train.shape[0], names.ACT_N_EVAL: acts.eval.shape[0]}
-            )
-            self.log_artifacts(rid, path, names.ARTIFACT_ACTIVATIONS)
-        return rid

@@ -1,0 +1,290 @@
+"""What each pipeline stage writes to MLflow, built on the primitives of `husai.tracking`.
+
+Training and evaluation return dataclasses; these functions turn them into runs, params,
+metrics, artifacts and registry versions. Only `husai.tracking` talks to MLflow itself.
+A metric that could not be computed (None or non-finite) is left out, never logged as 0.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+import husai
+from husai import names
+from husai.tracking import RegisteredBase, Tracker
+
+if TYPE_CHECKING:
+    from husai.activations import ActivationSet
+    from husai.base_model import BaseModelHandle, BaseTrainResult
+    from husai.config import ExperimentConfig
+    from husai.trial import TrialResult
+
+HERE = Path(__file__).parent
+
+
+def finite(values: dict[str, float | None]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+
+
+# --- base model --------------------------------------------------------------------------------
+def record_base_model(
+    tracker: Tracker, cfg: ExperimentConfig, result: BaseTrainResult
+) -> RegisteredBase:
+    """The training run (params, curves, plot, weights), registered as a husai-base version."""
+    from husai.base_model import save_base
+    from husai.report import plot_base_curves
+
+    c = result.curves
+    params = {
+        **{f"task.{k}": v for k, v in cfg.task.model_dump().items()},
+        **{f"base.{k}": v for k, v in cfg.base.model_dump().items()},
+    }
+    status = {
+        names.TAG_P: str(cfg.task.p),
+        names.TAG_GENERALISED: str(result.generalised).lower(),
+        names.TAG_OUTCOME: result.outcome,
+    }
+    tags = {**tracker.standard_tags(cfg.base_hash(), names.KIND_BASE, "train-base"), **status}
+    with (
+        tracker.run(
+            names.EXPERIMENT_BASE, f"base-p{cfg.task.p}", tags, params, adopt_env_run=True
+        ) as run_id,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        tracker.log_series(
+            run_id,
+            {
+                names.BASE_TRAIN_LOSS: list(zip(c.steps, c.train_loss, strict=True)),
+                names.BASE_TEST_LOSS: list(zip(c.steps, c.test_loss, strict=True)),
+                names.BASE_TRAIN_ACC: list(zip(c.steps, c.train_acc, strict=True)),
+                names.BASE_TEST_ACC: list(zip(c.steps, c.test_acc, strict=True)),
+            },
+        )
+        tracker.log_metrics(
+            run_id, {names.BASE_TRAIN_SECONDS: result.seconds, names.BASE_STEPS: result.steps}
+        )
+        plots = Path(tmp) / "plots"
+        plots.mkdir()
+        plot_base_curves(c, plots / names.PLOT_BASE_CURVES, title=f"p={cfg.task.p}")
+        tracker.log_artifacts(run_id, plots, names.ARTIFACT_PLOTS)
+        weights = save_base(result.model, cfg, Path(tmp) / "weights")
+        tracker.log_artifacts(run_id, weights, names.ARTIFACT_BASE_WEIGHTS)
+        version = tracker.register_pyfunc(
+            run_id,
+            code=HERE / "pyfunc_base.py",
+            artifacts={"weights": str(weights)},
+            example=(pd.DataFrame({"a": [0], "b": [0]}), pd.Series([0], name="c")),
+            model_name=names.BASE_MODEL_NAME,
+            artifact_name=names.ARTIFACT_BASE_MODEL,
+            tags={
+                **status,
+                names.TAG_CONFIG_HASH: cfg.base_hash(),
+                names.TAG_METRIC_VERSION: str(husai.metric_version),
+                names.BASE_TEST_ACC: f"{result.test_acc:.6f}",
+            },
+            description=(
+                f"Modular addition mod {cfg.task.p}: held-out accuracy {result.test_acc:.4f} "
+                f"after {result.steps} steps ({result.outcome})."
+            ),
+        )
+    return RegisteredBase(
+        version=version,
+        run_id=run_id,
+        config_hash=cfg.base_hash(),
+        test_acc=result.test_acc,
+        generalised=result.generalised,
+    )
+
+
+# --- activations -------------------------------------------------------------------------------
+def record_activations(
+    tracker: Tracker,
+    cfg: ExperimentConfig,
+    base: BaseModelHandle,
+    acts: ActivationSet,
+    path: Path,
+    cache_hit: bool,
+) -> str:
+    a = cfg.activations
+    params = {
+        names.PARAM_ACTIVATION_KEY: acts.key,
+        names.PARAM_BASE_VERSION: base.version,
+        names.PARAM_BASE_RUN_ID: base.run_id,
+        names.PARAM_HOOK: a.hook,
+        names.PARAM_POSITION: a.position,
+        names.PARAM_SPLIT_SEED: a.split_seed,
+        names.PARAM_EVAL_FRAC: a.eval_frac,
+        names.PARAM_D_IN: acts.d_in,
+        "task.p": cfg.task.p,
+    }
+    tags = {
+        **tracker.standard_tags(cfg.base_hash(), names.KIND_ACTIVATIONS, "extract"),
+        names.TAG_CACHE: "hit" if cache_hit else "miss",
+    }
+    name = f"acts-{a.hook}-{acts.key[:8]}"
+    with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params, adopt_env_run=True) as rid:
+        tracker.log_metrics(
+            rid, {names.ACT_N_TRAIN: acts.train.shape[0], names.ACT_N_EVAL: acts.eval.shape[0]}
+        )
+        tracker.log_artifacts(rid, path, names.ARTIFACT_ACTIVATIONS)
+    return rid
+
+
+# --- trials ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialSource:
+    """Where a trial's activations came from (for params and tags)."""
+
+    activation_key: str
+    base_version: str | None  # None for a user's own activations
+    source: str  # "extracted", "key" or "file"
+
+
+@dataclass(frozen=True)
+class RecordedTrial:
+    run_id: str
+    seed_run_ids: dict[int, str]
+    sae_version: str | None
+
+
+def trial_params(cfg: ExperimentConfig, acts: ActivationSet, src: TrialSource) -> dict[str, object]:
+    s, t = cfg.sae, cfg.train
+    return {
+        "architecture": s.architecture,
+        "k": s.k,
+        names.PARAM_D_SAE: s.d_sae,
+        names.PARAM_D_IN: acts.d_in,
+        names.PARAM_LAMBDA: 0.0,
+        names.PARAM_N_SEEDS: len(cfg.trial.seeds),
+        names.PARAM_SEEDS: ",".join(map(str, cfg.trial.seeds)),
+        "steps": t.steps,
+        "batch_size": t.batch_size,
+        "lr": t.lr,
+        names.PARAM_HOOK: acts.hook or "user",
+        names.PARAM_BASE_VERSION: src.base_version or "none",
+        names.PARAM_ACTIVATION_KEY: src.activation_key,
+        **{
+            f"sae.{k}": v
+            for k, v in s.model_dump().items()
+            if k not in ("architecture", "k", "d_sae")
+        },
+        **{
+            f"train.{k}": v
+            for k, v in t.model_dump().items()
+            if k not in ("steps", "batch_size", "lr")
+        },
+        "trial.random_seed_offset": cfg.trial.random_seed_offset,
+        "trial.bootstrap_samples": cfg.trial.bootstrap_samples,
+    }
+
+
+def stability_metrics(result: TrialResult) -> dict[str, float]:
+    out: dict[str, float | None] = {}
+    for m, st in result.stability.metrics.items():
+        base = f"stability/{m}"
+        for suffix, value in (
+            ("", st.value),
+            ("_random", st.random),
+            ("_gaussian", st.gaussian),
+            ("_step0", st.step0),
+            ("_delta", st.delta),
+            ("_delta_lcb", st.delta_lcb),
+            ("_delta_ucb", st.delta_ucb),
+        ):
+            out[names.stability_key(base, suffix)] = value
+    return finite(out)
+
+
+def record_trial(
+    tracker: Tracker,
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    src: TrialSource,
+    result: TrialResult,
+) -> RecordedTrial:
+    """Trial run > one child run per seed; the representative SAE registered with `candidate`."""
+    from husai.report import plot_stability_heatmap
+
+    experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
+    s = cfg.sae
+    tags = {
+        **tracker.standard_tags(cfg.config_hash(), names.KIND_TRIAL, "trial"),
+        names.TAG_REPRESENTATIVE_SEED: str(result.representative_seed),
+        names.TAG_REPRESENTATIVE_WHY: result.representative_reason,
+        names.TAG_ACTIVATION_SOURCE: src.source,
+    }
+    name = f"trial-{s.architecture}-k{s.k}-d{s.d_sae}"
+    seed_runs: dict[int, str] = {}
+    with (
+        tracker.run(
+            experiment, name, tags, trial_params(cfg, acts, src), adopt_env_run=True
+        ) as trial_id,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        for sr in result.seeds:
+            seed_tags = {
+                **tracker.standard_tags(cfg.config_hash(), names.KIND_SEED, "trial"),
+                names.TAG_SEED: str(sr.seed),
+            }
+            with tracker.run(
+                experiment, f"{name}-seed{sr.seed}", seed_tags, {"seed": sr.seed}, trial_id
+            ) as seed_id:
+                c = sr.trained.curves
+                tracker.log_series(
+                    seed_id,
+                    {
+                        names.train_key(k): list(zip(c.steps, v, strict=True))
+                        for k, v in c.values.items()
+                    },
+                )
+                recon = {names.RECON_KEYS[k]: v for k, v in sr.recon.as_dict().items()}
+                tracker.log_metrics(
+                    seed_id, finite({**recon, names.SEED_SECONDS: sr.trained.seconds})
+                )
+                tracker.log_artifacts(seed_id, sr.folder, names.ARTIFACT_SAE)
+            seed_runs[sr.seed] = seed_id
+        trial_metrics = {names.RECON_KEYS[k]: v for k, v in result.recon_mean.items()}
+        trial_metrics[names.TRIAL_SECONDS] = result.seconds
+        tracker.log_metrics(trial_id, {**finite(trial_metrics), **stability_metrics(result)})
+        plots = Path(tmp) / "plots"
+        plots.mkdir()
+        plot_stability_heatmap(
+            result.stability.trained,
+            result.stability.random,
+            [sr.seed for sr in result.seeds],
+            plots / names.PLOT_STABILITY_HEATMAP,
+            title=name,
+        )
+        tracker.log_artifacts(trial_id, plots, names.ARTIFACT_PLOTS)
+        version = None
+        if cfg.trial.register_sae:
+            rep = result.seed_result(result.representative_seed)
+            version = tracker.register_pyfunc(
+                trial_id,
+                code=HERE / "pyfunc_sae.py",
+                artifacts={"sae": str(rep.folder)},
+                example=(pd.DataFrame([[0.0] * acts.d_in]), pd.DataFrame([[0.0] * s.d_sae])),
+                model_name=names.SAE_MODEL_NAME,
+                artifact_name=names.ARTIFACT_SAE_MODEL,
+                tags={
+                    names.TAG_TRIAL_RUN_ID: trial_id,
+                    names.TAG_ARCHITECTURE: s.architecture,
+                    names.TAG_K: str(s.k),
+                    names.TAG_D_SAE: str(s.d_sae),
+                    names.TAG_SEED: str(rep.seed),
+                    names.TAG_METRIC_VERSION: str(husai.metric_version),
+                    names.TAG_REPRESENTATIVE_WHY: result.representative_reason,
+                },
+                description=(
+                    f"{s.architecture} SAE (k {s.k}, d_sae {s.d_sae}), seed {rep.seed} of trial "
+                    f"run {trial_id}: {result.representative_reason}."
+                ),
+                alias=names.ALIAS_CANDIDATE,
+            )
+    return RecordedTrial(run_id=trial_id, seed_run_ids=seed_runs, sae_version=version)

@@ -1,0 +1,172 @@
+"""SAE training on cached activations: one seed, its own data order, a fixed step budget.
+
+Our loop over sae-lens's `training_forward_pass`, mirroring `SAETrainer._train_step` (Adam,
+gradient-norm clip 1.0, sae-lens's LR schedule and coefficient warm-ups, the dead-latent mask
+that feeds the AuxK loss) so that every architecture's own auxiliary losses are kept. Chosen over
+`SAETrainer` because SAETrainer logs nothing without wandb, cannot seed the data order, and was
+slower in STACK.md's measurement (42k vs 50k rows/s at d_sae 1024). Returns curves; never logs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from husai.config import SAEConfig, SAETrainConfig
+from husai.repro import deterministic
+from husai.sae import (
+    TrainingSAE,
+    TrainStepInput,
+    build_sae,
+    coefficient_schedulers,
+    decoder,
+    lr_scheduler,
+)
+
+# A callable adding an extra loss term: (sae, step) -> (name, scalar tensor). The consistency
+# objective plugs in here; the plain recipe passes None.
+ExtraLoss = Callable[[TrainingSAE[Any], int], tuple[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class SeedStreams:
+    """The two independent random streams of one seed: initialisation and data order."""
+
+    seed: int
+    init_seed: int
+    data_seed: int
+
+    @classmethod
+    def of(cls, seed: int) -> SeedStreams:
+        init_state, data_state = np.random.SeedSequence([seed, 0x5AE]).generate_state(2)
+        return cls(seed=seed, init_seed=int(init_state), data_seed=int(data_state))
+
+
+@dataclass
+class SAECurves:
+    steps: list[int] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, step: int, row: dict[str, float]) -> None:
+        self.steps.append(step)
+        for k, v in row.items():
+            self.values.setdefault(k, []).append(v)
+
+
+@dataclass
+class TrainedSAE:
+    seed: int
+    sae: TrainingSAE[Any]
+    decoder_step0: torch.Tensor  # [d_sae, d_in] at initialisation
+    curves: SAECurves
+    seconds: float
+
+    @property
+    def decoder(self) -> torch.Tensor:
+        return decoder(self.sae)
+
+
+class BatchOrder:
+    """Epochs of seeded permutations of the rows, cut into full batches."""
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int) -> None:
+        if batch_size > n_rows:
+            raise ValueError(f"batch_size {batch_size} exceeds the {n_rows} training rows")
+        self.n, self.batch = n_rows, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self._perm = torch.empty(0, dtype=torch.long)
+        self._pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self._pos + self.batch > len(self._perm):
+            self._perm = torch.randperm(self.n, generator=self.gen)
+            self._pos = 0
+        out = self._perm[self._pos : self._pos + self.batch]
+        self._pos += self.batch
+        return out
+
+
+def train_sae(
+    sae_cfg: SAEConfig,
+    train_cfg: SAETrainConfig,
+    acts: torch.Tensor,
+    seed: int,
+    extra_loss: ExtraLoss | None = None,
+    progress: bool = False,
+) -> TrainedSAE:
+    """Train one SAE on rows `acts` [n, d_in]; deterministic for a given seed on CPU."""
+    with deterministic():
+        return _train(sae_cfg, train_cfg, acts, SeedStreams.of(seed), extra_loss, progress)
+
+
+def _train(
+    sae_cfg: SAEConfig,
+    cfg: SAETrainConfig,
+    acts: torch.Tensor,
+    streams: SeedStreams,
+    extra_loss: ExtraLoss | None,
+    progress: bool,
+) -> TrainedSAE:
+    sae = build_sae(sae_cfg, int(acts.shape[1]), streams.init_seed)
+    w0 = decoder(sae)
+    order = BatchOrder(int(acts.shape[0]), cfg.batch_size, streams.data_seed)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+    sched = lr_scheduler(opt, cfg)
+    coeffs = coefficient_schedulers(sae)
+    since_fired = torch.zeros(sae_cfg.d_sae)
+    curves = SAECurves()
+    sae.train()
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=f"SAE seed {streams.seed}", disable=not progress)
+    for step in bar:
+        dead = since_fired > cfg.dead_window
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=acts[order.next()],
+                coefficients={k: s.value for k, s in coeffs.items()},
+                dead_neuron_mask=dead,
+                n_training_steps=step,
+                is_logging_step=False,
+            )
+        )
+        loss, losses = out.loss, dict(out.losses)
+        if extra_loss is not None:
+            name, term = extra_loss(sae, step)
+            loss = loss + term
+            losses[name] = term
+        with torch.no_grad():
+            fired = (out.feature_acts != 0).any(dim=0)
+            since_fired += 1
+            since_fired[fired] = 0
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        for s in coeffs.values():
+            s.step()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            row = {
+                "loss": loss.item(),
+                "l0": (out.feature_acts != 0).float().sum(-1).mean().item(),
+                "dead_frac": (since_fired > cfg.dead_window).float().mean().item(),
+                "lr": opt.param_groups[0]["lr"],
+            }
+            # sae-lens names its terms mse_loss, auxiliary_reconstruction_loss, l1_loss, ...
+            row.update({("mse" if k == "mse_loss" else k): v.item() for k, v in losses.items()})
+            curves.add(step, row)
+            bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}")
+    sae.eval()
+    return TrainedSAE(
+        seed=streams.seed,
+        sae=sae,
+        decoder_step0=w0,
+        curves=curves,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,134 @@
+"""One trial: an SAE recipe trained with N seeds on the same activations, measured on held-out
+rows, its cross-seed stability compared with matched random baselines. Returns a TrialResult;
+`husai.tracking.Tracker.record_trial` writes it to MLflow.
+
+    python -m husai trial --preset quick
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from husai.config import ExperimentConfig, InputError
+from husai.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
+from husai.sae import SAE, build_sae, decoder, load_sae, save_sae
+from husai.stability import StabilityReport, gaussian_decoders, representative, stability_report
+from husai.train import SeedStreams, TrainedSAE, train_sae
+
+if TYPE_CHECKING:
+    from husai.activations import ActivationSet
+    from husai.base_model import HookedTransformer
+
+RECON_FIELDS = ("fvu", "ev", "mse", "l0", "dead_frac", "loss_recovered")
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    trained: TrainedSAE
+    sae: SAE[Any]  # the inference SAE as saved and reloaded: what users get
+    folder: Path  # sae-lens folder (safetensors + cfg.json)
+    recon: ReconMetrics
+
+
+@dataclass
+class TrialResult:
+    seeds: list[SeedResult]
+    stability: StabilityReport
+    representative_seed: int
+    representative_reason: str
+    recon_mean: dict[str, float | None]
+    seconds: float
+
+    def seed_result(self, seed: int) -> SeedResult:
+        return next(s for s in self.seeds if s.seed == seed)
+
+
+def preflight(cfg: ExperimentConfig, acts: ActivationSet) -> None:
+    """Problems that would only surface mid-trial, raised before any compute or run."""
+    n = int(acts.train.shape[0])
+    if cfg.train.batch_size > n:
+        raise InputError(f"train.batch_size: {cfg.train.batch_size} exceeds the {n} training rows")
+    if cfg.sae.d_sae < 2:
+        raise InputError("sae.d_sae: need at least 2 latents")
+
+
+class _SpliceCE:
+    """CE at the read-out with the hook position clean, mean-ablated or replaced by x_hat."""
+
+    def __init__(self, model: HookedTransformer, acts: ActivationSet) -> None:
+        from husai.activations import readout_ce
+
+        if acts.p is None or acts.hook is None or acts.position is None:
+            raise ValueError("loss_recovered needs activations extracted from a base model")
+        p, hook, position, rows = acts.p, acts.hook, acts.position, acts.eval_rows
+        self._ce = lambda patch: readout_ce(model, p, rows, hook, position, patch)
+        self.clean = self._ce(None)
+        mean = acts.train.mean(dim=0, keepdim=True).expand_as(acts.eval)
+        self.ablate = self._ce(mean)
+
+    def recovered(self, x_hat: torch.Tensor) -> float | None:
+        return loss_recovered(self.clean, self._ce(x_hat), self.ablate)
+
+
+def run_trial(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    workdir: Path,
+    base_model: HookedTransformer | None = None,
+    progress: bool = True,
+) -> TrialResult:
+    """Train every seed, measure held-out reconstruction and cross-seed stability."""
+    preflight(cfg, acts)
+    start = time.perf_counter()
+    splice = _SpliceCE(base_model, acts) if base_model is not None else None
+    seeds = []
+    for seed in cfg.trial.seeds:
+        trained = train_sae(cfg.sae, cfg.train, acts.train, seed, progress=progress)
+        folder = save_sae(trained.sae, workdir / f"seed_{seed}")
+        sae = load_sae(folder)
+        lr = splice.recovered(reconstruct(sae, acts.eval)[1]) if splice is not None else None
+        seeds.append(
+            SeedResult(seed, trained, sae, folder, recon_metrics(sae, acts.eval, loss_recovered=lr))
+        )
+
+    d_in, t = acts.d_in, cfg.trial
+    random = [
+        decoder(build_sae(cfg.sae, d_in, SeedStreams.of(s + t.random_seed_offset).init_seed))
+        for s in t.seeds
+    ]
+    gaussian = gaussian_decoders(len(t.seeds), cfg.sae.d_sae, d_in, seed=2 * t.random_seed_offset)
+    report = stability_report(
+        trained=[s.trained.decoder for s in seeds],
+        random=random,
+        step0=[s.trained.decoder_step0 for s in seeds],
+        gaussian=gaussian,
+        d_in=d_in,
+        n_boot=t.bootstrap_samples,
+        seed=t.bootstrap_seed,
+    )
+    rep = seeds[representative(report.trained["pw_mcc"])].seed
+    return TrialResult(
+        seeds=seeds,
+        stability=report,
+        representative_seed=rep,
+        representative_reason=(
+            "medoid: the seed whose decoder has the highest mean pw_mcc to the other seeds"
+        ),
+        recon_mean=_mean_recon([s.recon for s in seeds]),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _mean_recon(recons: list[ReconMetrics]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for f in RECON_FIELDS:
+        vals = [getattr(r, f) for r in recons]
+        # A metric missing for any seed is missing for the trial, never averaged as 0.
+        out[f] = None if any(v is None for v in vals) else sum(vals) / len(vals)
+    return out

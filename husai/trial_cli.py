@@ -1,0 +1,96 @@
+"""`husai trial`: resolve the activations (extracted, cached by key, or a user's file), check
+everything that can be checked before compute, run the trial, record it, print a summary."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from husai.config import ExperimentConfig, from_dict
+
+if TYPE_CHECKING:
+    from husai.activations import ActivationSet
+    from husai.base_model import HookedTransformer
+    from husai.records import RecordedTrial
+    from husai.trial import TrialResult
+
+
+def with_source(cfg: ExperimentConfig, key: str, file: str) -> ExperimentConfig:
+    """Apply --activation-key / --activations-file on top of the config (validated again)."""
+    if not key and not file:
+        return cfg
+    acts = cfg.activations.model_dump()
+    acts.update({k: v for k, v in (("key", key), ("file", file)) if v})
+    return from_dict({**cfg.model_dump(), "activations": acts}, "command line")
+
+
+def run_trial_command(cfg: ExperimentConfig, tracking_uri: str | None, key: str, file: str) -> int:
+    from husai.activations import check_hook, find_by_key, get_or_extract, load_user_activations
+    from husai.base_model import get_or_train, load_base_from_run
+    from husai.records import TrialSource, record_trial
+    from husai.tracking import Tracker
+    from husai.trial import preflight, run_trial
+
+    cfg = with_source(cfg, key, file)
+    a = cfg.activations
+    base_model: HookedTransformer | None = None
+    if a.file is not None:
+        # Read and checked before the store is even opened: a bad file creates nothing.
+        acts = load_user_activations(Path(a.file), a)
+        preflight(cfg, acts)
+        tracker = Tracker(tracking_uri)
+        src = TrialSource(acts.key, None, "file")
+    elif a.key is not None:
+        tracker = Tracker(tracking_uri)
+        handle = find_by_key(a.key, tracker)
+        acts = handle.acts
+        preflight(cfg, acts)
+        base_version = None
+        if handle.run_id:
+            params = tracker.get_run_params(handle.run_id)
+            base_version = params.get("base_version")
+            base_model = load_base_from_run(tracker, params["base_run_id"])
+        src = TrialSource(acts.key, base_version, "key")
+    else:
+        check_hook(cfg)
+        tracker = Tracker(tracking_uri)
+        base = get_or_train(cfg, tracker)
+        acts = get_or_extract(cfg, base, tracker).acts
+        preflight(cfg, acts)
+        base_model = base.model
+        src = TrialSource(acts.key, base.version, "extracted")
+
+    with tempfile.TemporaryDirectory() as work:
+        result = run_trial(cfg, acts, Path(work), base_model=base_model)
+        recorded = record_trial(tracker, cfg, acts, src, result)
+    print_summary(cfg, acts, result, recorded)
+    print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {tracker.uri}")
+    return 0
+
+
+def print_summary(
+    cfg: ExperimentConfig, acts: ActivationSet, result: TrialResult, rec: RecordedTrial
+) -> None:
+    s = cfg.sae
+    r = result.recon_mean
+    lr = "absent (no base model)" if r["loss_recovered"] is None else f"{r['loss_recovered']:.4f}"
+    print(
+        f"trial {s.architecture} k={s.k} d_sae={s.d_sae} on {acts.key}, seeds "
+        f"{list(cfg.trial.seeds)}: {result.seconds:.1f} s; run {rec.run_id}"
+    )
+    print(
+        f"  held-out recon (mean over seeds): ev {r['ev']:.4f}  fvu {r['fvu']:.4f}  "
+        f"l0 {r['l0']:.1f}  dead {r['dead_frac']:.3f}  loss recovered {lr}"
+    )
+    print("  stability        trained   random  gaussian   step0   delta [95% seed-bootstrap CI]")
+    for m, st in result.stability.metrics.items():
+        print(
+            f"  {m:<16} {st.value:8.4f} {st.random:8.4f} {st.gaussian:8.4f} {st.step0:8.4f} "
+            f"{st.delta:+8.4f} [{st.delta_lcb:+.4f}, {st.delta_ucb:+.4f}]"
+        )
+    if rec.sae_version is not None:
+        print(
+            f"  husai-sae version {rec.sae_version} (alias candidate) = seed "
+            f"{result.representative_seed}: {result.representative_reason}"
+        )
