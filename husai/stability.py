@@ -68,7 +68,7 @@ def pair_mean(mat: np.ndarray, idx: Sequence[int] | np.ndarray) -> float:
 def bootstrap_pair_means(mat: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Pair means of `n_boot` seed-level resamples (seeds drawn with replacement)."""
     n = mat.shape[0]
-    return np.array([pair_mean(mat, rng.integers(0, n, size=n).tolist()) for _ in range(n_boot)])
+    return np.array([pair_mean(mat, np.asarray(rng.integers(0, n, size=n))) for _ in range(n_boot)])
 
 
 @dataclass
