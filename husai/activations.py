@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -266,8 +267,10 @@ def _read_user_matrix(path: Path) -> torch.Tensor:
                 raise ValueError(f"holds a {type(x).__name__}, expected one tensor")
         else:
             raise ValueError("unsupported suffix; use .safetensors, .npy or .pt")
-    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-        raise ActivationCacheError(f"{path}: cannot read activations ({e})") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as e:
+        # torch.load(weights_only=True) refuses anything but tensors: pickled objects land here.
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ActivationCacheError(f"{path}: cannot read activations ({first})") from None
     if x.ndim != 2 or x.shape[0] < 4 or x.shape[1] < 1:
         raise ActivationCacheError(f"{path}: expected a [n, d_in] matrix, got {list(x.shape)}")
     if not x.is_floating_point() or not bool(torch.isfinite(x).all()):

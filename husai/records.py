@@ -8,6 +8,7 @@ A metric that could not be computed (None or non-finite) is left out, never logg
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,10 +266,12 @@ def record_trial(
         version = None
         if cfg.trial.register_sae:
             rep = result.seed_result(result.representative_seed)
+            # MLflow names a directory artifact by its basename: make it `sae` for every version.
+            sae_dir = shutil.copytree(rep.folder, Path(tmp) / names.ARTIFACT_SAE)
             version = tracker.register_pyfunc(
                 trial_id,
                 code=HERE / "pyfunc_sae.py",
-                artifacts={"sae": str(rep.folder)},
+                artifacts={"sae": str(sae_dir)},
                 example=(pd.DataFrame([[0.0] * acts.d_in]), pd.DataFrame([[0.0] * s.d_sae])),
                 model_name=names.SAE_MODEL_NAME,
                 artifact_name=names.ARTIFACT_SAE_MODEL,

@@ -9,6 +9,7 @@ Runs are created through an explicit `MlflowClient`, so several runs can be open
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import warnings
@@ -114,6 +115,9 @@ class Tracker:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # Creating a store logs schema migrations at INFO; errors must stay one line on stderr.
+        for name in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         # The fluent API (pyfunc.log_model, artifact downloads) reads the global URI.
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)

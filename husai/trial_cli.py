@@ -74,7 +74,8 @@ def print_summary(
 ) -> None:
     s = cfg.sae
     r = result.recon_mean
-    lr = "absent (no base model)" if r["loss_recovered"] is None else f"{r['loss_recovered']:.4f}"
+    # Absent without a base model, or when mean ablation costs nothing (ratio undefined).
+    lr = "absent" if r["loss_recovered"] is None else f"{r['loss_recovered']:.4f}"
     print(
         f"trial {s.architecture} k={s.k} d_sae={s.d_sae} on {acts.key}, seeds "
         f"{list(cfg.trial.seeds)}: {result.seconds:.1f} s; run {rec.run_id}"

@@ -8,11 +8,21 @@ import pytest
 import torch
 
 from husai.config import ARCHITECTURES, SAEConfig, SAETrainConfig
-from husai.sae import SAE, SAECheckpointError, TrainStepInput, build_sae, decoder, load_sae, save_sae
+from husai.sae import (
+    SAE,
+    SAECheckpointError,
+    TrainStepInput,
+    build_sae,
+    decoder,
+    load_sae,
+    save_sae,
+)
 from husai.train import train_sae
 
 D_IN, D_SAE, K = 16, 32, 4
-FAST = SAETrainConfig(steps=40, batch_size=64, lr=3e-3, lr_warmup_steps=0, lr_decay_steps=0, log_every=1)
+FAST = SAETrainConfig(
+    steps=40, batch_size=64, lr=3e-3, lr_warmup_steps=0, lr_decay_steps=0, log_every=1
+)
 
 
 def synthetic(n: int = 512, seed: int = 0) -> torch.Tensor:
@@ -54,7 +64,9 @@ def test_init_does_not_touch_global_rng() -> None:
 
 
 @pytest.mark.parametrize("arch", ["topk", "jumprelu", "standard"])
-def test_saved_sae_loads_with_sae_lens_and_reconstructs_identically(arch: str, tmp_path: Path) -> None:
+def test_saved_sae_loads_with_sae_lens_and_reconstructs_identically(
+    arch: str, tmp_path: Path
+) -> None:
     r = train_sae(cfg(arch), FAST, synthetic(), seed=0)
     save_sae(r.sae, tmp_path / "sae")
     loaded = SAE.load_from_disk(str(tmp_path / "sae"))  # sae-lens's own loader
@@ -100,8 +112,13 @@ def test_batchtopk_is_batch_level() -> None:
     sae = build_sae(cfg("batchtopk"), D_IN, 0)
     x = synthetic(128)
     out = sae.training_forward_pass(
-        TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0,
-                       is_logging_step=False)
+        TrainStepInput(
+            sae_in=x,
+            coefficients={},
+            dead_neuron_mask=None,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
     )
     per_row = (out.feature_acts != 0).sum(-1).float()
     assert per_row.std() > 0, "every row has exactly k latents: that is TopK, not BatchTopK"
@@ -115,8 +132,13 @@ def test_aux_loss_reaches_the_optimizer() -> None:
     def grads(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         sae = build_sae(cfg("topk"), D_IN, 0)
         out = sae.training_forward_pass(
-            TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=mask, n_training_steps=0,
-                           is_logging_step=False)
+            TrainStepInput(
+                sae_in=x,
+                coefficients={},
+                dead_neuron_mask=mask,
+                n_training_steps=0,
+                is_logging_step=False,
+            )
         )
         out.loss.backward()
         fired = (out.feature_acts != 0).any(0)
@@ -136,7 +158,9 @@ def test_aux_loss_reaches_the_optimizer() -> None:
 def test_training_curves_carry_the_aux_loss() -> None:
     c = SAETrainConfig(**{**FAST.model_dump(), "dead_window": 2})
     r = train_sae(cfg("topk"), c, synthetic(), seed=0)
-    assert {"loss", "mse", "l0", "dead_frac", "lr", "auxiliary_reconstruction_loss"} <= set(r.curves.values)
+    assert {"loss", "mse", "l0", "dead_frac", "lr", "auxiliary_reconstruction_loss"} <= set(
+        r.curves.values
+    )
 
 
 def test_corrupt_sae_folder_names_it(tmp_path: Path) -> None:

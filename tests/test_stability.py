@@ -80,9 +80,14 @@ def test_bootstrap_resamples_seeds_not_pairs() -> None:
 
 def test_report_deltas_and_bounds() -> None:
     base = torch.randn(48, 12, generator=torch.Generator().manual_seed(0))
-    trained = [base + 0.05 * torch.randn(48, 12, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    trained = [
+        base + 0.05 * torch.randn(48, 12, generator=torch.Generator().manual_seed(i))
+        for i in range(4)
+    ]
     random = gaussian_decoders(4, 48, 12, seed=100)
-    rep = stability_report(trained, random, random, gaussian_decoders(4, 48, 12, 200), 12, n_boot=300)
+    rep = stability_report(
+        trained, random, random, gaussian_decoders(4, 48, 12, 200), 12, n_boot=300
+    )
     for m in METRICS:
         st = rep.metrics[m]
         assert st.delta == pytest.approx(st.value - st.random)

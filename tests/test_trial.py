@@ -1,0 +1,238 @@
+"""Trials end to end on small data: MLflow tree, registry, bring-your-own activations, errors."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from husai import names
+from husai.cli import EXIT_BAD_INPUT, main
+from husai.tracking import Tracker
+from tests.conftest import TINY
+
+TRIAL = {
+    "sae": {"architecture": "topk", "d_sae": 32, "k": 4},
+    "train": {
+        "steps": 40,
+        "batch_size": 64,
+        "lr_warmup_steps": 5,
+        "lr_decay_steps": 10,
+        "log_every": 5,
+    },
+    "trial": {"seeds": [0, 1, 2], "bootstrap_samples": 200},
+}
+
+
+def write_cfg(tmp_path: Path, extra: dict | None = None, base: dict | None = None) -> Path:
+    data = {**(base if base is not None else {"name": "t"}), **TRIAL, **(extra or {})}
+    path = tmp_path / "trial.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def user_acts(tmp_path: Path, suffix: str = ".npy") -> Path:
+    g = torch.Generator().manual_seed(0)
+    x = (
+        torch.rand(400, 32, generator=g)
+        * (torch.rand(400, 32, generator=g) < 0.1)
+        @ torch.randn(32, 16, generator=g)
+    )
+    path = tmp_path / f"acts{suffix}"
+    if suffix == ".npy":
+        np.save(path, x.numpy())
+    elif suffix == ".pt":
+        torch.save(x, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"activations": x}, str(path))
+    return path
+
+
+def all_runs(tracker: Tracker) -> list:
+    exps = [e.experiment_id for e in tracker.client.search_experiments()]
+    return tracker.client.search_runs(exps) if exps else []
+
+
+def test_trial_on_user_activations(
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_cfg(tmp_path)
+    assert (
+        main(["trial", "--config", str(cfg), "--activations-file", str(user_acts(tmp_path))]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "loss recovered absent" in out and "husai-sae version 1 (alias candidate)" in out
+
+    tracker = Tracker(isolated_store)
+    exp = tracker.client.get_experiment_by_name("husai/t")
+    runs = tracker.client.search_runs([exp.experiment_id])
+    (trial,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_TRIAL]
+    seeds = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_SEED]
+    assert len(seeds) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in seeds} == {trial.info.run_id}
+
+    m, p = trial.data.metrics, trial.data.params
+    for key in ("fvu", "ev", "mse", "l0", "dead_frac"):
+        assert names.RECON_KEYS[key] in m
+    assert names.RECON_LOSS_RECOVERED not in m  # no base model: absent, never 0
+    for base in names.STABILITY_BASES:
+        for suffix in names.STABILITY_SUFFIXES:
+            assert names.stability_key(base, suffix) in m, base + suffix
+    for param in (
+        "architecture",
+        "k",
+        "d_sae",
+        "d_in",
+        "lambda",
+        "n_seeds",
+        "seeds",
+        "steps",
+        "batch_size",
+        "lr",
+        "hook",
+        "base_version",
+        "activation_key",
+    ):
+        assert param in p, param
+    assert p["seeds"] == "0,1,2" and p["d_in"] == "16" and p["base_version"] == "none"
+    assert m[names.RECON_L0] == pytest.approx(4.0)
+
+    seed_run = seeds[0]
+    assert len(tracker.client.get_metric_history(seed_run.info.run_id, "train/mse")) == 9
+    arts = {a.path for a in tracker.client.list_artifacts(seed_run.info.run_id, names.ARTIFACT_SAE)}
+    assert {"sae/cfg.json", "sae/sae_weights.safetensors"} <= arts
+    png = tracker.download(
+        trial.info.run_id, f"plots/{names.PLOT_STABILITY_HEATMAP}", tmp_path / "dl"
+    )
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+    mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
+    assert mv.tags[names.TAG_TRIAL_RUN_ID] == trial.info.run_id
+    assert mv.tags[names.TAG_ARCHITECTURE] == "topk" and mv.tags[names.TAG_K] == "4"
+    assert mv.tags[names.TAG_D_SAE] == "32" and mv.tags[names.TAG_METRIC_VERSION]
+    assert mv.tags[names.TAG_SEED] == trial.data.tags[names.TAG_REPRESENTATIVE_SEED]
+
+
+def test_registered_sae_loads_for_a_user(tmp_path: Path, isolated_store: str) -> None:
+    import mlflow
+    import pandas as pd
+    from sae_lens import SAE
+
+    cfg = write_cfg(tmp_path)
+    assert (
+        main(
+            [
+                "trial",
+                "--config",
+                str(cfg),
+                "--activations-file",
+                str(user_acts(tmp_path, ".safetensors")),
+            ]
+        )
+        == 0
+    )
+    uri = f"models:/{names.SAE_MODEL_NAME}@{names.ALIAS_CANDIDATE}"
+    latents = mlflow.pyfunc.load_model(uri).predict(
+        pd.DataFrame(np.random.rand(5, 16).astype("float32"))
+    )
+    assert latents.shape == (5, 32)
+    folder = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "m"))
+    sae = SAE.load_from_disk(f"{folder}/artifacts/sae")
+    assert sae.cfg.d_sae == 32 and sae.W_dec.shape == (32, 16)
+
+
+def test_same_trial_twice_same_metrics(tmp_path: Path) -> None:
+    from husai.activations import load_user_activations
+    from husai.config import load
+    from husai.trial import run_trial
+
+    cfg = load(write_cfg(tmp_path))
+    acts = load_user_activations(user_acts(tmp_path), cfg.activations)
+    a = run_trial(cfg, acts, tmp_path / "a", progress=False)
+    b = run_trial(cfg, acts, tmp_path / "b", progress=False)
+    assert a.recon_mean == b.recon_mean
+    assert a.stability.metrics == b.stability.metrics
+
+
+def test_trial_on_extracted_activations_has_loss_recovered(
+    tmp_path: Path, isolated_store: str
+) -> None:
+    # A base model trained long enough that mean ablation at '=' hurts (else the ratio is
+    # undefined and loss_recovered is rightly absent).
+    base = {
+        **TINY,
+        "task": {"p": 11, "train_frac": 0.8},
+        "base": {**TINY["base"], "max_steps": 300, "lr": 0.01, "eval_every": 50, "d_mlp": 64},
+    }
+    cfg = write_cfg(tmp_path, base=base)
+    assert main(["trial", "--config", str(cfg)]) == 0
+    tracker = Tracker(isolated_store)
+    trial = next(
+        r for r in all_runs(tracker) if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL
+    )
+    assert names.RECON_LOSS_RECOVERED in trial.data.metrics
+    key = trial.data.params["activation_key"]
+    # The same activations again, by key: a cache hit, the base model found through its run.
+    assert main(["trial", "--config", str(cfg), "--activation-key", key]) == 0
+    runs = [r for r in all_runs(tracker) if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL]
+    assert len(runs) == 2 and all(names.RECON_LOSS_RECOVERED in r.data.metrics for r in runs)
+
+
+@pytest.mark.parametrize(
+    ("extra", "args", "expect"),
+    [
+        ({"sae": {"architecture": "topk", "d_sae": 8, "k": 16}}, [], "k: 16 exceeds d_sae 8"),
+        ({"sae": {"architecture": "gated_relu", "d_sae": 32, "k": 4}}, [], "sae.architecture"),
+        ({}, ["--activation-key", "0123456789abcdef"], "activations.key: no activation set"),
+        (
+            {"train": {"steps": 10, "batch_size": 5000, "lr_warmup_steps": 0, "lr_decay_steps": 0}},
+            ["--activations-file", "USER"],
+            "train.batch_size: 5000 exceeds",
+        ),
+    ],
+)
+def test_bad_trials_exit_2_and_record_nothing(
+    tmp_path: Path,
+    isolated_store: str,
+    capsys: pytest.CaptureFixture[str],
+    extra: dict,
+    args: list[str],
+    expect: str,
+) -> None:
+    cfg = write_cfg(tmp_path, extra)
+    args = [str(user_acts(tmp_path)) if a == "USER" else a for a in args]
+    assert main(["trial", "--config", str(cfg), *args]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0], err
+    db = Path(isolated_store.removeprefix("sqlite:///"))
+    assert not db.exists() or all_runs(Tracker(isolated_store)) == []
+
+
+def test_user_files_are_never_unpickled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_cfg(tmp_path)
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"not": "a tensor"}))
+    assert main(["trial", "--config", str(cfg), "--activations-file", str(evil)]) == EXIT_BAD_INPUT
+    assert str(evil) in capsys.readouterr().err
+    obj = tmp_path / "obj.npy"
+    np.save(obj, np.array([{"a": 1}] * 8, dtype=object), allow_pickle=True)
+    assert main(["trial", "--config", str(cfg), "--activations-file", str(obj)]) == EXIT_BAD_INPUT
+    assert str(obj) in capsys.readouterr().err
+
+
+def test_pt_user_file_and_stable_key(tmp_path: Path) -> None:
+    from husai.activations import load_user_activations
+    from husai.config import ActivationsConfig
+
+    path = user_acts(tmp_path, ".pt")
+    a = load_user_activations(path, ActivationsConfig())
+    b = load_user_activations(path, ActivationsConfig())
+    c = load_user_activations(path, ActivationsConfig(split_seed=1))
+    assert a.key == b.key != c.key
+    assert a.eval.shape[0] == 80 and a.p is None
