@@ -23,7 +23,7 @@ $(DEV_STAMP): $(STAMP)
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/husai extract --preset quick
+	$(BIN)/husai trial --preset quick
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check husai tests benchmarks

@@ -45,6 +45,20 @@ def test_quick_preset_generalises_then_is_reused(
     assert second_s < first_s / 3, (first_s, second_s)
     assert len(tracker.client.search_model_versions(f"name = '{names.BASE_MODEL_NAME}'")) == 1
 
+    # The demo's trial: TopK, k 16, d_sae 512, 5 seeds on the quick base model.
+    assert main(["trial", "--preset", "quick"]) == 0
+    out = capsys.readouterr().out
+    assert "reused" in out and "cache hit" in out and "alias candidate" in out
+    mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
+    trial = tracker.client.get_run(mv.tags[names.TAG_TRIAL_RUN_ID])
+    m = trial.data.metrics
+    assert 0 < m[names.RECON_LOSS_RECOVERED] <= 1.0 + 1e-6
+    assert m[names.RECON_EV] > 0.5
+    assert trial.data.params["n_seeds"] == "5" and trial.data.params["k"] == "16"
+    for base in names.STABILITY_BASES:
+        for suffix in names.STABILITY_SUFFIXES:
+            assert names.stability_key(base, suffix) in m
+
 
 def test_mlflow_run_entry_points(tmp_path: Path, isolated_store: str) -> None:
     cfg = tmp_path / "tiny.yaml"
