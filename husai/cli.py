@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from husai.config import PRESETS, ExperimentConfig, InputError, resolve
 
 if TYPE_CHECKING:
+    from husai.activations import ActivationsHandle
     from husai.base_model import BaseModelHandle
 
 EXIT_BAD_INPUT = 2
@@ -50,6 +51,13 @@ def _trial_options(p: argparse.ArgumentParser) -> None:
         default="",
         help="your own [n, d_in] activations: .safetensors, .npy or .pt (sets activations.file)",
     )
+    p.add_argument(
+        "--rerun",
+        type=str,
+        default="no",
+        choices=("no", "yes"),
+        help="train again even if this exact trial (config hash + activations) is recorded",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +82,7 @@ def _ui_hint(uri: str) -> str:
     return f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}"
 
 
-def _print_base(handle: BaseModelHandle) -> None:
+def print_base(handle: BaseModelHandle) -> None:
     verdict = (
         "generalised" if handle.generalised else "DID NOT GENERALISE (memorised or undertrained)"
     )
@@ -82,6 +90,16 @@ def _print_base(handle: BaseModelHandle) -> None:
     print(
         f"husai-base version {handle.version} {how}: held-out accuracy "
         f"{handle.test_acc:.4f}, {verdict}; run {handle.run_id}"
+    )
+
+
+def print_acts(handle: ActivationsHandle) -> None:
+    acts = handle.acts
+    state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
+    print(
+        f"activations {acts.key} at {acts.hook} pos {acts.position}: {state}; "
+        f"{acts.train.shape[0]} train + {acts.eval.shape[0]} held-out rows, d_in {acts.d_in}; "
+        f"run {handle.run_id}"
     )
 
 
@@ -94,7 +112,7 @@ def cmd_train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     handle = get_or_train(cfg, tracker)
     if handle.reused:
         tracker.note_reuse({names.TAG_REUSED_VERSION: handle.version}, handle.run_id)
-    _print_base(handle)
+    print_base(handle)
     print(_ui_hint(tracker.uri))
     return 0
 
@@ -107,15 +125,8 @@ def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     check_hook(cfg)
     tracker = Tracker(args.tracking_uri or None)
     base = get_or_train(cfg, tracker)
-    _print_base(base)
-    handle = get_or_extract(cfg, base, tracker)
-    acts = handle.acts
-    state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
-    print(
-        f"activations {acts.key} at {acts.hook} pos {acts.position}: {state}; "
-        f"{acts.train.shape[0]} train + {acts.eval.shape[0]} held-out rows, d_in {acts.d_in}; "
-        f"run {handle.run_id}"
-    )
+    print_base(base)
+    print_acts(get_or_extract(cfg, base, tracker))
     print(_ui_hint(tracker.uri))
     return 0
 
@@ -124,7 +135,11 @@ def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     from husai.trial_cli import run_trial_command
 
     return run_trial_command(
-        cfg, args.tracking_uri or None, args.activation_key, args.activations_file
+        cfg,
+        args.tracking_uri or None,
+        args.activation_key,
+        args.activations_file,
+        rerun=args.rerun == "yes",
     )
 
 

@@ -230,7 +230,13 @@ class ExperimentConfig(_Strict):
         return stable_hash({"task": self.task, "base": self.base})
 
     def config_hash(self) -> str:
-        return stable_hash(self)
+        """Identity of the experiment. Where the activations come from (activations.key/file)
+        is left out: runs record that as their activation_key param instead."""
+        data = self.model_dump(mode="json")
+        data["activations"] = {
+            k: v for k, v in data["activations"].items() if k not in ("key", "file")
+        }
+        return stable_hash(data)
 
 
 def stable_hash(obj: Any) -> str:

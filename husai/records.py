@@ -291,3 +291,17 @@ def record_trial(
                 alias=names.ALIAS_CANDIDATE,
             )
     return RecordedTrial(run_id=trial_id, seed_run_ids=seed_runs, sae_version=version)
+
+
+def find_recorded_trial(tracker: Tracker, cfg: ExperimentConfig, activation_key: str) -> str | None:
+    """A finished trial run with this exact config, activations and metric version, if any."""
+    runs = tracker.find_runs(
+        names.EXPERIMENT_SWEEP_PREFIX + cfg.name,
+        {names.PARAM_ACTIVATION_KEY: activation_key},
+        {
+            names.TAG_KIND: names.KIND_TRIAL,
+            names.TAG_CONFIG_HASH: cfg.config_hash(),
+            names.TAG_METRIC_VERSION: str(husai.metric_version),
+        },
+    )
+    return runs[0] if runs else None

@@ -240,12 +240,15 @@ class Tracker:
     def get_run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
 
-    def find_runs(self, experiment: str, params: Mapping[str, str]) -> list[str]:
-        """Finished runs of `experiment` whose params equal `params`, newest first."""
+    def find_runs(
+        self, experiment: str, params: Mapping[str, str], tags: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """Finished runs of `experiment` whose params (and tags) equal these, newest first."""
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             return []
         clauses = [f"params.`{k}` = '{v}'" for k, v in params.items()]
+        clauses += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
         clauses.append("attributes.status = 'FINISHED'")
         runs = self.client.search_runs(
             [exp.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"]

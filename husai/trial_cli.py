@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from husai.activations import ActivationSet
     from husai.base_model import HookedTransformer
     from husai.records import RecordedTrial
+    from husai.tracking import Tracker
     from husai.trial import TrialResult
 
 
@@ -25,10 +26,13 @@ def with_source(cfg: ExperimentConfig, key: str, file: str) -> ExperimentConfig:
     return from_dict({**cfg.model_dump(), "activations": acts}, "command line")
 
 
-def run_trial_command(cfg: ExperimentConfig, tracking_uri: str | None, key: str, file: str) -> int:
+def run_trial_command(
+    cfg: ExperimentConfig, tracking_uri: str | None, key: str, file: str, rerun: bool = False
+) -> int:
     from husai.activations import check_hook, find_by_key, get_or_extract, load_user_activations
     from husai.base_model import get_or_train, load_base_from_run
-    from husai.records import TrialSource, record_trial
+    from husai.cli import print_acts, print_base
+    from husai.records import TrialSource, find_recorded_trial, record_trial
     from husai.tracking import Tracker
     from husai.trial import preflight, run_trial
 
@@ -56,11 +60,21 @@ def run_trial_command(cfg: ExperimentConfig, tracking_uri: str | None, key: str,
         check_hook(cfg)
         tracker = Tracker(tracking_uri)
         base = get_or_train(cfg, tracker)
-        acts = get_or_extract(cfg, base, tracker).acts
+        print_base(base)
+        extracted = get_or_extract(cfg, base, tracker)
+        print_acts(extracted)
+        acts = extracted.acts
         preflight(cfg, acts)
         base_model = base.model
         src = TrialSource(acts.key, base.version, "extracted")
 
+    done = None if rerun else find_recorded_trial(tracker, cfg, acts.key)
+    if done is not None:
+        # Same config hash, activations and metric version: training is deterministic, so the
+        # result would be the same run again. Say so instead of duplicating runs and versions.
+        print_recorded(tracker, done)
+        print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {tracker.uri}")
+        return 0
     with tempfile.TemporaryDirectory() as work:
         result = run_trial(cfg, acts, Path(work), base_model=base_model)
         recorded = record_trial(tracker, cfg, acts, src, result)
@@ -94,4 +108,28 @@ def print_summary(
         print(
             f"  husai-sae version {rec.sae_version} (alias candidate) = seed "
             f"{result.representative_seed}: {result.representative_reason}"
+        )
+
+
+def print_recorded(tracker: Tracker, run_id: str) -> None:
+    from husai import names
+
+    m = tracker.get_run_metrics(run_id)
+    lr = m.get(names.RECON_LOSS_RECOVERED)
+    print(
+        f"trial already recorded with this config hash and activations: run {run_id} "
+        "(reused, not retrained; pass --rerun yes to train it again)"
+    )
+    print(
+        f"  held-out recon (mean over seeds): ev {m[names.RECON_EV]:.4f}  l0 "
+        f"{m[names.RECON_L0]:.1f}  loss recovered {'absent' if lr is None else f'{lr:.4f}'}"
+    )
+    for base in names.STABILITY_BASES:
+        v = {
+            sfx: m.get(names.stability_key(base, sfx), float("nan"))
+            for sfx in names.STABILITY_SUFFIXES
+        }
+        print(
+            f"  {base:<26} {v['']:.4f} vs random {v['_random']:.4f}: delta {v['_delta']:+.4f} "
+            f"[{v['_delta_lcb']:+.4f}, {v['_delta_ucb']:+.4f}]"
         )

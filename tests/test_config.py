@@ -91,3 +91,11 @@ def test_hash_is_pinned() -> None:
     may only change on purpose (new field or new default), updating these values."""
     assert load_preset("quick").base_hash() == "98b32df7cf840a73"
     assert ExperimentConfig().base_hash() == "2a6930b9b9299be8"
+
+
+def test_activation_source_is_not_part_of_the_experiment_hash() -> None:
+    a = load_preset("quick")
+    b = from_dict({**a.model_dump(), "activations": {**a.activations.model_dump(), "key": "ab"}})
+    assert a.config_hash() == b.config_hash()
+    with pytest.raises(ConfigError, match="give at most one activation source"):
+        from_dict({"activations": {"key": "ab", "file": "x.npy"}})

@@ -68,8 +68,14 @@ def test_trial_on_user_activations(
     )
     out = capsys.readouterr().out
     assert "loss recovered absent" in out and "husai-sae version 1 (alias candidate)" in out
+    # Again: the identical trial is found and reused, no second run or version.
+    assert (
+        main(["trial", "--config", str(cfg), "--activations-file", str(user_acts(tmp_path))]) == 0
+    )
+    assert "already recorded" in capsys.readouterr().out
 
     tracker = Tracker(isolated_store)
+    assert len(tracker.client.search_model_versions(f"name = '{names.SAE_MODEL_NAME}'")) == 1
     exp = tracker.client.get_experiment_by_name("husai/t")
     runs = tracker.client.search_runs([exp.experiment_id])
     (trial,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_TRIAL]
@@ -161,7 +167,7 @@ def test_same_trial_twice_same_metrics(tmp_path: Path) -> None:
 
 
 def test_trial_on_extracted_activations_has_loss_recovered(
-    tmp_path: Path, isolated_store: str
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A base model trained long enough that mean ablation at '=' hurts (else the ratio is
     # undefined and loss_recovered is rightly absent).
@@ -178,10 +184,17 @@ def test_trial_on_extracted_activations_has_loss_recovered(
     )
     assert names.RECON_LOSS_RECOVERED in trial.data.metrics
     key = trial.data.params["activation_key"]
-    # The same activations again, by key: a cache hit, the base model found through its run.
+    # The same activations again, by key: the identical trial is already recorded and reused.
     assert main(["trial", "--config", str(cfg), "--activation-key", key]) == 0
+    assert "already recorded" in capsys.readouterr().out
+    kinds = [r.data.tags.get(names.TAG_KIND) for r in all_runs(tracker)]
+    assert kinds.count(names.KIND_TRIAL) == 1
+    # Forced: trained again from the cached activations, base model found through its run.
+    assert main(["trial", "--config", str(cfg), "--activation-key", key, "--rerun", "yes"]) == 0
     runs = [r for r in all_runs(tracker) if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL]
     assert len(runs) == 2 and all(names.RECON_LOSS_RECOVERED in r.data.metrics for r in runs)
+    a, b = ({k: v for k, v in r.data.metrics.items() if "seconds" not in k} for r in runs)
+    assert a == b  # deterministic: the rerun reproduces every metric exactly
 
 
 @pytest.mark.parametrize(
