@@ -109,6 +109,12 @@ TAG_ACTIVATION_SOURCE = "husai.activation_source"  # extracted / cached key / us
 ARTIFACT_SAE = "sae"  # seed run artifact: the sae-lens folder
 ARTIFACT_SAE_MODEL = "sae_model"  # the registered pyfunc wrapping that folder
 PLOT_STABILITY_HEATMAP = "stability_heatmap.png"
+PARAM_ARCHITECTURE = "architecture"
+PARAM_K = "k"
+PARAM_STEPS = "steps"
+PARAM_BATCH_SIZE = "batch_size"
+PARAM_LR = "lr"
+PARAM_SEED = "seed"
 PARAM_LAMBDA = "lambda"
 PARAM_SEEDS = "seeds"
 PARAM_N_SEEDS = "n_seeds"
@@ -134,6 +140,11 @@ RECON_KEYS = {
 def train_key(name: str) -> str:
     """A training-curve key, e.g. train/mse or train/auxiliary_reconstruction_loss."""
     return TRAIN_PREFIX + name
+
+
+def config_param(section: str, field: str) -> str:
+    """Params mirroring a config field are named by its path, e.g. sae.l1_coefficient."""
+    return f"{section}.{field}"
 
 
 def package_tag(distribution: str) -> str:

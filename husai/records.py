@@ -43,8 +43,8 @@ def record_base_model(
 
     c = result.curves
     params = {
-        **{f"task.{k}": v for k, v in cfg.task.model_dump().items()},
-        **{f"base.{k}": v for k, v in cfg.base.model_dump().items()},
+        **{names.config_param("task", k): v for k, v in cfg.task.model_dump().items()},
+        **{names.config_param("base", k): v for k, v in cfg.base.model_dump().items()},
     }
     status = {
         names.TAG_P: str(cfg.task.p),
@@ -122,7 +122,7 @@ def record_activations(
         names.PARAM_SPLIT_SEED: a.split_seed,
         names.PARAM_EVAL_FRAC: a.eval_frac,
         names.PARAM_D_IN: acts.d_in,
-        "task.p": cfg.task.p,
+        names.config_param("task", "p"): cfg.task.p,
     }
     tags = {
         **tracker.standard_tags(cfg.base_hash(), names.KIND_ACTIVATIONS, "extract"),
@@ -157,31 +157,33 @@ class RecordedTrial:
 def trial_params(cfg: ExperimentConfig, acts: ActivationSet, src: TrialSource) -> dict[str, object]:
     s, t = cfg.sae, cfg.train
     return {
-        "architecture": s.architecture,
-        "k": s.k,
+        names.PARAM_ARCHITECTURE: s.architecture,
+        names.PARAM_K: s.k,
         names.PARAM_D_SAE: s.d_sae,
         names.PARAM_D_IN: acts.d_in,
         names.PARAM_LAMBDA: 0.0,
         names.PARAM_N_SEEDS: len(cfg.trial.seeds),
         names.PARAM_SEEDS: ",".join(map(str, cfg.trial.seeds)),
-        "steps": t.steps,
-        "batch_size": t.batch_size,
-        "lr": t.lr,
+        names.PARAM_STEPS: t.steps,
+        names.PARAM_BATCH_SIZE: t.batch_size,
+        names.PARAM_LR: t.lr,
         names.PARAM_HOOK: acts.hook or "user",
         names.PARAM_BASE_VERSION: src.base_version or "none",
         names.PARAM_ACTIVATION_KEY: src.activation_key,
         **{
-            f"sae.{k}": v
+            names.config_param("sae", k): v
             for k, v in s.model_dump().items()
             if k not in ("architecture", "k", "d_sae")
         },
         **{
-            f"train.{k}": v
+            names.config_param("train", k): v
             for k, v in t.model_dump().items()
             if k not in ("steps", "batch_size", "lr")
         },
-        "trial.random_seed_offset": cfg.trial.random_seed_offset,
-        "trial.bootstrap_samples": cfg.trial.bootstrap_samples,
+        **{
+            names.config_param("trial", k): getattr(cfg.trial, k)
+            for k in ("random_seed_offset", "bootstrap_samples")
+        },
     }
 
 
@@ -234,7 +236,11 @@ def record_trial(
                 names.TAG_SEED: str(sr.seed),
             }
             with tracker.run(
-                experiment, f"{name}-seed{sr.seed}", seed_tags, {"seed": sr.seed}, trial_id
+                experiment,
+                f"{name}-seed{sr.seed}",
+                seed_tags,
+                {names.PARAM_SEED: sr.seed},
+                trial_id,
             ) as seed_id:
                 c = sr.trained.curves
                 tracker.log_series(
