@@ -214,6 +214,29 @@ class TrialConfig(_Strict):
         return self
 
 
+class ConsistencyConfig(_Strict):
+    """Pull every seed's decoder toward a frozen reference SAE (shared/DESIGN.md 4.6)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    lam: float = Field(
+        0.0, alias="lambda", ge=0, description="weight of the penalty; 0 trains the plain recipe"
+    )
+    ref_seed: int = Field(10_000, description="seed of the reference SAE (not a trial seed)")
+    control_ref_seed: int = Field(
+        10_001, description="seed of the independent control reference (not a trial seed)"
+    )
+    assign_every: int = Field(
+        50, ge=1, description="steps between refreshes of the Hungarian matching to the reference"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ConsistencyConfig:
+        if self.ref_seed == self.control_ref_seed:
+            raise ValueError("control_ref_seed: must differ from ref_seed")
+        return self
+
+
 class ExperimentConfig(_Strict):
     """Everything one experiment needs; sections are filled in by later stages of the pipeline."""
 
@@ -224,6 +247,17 @@ class ExperimentConfig(_Strict):
     sae: SAEConfig = Field(default_factory=SAEConfig)
     train: SAETrainConfig = Field(default_factory=SAETrainConfig)
     trial: TrialConfig = Field(default_factory=TrialConfig)
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+
+    @model_validator(mode="after")
+    def _reference_is_not_a_trial_seed(self) -> ExperimentConfig:
+        for name in ("ref_seed", "control_ref_seed"):
+            if getattr(self.consistency, name) in self.trial.seeds:
+                raise ValueError(
+                    f"consistency.{name}: {getattr(self.consistency, name)} is one of trial.seeds; "
+                    "the reference must never be among the compared seeds"
+                )
+        return self
 
     def base_hash(self) -> str:
         """Identity of the base model: the task and the model/training settings, nothing else."""
@@ -258,12 +292,13 @@ def stable_hash(obj: Any) -> str:
 def _format_validation(source: str, err: ValidationError) -> str:
     errors = err.errors()
     first = errors[0]
-    field = ".".join(str(p) for p in first["loc"]) or "<root>"
+    field = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown field (misspelled?)"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{source}: {field}: {msg}{more}"
+    # Whole-model checks name their fields in the message itself.
+    return f"{source}: {field + ': ' if field else ''}{msg}{more}"
 
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:

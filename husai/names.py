@@ -82,6 +82,16 @@ STABILITY_SUFFIXES = ("", "_random", "_gaussian", "_delta", "_delta_lcb", "_delt
 # --- consistency, stress, external --------------------------------------------------------------
 CONSISTENCY_ALIGNMENT = "consistency/alignment_to_ref"
 CONSISTENCY_EV_DROP = "consistency/ev_drop"
+# Controls that tell "more stable" apart from "copies the reference":
+CONSISTENCY_ALIGNMENT_CONTROL = "consistency/alignment_to_control_ref"
+CONSISTENCY_REF_CONTROL = "consistency/ref_control_pw_mcc"
+KIND_REFERENCE = "reference"
+PARAM_REF_KEY = "ref_key"
+PARAM_REF_SEED = "ref_seed"
+PARAM_REF_RUN_ID = "ref_run_id"
+PARAM_CONTROL_REF_RUN_ID = "control_ref_run_id"
+PARAM_ASSIGN_EVERY = "assign_every"
+TAG_REF_RUN_ID = "husai.ref_run_id"
 STRESS_TRANSCODER_DELTA = "stress/transcoder_delta"
 STRESS_TRANSCODER_DELTA_LCB = "stress/transcoder_delta_lcb"
 STRESS_OOD_DROP = "stress/ood_drop"

@@ -161,7 +161,7 @@ def trial_params(cfg: ExperimentConfig, acts: ActivationSet, src: TrialSource) -
         names.PARAM_K: s.k,
         names.PARAM_D_SAE: s.d_sae,
         names.PARAM_D_IN: acts.d_in,
-        names.PARAM_LAMBDA: 0.0,
+        names.PARAM_LAMBDA: cfg.consistency.lam,
         names.PARAM_N_SEEDS: len(cfg.trial.seeds),
         names.PARAM_SEEDS: ",".join(map(str, cfg.trial.seeds)),
         names.PARAM_STEPS: t.steps,
@@ -222,12 +222,22 @@ def record_trial(
         names.TAG_REPRESENTATIVE_WHY: result.representative_reason,
         names.TAG_ACTIVATION_SOURCE: src.source,
     }
-    name = f"trial-{s.architecture}-k{s.k}-d{s.d_sae}"
+    name = f"trial-{s.architecture}-k{s.k}-d{s.d_sae}-lam{cfg.consistency.lam:g}"
     seed_runs: dict[int, str] = {}
+    params = trial_params(cfg, acts, src)
+    if result.references is not None:
+        ref, control = result.references
+        params.update(
+            {
+                names.PARAM_REF_SEED: ref.seed,
+                names.PARAM_REF_RUN_ID: ref.run_id,
+                names.PARAM_CONTROL_REF_RUN_ID: control.run_id,
+                names.PARAM_ASSIGN_EVERY: cfg.consistency.assign_every,
+            }
+        )
+        tags[names.TAG_REF_RUN_ID] = ref.run_id
     with (
-        tracker.run(
-            experiment, name, tags, trial_params(cfg, acts, src), adopt_env_run=True
-        ) as trial_id,
+        tracker.run(experiment, name, tags, params, adopt_env_run=True) as trial_id,
         tempfile.TemporaryDirectory() as tmp,
     ):
         for sr in result.seeds:
@@ -256,8 +266,20 @@ def record_trial(
                 )
                 tracker.log_artifacts(seed_id, sr.folder, names.ARTIFACT_SAE)
             seed_runs[sr.seed] = seed_id
-        trial_metrics = {names.RECON_KEYS[k]: v for k, v in result.recon_mean.items()}
+        trial_metrics: dict[str, float | None] = {
+            names.RECON_KEYS[k]: v for k, v in result.recon_mean.items()
+        }
         trial_metrics[names.TRIAL_SECONDS] = result.seconds
+        if result.consistency is not None:
+            cm = result.consistency
+            trial_metrics.update(
+                {
+                    names.CONSISTENCY_ALIGNMENT: cm.alignment_to_ref,
+                    names.CONSISTENCY_ALIGNMENT_CONTROL: cm.alignment_to_control,
+                    names.CONSISTENCY_REF_CONTROL: cm.ref_control_pw_mcc,
+                    names.CONSISTENCY_EV_DROP: cm.ev_drop,
+                }
+            )
         tracker.log_metrics(trial_id, {**finite(trial_metrics), **stability_metrics(result)})
         plots = Path(tmp) / "plots"
         plots.mkdir()
@@ -311,3 +333,24 @@ def find_recorded_trial(tracker: Tracker, cfg: ExperimentConfig, activation_key:
         },
     )
     return runs[0] if runs else None
+
+
+def record_reference(
+    tracker: Tracker, cfg: ExperimentConfig, acts: ActivationSet, seed: int, key: str, path: Path
+) -> str:
+    """A reference SAE as its own run, linked from every trial that uses it."""
+    s = cfg.sae
+    params = {
+        names.PARAM_REF_KEY: key,
+        names.PARAM_REF_SEED: seed,
+        names.PARAM_ACTIVATION_KEY: acts.key,
+        names.PARAM_ARCHITECTURE: s.architecture,
+        names.PARAM_K: s.k,
+        names.PARAM_D_SAE: s.d_sae,
+        names.PARAM_STEPS: cfg.train.steps,
+    }
+    tags = tracker.standard_tags(cfg.config_hash(), names.KIND_REFERENCE, "trial")
+    name = f"reference-{s.architecture}-k{s.k}-d{s.d_sae}-seed{seed}"
+    with tracker.run(names.EXPERIMENT_SWEEP_PREFIX + cfg.name, name, tags, params) as run_id:
+        tracker.log_artifacts(run_id, path, names.ARTIFACT_SAE)
+    return run_id

@@ -9,6 +9,7 @@ Weights are written by sae-lens itself (safetensors + cfg.json) and load with
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
 from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
 
 from husai.config import InputError, SAEConfig, SAETrainConfig
+from husai.consistency import ConsistencyPenalty
 
 __all__ = [
     "SAE",
@@ -66,13 +68,51 @@ def _training_cfg(cfg: SAEConfig, d_in: int) -> Any:
     return cfg_cls(**common)
 
 
-def build_sae(cfg: SAEConfig, d_in: int, init_seed: int) -> TrainingSAE[Any]:
-    """The sae-lens training SAE of `cfg.architecture`, initialised from `init_seed` only."""
+class _ConsistencyMixin:
+    """sae-lens extension: lambda * penalty joins the architecture's own auxiliary losses (as
+    `consistency_loss`), with lambda delivered as the coefficient `consistency`."""
+
+    consistency_penalty: ConsistencyPenalty
+    consistency_lambda: float
+    W_dec: torch.nn.Parameter
+
+    def get_coefficients(self) -> dict[str, Any]:
+        return {**super().get_coefficients(), "consistency": self.consistency_lambda}  # type: ignore[misc]
+
+    def calculate_aux_loss(self, step_input: TrainStepInput, **kwargs: Any) -> Any:
+        aux = super().calculate_aux_loss(step_input=step_input, **kwargs)  # type: ignore[misc]
+        if not isinstance(aux, dict):
+            aux = {"aux_loss": aux}
+        coeff = step_input.coefficients.get("consistency", 0.0)
+        term = coeff * self.consistency_penalty(self.W_dec, step_input.n_training_steps)
+        return {**aux, "consistency_loss": term}
+
+
+@functools.cache
+def _with_consistency(sae_cls: type) -> type:
+    return type(f"Consistency{sae_cls.__name__}", (_ConsistencyMixin, sae_cls), {})
+
+
+def build_sae(
+    cfg: SAEConfig,
+    d_in: int,
+    init_seed: int,
+    consistency: tuple[ConsistencyPenalty, float] | None = None,
+) -> TrainingSAE[Any]:
+    """The sae-lens training SAE of `cfg.architecture`, initialised from `init_seed` only.
+
+    With `consistency=(penalty, lambda)` the same class gains the consistency loss term; the
+    initialisation is unchanged, and the saved SAE is an ordinary one of the architecture.
+    """
     sae_cfg = _training_cfg(cfg, d_in)
     sae_cls, _ = get_sae_training_class(cfg.architecture)
+    if consistency is not None:
+        sae_cls = _with_consistency(sae_cls)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         sae = sae_cls(sae_cfg)
+    if consistency is not None:
+        sae.consistency_penalty, sae.consistency_lambda = consistency
     return sae
 
 

@@ -10,7 +10,6 @@ slower in STACK.md's measurement (42k vs 50k rows/s at d_sae 1024). Returns curv
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from husai.config import SAEConfig, SAETrainConfig
+from husai.consistency import ConsistencyPenalty
 from husai.repro import deterministic
 from husai.sae import (
     TrainingSAE,
@@ -29,9 +29,8 @@ from husai.sae import (
     lr_scheduler,
 )
 
-# A callable adding an extra loss term: (sae, step) -> (name, scalar tensor). The consistency
-# objective plugs in here; the plain recipe passes None.
-ExtraLoss = Callable[[TrainingSAE[Any], int], tuple[str, torch.Tensor]]
+# The consistency objective: (penalty against a frozen reference, lambda). None = plain recipe.
+Consistency = tuple[ConsistencyPenalty, float]
 
 
 @dataclass(frozen=True)
@@ -97,12 +96,12 @@ def train_sae(
     train_cfg: SAETrainConfig,
     acts: torch.Tensor,
     seed: int,
-    extra_loss: ExtraLoss | None = None,
+    consistency: Consistency | None = None,
     progress: bool = False,
 ) -> TrainedSAE:
     """Train one SAE on rows `acts` [n, d_in]; deterministic for a given seed on CPU."""
     with deterministic():
-        return _train(sae_cfg, train_cfg, acts, SeedStreams.of(seed), extra_loss, progress)
+        return _train(sae_cfg, train_cfg, acts, SeedStreams.of(seed), consistency, progress)
 
 
 def _train(
@@ -110,10 +109,10 @@ def _train(
     cfg: SAETrainConfig,
     acts: torch.Tensor,
     streams: SeedStreams,
-    extra_loss: ExtraLoss | None,
+    consistency: Consistency | None,
     progress: bool,
 ) -> TrainedSAE:
-    sae = build_sae(sae_cfg, int(acts.shape[1]), streams.init_seed)
+    sae = build_sae(sae_cfg, int(acts.shape[1]), streams.init_seed, consistency)
     w0 = decoder(sae)
     order = BatchOrder(int(acts.shape[0]), cfg.batch_size, streams.data_seed)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -135,11 +134,7 @@ def _train(
                 is_logging_step=False,
             )
         )
-        loss, losses = out.loss, dict(out.losses)
-        if extra_loss is not None:
-            name, term = extra_loss(sae, step)
-            loss = loss + term
-            losses[name] = term
+        loss, losses = out.loss, out.losses
         with torch.no_grad():
             fired = (out.feature_acts != 0).any(dim=0)
             since_fired += 1

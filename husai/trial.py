@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from husai.config import ExperimentConfig, InputError
+from husai.consistency import ConsistencyMetrics, ConsistencyPenalty, consistency_metrics
 from husai.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
 from husai.sae import SAE, build_sae, decoder, load_sae, save_sae
 from husai.stability import StabilityReport, gaussian_decoders, representative, stability_report
@@ -23,6 +24,7 @@ from husai.train import SeedStreams, TrainedSAE, train_sae
 if TYPE_CHECKING:
     from husai.activations import ActivationSet
     from husai.base_model import HookedTransformer
+    from husai.reference import Reference
 
 RECON_FIELDS = ("fvu", "ev", "mse", "l0", "dead_frac", "loss_recovered")
 
@@ -39,11 +41,13 @@ class SeedResult:
 @dataclass
 class TrialResult:
     seeds: list[SeedResult]
-    stability: StabilityReport
+    stability: StabilityReport  # among the trial's own seeds; references are never compared
     representative_seed: int
     representative_reason: str
     recon_mean: dict[str, float | None]
     seconds: float
+    consistency: ConsistencyMetrics | None = None  # lambda > 0 only
+    references: tuple[Reference, Reference] | None = None  # (reference, independent control)
 
     def seed_result(self, seed: int) -> SeedResult:
         return next(s for s in self.seeds if s.seed == seed)
@@ -82,14 +86,26 @@ def run_trial(
     workdir: Path,
     base_model: HookedTransformer | None = None,
     progress: bool = True,
+    references: tuple[Reference, Reference] | None = None,
 ) -> TrialResult:
-    """Train every seed, measure held-out reconstruction and cross-seed stability."""
+    """Train every seed, measure held-out reconstruction and cross-seed stability.
+
+    With lambda > 0, `references` = (reference, control): each seed is pulled toward the
+    reference; the control, trained with another seed and never used in training, tells how
+    much of the resulting alignment is copying.
+    """
     preflight(cfg, acts)
+    lam = cfg.consistency.lam
+    if lam > 0 and references is None:
+        raise ValueError("consistency.lambda > 0 needs a reference and a control reference")
     start = time.perf_counter()
     splice = _SpliceCE(base_model, acts) if base_model is not None else None
     seeds = []
     for seed in cfg.trial.seeds:
-        trained = train_sae(cfg.sae, cfg.train, acts.train, seed, progress=progress)
+        pull = None
+        if lam > 0 and references is not None:
+            pull = (ConsistencyPenalty(references[0].decoder, cfg.consistency.assign_every), lam)
+        trained = train_sae(cfg.sae, cfg.train, acts.train, seed, pull, progress=progress)
         folder = save_sae(trained.sae, workdir / f"seed_{seed}")
         sae = load_sae(folder)
         lr = splice.recovered(reconstruct(sae, acts.eval)[1]) if splice is not None else None
@@ -113,6 +129,11 @@ def run_trial(
         seed=t.bootstrap_seed,
     )
     rep = seeds[representative(report.trained["pw_mcc"])].seed
+    consistency = None
+    if lam > 0 and references is not None:
+        consistency = consistency_metrics(
+            [s.trained.decoder for s in seeds], references[0].decoder, references[1].decoder, d_in
+        )
     return TrialResult(
         seeds=seeds,
         stability=report,
@@ -122,6 +143,8 @@ def run_trial(
         ),
         recon_mean=_mean_recon([s.recon for s in seeds]),
         seconds=time.perf_counter() - start,
+        consistency=consistency,
+        references=references if lam > 0 else None,
     )
 
 

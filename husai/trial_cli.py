@@ -4,6 +4,7 @@ everything that can be checked before compute, run the trial, record it, print a
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,8 @@ from husai.config import ExperimentConfig, from_dict
 if TYPE_CHECKING:
     from husai.activations import ActivationSet
     from husai.base_model import HookedTransformer
-    from husai.records import RecordedTrial
+    from husai.records import RecordedTrial, TrialSource
+    from husai.reference import Reference
     from husai.tracking import Tracker
     from husai.trial import TrialResult
 
@@ -32,9 +34,10 @@ def run_trial_command(
     from husai.activations import check_hook, find_by_key, get_or_extract, load_user_activations
     from husai.base_model import get_or_train, load_base_from_run
     from husai.cli import print_acts, print_base
-    from husai.records import TrialSource, find_recorded_trial, record_trial
+    from husai.records import TrialSource, find_recorded_trial
+    from husai.reference import get_or_train_reference
     from husai.tracking import Tracker
-    from husai.trial import preflight, run_trial
+    from husai.trial import preflight
 
     cfg = with_source(cfg, key, file)
     a = cfg.activations
@@ -75,12 +78,69 @@ def run_trial_command(
         print_recorded(tracker, done)
         print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {tracker.uri}")
         return 0
-    with tempfile.TemporaryDirectory() as work:
-        result = run_trial(cfg, acts, Path(work), base_model=base_model)
-        recorded = record_trial(tracker, cfg, acts, src, result)
+    refs, ev_plain = None, None
+    if cfg.consistency.lam > 0:
+        ev_plain = plain_recipe_ev(cfg, acts, tracker, src, base_model)
+        refs = (
+            get_or_train_reference(cfg, acts, cfg.consistency.ref_seed, tracker),
+            get_or_train_reference(cfg, acts, cfg.consistency.control_ref_seed, tracker),
+        )
+        for ref, what in zip(refs, ("reference", "control reference"), strict=True):
+            how = "reused" if ref.reused else "trained"
+            print(f"{what} SAE (seed {ref.seed}) {how}: run {ref.run_id}")
+    result, recorded = run_and_record(cfg, acts, tracker, src, base_model, refs, ev_plain)
     print_summary(cfg, acts, result, recorded)
     print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {tracker.uri}")
     return 0
+
+
+def run_and_record(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    tracker: Tracker,
+    src: TrialSource,
+    base_model: HookedTransformer | None,
+    refs: tuple[Reference, Reference] | None = None,
+    ev_plain: float | None = None,
+) -> tuple[TrialResult, RecordedTrial]:
+    from husai.records import record_trial
+    from husai.trial import run_trial
+
+    with tempfile.TemporaryDirectory() as work:
+        result = run_trial(cfg, acts, Path(work), base_model=base_model, references=refs)
+        if result.consistency is not None and ev_plain is not None:
+            ev = result.recon_mean["ev"]
+            drop = None if ev is None else ev_plain - ev
+            result.consistency = replace(result.consistency, ev_drop=drop)
+        return result, record_trial(tracker, cfg, acts, src, result)
+
+
+def plain_recipe_ev(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    tracker: Tracker,
+    src: TrialSource,
+    base_model: HookedTransformer | None,
+) -> float | None:
+    """recon/ev of the same recipe at lambda = 0: found in MLflow, else trained and recorded."""
+    from husai import names
+    from husai.records import find_recorded_trial
+
+    plain = from_dict(
+        {
+            **cfg.model_dump(by_alias=True),
+            "consistency": {**cfg.consistency.model_dump(by_alias=True), "lambda": 0.0},
+        },
+        "lambda = 0 recipe",
+    )
+    run_id = find_recorded_trial(tracker, plain, acts.key)
+    if run_id is not None:
+        print(f"lambda = 0 recipe found: run {run_id}")
+        return tracker.get_run_metrics(run_id).get(names.RECON_EV)
+    print("lambda = 0 recipe not recorded yet: training it first (needed for consistency/ev_drop)")
+    result, rec = run_and_record(plain, acts, tracker, src, base_model)
+    print(f"lambda = 0 recipe recorded: run {rec.run_id}")
+    return result.recon_mean["ev"]
 
 
 def print_summary(
@@ -103,6 +163,14 @@ def print_summary(
         print(
             f"  {m:<16} {st.value:8.4f} {st.random:8.4f} {st.gaussian:8.4f} {st.step0:8.4f} "
             f"{st.delta:+8.4f} [{st.delta_lcb:+.4f}, {st.delta_ucb:+.4f}]"
+        )
+    if result.consistency is not None:
+        c = result.consistency
+        drop = "absent" if c.ev_drop is None else f"{c.ev_drop:+.4f}"
+        print(
+            f"  consistency (lambda {cfg.consistency.lam:g}): alignment to reference "
+            f"{c.alignment_to_ref:.4f}, to independent control {c.alignment_to_control:.4f} "
+            f"(reference vs control {c.ref_control_pw_mcc:.4f}); ev drop vs lambda 0 {drop}"
         )
     if rec.sae_version is not None:
         print(

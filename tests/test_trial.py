@@ -249,3 +249,81 @@ def test_pt_user_file_and_stable_key(tmp_path: Path) -> None:
     c = load_user_activations(path, ActivationsConfig(split_seed=1))
     assert a.key == b.key != c.key
     assert a.eval.shape[0] == 80 and a.p is None
+
+
+def test_consistency_trial_records_references_and_controls(
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    acts = str(user_acts(tmp_path))
+    cfg = write_cfg(tmp_path, {"consistency": {"lambda": 0.5, "ref_seed": 100, "assign_every": 10}})
+    assert main(["trial", "--config", str(cfg), "--activations-file", acts]) == 0
+    out = capsys.readouterr().out
+    assert "lambda = 0 recipe not recorded yet" in out
+    assert (
+        "reference SAE (seed 100) trained" in out
+        and "control reference SAE (seed 10001) trained" in out
+    )
+
+    tracker = Tracker(isolated_store)
+    runs = all_runs(tracker)
+    kinds = [r.data.tags[names.TAG_KIND] for r in runs]
+    assert kinds.count(names.KIND_REFERENCE) == 2 and kinds.count(names.KIND_TRIAL) == 2
+    trials = {
+        float(r.data.params["lambda"]): r
+        for r in runs
+        if r.data.tags[names.TAG_KIND] == names.KIND_TRIAL
+    }
+    pulled, plain = trials[0.5], trials[0.0]
+    refs = {r.info.run_id: r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_REFERENCE}
+    assert (
+        pulled.data.params["ref_run_id"] in refs
+        and pulled.data.params["control_ref_run_id"] in refs
+    )
+    assert refs[pulled.data.params["ref_run_id"]].data.params["ref_seed"] == "100"
+    m = pulled.data.metrics
+    for key in (
+        names.CONSISTENCY_ALIGNMENT,
+        names.CONSISTENCY_ALIGNMENT_CONTROL,
+        names.CONSISTENCY_REF_CONTROL,
+        names.CONSISTENCY_EV_DROP,
+    ):
+        assert key in m, key
+    assert m[names.CONSISTENCY_EV_DROP] == pytest.approx(
+        plain.data.metrics[names.RECON_EV] - m[names.RECON_EV]
+    )
+    assert names.CONSISTENCY_ALIGNMENT not in plain.data.metrics  # lambda 0: no reference at all
+    # Stability is among the trial's three seeds only: the reference is never compared.
+    seeds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pulled.info.run_id]
+    assert sorted(r.data.params["seed"] for r in seeds) == ["0", "1", "2"]
+
+    # Another lambda reuses both references and the lambda = 0 run.
+    cfg2 = write_cfg(
+        tmp_path, {"consistency": {"lambda": 2.0, "ref_seed": 100, "assign_every": 10}}
+    )
+    assert main(["trial", "--config", str(cfg2), "--activations-file", acts]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "lambda = 0 recipe found" in out and out.count("SAE (seed") == 2 and "trained:" not in out
+    )
+    kinds = [r.data.tags[names.TAG_KIND] for r in all_runs(tracker)]
+    assert kinds.count(names.KIND_REFERENCE) == 2 and kinds.count(names.KIND_TRIAL) == 3
+
+
+def test_trial_result_never_compares_the_reference(tmp_path: Path) -> None:
+    from husai.activations import load_user_activations
+    from husai.config import load
+    from husai.reference import get_or_train_reference
+    from husai.trial import run_trial
+
+    cfg = load(write_cfg(tmp_path, {"consistency": {"lambda": 1.0}}))
+    acts = load_user_activations(user_acts(tmp_path), cfg.activations)
+    tracker = Tracker()
+    refs = (
+        get_or_train_reference(cfg, acts, cfg.consistency.ref_seed, tracker),
+        get_or_train_reference(cfg, acts, cfg.consistency.control_ref_seed, tracker),
+    )
+    result = run_trial(cfg, acts, tmp_path / "w", progress=False, references=refs)
+    assert [s.seed for s in result.seeds] == [0, 1, 2]
+    assert result.stability.trained["pw_mcc"].shape == (3, 3)
+    for s in result.seeds:
+        assert not torch.equal(s.trained.decoder, refs[0].decoder)
