@@ -25,7 +25,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from husai import names
-from husai.config import ActivationsConfig, ConfigError, ExperimentConfig, InputError, stable_hash
+from husai.config import (
+    ActivationsConfig,
+    ConfigError,
+    ExperimentConfig,
+    InputError,
+    first_line,
+    stable_hash,
+)
 from husai.data import make_modular_data, split_indices
 from husai.data.modular import SEQ_LEN
 
@@ -96,8 +103,22 @@ def activation_key(base: BaseModelHandle, cfg: ActivationsConfig) -> str:
     )
 
 
+def n_split_rows(cfg: ExperimentConfig) -> tuple[int, int]:
+    """(SAE-train, held-out) row counts an extraction will give, known before any compute."""
+    n = cfg.task.p**2
+    n_train = round((1.0 - cfg.activations.eval_frac) * n)  # the rule of split_indices
+    return n_train, n - n_train
+
+
 def check_hook(cfg: ExperimentConfig) -> None:
-    """Fail before any training when the hook does not exist in the configured model."""
+    """Fail before any training when the hook does not exist in the configured model or the
+    split would leave a side empty."""
+    n_train, n_eval = n_split_rows(cfg)
+    if n_train == 0 or n_eval == 0:
+        raise ConfigError(
+            f"activations.eval_frac: {cfg.activations.eval_frac} of {cfg.task.p**2} rows "
+            "leaves the SAE-train or held-out side empty"
+        )
     from husai.base_model import build_model
 
     hooks = build_model(cfg.task, cfg.base).hook_dict
@@ -174,8 +195,8 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
         )
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
         raise ActivationCacheError(
-            f"{directory}: corrupt activation cache entry ({type(e).__name__}: {e}); delete it "
-            "to recompute"
+            f"{directory}: corrupt activation cache entry ({type(e).__name__}: {first_line(e)}); "
+            "delete it to recompute"
         ) from None
     if key is not None and acts.key != key:
         raise ActivationCacheError(f"{meta_path}: holds key {acts.key}, expected {key}")
@@ -208,7 +229,6 @@ def get_or_extract(
     hit = source != "computed"
     if run_ids:
         run_id = run_ids[0]
-        tracker.note_reuse({names.TAG_CACHE: "hit", names.PARAM_ACTIVATION_KEY: key}, run_id)
     else:
         from husai.records import record_activations
 
@@ -269,8 +289,7 @@ def _read_user_matrix(path: Path) -> torch.Tensor:
             raise ValueError("unsupported suffix; use .safetensors, .npy or .pt")
     except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as e:
         # torch.load(weights_only=True) refuses anything but tensors: pickled objects land here.
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ActivationCacheError(f"{path}: cannot read activations ({first})") from None
+        raise ActivationCacheError(f"{path}: cannot read activations ({first_line(e)})") from None
     if x.ndim != 2 or x.shape[0] < 4 or x.shape[1] < 1:
         raise ActivationCacheError(f"{path}: expected a [n, d_in] matrix, got {list(x.shape)}")
     if not x.is_floating_point() or not bool(torch.isfinite(x).all()):

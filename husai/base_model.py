@@ -25,7 +25,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from husai.config import BaseModelConfig, ConfigError, ExperimentConfig, InputError, TaskConfig
+from husai.config import (
+    BaseModelConfig,
+    ConfigError,
+    ExperimentConfig,
+    InputError,
+    TaskConfig,
+    first_line,
+)
 from husai.data import make_modular_data, split_indices
 from husai.data.modular import READOUT_POSITION, SEQ_LEN
 from husai.repro import deterministic
@@ -219,11 +226,13 @@ def load_base(directory: Path) -> tuple[HookedTransformer, TaskConfig, BaseModel
         task = TaskConfig.model_validate(meta["task"])
         base = BaseModelConfig.model_validate(meta["base"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{cfg_path}: not a HUSAI base-model config ({e})") from None
+        raise CheckpointError(
+            f"{cfg_path}: not a HUSAI base-model config ({first_line(e)})"
+        ) from None
     try:
         weights = load_file(str(w_path))
     except (OSError, SafetensorError) as e:
-        raise CheckpointError(f"{w_path}: cannot read weights ({e})") from None
+        raise CheckpointError(f"{w_path}: cannot read weights ({first_line(e)})") from None
     model = build_model(task, base)
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)

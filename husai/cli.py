@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from husai import names
 from husai.config import PRESETS, ExperimentConfig, InputError, resolve
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ COMMAND_HELP = {
 }
 
 
-def _ui_hint(uri: str) -> str:
+def ui_hint(uri: str) -> str:
     return f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}"
 
 
@@ -93,6 +94,10 @@ def print_base(handle: BaseModelHandle) -> None:
     )
 
 
+def base_links(handle: BaseModelHandle) -> dict[str, str]:
+    return {names.TAG_LINK_BASE_RUN: handle.run_id, names.TAG_LINK_BASE_VERSION: handle.version}
+
+
 def print_acts(handle: ActivationsHandle) -> None:
     acts = handle.acts
     state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
@@ -104,16 +109,14 @@ def print_acts(handle: ActivationsHandle) -> None:
 
 
 def cmd_train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from husai import names
     from husai.base_model import get_or_train
     from husai.tracking import Tracker
 
     tracker = Tracker(args.tracking_uri or None)
     handle = get_or_train(cfg, tracker)
-    if handle.reused:
-        tracker.note_reuse({names.TAG_REUSED_VERSION: handle.version}, handle.run_id)
+    tracker.link_env_run(base_links(handle))
     print_base(handle)
-    print(_ui_hint(tracker.uri))
+    print(ui_hint(tracker.uri))
     return 0
 
 
@@ -126,8 +129,10 @@ def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     tracker = Tracker(args.tracking_uri or None)
     base = get_or_train(cfg, tracker)
     print_base(base)
-    print_acts(get_or_extract(cfg, base, tracker))
-    print(_ui_hint(tracker.uri))
+    acts = get_or_extract(cfg, base, tracker)
+    tracker.link_env_run({**base_links(base), names.TAG_LINK_ACTIVATIONS_RUN: acts.run_id})
+    print_acts(acts)
+    print(ui_hint(tracker.uri))
     return 0
 
 

@@ -28,6 +28,12 @@ class InputError(ValueError):
     """Bad input (config, checkpoint, cache entry): the CLI prints it as one line and exits 2."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's text: errors are reported as one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class ConfigError(InputError):
     """A config that cannot be used; the message is one line naming the file and the field."""
 
@@ -45,7 +51,9 @@ class TaskConfig(_Strict):
 
     p: int = Field(113, description="prime modulus; the vocabulary is p numbers plus '='")
     train_frac: float = Field(0.3, description="share of all p^2 pairs the base model trains on")
-    data_seed: int = Field(0, description="seed of the base model's train/test split of pairs")
+    data_seed: int = Field(
+        0, ge=0, description="seed of the base model's train/test split of pairs"
+    )
 
     @field_validator("p")
     @classmethod
@@ -79,7 +87,7 @@ class BaseModelConfig(_Strict):
         0.99, gt=0, le=1, description="stop once held-out accuracy reaches this"
     )
     eval_every: int = Field(50, ge=1, description="steps between logged curve points")
-    init_seed: int = Field(0, description="seed of the weight initialisation")
+    init_seed: int = Field(0, ge=0, description="seed of the weight initialisation")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> BaseModelConfig:
@@ -98,7 +106,7 @@ class ActivationsConfig(_Strict):
     hook: str = Field("blocks.0.hook_resid_post", description="TransformerLens hook name")
     position: int = Field(-1, ge=-3, le=2, description="token position; -1 is the '=' read-out")
     eval_frac: float = Field(0.2, description="share of rows held out for every SAE metric")
-    split_seed: int = Field(0, description="seed of the SAE-train / SAE-eval row split")
+    split_seed: int = Field(0, ge=0, description="seed of the SAE-train / SAE-eval row split")
 
     @field_validator("eval_frac")
     @classmethod
@@ -194,17 +202,19 @@ class TrialConfig(_Strict):
 
     seeds: tuple[int, ...] = Field((0, 1, 2, 3, 4), description="training seeds (at least 2)")
     random_seed_offset: int = Field(
-        1_000_000, description="random-baseline seeds are seed + offset (distinct from training)"
+        1_000_000,
+        ge=1,
+        description="random-baseline seeds are seed + offset (distinct from training)",
     )
     bootstrap_samples: int = Field(2000, ge=100, description="seed-level bootstrap resamples")
-    bootstrap_seed: int = Field(0, description="seed of the bootstrap resampling")
+    bootstrap_seed: int = Field(0, ge=0, description="seed of the bootstrap resampling")
     register_sae: bool = Field(True, description="register the representative SAE as husai-sae")
 
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if len(v) < 2 or len(set(v)) != len(v):
-            raise ValueError(f"need at least 2 distinct seeds, got {list(v)}")
+        if len(v) < 2 or len(set(v)) != len(v) or min(v) < 0:
+            raise ValueError(f"need at least 2 distinct non-negative seeds, got {list(v)}")
         return v
 
     @model_validator(mode="after")
@@ -222,9 +232,9 @@ class ConsistencyConfig(_Strict):
     lam: float = Field(
         0.0, alias="lambda", ge=0, description="weight of the penalty; 0 trains the plain recipe"
     )
-    ref_seed: int = Field(10_000, description="seed of the reference SAE (not a trial seed)")
+    ref_seed: int = Field(10_000, ge=0, description="seed of the reference SAE (not a trial seed)")
     control_ref_seed: int = Field(
-        10_001, description="seed of the independent control reference (not a trial seed)"
+        10_001, ge=0, description="seed of the independent control reference (not a trial seed)"
     )
     assign_every: int = Field(
         50, ge=1, description="steps between refreshes of the Hungarian matching to the reference"
@@ -264,12 +274,17 @@ class ExperimentConfig(_Strict):
         return stable_hash({"task": self.task, "base": self.base})
 
     def config_hash(self) -> str:
-        """Identity of the experiment. Where the activations come from (activations.key/file)
-        is left out: runs record that as their activation_key param instead."""
+        """Identity of the experiment's result. Where the activations come from
+        (activations.key/file) is left out: runs record it as their activation_key param."""
         data = self.model_dump(mode="json")
         data["activations"] = {
             k: v for k, v in data["activations"].items() if k not in ("key", "file")
         }
+        # Settings that cannot change the result: registration, and the reference settings of
+        # a recipe that uses no reference (lambda = 0).
+        data["trial"].pop("register_sae")
+        if self.consistency.lam == 0:
+            data["consistency"] = {"lam": 0.0}
         return stable_hash(data)
 
 

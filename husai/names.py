@@ -25,8 +25,10 @@ TAG_METRIC_VERSION = "husai.metric_version"
 TAG_PACKAGE_PREFIX = "husai.pkg."  # + distribution name, e.g. husai.pkg.torch
 TAG_KIND = "husai.kind"  # what the run is: one of the KIND_* values below
 TAG_COMMAND = "husai.command"  # the CLI subcommand that made the run
-TAG_REUSED_RUN = "husai.reused_run"  # on a `mlflow run` run whose work was found already done
-TAG_REUSED_VERSION = "husai.reused_version"
+# Links on the run that `mlflow run` creates, pointing at the runs the command made or reused:
+TAG_LINK_BASE_RUN = "husai.base_run_id"
+TAG_LINK_BASE_VERSION = "husai.base_version"
+TAG_LINK_ACTIVATIONS_RUN = "husai.activations_run_id"
 KIND_BASE = "base_model"
 KIND_ACTIVATIONS = "activations"
 

@@ -17,12 +17,14 @@ import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
+from husai import names
+
 
 class BaseModelPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         from husai.base_model import load_base
 
-        self.model, self.task, _ = load_base(Path(context.artifacts["weights"]))
+        self.model, self.task, _ = load_base(Path(context.artifacts[names.ARTIFACT_BASE_WEIGHTS]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.Series:
         from husai.base_model import readout_logits

@@ -19,12 +19,14 @@ import torch
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
+from husai import names
+
 
 class SAEPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         from husai.sae import load_sae
 
-        self.sae = load_sae(Path(context.artifacts["sae"]))
+        self.sae = load_sae(Path(context.artifacts[names.ARTIFACT_SAE]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         x = torch.tensor(np.asarray(model_input, dtype=np.float32))

@@ -53,9 +53,7 @@ def record_base_model(
     }
     tags = {**tracker.standard_tags(cfg.base_hash(), names.KIND_BASE, "train-base"), **status}
     with (
-        tracker.run(
-            names.EXPERIMENT_BASE, f"base-p{cfg.task.p}", tags, params, adopt_env_run=True
-        ) as run_id,
+        tracker.run(names.EXPERIMENT_BASE, f"base-p{cfg.task.p}", tags, params) as run_id,
         tempfile.TemporaryDirectory() as tmp,
     ):
         tracker.log_series(
@@ -79,7 +77,7 @@ def record_base_model(
         version = tracker.register_pyfunc(
             run_id,
             code=HERE / "pyfunc_base.py",
-            artifacts={"weights": str(weights)},
+            artifacts={names.ARTIFACT_BASE_WEIGHTS: str(weights)},
             example=(pd.DataFrame({"a": [0], "b": [0]}), pd.Series([0], name="c")),
             model_name=names.BASE_MODEL_NAME,
             artifact_name=names.ARTIFACT_BASE_MODEL,
@@ -129,7 +127,7 @@ def record_activations(
         names.TAG_CACHE: "hit" if cache_hit else "miss",
     }
     name = f"acts-{a.hook}-{acts.key[:8]}"
-    with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params, adopt_env_run=True) as rid:
+    with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
         tracker.log_metrics(
             rid, {names.ACT_N_TRAIN: acts.train.shape[0], names.ACT_N_EVAL: acts.eval.shape[0]}
         )
@@ -237,7 +235,7 @@ def record_trial(
         )
         tags[names.TAG_REF_RUN_ID] = ref.run_id
     with (
-        tracker.run(experiment, name, tags, params, adopt_env_run=True) as trial_id,
+        tracker.run(experiment, name, tags, params) as trial_id,
         tempfile.TemporaryDirectory() as tmp,
     ):
         for sr in result.seeds:
@@ -299,7 +297,7 @@ def record_trial(
             version = tracker.register_pyfunc(
                 trial_id,
                 code=HERE / "pyfunc_sae.py",
-                artifacts={"sae": str(sae_dir)},
+                artifacts={names.ARTIFACT_SAE: str(sae_dir)},
                 example=(pd.DataFrame([[0.0] * acts.d_in]), pd.DataFrame([[0.0] * s.d_sae])),
                 model_name=names.SAE_MODEL_NAME,
                 artifact_name=names.ARTIFACT_SAE_MODEL,

@@ -80,10 +80,9 @@ class _ConsistencyMixin:
         return {**super().get_coefficients(), "consistency": self.consistency_lambda}  # type: ignore[misc]
 
     def calculate_aux_loss(self, step_input: TrainStepInput, **kwargs: Any) -> Any:
+        # Every sae-lens architecture returns its auxiliary losses as a dict.
         aux = super().calculate_aux_loss(step_input=step_input, **kwargs)  # type: ignore[misc]
-        if not isinstance(aux, dict):
-            aux = {"aux_loss": aux}
-        coeff = step_input.coefficients.get("consistency", 0.0)
+        coeff = step_input.coefficients["consistency"]
         term = coeff * self.consistency_penalty(self.W_dec, step_input.n_training_steps)
         return {**aux, "consistency_loss": term}
 

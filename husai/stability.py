@@ -19,8 +19,12 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-THRESHOLDS = (0.5, 0.7, 0.9)
-METRICS = ("mmcs", "pw_mcc") + tuple(f"shared_frac_{t}" for t in THRESHOLDS)
+from husai import names
+
+# One source of truth: the metric contract in names.py.
+METRICS = tuple(k.removeprefix("stability/") for k in names.STABILITY_BASES)
+THRESHOLDS = tuple(float(m.removeprefix("shared_frac_")) for m in METRICS if "frac" in m)
+MIN_SEEDS_FOR_CI = 3  # with 2 seeds every resample is the point estimate or undefined
 
 
 def unit_rows(w: torch.Tensor, d_in: int) -> np.ndarray:
@@ -78,8 +82,8 @@ class MetricStability:
     gaussian: float
     step0: float
     delta: float
-    delta_lcb: float
-    delta_ucb: float
+    delta_lcb: float | None  # None with fewer than MIN_SEEDS_FOR_CI seeds: no honest interval
+    delta_ucb: float | None
 
 
 @dataclass
@@ -107,6 +111,7 @@ def stability_report(
         "step0": pairwise(step0, d_in),
         "gaussian": pairwise(gaussian, d_in),
     }
+    has_ci = min(len(trained), len(random)) >= MIN_SEEDS_FOR_CI
     all_t = list(range(len(trained)))
     all_r = list(range(len(random)))
     out = {}
@@ -124,8 +129,8 @@ def stability_report(
             gaussian=pair_mean(mats["gaussian"][m], list(range(len(gaussian)))),
             step0=pair_mean(mats["step0"][m], list(range(len(step0)))),
             delta=value - rand,
-            delta_lcb=float(np.percentile(boot, 2.5)),
-            delta_ucb=float(np.percentile(boot, 97.5)),
+            delta_lcb=float(np.percentile(boot, 2.5)) if has_ci else None,
+            delta_ucb=float(np.percentile(boot, 97.5)) if has_ci else None,
         )
     return StabilityReport(metrics=out, trained=mats["trained"], random=mats["random"])
 

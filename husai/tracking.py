@@ -26,6 +26,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 import husai
 from husai import names
@@ -155,7 +156,7 @@ class Tracker:
             names.TAG_METRIC_VERSION: str(husai.metric_version),
             names.TAG_KIND: kind,
             names.TAG_COMMAND: command,
-            "mlflow.source.git.commit": self._git_sha.removesuffix("-dirty"),
+            MLFLOW_GIT_COMMIT: self._git_sha.removesuffix("-dirty"),
         }
         tags.update({names.package_tag(k): v for k, v in self._versions.items()})
         return tags
@@ -168,29 +169,19 @@ class Tracker:
         tags: Mapping[str, str],
         params: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
-        adopt_env_run: bool = False,
     ) -> Iterator[str]:
-        """A run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C; never left RUNNING.
-
-        With `adopt_env_run`, the run started by `mlflow run` (if any) is used instead of a new one.
-        """
+        """A run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C; never left RUNNING."""
         all_tags = dict(tags)
         if parent_run_id is not None:
-            all_tags["mlflow.parentRunId"] = parent_run_id
-        if adopt_env_run and self.env_run_id is not None:
-            run_id, self.env_run_id = self.env_run_id, None
-            all_tags["mlflow.runName"] = run_name
-        else:
-            run = self.client.create_run(
-                self.experiment_id(experiment), run_name=run_name, tags=all_tags
-            )
-            run_id = run.info.run_id
-        self.client.log_batch(
-            run_id,
-            params=[Param(k, str(v)) for k, v in (params or {}).items()],
-            tags=[RunTag(k, v) for k, v in all_tags.items()],
+            all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run = self.client.create_run(
+            self.experiment_id(experiment), run_name=run_name, tags=all_tags
         )
+        run_id = run.info.run_id
         try:
+            self.client.log_batch(
+                run_id, params=[Param(k, str(v)) for k, v in (params or {}).items()]
+            )
             yield run_id
         except KeyboardInterrupt:
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
@@ -226,13 +217,14 @@ class Tracker:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
-    def note_reuse(self, tags: Mapping[str, str], reused_run_id: str) -> None:
-        """Under `mlflow run`, say on its run what was reused instead of recomputed."""
-        if self.env_run_id is not None:
-            self.set_tags(self.env_run_id, {**tags, names.TAG_REUSED_RUN: reused_run_id})
+    def link_env_run(self, tags: Mapping[str, str]) -> None:
+        """Under `mlflow run`, point its run at the runs this command made or reused.
 
-    def get_run_tags(self, run_id: str) -> dict[str, str]:
-        return dict(self.client.get_run(run_id).data.tags)
+        HUSAI's own runs live in its experiments (so later commands find them); the run that
+        `mlflow run` created only carries links, never the records themselves.
+        """
+        if self.env_run_id is not None:
+            self.set_tags(self.env_run_id, tags)
 
     def get_run_params(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.params)
@@ -282,6 +274,8 @@ class Tracker:
                 signature=infer_signature(*example),
                 pip_requirements=[f"{k}=={v}" for k, v in self._versions.items() if k != "husai"],
             )
+        # Leaving the fluent block ended the run FINISHED; `run()` alone decides how it ends.
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         self._ensure_registered_model(model_name)
         mv = self.client.create_model_version(
             model_name,
@@ -302,13 +296,9 @@ class Tracker:
 
     def find_base_version(self, config_hash: str) -> RegisteredBase | None:
         """The newest husai-base version tagged with this config hash, if any."""
-        try:
-            versions = self.client.search_model_versions(
-                f"name = '{names.BASE_MODEL_NAME}' "
-                f"and tags.`{names.TAG_CONFIG_HASH}` = '{config_hash}'"
-            )
-        except MlflowException:
-            return None
+        versions = self.client.search_model_versions(
+            f"name = '{names.BASE_MODEL_NAME}' and tags.`{names.TAG_CONFIG_HASH}` = '{config_hash}'"
+        )
         if not versions:
             return None
         mv = max(versions, key=lambda v: int(v.version))

@@ -1,6 +1,6 @@
 """One trial: an SAE recipe trained with N seeds on the same activations, measured on held-out
 rows, its cross-seed stability compared with matched random baselines. Returns a TrialResult;
-`husai.tracking.Tracker.record_trial` writes it to MLflow.
+`husai.records.record_trial` writes it to MLflow.
 
     python -m husai trial --preset quick
 """
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from husai import names
 from husai.config import ExperimentConfig, InputError
 from husai.consistency import ConsistencyMetrics, ConsistencyPenalty, consistency_metrics
 from husai.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from husai.base_model import HookedTransformer
     from husai.reference import Reference
 
-RECON_FIELDS = ("fvu", "ev", "mse", "l0", "dead_frac", "loss_recovered")
+RECON_FIELDS = tuple(names.RECON_KEYS)
 
 
 @dataclass
@@ -53,13 +54,16 @@ class TrialResult:
         return next(s for s in self.seeds if s.seed == seed)
 
 
+def check_batch(cfg: ExperimentConfig, n_train_rows: int) -> None:
+    if cfg.train.batch_size > n_train_rows:
+        raise InputError(
+            f"train.batch_size: {cfg.train.batch_size} exceeds the {n_train_rows} training rows"
+        )
+
+
 def preflight(cfg: ExperimentConfig, acts: ActivationSet) -> None:
     """Problems that would only surface mid-trial, raised before any compute or run."""
-    n = int(acts.train.shape[0])
-    if cfg.train.batch_size > n:
-        raise InputError(f"train.batch_size: {cfg.train.batch_size} exceeds the {n} training rows")
-    if cfg.sae.d_sae < 2:
-        raise InputError("sae.d_sae: need at least 2 latents")
+    check_batch(cfg, int(acts.train.shape[0]))
 
 
 class _SpliceCE:

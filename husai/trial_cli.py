@@ -8,6 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from husai import names
+from husai.cli import ui_hint
 from husai.config import ExperimentConfig, from_dict
 
 if TYPE_CHECKING:
@@ -31,13 +33,19 @@ def with_source(cfg: ExperimentConfig, key: str, file: str) -> ExperimentConfig:
 def run_trial_command(
     cfg: ExperimentConfig, tracking_uri: str | None, key: str, file: str, rerun: bool = False
 ) -> int:
-    from husai.activations import check_hook, find_by_key, get_or_extract, load_user_activations
+    from husai.activations import (
+        check_hook,
+        find_by_key,
+        get_or_extract,
+        load_user_activations,
+        n_split_rows,
+    )
     from husai.base_model import get_or_train, load_base_from_run
-    from husai.cli import print_acts, print_base
+    from husai.cli import base_links, print_acts, print_base
     from husai.records import TrialSource, find_recorded_trial
     from husai.reference import get_or_train_reference
     from husai.tracking import Tracker
-    from husai.trial import preflight
+    from husai.trial import check_batch, preflight
 
     cfg = with_source(cfg, key, file)
     a = cfg.activations
@@ -56,13 +64,15 @@ def run_trial_command(
         base_version = None
         if handle.run_id:
             params = tracker.get_run_params(handle.run_id)
-            base_version = params.get("base_version")
-            base_model = load_base_from_run(tracker, params["base_run_id"])
+            base_version = params.get(names.PARAM_BASE_VERSION)
+            base_model = load_base_from_run(tracker, params[names.PARAM_BASE_RUN_ID])
         src = TrialSource(acts.key, base_version, "key")
     else:
         check_hook(cfg)
+        check_batch(cfg, n_split_rows(cfg)[0])  # before the base model is trained
         tracker = Tracker(tracking_uri)
         base = get_or_train(cfg, tracker)
+        tracker.link_env_run(base_links(base))
         print_base(base)
         extracted = get_or_extract(cfg, base, tracker)
         print_acts(extracted)
@@ -76,7 +86,8 @@ def run_trial_command(
         # Same config hash, activations and metric version: training is deterministic, so the
         # result would be the same run again. Say so instead of duplicating runs and versions.
         print_recorded(tracker, done)
-        print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {tracker.uri}")
+        tracker.link_env_run({names.TAG_TRIAL_RUN_ID: done})
+        print(ui_hint(tracker.uri))
         return 0
     refs, ev_plain = None, None
     if cfg.consistency.lam > 0:
@@ -89,8 +100,9 @@ def run_trial_command(
             how = "reused" if ref.reused else "trained"
             print(f"{what} SAE (seed {ref.seed}) {how}: run {ref.run_id}")
     result, recorded = run_and_record(cfg, acts, tracker, src, base_model, refs, ev_plain)
-    print_summary(cfg, acts, result, recorded)
-    print(f"Open the MLflow UI:  mlflow ui --backend-store-uri {tracker.uri}")
+    tracker.link_env_run({names.TAG_TRIAL_RUN_ID: recorded.run_id})
+    print_summary(cfg, acts, result, recorded, tracker)
+    print(ui_hint(tracker.uri))
     return 0
 
 
@@ -123,7 +135,6 @@ def plain_recipe_ev(
     base_model: HookedTransformer | None,
 ) -> float | None:
     """recon/ev of the same recipe at lambda = 0: found in MLflow, else trained and recorded."""
-    from husai import names
     from husai.records import find_recorded_trial
 
     plain = from_dict(
@@ -144,34 +155,18 @@ def plain_recipe_ev(
 
 
 def print_summary(
-    cfg: ExperimentConfig, acts: ActivationSet, result: TrialResult, rec: RecordedTrial
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    result: TrialResult,
+    rec: RecordedTrial,
+    tracker: Tracker,
 ) -> None:
     s = cfg.sae
-    r = result.recon_mean
-    # Absent without a base model, or when mean ablation costs nothing (ratio undefined).
-    lr = "absent" if r["loss_recovered"] is None else f"{r['loss_recovered']:.4f}"
     print(
-        f"trial {s.architecture} k={s.k} d_sae={s.d_sae} on {acts.key}, seeds "
-        f"{list(cfg.trial.seeds)}: {result.seconds:.1f} s; run {rec.run_id}"
+        f"trial {s.architecture} k={s.k} d_sae={s.d_sae} lambda={cfg.consistency.lam:g} on "
+        f"{acts.key}, seeds {list(cfg.trial.seeds)}: {result.seconds:.1f} s; run {rec.run_id}"
     )
-    print(
-        f"  held-out recon (mean over seeds): ev {r['ev']:.4f}  fvu {r['fvu']:.4f}  "
-        f"l0 {r['l0']:.1f}  dead {r['dead_frac']:.3f}  loss recovered {lr}"
-    )
-    print("  stability        trained   random  gaussian   step0   delta [95% seed-bootstrap CI]")
-    for m, st in result.stability.metrics.items():
-        print(
-            f"  {m:<16} {st.value:8.4f} {st.random:8.4f} {st.gaussian:8.4f} {st.step0:8.4f} "
-            f"{st.delta:+8.4f} [{st.delta_lcb:+.4f}, {st.delta_ucb:+.4f}]"
-        )
-    if result.consistency is not None:
-        c = result.consistency
-        drop = "absent" if c.ev_drop is None else f"{c.ev_drop:+.4f}"
-        print(
-            f"  consistency (lambda {cfg.consistency.lam:g}): alignment to reference "
-            f"{c.alignment_to_ref:.4f}, to independent control {c.alignment_to_control:.4f} "
-            f"(reference vs control {c.ref_control_pw_mcc:.4f}); ev drop vs lambda 0 {drop}"
-        )
+    print_metrics(tracker.get_run_metrics(rec.run_id))
     if rec.sae_version is not None:
         print(
             f"  husai-sae version {rec.sae_version} (alias candidate) = seed "
@@ -180,24 +175,40 @@ def print_summary(
 
 
 def print_recorded(tracker: Tracker, run_id: str) -> None:
-    from husai import names
-
-    m = tracker.get_run_metrics(run_id)
-    lr = m.get(names.RECON_LOSS_RECOVERED)
     print(
         f"trial already recorded with this config hash and activations: run {run_id} "
         "(reused, not retrained; pass --rerun yes to train it again)"
     )
+    print_metrics(tracker.get_run_metrics(run_id))
+
+
+def print_metrics(m: dict[str, float]) -> None:
+    """What MLflow holds for a trial run; a metric that was not computed prints as absent."""
+    g = m.get
     print(
-        f"  held-out recon (mean over seeds): ev {m[names.RECON_EV]:.4f}  l0 "
-        f"{m[names.RECON_L0]:.1f}  loss recovered {'absent' if lr is None else f'{lr:.4f}'}"
+        f"  held-out recon (mean over seeds): ev {_fmt(g(names.RECON_EV))}  "
+        f"fvu {_fmt(g(names.RECON_FVU))}  l0 {_fmt(g(names.RECON_L0), '.1f')}  "
+        f"dead {_fmt(g(names.RECON_DEAD_FRAC), '.3f')}  "
+        f"loss recovered {_fmt(g(names.RECON_LOSS_RECOVERED))}"
     )
+    print("  stability        trained   random  gaussian   step0   delta [95% seed-bootstrap CI]")
     for base in names.STABILITY_BASES:
-        v = {
-            sfx: m.get(names.stability_key(base, sfx), float("nan"))
-            for sfx in names.STABILITY_SUFFIXES
-        }
+        v = {sfx: g(names.stability_key(base, sfx)) for sfx in names.STABILITY_SUFFIXES}
         print(
-            f"  {base:<26} {v['']:.4f} vs random {v['_random']:.4f}: delta {v['_delta']:+.4f} "
-            f"[{v['_delta_lcb']:+.4f}, {v['_delta_ucb']:+.4f}]"
+            f"  {base.removeprefix('stability/'):<16} {_fmt(v[''], '8.4f')} "
+            f"{_fmt(v['_random'], '8.4f')} {_fmt(v['_gaussian'], '8.4f')} "
+            f"{_fmt(v['_step0'], '8.4f')} {_fmt(v['_delta'], '+8.4f')} "
+            f"[{_fmt(v['_delta_lcb'], '+.4f')}, {_fmt(v['_delta_ucb'], '+.4f')}]"
         )
+    if names.CONSISTENCY_ALIGNMENT in m:
+        print(
+            f"  consistency: alignment to reference {_fmt(g(names.CONSISTENCY_ALIGNMENT))}, "
+            f"to independent control {_fmt(g(names.CONSISTENCY_ALIGNMENT_CONTROL))} "
+            f"(reference vs control {_fmt(g(names.CONSISTENCY_REF_CONTROL))}); "
+            f"ev drop vs lambda 0 {_fmt(g(names.CONSISTENCY_EV_DROP), '+.4f')}"
+        )
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    """A metric that was not computed prints as absent, never as a number."""
+    return "absent" if value is None else format(value, spec)

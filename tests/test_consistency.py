@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from husai.config import ARCHITECTURES, ConfigError, SAEConfig, SAETrainConfig, from_dict
+from husai.config import ARCHITECTURES, ConfigError, SAETrainConfig, from_dict
 from husai.consistency import ConsistencyPenalty, consistency_metrics
 from husai.sae import TrainStepInput, build_sae
 from husai.train import train_sae

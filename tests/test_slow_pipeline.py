@@ -100,12 +100,21 @@ def test_mlflow_run_entry_points(tmp_path: Path, isolated_store: str) -> None:
     tracker = Tracker(isolated_store)
     mv = tracker.client.get_model_version(names.BASE_MODEL_NAME, "1")
     base_run = tracker.client.get_run(mv.run_id)
-    # The run `mlflow run` created is the one that trained and registered the model.
-    assert base_run.data.tags.get("mlflow.project.entryPoint") == "train-base"
-    assert base_run.data.tags[names.TAG_CONFIG_HASH]
-    assert base_run.info.status == "FINISHED"
-    acts_exp = tracker.client.get_experiment_by_name(names.EXPERIMENT_ACTIVATIONS)
-    (acts_run,) = tracker.client.search_runs([acts_exp.experiment_id])
-    assert acts_run.data.tags.get("mlflow.project.entryPoint") == "extract"
+    assert base_run.data.tags[names.TAG_CONFIG_HASH] and base_run.info.status == "FINISHED"
+    # The runs `mlflow run` created carry links to the runs HUSAI made in its own experiments.
+    project_runs = {
+        r.data.tags["mlflow.project.entryPoint"]: r
+        for exp in (names.EXPERIMENT_BASE, names.EXPERIMENT_ACTIVATIONS)
+        for r in tracker.client.search_runs(
+            [tracker.client.get_experiment_by_name(exp).experiment_id]
+        )
+        if "mlflow.project.entryPoint" in r.data.tags
+    }
+    assert set(project_runs) == {"train-base", "extract"}
+    assert all(r.info.status == "FINISHED" for r in project_runs.values())
+    assert project_runs["train-base"].data.tags[names.TAG_LINK_BASE_RUN] == mv.run_id
+    assert project_runs["train-base"].data.tags[names.TAG_LINK_BASE_VERSION] == "1"
+    acts_run_id = project_runs["extract"].data.tags[names.TAG_LINK_ACTIVATIONS_RUN]
+    acts_run = tracker.client.get_run(acts_run_id)
     assert acts_run.data.params[names.PARAM_BASE_VERSION] == "1"
-    assert acts_run.info.status == "FINISHED"
+    assert acts_run.data.tags[names.TAG_KIND] == names.KIND_ACTIVATIONS

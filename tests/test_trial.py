@@ -327,3 +327,45 @@ def test_trial_result_never_compares_the_reference(tmp_path: Path) -> None:
     assert result.stability.trained["pw_mcc"].shape == (3, 3)
     for s in result.seeds:
         assert not torch.equal(s.trained.decoder, refs[0].decoder)
+
+
+def test_two_seeds_give_no_confidence_interval(tmp_path: Path) -> None:
+    """With 2 seeds a seed bootstrap has nothing to resample: the bounds are absent, so a gate
+    on them fails closed instead of passing on a zero-width interval."""
+    from husai.activations import load_user_activations
+    from husai.config import load
+    from husai.records import stability_metrics
+    from husai.trial import run_trial
+
+    cfg = load(write_cfg(tmp_path, {"trial": {"seeds": [0, 1], "bootstrap_samples": 200}}))
+    acts = load_user_activations(user_acts(tmp_path), cfg.activations)
+    result = run_trial(cfg, acts, tmp_path / "w", progress=False)
+    m = stability_metrics(result)
+    assert "stability/pw_mcc_delta" in m
+    assert "stability/pw_mcc_delta_lcb" not in m and "stability/pw_mcc_delta_ucb" not in m
+
+
+def test_batch_too_large_for_the_extracted_rows_fails_before_training(
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_cfg(
+        tmp_path,
+        {"train": {"steps": 10, "batch_size": 200, "lr_warmup_steps": 0, "lr_decay_steps": 0}},
+        base=TINY,
+    )
+    # p = 11 with a quarter held out leaves 91 SAE-train rows: known before any compute.
+    assert main(["trial", "--config", str(cfg)]) == EXIT_BAD_INPUT
+    assert "train.batch_size: 200 exceeds the 91 training rows" in capsys.readouterr().err
+    assert not Path(isolated_store.removeprefix("sqlite:///")).exists()
+
+
+def test_lambda_zero_hash_ignores_reference_settings() -> None:
+    from husai.config import from_dict
+
+    a = from_dict({"consistency": {"lambda": 0.0, "ref_seed": 10_000}})
+    b = from_dict({"consistency": {"lambda": 0.0, "ref_seed": 20_000, "assign_every": 7}})
+    c = from_dict({"consistency": {"lambda": 0.1, "ref_seed": 20_000}})
+    d = from_dict({"consistency": {"lambda": 0.1, "ref_seed": 10_000}})
+    assert a.config_hash() == b.config_hash()
+    assert c.config_hash() != d.config_hash()
+    assert from_dict({"trial": {"register_sae": False}}).config_hash() == a.config_hash()
