@@ -7,9 +7,9 @@ import torch
 
 from husai.config import ARCHITECTURES, ConfigError, SAETrainConfig, from_dict
 from husai.consistency import ConsistencyPenalty, consistency_metrics
-from husai.sae import TrainStepInput, build_sae
+from husai.sae import build_sae
 from husai.train import train_sae
-from tests.test_sae import D_IN, D_SAE, FAST, cfg, synthetic
+from tests.test_sae import D_IN, D_SAE, FAST, cfg, forward, synthetic
 
 
 def reference() -> torch.Tensor:
@@ -37,15 +37,7 @@ def test_gradient_reaches_the_decoder_through_sae_lens() -> None:
 
     def grad(lam: float) -> torch.Tensor:
         sae = build_sae(cfg("topk"), D_IN, 0, consistency=(ConsistencyPenalty(ref, 10), lam))
-        out = sae.training_forward_pass(
-            TrainStepInput(
-                sae_in=x,
-                coefficients=sae.get_coefficients(),
-                dead_neuron_mask=None,
-                n_training_steps=0,
-                is_logging_step=False,
-            )
-        )
+        out = forward(sae, x)
         assert "consistency_loss" in out.losses
         out.loss.backward()
         assert sae.W_dec.grad is not None

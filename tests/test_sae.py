@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -108,18 +109,20 @@ def test_jumprelu_thresholds_move() -> None:
     assert moved.max() > 1e-4, "the JumpReLU threshold never learned (the original's bug)"
 
 
-def test_batchtopk_is_batch_level() -> None:
-    sae = build_sae(cfg("batchtopk"), D_IN, 0)
-    x = synthetic(128)
-    out = sae.training_forward_pass(
-        TrainStepInput(
-            sae_in=x,
-            coefficients={},
-            dead_neuron_mask=None,
-            n_training_steps=0,
-            is_logging_step=False,
-        )
+def forward(sae: Any, x: torch.Tensor, dead: torch.Tensor | None = None) -> Any:
+    """One sae-lens training forward pass at step 0."""
+    step = TrainStepInput(
+        sae_in=x,
+        coefficients=sae.get_coefficients(),
+        dead_neuron_mask=dead,
+        n_training_steps=0,
+        is_logging_step=False,
     )
+    return sae.training_forward_pass(step)
+
+
+def test_batchtopk_is_batch_level() -> None:
+    out = forward(build_sae(cfg("batchtopk"), D_IN, 0), synthetic(128))
     per_row = (out.feature_acts != 0).sum(-1).float()
     assert per_row.std() > 0, "every row has exactly k latents: that is TopK, not BatchTopK"
     assert per_row.mean().item() == pytest.approx(K, abs=0.05)
@@ -131,24 +134,15 @@ def test_aux_loss_reaches_the_optimizer() -> None:
 
     def grads(mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         sae = build_sae(cfg("topk"), D_IN, 0)
-        out = sae.training_forward_pass(
-            TrainStepInput(
-                sae_in=x,
-                coefficients={},
-                dead_neuron_mask=mask,
-                n_training_steps=0,
-                is_logging_step=False,
-            )
-        )
+        out = forward(sae, x, mask)
         out.loss.backward()
         fired = (out.feature_acts != 0).any(0)
         assert sae.W_dec.grad is not None
         return sae.W_dec.grad, fired, {k: v.item() for k, v in out.losses.items()}
 
-    _, fired, _ = grads(None)
+    g_none, fired, _ = grads(None)
     silent = ~fired
     assert silent.any()
-    g_none, _, _ = grads(None)
     g_dead, _, losses = grads(silent.clone())
     assert losses["auxiliary_reconstruction_loss"] > 0
     assert g_none[silent].abs().sum() == 0
