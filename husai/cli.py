@@ -66,16 +66,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMAND_HELP.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "sweep":
+            _sweep_options(p)
+            continue
         _common(p)
         if name == "trial":
             _trial_options(p)
     return parser
 
 
+def _sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sweep", type=str, default="sweeps/quick.yaml", help="sweep file")
+    p.add_argument(
+        "--smoke", type=str, default="no", choices=("no", "yes"), help="tiny run (smoke section)"
+    )
+    p.add_argument(
+        "--tracking-uri", type=str, default="", help="MLflow store (as for the other commands)"
+    )
+    p.add_argument(
+        "--ray-address",
+        type=str,
+        default="",
+        help="existing Ray cluster (default $RAY_ADDRESS, else a private local instance)",
+    )
+
+
 COMMAND_HELP = {
     "train-base": "train the modular-addition transformer, or reuse the registered one",
     "extract": "cache and log the base model's activations (trains the base model if needed)",
     "trial": "train one SAE recipe with several seeds; held-out metrics and cross-seed stability",
+    "sweep": "Ray Tune + Optuna over a sweep file; trials nested under one sweep run",
 }
 
 
@@ -148,6 +168,29 @@ def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     )
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from husai.tracking import Tracker
+    from husai.tune import run_sweep
+
+    out = run_sweep(
+        Path(args.sweep),
+        smoke=args.smoke == "yes",
+        tracking_uri=args.tracking_uri or None,
+        ray_address=args.ray_address or None,
+    )
+    print(
+        f"sweep run {out.sweep_run_id}: {out.n_trials} trials, {out.n_recorded} recorded in full "
+        f"({out.n_trials - out.n_recorded} stopped early by ASHA)"
+    )
+    if out.best_trial_run_id is not None:
+        print(
+            f"best trial run {out.best_trial_run_id} (objective {out.best_value:.4f}); "
+            f"husai-sae version {out.sae_version} (alias candidate)"
+        )
+    print(ui_hint(Tracker(args.tracking_uri or None).uri))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[ExperimentConfig, argparse.Namespace], int]] = {
     "train-base": cmd_train_base,
     "extract": cmd_extract,
@@ -158,6 +201,8 @@ COMMANDS: dict[str, Callable[[ExperimentConfig, argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "sweep":
+            return cmd_sweep(args)
         cfg = resolve(Path(args.config) if args.config else None, args.preset)
         return COMMANDS[args.command](cfg, args)
     except InputError as e:

@@ -128,6 +128,14 @@ PARAM_BATCH_SIZE = "batch_size"
 PARAM_LR = "lr"
 PARAM_SEED = "seed"
 PARAM_LAMBDA = "lambda"
+
+# --- sweeps ---------------------------------------------------------------------------------------
+KIND_SWEEP = "sweep"
+SWEEP_N_TRIALS = "sweep/n_trials"
+SWEEP_N_RECORDED = "sweep/n_trials_recorded"
+SWEEP_BEST_VALUE = "sweep/best_objective"
+TAG_BEST_TRIAL_RUN_ID = "husai.best_trial_run_id"
+TAG_STOPPED_EARLY = "husai.stopped_early"  # a trial ASHA stopped before all its seeds
 PARAM_SEEDS = "seeds"
 PARAM_N_SEEDS = "n_seeds"
 

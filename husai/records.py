@@ -208,6 +208,7 @@ def record_trial(
     acts: ActivationSet,
     src: TrialSource,
     result: TrialResult,
+    parent_run_id: str | None = None,
 ) -> RecordedTrial:
     """Trial run > one child run per seed; the representative SAE registered with `candidate`."""
     from husai.report import plot_stability_heatmap
@@ -235,7 +236,7 @@ def record_trial(
         )
         tags[names.TAG_REF_RUN_ID] = ref.run_id
     with (
-        tracker.run(experiment, name, tags, params) as trial_id,
+        tracker.run(experiment, name, tags, params, parent_run_id) as trial_id,
         tempfile.TemporaryDirectory() as tmp,
     ):
         for sr in result.seeds:
@@ -351,4 +352,55 @@ def record_reference(
     name = f"reference-{s.architecture}-k{s.k}-d{s.d_sae}-seed{seed}"
     with tracker.run(names.EXPERIMENT_SWEEP_PREFIX + cfg.name, name, tags, params) as run_id:
         tracker.log_artifacts(run_id, path, names.ARTIFACT_SAE)
+    return run_id
+
+
+def register_trial_sae(tracker: Tracker, trial_run_id: str, description: str) -> str:
+    """Register a recorded trial's representative SAE (from its seed run) as `candidate`."""
+    trial = tracker.client.get_run(trial_run_id)
+    tags, params = trial.data.tags, trial.data.params
+    seed = tags[names.TAG_REPRESENTATIVE_SEED]
+    seed_run = next(
+        r for r in tracker.child_runs(trial_run_id) if r.data.tags.get(names.TAG_SEED) == seed
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tracker.download(seed_run.info.run_id, names.ARTIFACT_SAE, Path(tmp))
+        d_in, d_sae = int(params[names.PARAM_D_IN]), int(params[names.PARAM_D_SAE])
+        return tracker.register_pyfunc(
+            trial_run_id,
+            code=HERE / "pyfunc_sae.py",
+            artifacts={names.ARTIFACT_SAE: str(folder)},
+            example=(pd.DataFrame([[0.0] * d_in]), pd.DataFrame([[0.0] * d_sae])),
+            model_name=names.SAE_MODEL_NAME,
+            artifact_name=names.ARTIFACT_SAE_MODEL,
+            tags={
+                names.TAG_TRIAL_RUN_ID: trial_run_id,
+                names.TAG_ARCHITECTURE: params[names.PARAM_ARCHITECTURE],
+                names.TAG_K: params[names.PARAM_K],
+                names.TAG_D_SAE: params[names.PARAM_D_SAE],
+                names.TAG_SEED: seed,
+                names.TAG_METRIC_VERSION: str(husai.metric_version),
+                names.TAG_REPRESENTATIVE_WHY: tags[names.TAG_REPRESENTATIVE_WHY],
+            },
+            description=description,
+            alias=names.ALIAS_CANDIDATE,
+        )
+
+
+def record_stopped_trial(
+    tracker: Tracker,
+    experiment: str,
+    sweep_run_id: str,
+    config_hash: str,
+    params: dict[str, object],
+    last: dict[str, float],
+) -> str:
+    """A trial the scheduler stopped early: its sampled recipe and last report, status KILLED."""
+    tags = {
+        **tracker.standard_tags(config_hash, names.KIND_TRIAL, "sweep"),
+        names.TAG_STOPPED_EARLY: "true",
+    }
+    with tracker.run(experiment, "trial-stopped", tags, params, sweep_run_id) as run_id:
+        tracker.log_metrics(run_id, finite(dict(last)))
+    tracker.mark_killed(run_id)
     return run_id

@@ -143,7 +143,8 @@ class SweepConfig(_Strict):
 
     def base_experiment(self, smoke: bool = False) -> ExperimentConfig:
         data = _deep_merge(self.experiment, self.smoke.experiment) if smoke else self.experiment
-        return from_dict({"name": self.name, **data}, f"sweep {self.name}: experiment")
+        # Every run of a sweep lands in husai/<sweep name>, whatever the experiment calls itself.
+        return from_dict({**data, "name": self.name}, f"sweep {self.name}: experiment")
 
     def trial_config(self, params: dict[str, Any], smoke: bool = False) -> ExperimentConfig:
         """The experiment of one trial: the base experiment with the sampled values set."""

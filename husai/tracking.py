@@ -226,6 +226,24 @@ class Tracker:
         if self.env_run_id is not None:
             self.set_tags(self.env_run_id, tags)
 
+    def child_runs(self, parent_run_id: str) -> list[Any]:
+        run = self.client.get_run(parent_run_id)
+        return list(
+            self.client.search_runs(
+                [run.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
+            )
+        )
+
+    def mark_killed(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+    def end_running_children(self, parent_run_id: str) -> int:
+        """Mark children a killed worker left RUNNING as KILLED; how many there were."""
+        stale = [r for r in self.child_runs(parent_run_id) if r.info.status == "RUNNING"]
+        for r in stale:
+            self.client.set_terminated(r.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        return len(stale)
+
     def get_run_params(self, run_id: str) -> dict[str, str]:
         return dict(self.client.get_run(run_id).data.params)
 
@@ -265,6 +283,7 @@ class Tracker:
         A bare folder of safetensors cannot be registered (STACK.md); a pyfunc wrapping it can,
         and loads with mlflow.pyfunc.load_model("models:/<name>/<version>"). Nothing is pickled.
         """
+        status = self.client.get_run(run_id).info.status
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             info = mlflow.pyfunc.log_model(
@@ -274,8 +293,9 @@ class Tracker:
                 signature=infer_signature(*example),
                 pip_requirements=[f"{k}=={v}" for k, v in self._versions.items() if k != "husai"],
             )
-        # Leaving the fluent block ended the run FINISHED; `run()` alone decides how it ends.
-        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        # Leaving the fluent block ended the run FINISHED: put back the status it had (RUNNING
+        # inside `run()`, which alone decides how a run ends; FINISHED for a recorded trial).
+        self.client.update_run(run_id, status=status)
         self._ensure_registered_model(model_name)
         mv = self.client.create_model_version(
             model_name,

@@ -8,6 +8,7 @@ rows, its cross-seed stability compared with matched random baselines. Returns a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,12 +92,14 @@ def run_trial(
     base_model: HookedTransformer | None = None,
     progress: bool = True,
     references: tuple[Reference, Reference] | None = None,
+    on_seed: Callable[[list[ReconMetrics]], None] | None = None,
 ) -> TrialResult:
     """Train every seed, measure held-out reconstruction and cross-seed stability.
 
     With lambda > 0, `references` = (reference, control): each seed is pulled toward the
     reference; the control, trained with another seed and never used in training, tells how
-    much of the resulting alignment is copying.
+    much of the resulting alignment is copying. `on_seed` sees the held-out metrics of the
+    seeds finished so far, after each seed.
     """
     preflight(cfg, acts)
     lam = cfg.consistency.lam
@@ -116,6 +119,8 @@ def run_trial(
         seeds.append(
             SeedResult(seed, trained, sae, folder, recon_metrics(sae, acts.eval, loss_recovered=lr))
         )
+        if on_seed is not None:  # e.g. a Ray Tune report, so ASHA can stop a poor trial early
+            on_seed([s.recon for s in seeds])
 
     d_in, t = acts.d_in, cfg.trial
     random = [

@@ -13,8 +13,11 @@ from husai.cli import ui_hint
 from husai.config import ExperimentConfig, from_dict
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from husai.activations import ActivationSet
     from husai.base_model import HookedTransformer
+    from husai.metrics import ReconMetrics
     from husai.records import RecordedTrial, TrialSource
     from husai.reference import Reference
     from husai.tracking import Tracker
@@ -43,7 +46,6 @@ def run_trial_command(
     from husai.base_model import get_or_train, load_base_from_run
     from husai.cli import base_links, print_acts, print_base
     from husai.records import TrialSource, find_recorded_trial
-    from husai.reference import get_or_train_reference
     from husai.tracking import Tracker
     from husai.trial import check_batch, preflight
 
@@ -89,21 +91,36 @@ def run_trial_command(
         tracker.link_env_run({names.TAG_TRIAL_RUN_ID: done})
         print(ui_hint(tracker.uri))
         return 0
-    refs, ev_plain = None, None
-    if cfg.consistency.lam > 0:
-        ev_plain = plain_recipe_ev(cfg, acts, tracker, src, base_model)
-        refs = (
-            get_or_train_reference(cfg, acts, cfg.consistency.ref_seed, tracker),
-            get_or_train_reference(cfg, acts, cfg.consistency.control_ref_seed, tracker),
-        )
-        for ref, what in zip(refs, ("reference", "control reference"), strict=True):
-            how = "reused" if ref.reused else "trained"
-            print(f"{what} SAE (seed {ref.seed}) {how}: run {ref.run_id}")
+    refs, ev_plain = prepare_consistency(cfg, acts, tracker, src, base_model)
     result, recorded = run_and_record(cfg, acts, tracker, src, base_model, refs, ev_plain)
     tracker.link_env_run({names.TAG_TRIAL_RUN_ID: recorded.run_id})
     print_summary(cfg, acts, result, recorded, tracker)
     print(ui_hint(tracker.uri))
     return 0
+
+
+def prepare_consistency(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    tracker: Tracker,
+    src: TrialSource,
+    base_model: HookedTransformer | None,
+    parent_run_id: str | None = None,
+) -> tuple[tuple[Reference, Reference] | None, float | None]:
+    """For lambda > 0: (reference, control) and the lambda = 0 recipe's recon/ev."""
+    from husai.reference import get_or_train_reference
+
+    if cfg.consistency.lam == 0:
+        return None, None
+    ev_plain = plain_recipe_ev(cfg, acts, tracker, src, base_model, parent_run_id)
+    refs = (
+        get_or_train_reference(cfg, acts, cfg.consistency.ref_seed, tracker),
+        get_or_train_reference(cfg, acts, cfg.consistency.control_ref_seed, tracker),
+    )
+    for ref, what in zip(refs, ("reference", "control reference"), strict=True):
+        how = "reused" if ref.reused else "trained"
+        print(f"{what} SAE (seed {ref.seed}) {how}: run {ref.run_id}")
+    return refs, ev_plain
 
 
 def run_and_record(
@@ -114,17 +131,21 @@ def run_and_record(
     base_model: HookedTransformer | None,
     refs: tuple[Reference, Reference] | None = None,
     ev_plain: float | None = None,
+    parent_run_id: str | None = None,
+    on_seed: Callable[[list[ReconMetrics]], None] | None = None,
 ) -> tuple[TrialResult, RecordedTrial]:
     from husai.records import record_trial
     from husai.trial import run_trial
 
     with tempfile.TemporaryDirectory() as work:
-        result = run_trial(cfg, acts, Path(work), base_model=base_model, references=refs)
+        result = run_trial(
+            cfg, acts, Path(work), base_model=base_model, references=refs, on_seed=on_seed
+        )
         if result.consistency is not None and ev_plain is not None:
             ev = result.recon_mean["ev"]
             drop = None if ev is None else ev_plain - ev
             result.consistency = replace(result.consistency, ev_drop=drop)
-        return result, record_trial(tracker, cfg, acts, src, result)
+        return result, record_trial(tracker, cfg, acts, src, result, parent_run_id)
 
 
 def plain_recipe_ev(
@@ -133,6 +154,7 @@ def plain_recipe_ev(
     tracker: Tracker,
     src: TrialSource,
     base_model: HookedTransformer | None,
+    parent_run_id: str | None = None,
 ) -> float | None:
     """recon/ev of the same recipe at lambda = 0: found in MLflow, else trained and recorded."""
     from husai.records import find_recorded_trial
@@ -149,7 +171,7 @@ def plain_recipe_ev(
         print(f"lambda = 0 recipe found: run {run_id}")
         return tracker.get_run_metrics(run_id).get(names.RECON_EV)
     print("lambda = 0 recipe not recorded yet: training it first (needed for consistency/ev_drop)")
-    result, rec = run_and_record(plain, acts, tracker, src, base_model)
+    result, rec = run_and_record(plain, acts, tracker, src, base_model, parent_run_id=parent_run_id)
     print(f"lambda = 0 recipe recorded: run {rec.run_id}")
     return result.recon_mean["ev"]
 

@@ -1,0 +1,288 @@
+"""Ray Tune sweeps: Optuna proposes recipes, ASHA stops poor ones early, MLflow records all.
+
+The driver resolves the base model and activations once, creates the store, the experiment and
+the sweep run (SQLite must not be created by several processes at once), then runs Ray Tune.
+Each trial is one `husai trial` (N seeds) recorded as a child of the sweep run; after each seed
+it reports the running mean held-out FVU, so ASHA can stop it. At the end the best trial (first
+objective) is tagged on the sweep run and its representative SAE becomes `husai-sae@candidate`.
+
+    python -m husai sweep --sweep sweeps/quick.yaml [--smoke] [--ray-address ADDR]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from husai import names
+from husai.sweep_config import SweepConfig, load_sweep
+
+ASHA_METRIC = names.RECON_FVU  # reported after every seed; stability needs finished seeds
+SEEDS_DONE = "seeds_done"
+TRIAL_RUN_ID = "trial_run_id"
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """Everything a trial process needs; small and picklable."""
+
+    sweep_path: str
+    smoke: bool
+    tracking_uri: str
+    sweep_run_id: str
+    activation_key: str
+    cache_dir: str
+    base_run_id: str
+    base_version: str
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    sweep_run_id: str
+    n_trials: int
+    n_recorded: int
+    best_trial_run_id: str | None
+    best_value: float | None
+    sae_version: str | None
+
+
+class DefineSpace:
+    """Optuna define-by-run space (a class, so Ray can pickle it into its checkpoints); a
+    `zero` dimension first decides whether it is off (exactly 0)."""
+
+    def __init__(self, sweep: SweepConfig) -> None:
+        self.dims = dict(sweep.search_space)
+
+    def __call__(self, trial: Any) -> None:
+        for path, dim in self.dims.items():
+            if dim.type == "categorical":
+                trial.suggest_categorical(path, list(dim.choices or ()))
+            elif dim.type == "int":
+                trial.suggest_int(path, int(dim.low or 0), int(dim.high or 0))
+            elif dim.type == "uniform":
+                trial.suggest_float(path, dim.low, dim.high)
+            else:
+                if dim.zero and trial.suggest_categorical(f"{path}.off", [True, False]):
+                    continue
+                trial.suggest_float(path, dim.low, dim.high, log=True)
+
+
+def sampled_params(sweep: SweepConfig, config: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for path, dim in sweep.search_space.items():
+        out[path] = 0.0 if dim.zero and config.get(f"{path}.off") else config[path]
+    return out
+
+
+def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
+    """One Ray Tune trial: a full HUSAI trial recorded under the sweep run."""
+    from ray import tune
+
+    from husai.activations import find_by_key
+    from husai.base_model import load_base_from_run
+    from husai.records import TrialSource
+    from husai.tracking import Tracker
+    from husai.trial_cli import prepare_consistency, run_and_record
+
+    sweep = load_sweep(ctx.sweep_path)
+    params = sampled_params(sweep, config)
+    cfg = sweep.trial_config(params, ctx.smoke)
+    cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"register_sae": False})})
+    tracker = Tracker(ctx.tracking_uri)
+    acts = find_by_key(ctx.activation_key, tracker, Path(ctx.cache_dir)).acts
+    base_model = load_base_from_run(tracker, ctx.base_run_id)
+    src = TrialSource(acts.key, ctx.base_version, "sweep")
+    refs, ev_plain = prepare_consistency(cfg, acts, tracker, src, base_model, ctx.sweep_run_id)
+
+    def on_seed(recons: list[Any]) -> None:
+        fvu = sum(r.fvu for r in recons) / len(recons)
+        tune.report({ASHA_METRIC: fvu, SEEDS_DONE: len(recons)})
+
+    _, rec = run_and_record(
+        cfg, acts, tracker, src, base_model, refs, ev_plain, ctx.sweep_run_id, on_seed
+    )
+    final = tracker.get_run_metrics(rec.run_id)
+    tune.report({**final, SEEDS_DONE: len(cfg.trial.seeds) + 1, TRIAL_RUN_ID: rec.run_id})
+
+
+def _resources(sweep: SweepConfig) -> dict[str, float]:
+    import ray
+
+    gpu = sweep.resources.gpu
+    if gpu > 0 and ray.cluster_resources().get("GPU", 0) == 0:
+        # A fractional-GPU trial on a GPU-less cluster would wait in PENDING forever.
+        warnings.warn(
+            f"resources.gpu = {gpu} but the Ray cluster has no GPU: running trials on CPU",
+            stacklevel=2,
+        )
+        gpu = 0.0
+    return {"cpu": sweep.resources.cpu, "gpu": gpu}
+
+
+def _start_ray(address: str | None) -> bool:
+    """Connect to `address` (or RAY_ADDRESS); else start a private local instance on loopback.
+    Returns whether we started it (and so must shut it down)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        return False
+    # Keep every Ray address on 127.0.0.1 (STACK.md); a private temp dir, stopped by us only.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(
+        num_cpus=os.cpu_count() or 1,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(prefix="husai-ray-"),
+    )
+    return True
+
+
+def best_trial(sweep: SweepConfig, results: list[dict[str, Any]]) -> tuple[str, float] | None:
+    obj = sweep.objective[0]
+    scored = [
+        (r[TRIAL_RUN_ID], float(r[obj.metric]))
+        for r in results
+        if TRIAL_RUN_ID in r
+        and isinstance(r.get(obj.metric), int | float)
+        and math.isfinite(float(r[obj.metric]))
+    ]
+    if not scored:
+        return None
+    pick = max if obj.mode == "max" else min
+    return pick(scored, key=lambda x: x[1])
+
+
+def run_sweep(
+    sweep_path: Path,
+    smoke: bool = False,
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+) -> SweepOutcome:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from husai.activations import cache_root, check_hook, get_or_extract, n_split_rows
+    from husai.base_model import get_or_train
+    from husai.records import record_stopped_trial, register_trial_sae
+    from husai.tracking import Tracker
+    from husai.trial import check_batch
+
+    sweep = load_sweep(sweep_path)
+    cfg0 = sweep.base_experiment(smoke)
+    check_hook(cfg0)
+    check_batch(cfg0, n_split_rows(cfg0)[0])
+    tracker = Tracker(tracking_uri)
+    experiment = names.EXPERIMENT_SWEEP_PREFIX + sweep.name
+    tracker.experiment_id(experiment)  # created here, before any trial process writes
+    base = get_or_train(cfg0, tracker)
+    acts = get_or_extract(cfg0, base, tracker)
+    n_samples = sweep.smoke.num_samples if smoke else sweep.num_samples
+    params = {
+        "sweep.num_samples": n_samples,
+        "sweep.smoke": smoke,
+        "sweep.search_space": ",".join(sweep.search_space),
+        "sweep.objective": ",".join(f"{o.metric}:{o.mode}" for o in sweep.objective),
+        names.PARAM_ACTIVATION_KEY: acts.acts.key,
+        names.PARAM_BASE_VERSION: base.version,
+    }
+    tags = tracker.standard_tags(cfg0.config_hash(), names.KIND_SWEEP, "sweep")
+    with tracker.run(experiment, f"sweep-{sweep.name}", tags, params) as sweep_run_id:
+        ctx = SweepContext(
+            sweep_path=str(Path(sweep_path).resolve()),
+            smoke=smoke,
+            tracking_uri=tracker.uri,
+            sweep_run_id=sweep_run_id,
+            activation_key=acts.acts.key,
+            cache_dir=str(cache_root()),
+            base_run_id=base.run_id,
+            base_version=base.version,
+        )
+        started = _start_ray(ray_address)
+        try:
+            # Per-seed reports carry only the ASHA metric; the objective (stability) exists once
+            # all seeds are trained, so Tune must not demand it in every report.
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+            objective = sweep.objective
+            search = OptunaSearch(
+                space=DefineSpace(sweep),
+                metric=[o.metric for o in objective],  # a list: no intermediate values to Optuna
+                mode=[o.mode for o in objective],
+                seed=sweep.seed,
+            )
+            n_seeds = len(cfg0.trial.seeds)
+            scheduler = (
+                ASHAScheduler(
+                    time_attr=SEEDS_DONE,
+                    metric=ASHA_METRIC,
+                    mode="min",
+                    max_t=n_seeds + 1,
+                    grace_period=min(sweep.asha.grace_period, n_seeds),
+                    reduction_factor=sweep.asha.reduction_factor,
+                )
+                if sweep.asha.enabled
+                else None
+            )
+            tuner = tune.Tuner(
+                tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(sweep)),
+                tune_config=tune.TuneConfig(
+                    search_alg=search,
+                    scheduler=scheduler,
+                    num_samples=n_samples,
+                    max_concurrent_trials=sweep.max_concurrency,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{sweep.name}-{sweep_run_id[:8]}",
+                    storage_path=str(cache_root() / "ray_results"),
+                    verbose=1,
+                ),
+            )
+            grid = tuner.fit()
+            trials = [grid[i] for i in range(len(grid))]
+            results = [r.metrics or {} for r in trials]
+            configs = [r.config or {} for r in trials]
+        finally:
+            if started:
+                ray.shutdown()
+        tracker.end_running_children(sweep_run_id)
+        for r, c in zip(results, configs, strict=True):
+            if TRIAL_RUN_ID not in r:  # stopped by ASHA (or failed) before it was recorded
+                last = {k: v for k, v in r.items() if k in (ASHA_METRIC, SEEDS_DONE)}
+                record_stopped_trial(
+                    tracker,
+                    experiment,
+                    sweep_run_id,
+                    cfg0.config_hash(),
+                    sampled_params(sweep, c),
+                    last,
+                )
+        best = best_trial(sweep, results)
+        n_recorded = sum(TRIAL_RUN_ID in r for r in results)
+        tracker.log_metrics(
+            sweep_run_id,
+            {names.SWEEP_N_TRIALS: len(results), names.SWEEP_N_RECORDED: n_recorded},
+        )
+        version = None
+        if best is not None:
+            tracker.set_tags(sweep_run_id, {names.TAG_BEST_TRIAL_RUN_ID: best[0]})
+            tracker.log_metrics(sweep_run_id, {names.SWEEP_BEST_VALUE: best[1]})
+            version = register_trial_sae(
+                tracker, best[0], f"best trial of sweep {sweep.name} (run {sweep_run_id})"
+            )
+    return SweepOutcome(
+        sweep_run_id=sweep_run_id,
+        n_trials=len(results),
+        n_recorded=n_recorded,
+        best_trial_run_id=best[0] if best else None,
+        best_value=best[1] if best else None,
+        sae_version=version,
+    )

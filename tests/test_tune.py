@@ -1,0 +1,108 @@
+"""Sweeps on a real local Ray instance: the MLflow tree a sweep leaves behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from husai import names
+from husai.sweep_config import load_sweep
+from husai.tracking import Tracker
+from husai.tune import DefineSpace, sampled_params
+from tests.conftest import TINY
+
+SWEEP = {
+    "name": "tiny_sweep",
+    "experiment": {
+        **TINY,
+        "sae": {"architecture": "topk", "d_sae": 32, "k": 4},
+        "train": {
+            "steps": 30,
+            "batch_size": 32,
+            "lr_warmup_steps": 3,
+            "lr_decay_steps": 5,
+            "log_every": 10,
+        },
+        "trial": {"seeds": [0, 1, 2], "bootstrap_samples": 100},
+    },
+    "search_space": {
+        "sae.k": {"type": "categorical", "choices": [2, 4]},
+        "consistency.lambda": {"type": "loguniform", "low": 0.01, "high": 1.0, "zero": True},
+    },
+    "objective": [{"metric": "stability/pw_mcc_delta_lcb", "mode": "max"}],
+    "num_samples": 3,
+    "asha": {"enabled": False},
+}
+
+
+def write_sweep(tmp_path: Path, **over: object) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**SWEEP, **over}))
+    return path
+
+
+def test_space_zero_branch_maps_to_lambda_zero(tmp_path: Path) -> None:
+    sweep = load_sweep(write_sweep(tmp_path))
+    assert sampled_params(sweep, {"sae.k": 2, "consistency.lambda.off": True}) == {
+        "sae.k": 2,
+        "consistency.lambda": 0.0,
+    }
+    assert sampled_params(
+        sweep, {"sae.k": 4, "consistency.lambda.off": False, "consistency.lambda": 0.3}
+    ) == {"sae.k": 4, "consistency.lambda": 0.3}
+    import pickle
+
+    pickle.dumps(DefineSpace(sweep))  # Ray checkpoints the searcher, space included
+
+
+@pytest.mark.slow
+def test_smoke_sweep_leaves_a_complete_mlflow_tree(tmp_path: Path, isolated_store: str) -> None:
+    from husai.tune import run_sweep
+
+    out = run_sweep(write_sweep(tmp_path), tracking_uri=isolated_store)
+    assert out.n_trials == 3 and out.n_recorded == 3
+    assert ray_processes_left() == []  # the private local Ray instance was shut down
+
+    tracker = Tracker(isolated_store)
+    exp = tracker.client.get_experiment_by_name("husai/tiny_sweep")
+    runs = tracker.client.search_runs([exp.experiment_id])
+    (sweep_run,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_SWEEP]
+    trials = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_TRIAL]
+    assert [r for r in runs if r.info.status != "FINISHED"] == [], [
+        (r.data.tags.get(names.TAG_KIND), r.info.run_name, r.info.status)
+        for r in runs
+        if r.info.status != "FINISHED"
+    ]
+    # Every trial (the lambda = 0 baselines of lambda > 0 trials included) sits under the sweep.
+    assert trials and all(
+        r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id for r in trials
+    )
+    for t in trials:
+        assert names.RECON_EV in t.data.metrics
+        assert "stability/pw_mcc_delta_lcb" in t.data.metrics
+        assert {"k", "d_sae", "lambda"} <= set(t.data.params)
+    best = sweep_run.data.tags[names.TAG_BEST_TRIAL_RUN_ID]
+    assert best in {t.info.run_id for t in trials}
+    mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
+    assert mv.tags[names.TAG_TRIAL_RUN_ID] == best
+    assert sweep_run.data.metrics[names.SWEEP_N_TRIALS] == 3
+
+
+def ray_processes_left(wait_s: float = 15.0) -> list[str]:
+    """Processes of the private Ray instances HUSAI starts (temp dir husai-ray-*)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "husai-ray-" in cmd:
+                left.append(f"{p.info['pid']}: {cmd[:80]}")
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
