@@ -61,7 +61,10 @@ def test_space_zero_branch_maps_to_lambda_zero(tmp_path: Path) -> None:
 def test_smoke_sweep_leaves_a_complete_mlflow_tree(tmp_path: Path, isolated_store: str) -> None:
     from husai.tune import run_sweep
 
-    out = run_sweep(write_sweep(tmp_path), tracking_uri=isolated_store)
+    # A fractional GPU asked for on a GPU-less cluster: a warning and CPU trials, never PENDING.
+    sweep = write_sweep(tmp_path, resources={"cpu": 1, "gpu": 0.25})
+    with pytest.warns(UserWarning, match="no GPU"):
+        out = run_sweep(sweep, tracking_uri=isolated_store)
     assert out.n_trials == 3 and out.n_recorded == 3
     assert ray_processes_left() == []  # the private local Ray instance was shut down
 
