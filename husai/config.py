@@ -38,7 +38,7 @@ class ConfigError(InputError):
     """A config that cannot be used; the message is one line naming the file and the field."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -46,7 +46,7 @@ def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
-class TaskConfig(_Strict):
+class TaskConfig(Strict):
     """Modular addition c = (a + b) mod p on inputs [a, b, =]."""
 
     p: int = Field(113, description="prime modulus; the vocabulary is p numbers plus '='")
@@ -70,7 +70,7 @@ class TaskConfig(_Strict):
         return v
 
 
-class BaseModelConfig(_Strict):
+class BaseModelConfig(Strict):
     """The HookedTransformer and its full-batch AdamW training (shared/DESIGN.md 4.1)."""
 
     n_layers: int = Field(1, ge=1, le=2, description="transformer blocks (1 or 2)")
@@ -100,7 +100,7 @@ class BaseModelConfig(_Strict):
         return self.d_model // self.n_heads
 
 
-class ActivationsConfig(_Strict):
+class ActivationsConfig(Strict):
     """Which activations the SAEs see and how they are split (shared/DESIGN.md 4.2)."""
 
     hook: str = Field("blocks.0.hook_resid_post", description="TransformerLens hook name")
@@ -134,7 +134,7 @@ Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "matryoshka_
 TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
 
 
-class SAEConfig(_Strict):
+class SAEConfig(Strict):
     """One SAE recipe, built from the sae-lens training class of its architecture."""
 
     architecture: Architecture = Field("topk", description="sae-lens training architecture")
@@ -173,7 +173,7 @@ class SAEConfig(_Strict):
         return sorted({max(1, self.d_sae // 4), max(1, self.d_sae // 2), self.d_sae})
 
 
-class SAETrainConfig(_Strict):
+class SAETrainConfig(Strict):
     """The training loop shared by every seed of a trial."""
 
     steps: int = Field(1500, ge=1, description="optimizer steps per seed")
@@ -197,7 +197,7 @@ class SAETrainConfig(_Strict):
         return self
 
 
-class TrialConfig(_Strict):
+class TrialConfig(Strict):
     """One recipe trained with several seeds, compared against matched random baselines."""
 
     seeds: tuple[int, ...] = Field((0, 1, 2, 3, 4), description="training seeds (at least 2)")
@@ -224,7 +224,7 @@ class TrialConfig(_Strict):
         return self
 
 
-class ConsistencyConfig(_Strict):
+class ConsistencyConfig(Strict):
     """Pull every seed's decoder toward a frozen reference SAE (shared/DESIGN.md 4.6)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -247,7 +247,7 @@ class ConsistencyConfig(_Strict):
         return self
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(Strict):
     """Everything one experiment needs; sections are filled in by later stages of the pipeline."""
 
     name: str = Field("custom", min_length=1, description="label for runs made from this config")
@@ -304,7 +304,7 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _format_validation(source: str, err: ValidationError) -> str:
+def format_validation(source: str, err: ValidationError) -> str:
     errors = err.errors()
     first = errors[0]
     field = ".".join(str(p) for p in first["loc"])
@@ -316,7 +316,7 @@ def _format_validation(source: str, err: ValidationError) -> str:
     return f"{source}: {field + ': ' if field else ''}{msg}{more}"
 
 
-def _read_yaml(text: str, source: str) -> dict[str, Any]:
+def read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -333,11 +333,11 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
         out[k] = (
-            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
         )
     return out
 
@@ -346,7 +346,7 @@ def preset_dict(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     text = resources.files("husai.presets").joinpath(f"{name}.yaml").read_text()
-    return _read_yaml(text, f"preset {name}")
+    return read_yaml(text, f"preset {name}")
 
 
 def from_dict(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
@@ -355,21 +355,25 @@ def from_dict(data: dict[str, Any], source: str = "<config>") -> ExperimentConfi
     if preset is not None:
         if not isinstance(preset, str):
             raise ConfigError(f"{source}: preset: must be a preset name, got {preset!r}")
-        data = _deep_merge(preset_dict(preset), data)
+        data = deep_merge(preset_dict(preset), data)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(source, e)) from None
+        raise ConfigError(format_validation(source, e)) from None
+
+
+def read_yaml_file(path: Path, what: str = "config") -> dict[str, Any]:
+    """A YAML mapping from a file; unreadable or malformed files are one-line ConfigErrors."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from None
+    return read_yaml(text, str(path))
 
 
 def load(path: str | Path) -> ExperimentConfig:
     """Read and validate a config file; every problem is a one-line ConfigError naming the file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    return from_dict(_read_yaml(text, str(path)), str(path))
+    return from_dict(read_yaml_file(Path(path)), str(path))
 
 
 def load_preset(name: str) -> ExperimentConfig:

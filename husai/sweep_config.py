@@ -24,11 +24,11 @@ from husai import names
 from husai.config import (
     ConfigError,
     ExperimentConfig,
-    _deep_merge,
-    _format_validation,
-    _read_yaml,
-    _Strict,
+    Strict,
+    deep_merge,
+    format_validation,
     from_dict,
+    read_yaml_file,
 )
 
 # Sweepable fields: dotted path -> how it appears in the experiment dict.
@@ -52,7 +52,7 @@ OBJECTIVE_METRICS = {
 }
 
 
-class Dimension(_Strict):
+class Dimension(Strict):
     """One search dimension."""
 
     type: Literal["categorical", "int", "uniform", "loguniform"] = Field(
@@ -87,7 +87,7 @@ class Dimension(_Strict):
         return (0.0 if self.zero else self.low), self.high
 
 
-class Objective(_Strict):
+class Objective(Strict):
     metric: str = Field(description="a trial metric from names.py, e.g. stability/pw_mcc_delta_lcb")
     mode: Literal["max", "min"] = Field(description="maximise or minimise it")
 
@@ -98,27 +98,27 @@ class Objective(_Strict):
         return self
 
 
-class Resources(_Strict):
+class Resources(Strict):
     cpu: float = Field(1.0, gt=0, description="CPUs per trial")
     gpu: float = Field(
         0.0, ge=0, description="GPUs per trial, fractional allowed (0.25 = 4 per GPU)"
     )
 
 
-class Asha(_Strict):
+class Asha(Strict):
     enabled: bool = Field(True, description="stop poor trials early (async successive halving)")
     grace_period: int = Field(1, ge=1, description="seeds a trial trains before it can be stopped")
     reduction_factor: float = Field(2.0, gt=1, description="halving rate between rungs")
 
 
-class Smoke(_Strict):
+class Smoke(Strict):
     num_samples: int = Field(2, ge=1, description="trials in a --smoke run")
     experiment: dict[str, Any] = Field(
         default_factory=dict, description="overrides merged into the experiment for --smoke"
     )
 
 
-class SweepConfig(_Strict):
+class SweepConfig(Strict):
     name: str = Field(min_length=1, description="sweep name; runs land in experiment husai/<name>")
     experiment: dict[str, Any] = Field(description="the experiment config every trial starts from")
     search_space: dict[str, Dimension] = Field(description="dotted config path -> dimension")
@@ -142,7 +142,7 @@ class SweepConfig(_Strict):
         return self
 
     def base_experiment(self, smoke: bool = False) -> ExperimentConfig:
-        data = _deep_merge(self.experiment, self.smoke.experiment) if smoke else self.experiment
+        data = deep_merge(self.experiment, self.smoke.experiment) if smoke else self.experiment
         # Every run of a sweep lands in husai/<sweep name>, whatever the experiment calls itself.
         return from_dict({**data, "name": self.name}, f"sweep {self.name}: experiment")
 
@@ -175,13 +175,9 @@ def _check_k_vs_d_sae(cfg: SweepConfig, source: str) -> None:
 def load_sweep(path: str | Path) -> SweepConfig:
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read sweep file: {e.strerror}") from None
-    try:
-        cfg = SweepConfig.model_validate(_read_yaml(text, str(path)))
+        cfg = SweepConfig.model_validate(read_yaml_file(path, "sweep file"))
     except ValidationError as e:
-        raise ConfigError(_format_validation(str(path), e)) from None
+        raise ConfigError(format_validation(str(path), e)) from None
     try:
         cfg.base_experiment()
         cfg.base_experiment(smoke=True)
