@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from husai.base_model import BaseModelHandle
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -82,6 +83,13 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--tracking-uri", type=str, default="", help="MLflow store (as for the other commands)"
+    )
+    p.add_argument(
+        "--resume",
+        type=str,
+        default="no",
+        choices=("no", "yes"),
+        help="continue the newest interrupted sweep of this file (finished trials are kept)",
     )
     p.add_argument(
         "--ray-address",
@@ -177,6 +185,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         smoke=args.smoke == "yes",
         tracking_uri=args.tracking_uri or None,
         ray_address=args.ray_address or None,
+        resume=args.resume == "yes",
     )
     print(
         f"sweep run {out.sweep_run_id}: {out.n_trials} trials, {out.n_recorded} recorded in full "
@@ -208,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as e:
         print(f"husai {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt as e:
+        print(
+            f"husai {args.command}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr
+        )
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -178,11 +178,23 @@ class Tracker:
             self.experiment_id(experiment), run_name=run_name, tags=all_tags
         )
         run_id = run.info.run_id
-        try:
+        with self._until_done(run_id):
             self.client.log_batch(
                 run_id, params=[Param(k, str(v)) for k, v in (params or {}).items()]
             )
             yield run_id
+
+    @contextmanager
+    def reopen(self, run_id: str) -> Iterator[str]:
+        """Continue a run an interrupted command left KILLED or FAILED (a resumed sweep)."""
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        with self._until_done(run_id):
+            yield run_id
+
+    @contextmanager
+    def _until_done(self, run_id: str) -> Iterator[None]:
+        try:
+            yield
         except KeyboardInterrupt:
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
             raise
@@ -190,6 +202,19 @@ class Tracker:
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def latest_unfinished(self, experiment: str, kind: str) -> Any | None:
+        """The newest run of this kind that did not finish (killed, failed or left running)."""
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        runs = self.client.search_runs(
+            [exp.experiment_id],
+            f"tags.`{names.TAG_KIND}` = '{kind}' and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

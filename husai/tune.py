@@ -159,43 +159,102 @@ def best_trial(sweep: SweepConfig, results: list[dict[str, Any]]) -> tuple[str, 
     return pick(scored, key=lambda x: x[1])
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ray Tune stopped on a signal and saved its state; `--resume yes` continues the sweep."""
+
+
+def _new_tuner(
+    sweep: SweepConfig, n_seeds: int, n_samples: int, trainable_fn: Any, storage: Path, name: str
+) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    search = OptunaSearch(
+        space=DefineSpace(sweep),
+        metric=[o.metric for o in sweep.objective],  # a list: Optuna takes no per-seed values
+        mode=[o.mode for o in sweep.objective],
+        seed=sweep.seed,
+    )
+    scheduler = (
+        ASHAScheduler(
+            time_attr=SEEDS_DONE,
+            metric=ASHA_METRIC,
+            mode="min",
+            max_t=n_seeds + 1,
+            grace_period=min(sweep.asha.grace_period, n_seeds),
+            reduction_factor=sweep.asha.reduction_factor,
+        )
+        if sweep.asha.enabled
+        else None
+    )
+    return tune.Tuner(
+        trainable_fn,
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=n_samples,
+            max_concurrent_trials=sweep.max_concurrency,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
+    )
+
+
 def run_sweep(
     sweep_path: Path,
     smoke: bool = False,
     tracking_uri: str | None = None,
     ray_address: str | None = None,
+    resume: bool = False,
 ) -> SweepOutcome:
+    import time
+
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from husai.activations import cache_root, check_hook, get_or_extract, n_split_rows
     from husai.base_model import get_or_train
-    from husai.records import record_stopped_trial, register_trial_sae
+    from husai.config import ConfigError
     from husai.tracking import Tracker
     from husai.trial import check_batch
 
     sweep = load_sweep(sweep_path)
+    tracker = Tracker(tracking_uri)
+    experiment = names.EXPERIMENT_SWEEP_PREFIX + sweep.name
+    previous = None
+    if resume:
+        previous = tracker.latest_unfinished(experiment, names.KIND_SWEEP)
+        if previous is None:
+            raise ConfigError(
+                f"--resume: no interrupted sweep {sweep.name!r} in the store {tracker.uri}"
+            )
+        smoke = previous.data.params[names.SWEEP_PARAM_SMOKE] == "True"
     cfg0 = sweep.base_experiment(smoke)
     check_hook(cfg0)
     check_batch(cfg0, n_split_rows(cfg0)[0])
-    tracker = Tracker(tracking_uri)
-    experiment = names.EXPERIMENT_SWEEP_PREFIX + sweep.name
     tracker.experiment_id(experiment)  # created here, before any trial process writes
     base = get_or_train(cfg0, tracker)
     acts = get_or_extract(cfg0, base, tracker)
     n_samples = sweep.smoke.num_samples if smoke else sweep.num_samples
-    params = {
-        "sweep.num_samples": n_samples,
-        "sweep.smoke": smoke,
-        "sweep.search_space": ",".join(sweep.search_space),
-        "sweep.objective": ",".join(f"{o.metric}:{o.mode}" for o in sweep.objective),
-        names.PARAM_ACTIVATION_KEY: acts.acts.key,
-        names.PARAM_BASE_VERSION: base.version,
-    }
-    tags = tracker.standard_tags(cfg0.config_hash(), names.KIND_SWEEP, "sweep")
-    with tracker.run(experiment, f"sweep-{sweep.name}", tags, params) as sweep_run_id:
+    storage = cache_root() / "ray_results"
+    if previous is not None:
+        ray_name = previous.data.params[names.SWEEP_PARAM_RAY_NAME]
+        run_ctx = tracker.reopen(previous.info.run_id)
+    else:
+        ray_name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        params = {
+            names.SWEEP_PARAM_RAY_NAME: ray_name,
+            names.SWEEP_PARAM_SMOKE: smoke,
+            "sweep.num_samples": n_samples,
+            "sweep.search_space": ",".join(sweep.search_space),
+            "sweep.objective": ",".join(f"{o.metric}:{o.mode}" for o in sweep.objective),
+            names.PARAM_ACTIVATION_KEY: acts.acts.key,
+            names.PARAM_BASE_VERSION: base.version,
+        }
+        tags = tracker.standard_tags(cfg0.config_hash(), names.KIND_SWEEP, "sweep")
+        run_ctx = tracker.run(experiment, f"sweep-{sweep.name}", tags, params)
+    with run_ctx as sweep_run_id:
         ctx = SweepContext(
             sweep_path=str(Path(sweep_path).resolve()),
             smoke=smoke,
@@ -211,73 +270,65 @@ def run_sweep(
             # Per-seed reports carry only the ASHA metric; the objective (stability) exists once
             # all seeds are trained, so Tune must not demand it in every report.
             os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-            objective = sweep.objective
-            search = OptunaSearch(
-                space=DefineSpace(sweep),
-                metric=[o.metric for o in objective],  # a list: no intermediate values to Optuna
-                mode=[o.mode for o in objective],
-                seed=sweep.seed,
-            )
-            n_seeds = len(cfg0.trial.seeds)
-            scheduler = (
-                ASHAScheduler(
-                    time_attr=SEEDS_DONE,
-                    metric=ASHA_METRIC,
-                    mode="min",
-                    max_t=n_seeds + 1,
-                    grace_period=min(sweep.asha.grace_period, n_seeds),
-                    reduction_factor=sweep.asha.reduction_factor,
+            fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(sweep))
+            if previous is not None:
+                tuner = tune.Tuner.restore(
+                    str(storage / ray_name),
+                    trainable=fn,
+                    resume_unfinished=True,
+                    resume_errored=True,
                 )
-                if sweep.asha.enabled
-                else None
-            )
-            tuner = tune.Tuner(
-                tune.with_resources(tune.with_parameters(trainable, ctx=ctx), _resources(sweep)),
-                tune_config=tune.TuneConfig(
-                    search_alg=search,
-                    scheduler=scheduler,
-                    num_samples=n_samples,
-                    max_concurrent_trials=sweep.max_concurrency,
-                    reuse_actors=True,
-                ),
-                run_config=tune.RunConfig(
-                    name=f"{sweep.name}-{sweep_run_id[:8]}",
-                    storage_path=str(cache_root() / "ray_results"),
-                    verbose=1,
-                ),
-            )
+            else:
+                tuner = _new_tuner(sweep, len(cfg0.trial.seeds), n_samples, fn, storage, ray_name)
             grid = tuner.fit()
             trials = [grid[i] for i in range(len(grid))]
-            results = [r.metrics or {} for r in trials]
-            configs = [r.config or {} for r in trials]
         finally:
             if started:
                 ray.shutdown()
         tracker.end_running_children(sweep_run_id)
-        for r, c in zip(results, configs, strict=True):
-            if TRIAL_RUN_ID not in r:  # stopped by ASHA (or failed) before it was recorded
-                last = {k: v for k, v in r.items() if k in (ASHA_METRIC, SEEDS_DONE)}
-                record_stopped_trial(
-                    tracker,
-                    experiment,
-                    sweep_run_id,
-                    cfg0.config_hash(),
-                    sampled_params(sweep, c),
-                    last,
-                )
-        best = best_trial(sweep, results)
-        n_recorded = sum(TRIAL_RUN_ID in r for r in results)
-        tracker.log_metrics(
-            sweep_run_id,
-            {names.SWEEP_N_TRIALS: len(results), names.SWEEP_N_RECORDED: n_recorded},
-        )
-        version = None
-        if best is not None:
-            tracker.set_tags(sweep_run_id, {names.TAG_BEST_TRIAL_RUN_ID: best[0]})
-            tracker.log_metrics(sweep_run_id, {names.SWEEP_BEST_VALUE: best[1]})
-            version = register_trial_sae(
-                tracker, best[0], f"best trial of sweep {sweep.name} (run {sweep_run_id})"
+        if grid.num_terminated + grid.num_errors < n_samples:
+            # Tune caught a signal, saved its state and returned early: the sweep is unfinished.
+            raise SweepInterrupted(
+                f"sweep {sweep.name} interrupted after {grid.num_terminated} of {n_samples} "
+                "trials; continue with --resume yes"
             )
+        return _finish(tracker, sweep, cfg0.config_hash(), experiment, sweep_run_id, trials)
+
+
+def _finish(
+    tracker: Any,
+    sweep: SweepConfig,
+    config_hash: str,
+    experiment: str,
+    sweep_run_id: str,
+    trials: list[Any],
+) -> SweepOutcome:
+    from husai.records import record_stopped_trial, register_trial_sae
+
+    results = [t.metrics or {} for t in trials]
+    for r, t in zip(results, trials, strict=True):
+        if TRIAL_RUN_ID not in r:  # stopped by ASHA (or failed) before it was recorded
+            last = {k: v for k, v in r.items() if k in (ASHA_METRIC, SEEDS_DONE)}
+            record_stopped_trial(
+                tracker,
+                experiment,
+                sweep_run_id,
+                config_hash,
+                sampled_params(sweep, t.config or {}),
+                last,
+            )
+    best = best_trial(sweep, results)
+    n_recorded = sum(TRIAL_RUN_ID in r for r in results)
+    tracker.log_metrics(
+        sweep_run_id, {names.SWEEP_N_TRIALS: len(results), names.SWEEP_N_RECORDED: n_recorded}
+    )
+    version = None
+    if best is not None:
+        tracker.set_tags(sweep_run_id, {names.TAG_BEST_TRIAL_RUN_ID: best[0]})
+        tracker.log_metrics(sweep_run_id, {names.SWEEP_BEST_VALUE: best[1]})
+        version = register_trial_sae(
+            tracker, best[0], f"best trial of sweep {sweep.name} (run {sweep_run_id})"
+        )
     return SweepOutcome(
         sweep_run_id=sweep_run_id,
         n_trials=len(results),

@@ -109,3 +109,76 @@ def ray_processes_left(wait_s: float = 15.0) -> list[str]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
+    tmp_path: Path, isolated_store: str
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from husai.tune import run_sweep
+
+    experiment = {**SWEEP["experiment"], "train": {**SWEEP["experiment"]["train"], "steps": 400}}
+    # k only: no lambda = 0 baselines, so Ray's trials and MLflow's trial runs correspond 1:1.
+    space = {"sae.k": {"type": "categorical", "choices": [2, 4]}}
+    path = write_sweep(tmp_path, num_samples=4, experiment=experiment, search_space=space)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "husai",
+            "sweep",
+            "--sweep",
+            str(path),
+            "--tracking-uri",
+            isolated_store,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    tracker = Tracker(isolated_store)
+
+    def finished_trials() -> list:
+        exp = tracker.client.get_experiment_by_name("husai/tiny_sweep")
+        if exp is None:
+            return []
+        return [
+            r
+            for r in tracker.client.search_runs([exp.experiment_id])
+            if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL and r.info.status == "FINISHED"
+        ]
+
+    deadline = time.monotonic() + 240
+    while not finished_trials() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume yes" in err
+    done_before = len(finished_trials())
+    assert 1 <= done_before < 4
+    assert ray_processes_left() == []
+
+    out = run_sweep(path, tracking_uri=isolated_store, resume=True)
+    assert out.n_trials == 4  # Ray: every trial once
+    trials = finished_trials()
+    sweep_runs = [
+        r
+        for r in tracker.client.search_runs(
+            [tracker.client.get_experiment_by_name("husai/tiny_sweep").experiment_id]
+        )
+        if r.data.tags.get(names.TAG_KIND) == names.KIND_SWEEP
+    ]
+    assert len(sweep_runs) == 1 and sweep_runs[0].info.status == "FINISHED"
+    # MLflow: exactly the four trials, those finished before the interruption kept, none twice.
+    assert len(trials) == 4 and out.n_recorded == 4
+    assert all(t.data.tags["mlflow.parentRunId"] == out.sweep_run_id for t in trials)
+    assert ray_processes_left() == []
