@@ -240,6 +240,11 @@ def run_sweep(
     storage = cache_root() / "ray_results"
     if previous is not None:
         ray_name = previous.data.params[names.SWEEP_PARAM_RAY_NAME]
+        if not (storage / ray_name).exists():
+            raise ConfigError(
+                f"--resume: sweep run {previous.info.run_id} stopped before Ray saved any state "
+                f"(no {storage / ray_name}); start the sweep again without --resume"
+            )
         run_ctx = tracker.reopen(previous.info.run_id)
     else:
         ray_name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"

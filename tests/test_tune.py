@@ -182,3 +182,13 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
     assert len(trials) == 4 and out.n_recorded == 4
     assert all(t.data.tags["mlflow.parentRunId"] == out.sweep_run_id for t in trials)
     assert ray_processes_left() == []
+
+
+def test_resume_without_an_interrupted_sweep_is_a_clear_error(
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from husai.cli import EXIT_BAD_INPUT, main
+
+    path = write_sweep(tmp_path)
+    assert main(["sweep", "--sweep", str(path), "--resume", "yes"]) == EXIT_BAD_INPUT
+    assert "--resume: no interrupted sweep 'tiny_sweep'" in capsys.readouterr().err
