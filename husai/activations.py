@@ -16,6 +16,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -156,26 +157,32 @@ def extract(
     )
 
 
+def publish_dir(dst: Path, fill: Callable[[Path], object]) -> Path:
+    """Fill a staging folder beside `dst`, then rename it into place: a cache entry is either
+    complete under its key or absent, never half-written."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
+    fill(staging)
+    try:
+        staging.rename(dst)
+    except OSError:  # another process filed the same entry first; theirs is as good
+        shutil.rmtree(staging, ignore_errors=True)
+    return dst
+
+
 def save_activations(acts: ActivationSet, directory: Path) -> Path:
-    """Write atomically: a half-written cache entry is never visible under its key."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    save_file(
-        {
+    def fill(tmp: Path) -> None:
+        tensors = {
             "train": acts.train,
             "eval": acts.eval,
             "train_rows": acts.train_rows,
             "eval_rows": acts.eval_rows,
-        },
-        str(tmp / ACTS_FILE),
-    )
-    meta = {"key": acts.key, "p": acts.p, "hook": acts.hook, "position": acts.position}
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    try:
-        tmp.rename(directory)
-    except OSError:  # another process finished the same entry first; theirs is as good
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+        }
+        save_file(tensors, str(tmp / ACTS_FILE))
+        meta = {"key": acts.key, "p": acts.p, "hook": acts.hook, "position": acts.position}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+    return publish_dir(directory, fill)
 
 
 def load_activations(directory: Path, key: str | None = None) -> ActivationSet:

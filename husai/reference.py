@@ -8,6 +8,7 @@ trained and logged as its own run (kind `reference`) that every trial using it l
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from husai import names
-from husai.activations import cache_root
+from husai.activations import cache_root, publish_dir
 from husai.config import ExperimentConfig, stable_hash
 from husai.sae import decoder, load_sae, save_sae
 from husai.train import train_sae
@@ -59,25 +60,11 @@ def get_or_train_reference(
         if runs:
             with tempfile.TemporaryDirectory() as tmp:
                 fetched = tracker.download(runs[0], names.ARTIFACT_SAE, Path(tmp))
-                save_sae_folder(fetched, path)
+                publish_dir(path, lambda dst: shutil.copytree(fetched, dst, dirs_exist_ok=True))
         else:
             trained = train_sae(cfg.sae, cfg.train, acts.train, seed)
-            with tempfile.TemporaryDirectory() as tmp:
-                save_sae_folder(save_sae(trained.sae, Path(tmp) / "sae"), path)
+            publish_dir(path, lambda dst: save_sae(trained.sae, dst))
     run_id = runs[0] if runs else record_reference(tracker, cfg, acts, seed, key, path)
     return Reference(
         seed=seed, key=key, decoder=decoder(load_sae(path)), run_id=run_id, reused=reused
     )
-
-
-def save_sae_folder(src: Path, dst: Path) -> None:
-    """Move a finished sae-lens folder into the cache under its key (never half-written)."""
-    import shutil
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
-    shutil.copytree(src, staging, dirs_exist_ok=True)
-    try:
-        staging.rename(dst)
-    except OSError:  # another process filed the same reference first
-        shutil.rmtree(staging, ignore_errors=True)
