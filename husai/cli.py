@@ -40,6 +40,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _yes_no(p: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    """A switch that takes a value (no/yes), so MLproject can pass it as a typed parameter."""
+    p.add_argument(flag, type=str, default="no", choices=("no", "yes"), help=help_text)
+
+
 def _trial_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--activation-key",
@@ -53,12 +58,8 @@ def _trial_options(p: argparse.ArgumentParser) -> None:
         default="",
         help="your own [n, d_in] activations: .safetensors, .npy or .pt (sets activations.file)",
     )
-    p.add_argument(
-        "--rerun",
-        type=str,
-        default="no",
-        choices=("no", "yes"),
-        help="train again even if this exact trial (config hash + activations) is recorded",
+    _yes_no(
+        p, "--rerun", "train again even if this exact trial (config hash + activations) is recorded"
     )
 
 
@@ -78,18 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", type=str, default="sweeps/quick.yaml", help="sweep file")
-    p.add_argument(
-        "--smoke", type=str, default="no", choices=("no", "yes"), help="tiny run (smoke section)"
-    )
+    _yes_no(p, "--smoke", "tiny run (the sweep file's smoke section)")
     p.add_argument(
         "--tracking-uri", type=str, default="", help="MLflow store (as for the other commands)"
     )
-    p.add_argument(
-        "--resume",
-        type=str,
-        default="no",
-        choices=("no", "yes"),
-        help="continue the newest interrupted sweep of this file (finished trials are kept)",
+    _yes_no(
+        p, "--resume", "continue the newest interrupted sweep of this file (keeps finished trials)"
     )
     p.add_argument(
         "--ray-address",

@@ -159,6 +159,15 @@ RECON_KEYS = {
 }
 
 
+# Curve names the training loop always reports (sae-lens loss terms are added by their own name).
+CURVE_LOSS = "loss"
+CURVE_MSE = "mse"
+CURVE_L0 = "l0"
+CURVE_DEAD_FRAC = "dead_frac"
+CURVE_LR = "lr"
+CURVE_CONSISTENCY = "consistency_loss"
+
+
 def train_key(name: str) -> str:
     """A training-curve key, e.g. train/mse or train/auxiliary_reconstruction_loss."""
     return TRAIN_PREFIX + name

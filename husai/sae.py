@@ -20,6 +20,7 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
 from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
 
+from husai import names
 from husai.config import InputError, SAEConfig, SAETrainConfig
 from husai.consistency import ConsistencyPenalty
 
@@ -84,7 +85,7 @@ class _ConsistencyMixin:
         aux = super().calculate_aux_loss(step_input=step_input, **kwargs)  # type: ignore[misc]
         coeff = step_input.coefficients["consistency"]
         term = coeff * self.consistency_penalty(self.W_dec, step_input.n_training_steps)
-        return {**aux, "consistency_loss": term}
+        return {**aux, names.CURVE_CONSISTENCY: term}
 
 
 @functools.cache

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from husai import names
 from husai.config import SAEConfig, SAETrainConfig
 from husai.consistency import ConsistencyPenalty
 from husai.repro import deterministic
@@ -148,15 +149,17 @@ def _train(
             s.step()
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             row = {
-                "loss": loss.item(),
-                "l0": (out.feature_acts != 0).float().sum(-1).mean().item(),
-                "dead_frac": (since_fired > cfg.dead_window).float().mean().item(),
-                "lr": opt.param_groups[0]["lr"],
+                names.CURVE_LOSS: loss.item(),
+                names.CURVE_L0: (out.feature_acts != 0).float().sum(-1).mean().item(),
+                names.CURVE_DEAD_FRAC: (since_fired > cfg.dead_window).float().mean().item(),
+                names.CURVE_LR: opt.param_groups[0]["lr"],
             }
             # sae-lens names its terms mse_loss, auxiliary_reconstruction_loss, l1_loss, ...
-            row.update({("mse" if k == "mse_loss" else k): v.item() for k, v in losses.items()})
+            row.update(
+                {(names.CURVE_MSE if k == "mse_loss" else k): v.item() for k, v in losses.items()}
+            )
             curves.add(step, row)
-            bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}")
+            bar.set_postfix(loss=f"{row[names.CURVE_LOSS]:.4g}", l0=f"{row[names.CURVE_L0]:.1f}")
     sae.eval()
     return TrainedSAE(
         seed=streams.seed,
