@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -265,11 +265,11 @@ def readout_ce(
         act[:, pos] = patch.reshape(act[:, pos].shape).to(act.dtype)
         return act
 
-    with torch.no_grad():
-        if patch is None:
-            logits = readout_logits(model, tokens)
-        else:
-            logits = model.run_with_hooks(tokens, fwd_hooks=[(hook, splice)])[:, -1]
+    fwd_hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = (
+        [] if patch is None else [(hook, splice)]
+    )
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+        logits = readout_logits(model, tokens)
     return float(torch.nn.functional.cross_entropy(logits, labels))
 
 
