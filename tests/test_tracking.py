@@ -56,7 +56,7 @@ def test_series_are_logged_whole(tracker: Tracker) -> None:
     assert tracker.client.get_run(run_id).info.status == "FINISHED"
 
 
-def test_register_then_reuse(tracker: Tracker, tiny_cfg: ExperimentConfig) -> None:
+def test_register_then_reuse(tracker: Tracker, tiny_cfg: ExperimentConfig, tmp_path: Path) -> None:
     first = get_or_train(tiny_cfg, tracker, progress=False)
     assert not first.reused and first.version == "1"
     run = tracker.client.get_run(first.run_id)
@@ -69,7 +69,7 @@ def test_register_then_reuse(tracker: Tracker, tiny_cfg: ExperimentConfig) -> No
     arts = {a.path for a in tracker.client.list_artifacts(first.run_id, names.ARTIFACT_PLOTS)}
     assert arts == {f"{names.ARTIFACT_PLOTS}/{names.PLOT_BASE_CURVES}"}
     png = tracker.download(
-        first.run_id, f"{names.ARTIFACT_PLOTS}/{names.PLOT_BASE_CURVES}", Path(run.info.run_id)
+        first.run_id, f"{names.ARTIFACT_PLOTS}/{names.PLOT_BASE_CURVES}", tmp_path / "dl"
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
