@@ -22,8 +22,10 @@ $(DEV_STAMP): $(STAMP)
 	$(PIP) install -e '.[dev]'
 	touch $@
 
+# The quick sweep: base model (trained once) -> activations (cached) -> Ray Tune + Optuna over
+# k, d_sae and lambda -> best trial registered as husai-sae@candidate. A second run reuses all.
 demo: $(STAMP)
-	$(BIN)/husai trial --preset quick
+	$(BIN)/husai sweep --sweep sweeps/quick.yaml
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check husai tests benchmarks

@@ -86,6 +86,7 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
     _yes_no(
         p, "--resume", "continue the newest interrupted sweep of this file (keeps finished trials)"
     )
+    _yes_no(p, "--rerun", "run again even if this exact sweep (file + activations) finished")
     p.add_argument(
         "--ray-address",
         type=str,
@@ -173,6 +174,7 @@ def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from husai.tracking import Tracker
+    from husai.trial_cli import print_sweep_trials
     from husai.tune import run_sweep
 
     out = run_sweep(
@@ -181,17 +183,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri or None,
         ray_address=args.ray_address or None,
         resume=args.resume == "yes",
+        rerun=args.rerun == "yes",
     )
+    if out.reused:
+        print(
+            f"reusing sweep run {out.sweep_run_id}: it finished with the same sweep file, "
+            "activations and metric version (--rerun yes runs it again)"
+        )
     print(
         f"sweep run {out.sweep_run_id}: {out.n_trials} trials, {out.n_recorded} recorded in full "
         f"({out.n_trials - out.n_recorded} stopped early by ASHA)"
     )
+    tracker = Tracker(args.tracking_uri or None)
+    print_sweep_trials(tracker, out.sweep_run_id, out.best_trial_run_id)
     if out.best_trial_run_id is not None:
         print(
             f"best trial run {out.best_trial_run_id} (objective {out.best_value:.4f}); "
             f"husai-sae version {out.sae_version} (alias candidate)"
         )
-    print(ui_hint(Tracker(args.tracking_uri or None).uri))
+    print(ui_hint(tracker.uri))
     return 0
 
 

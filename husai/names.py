@@ -137,7 +137,10 @@ SWEEP_BEST_VALUE = "sweep/best_objective"
 TAG_BEST_TRIAL_RUN_ID = "husai.best_trial_run_id"
 SWEEP_PARAM_RAY_NAME = "sweep.ray_name"  # Ray Tune experiment folder, for --resume
 SWEEP_PARAM_SMOKE = "sweep.smoke"
+TAG_SWEEP_HASH = "husai.sweep_hash"  # SweepConfig.fingerprint: an identical sweep is reused
 TAG_STOPPED_EARLY = "husai.stopped_early"  # a trial ASHA stopped before all its seeds
+TAG_RAY_TRIAL_ID = "husai.ray_trial_id"  # the Tune trial a sweep's trial run came from
+TAG_RAY_NODE_ID = "husai.ray_node_id"  # the Ray node that trained it
 PARAM_SEEDS = "seeds"
 PARAM_N_SEEDS = "n_seeds"
 

@@ -143,6 +143,8 @@ class TrialSource:
     activation_key: str
     base_version: str | None  # None for a user's own activations
     source: str  # "extracted", "key" or "file"
+    ray_trial_id: str | None = None  # set when a sweep's Tune trial ran it
+    ray_node_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,7 @@ def record_trial(
         names.TAG_REPRESENTATIVE_SEED: str(result.representative_seed),
         names.TAG_REPRESENTATIVE_WHY: result.representative_reason,
         names.TAG_ACTIVATION_SOURCE: src.source,
+        **ray_tags(src.ray_trial_id, src.ray_node_id),
     }
     name = f"trial-{s.architecture}-k{s.k}-d{s.d_sae}-lam{cfg.consistency.lam:g}"
     seed_runs: dict[int, str] = {}
@@ -387,20 +390,10 @@ def register_trial_sae(tracker: Tracker, trial_run_id: str, description: str) ->
         )
 
 
-def record_stopped_trial(
-    tracker: Tracker,
-    experiment: str,
-    sweep_run_id: str,
-    config_hash: str,
-    params: dict[str, object],
-    last: dict[str, float],
-) -> str:
-    """A trial the scheduler stopped early: its sampled recipe and last report, status KILLED."""
-    tags = {
-        **tracker.standard_tags(config_hash, names.KIND_TRIAL, "sweep"),
-        names.TAG_STOPPED_EARLY: "true",
-    }
-    with tracker.run(experiment, "trial-stopped", tags, params, sweep_run_id) as run_id:
-        tracker.log_metrics(run_id, finite(dict(last)))
-    tracker.mark_killed(run_id)
-    return run_id
+def ray_tags(trial_id: str | None, node_id: str | None) -> dict[str, str]:
+    out = {}
+    if trial_id:
+        out[names.TAG_RAY_TRIAL_ID] = trial_id
+    if node_id:
+        out[names.TAG_RAY_NODE_ID] = node_id
+    return out

@@ -146,6 +146,15 @@ class SweepConfig(Strict):
         # Every run of a sweep lands in husai/<sweep name>, whatever the experiment calls itself.
         return from_dict({**data, "name": self.name}, f"sweep {self.name}: experiment")
 
+    def fingerprint(self, smoke: bool) -> str:
+        """What makes two sweeps the same run: the whole file (resolved) and --smoke. The
+        activations and metric version are matched separately, on the sweep run."""
+        import hashlib
+        import json
+
+        blob = json.dumps({"sweep": self.model_dump(mode="json"), "smoke": smoke}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
     def trial_config(self, params: dict[str, Any], smoke: bool = False) -> ExperimentConfig:
         """The experiment of one trial: the base experiment with the sampled values set."""
         data = self.base_experiment(smoke).model_dump()
@@ -185,3 +194,10 @@ def load_sweep(path: str | Path) -> SweepConfig:
         raise ConfigError(f"{path}: experiment: {e}") from None
     _check_k_vs_d_sae(cfg, str(path))
     return cfg
+
+
+def sampled_params(sweep: SweepConfig, config: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for path, dim in sweep.search_space.items():
+        out[path] = 0.0 if dim.zero and config.get(f"{path}.off") else config[path]
+    return out

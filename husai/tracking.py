@@ -328,10 +328,22 @@ class Tracker:
             run_id=run_id,
             tags=dict(tags),
             description=description,
+            # A tracking server refuses a `models:/m-...` source without the logged model's id
+            # (a local SQLite store does not check).
+            model_id=info.model_id,
         )
         if alias is not None:
             self.client.set_registered_model_alias(model_name, alias, str(mv.version))
         return str(mv.version)
+
+    def find_model_version(self, model_name: str, tags: Mapping[str, str]) -> str | None:
+        """The newest version of `model_name` carrying these tags, if any."""
+        clauses = [f"name = '{model_name}'"] + [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        versions = self.client.search_model_versions(" and ".join(clauses))
+        return str(max(int(v.version) for v in versions)) if versions else None
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(model_name, alias, version)
 
     def _ensure_registered_model(self, name: str) -> None:
         try:

@@ -234,3 +234,28 @@ def print_metrics(m: dict[str, float]) -> None:
 def _fmt(value: float | None, spec: str = ".4f") -> str:
     """A metric that was not computed prints as absent, never as a number."""
     return "absent" if value is None else format(value, spec)
+
+
+def print_sweep_trials(tracker: Tracker, sweep_run_id: str, best_run_id: str | None) -> None:
+    """One line per trial of a sweep, read back from MLflow; fits 80 columns."""
+    runs = [
+        r
+        for r in tracker.child_runs(sweep_run_id)
+        if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL
+    ]
+    runs.sort(key=lambda r: r.info.start_time)
+    head = f"{'arch':<10}{'k':>4}{'d_sae':>7}{'lambda':>9}{'pw_mcc':>9}{'Δ lcb':>9}{'ev':>8}"
+    print(f"   {head}  status")
+    for r in runs:
+        p, m = r.data.params, r.data.metrics
+        status = "stopped early" if r.data.tags.get(names.TAG_STOPPED_EARLY) else r.info.status
+        lam = float(p.get(names.PARAM_LAMBDA, "nan"))
+        print(
+            f" {'*' if r.info.run_id == best_run_id else ' '} "
+            f"{p.get(names.PARAM_ARCHITECTURE, '?'):<10}{p.get(names.PARAM_K, '?'):>4}"
+            f"{p.get(names.PARAM_D_SAE, '?'):>7}{lam:>9.3g}"
+            f"{_fmt(m.get(names.stability_key('stability/pw_mcc', '')), '9.4f')}"
+            f"{_fmt(m.get(names.stability_key('stability/pw_mcc', '_delta_lcb')), '+9.4f')}"
+            f"{_fmt(m.get(names.RECON_EV), '8.4f')}  {status.lower()}"
+        )
+    print("   (* best by the sweep's objective; Δ lcb: lower 95% bound of trained - random)")

@@ -11,7 +11,6 @@ objective) is tagged on the sweep run and its representative SAE becomes `husai-
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import warnings
@@ -19,12 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import husai
 from husai import names
-from husai.sweep_config import SweepConfig, load_sweep
-
-ASHA_METRIC = names.RECON_FVU  # reported after every seed; stability needs finished seeds
-SEEDS_DONE = "seeds_done"
-TRIAL_RUN_ID = "trial_run_id"
+from husai.records import TrialSource
+from husai.sweep_config import SweepConfig, load_sweep, sampled_params
+from husai.sweep_records import (
+    ASHA_METRIC,
+    NODE_ID,
+    SEEDS_DONE,
+    TRIAL_RUN_ID,
+    SweepOutcome,
+    finish_sweep,
+    reused_sweep,
+)
 
 
 @dataclass(frozen=True)
@@ -39,16 +45,6 @@ class SweepContext:
     cache_dir: str
     base_run_id: str
     base_version: str
-
-
-@dataclass(frozen=True)
-class SweepOutcome:
-    sweep_run_id: str
-    n_trials: int
-    n_recorded: int
-    best_trial_run_id: str | None
-    best_value: float | None
-    sae_version: str | None
 
 
 class DefineSpace:
@@ -72,42 +68,52 @@ class DefineSpace:
                 trial.suggest_float(path, dim.low, dim.high, log=True)
 
 
-def sampled_params(sweep: SweepConfig, config: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for path, dim in sweep.search_space.items():
-        out[path] = 0.0 if dim.zero and config.get(f"{path}.off") else config[path]
-    return out
-
-
 def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     """One Ray Tune trial: a full HUSAI trial recorded under the sweep run."""
+    import ray
+    import torch
     from ray import tune
 
     from husai.activations import find_by_key
     from husai.base_model import load_base_from_run
-    from husai.records import TrialSource
     from husai.tracking import Tracker
     from husai.trial_cli import prepare_consistency, run_and_record
 
     sweep = load_sweep(ctx.sweep_path)
+    # Torch would start one thread per core in every trial process; trials sharing a machine
+    # then oversubscribe it (two 2-thread trials on 2 cores ran ~20x slower here).
+    torch.set_num_threads(max(1, int(sweep.resources.cpu)))
     params = sampled_params(sweep, config)
     cfg = sweep.trial_config(params, ctx.smoke)
     cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"register_sae": False})})
     tracker = Tracker(ctx.tracking_uri)
     acts = find_by_key(ctx.activation_key, tracker, Path(ctx.cache_dir)).acts
     base_model = load_base_from_run(tracker, ctx.base_run_id)
-    src = TrialSource(acts.key, ctx.base_version, "sweep")
+    src = TrialSource(
+        acts.key,
+        ctx.base_version,
+        "sweep",
+        ray_trial_id=tune.get_context().get_trial_id(),
+        ray_node_id=ray.get_runtime_context().get_node_id(),
+    )
     refs, ev_plain = prepare_consistency(cfg, acts, tracker, src, base_model, ctx.sweep_run_id)
 
     def on_seed(recons: list[Any]) -> None:
         fvu = sum(r.fvu for r in recons) / len(recons)
-        tune.report({ASHA_METRIC: fvu, SEEDS_DONE: len(recons)})
+        tune.report({ASHA_METRIC: fvu, SEEDS_DONE: len(recons), NODE_ID: src.ray_node_id})
 
     _, rec = run_and_record(
         cfg, acts, tracker, src, base_model, refs, ev_plain, ctx.sweep_run_id, on_seed
     )
     final = tracker.get_run_metrics(rec.run_id)
-    tune.report({**final, SEEDS_DONE: len(cfg.trial.seeds) + 1, TRIAL_RUN_ID: rec.run_id})
+    tune.report(
+        {
+            **final,
+            SEEDS_DONE: len(cfg.trial.seeds) + 1,
+            TRIAL_RUN_ID: rec.run_id,
+            NODE_ID: src.ray_node_id,
+        }
+    )
 
 
 def _resources(sweep: SweepConfig) -> dict[str, float]:
@@ -124,39 +130,34 @@ def _resources(sweep: SweepConfig) -> dict[str, float]:
     return {"cpu": sweep.resources.cpu, "gpu": gpu}
 
 
-def _start_ray(address: str | None) -> bool:
+def keep_on_loopback() -> None:
+    """Make Ray register nodes on 127.0.0.1 instead of the machine's network address (STACK.md).
+    For local instances only: a real cluster needs real addresses. Ray reads the switch once,
+    when it is imported, so the constant it was read into is set as well as the variable that
+    the processes Ray starts will read."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _start_ray(address: str | None) -> None:
     """Connect to `address` (or RAY_ADDRESS); else start a private local instance on loopback.
-    Returns whether we started it (and so must shut it down)."""
+    `ray.shutdown()` afterwards stops the one or disconnects from the other."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        return False
-    # Keep every Ray address on 127.0.0.1 (STACK.md); a private temp dir, stopped by us only.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(address=address, log_to_driver=False)
+        return
+    # A private temp dir, stopped by us only; every address on 127.0.0.1.
+    keep_on_loopback()
     ray.init(
         num_cpus=os.cpu_count() or 1,
         include_dashboard=False,
         log_to_driver=False,
         _temp_dir=tempfile.mkdtemp(prefix="husai-ray-"),
     )
-    return True
-
-
-def best_trial(sweep: SweepConfig, results: list[dict[str, Any]]) -> tuple[str, float] | None:
-    obj = sweep.objective[0]
-    scored = [
-        (r[TRIAL_RUN_ID], float(r[obj.metric]))
-        for r in results
-        if TRIAL_RUN_ID in r
-        and isinstance(r.get(obj.metric), int | float)
-        and math.isfinite(float(r[obj.metric]))
-    ]
-    if not scored:
-        return None
-    pick = max if obj.mode == "max" else min
-    return pick(scored, key=lambda x: x[1])
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -164,12 +165,26 @@ class SweepInterrupted(KeyboardInterrupt):
 
 
 def _new_tuner(
-    sweep: SweepConfig, n_seeds: int, n_samples: int, trainable_fn: Any, storage: Path, name: str
+    sweep: SweepConfig,
+    sweep_path: str,
+    smoke: bool,
+    n_seeds: int,
+    n_samples: int,
+    trainable_fn: Any,
+    storage: Path,
+    name: str,
 ) -> Any:
+    import logging
+
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from husai.tune_progress import TrialLines
+
+    # A trial ASHA stopped has no objective value; Optuna records it as failed, which is right,
+    # but Ray also warns once per such trial that None "could not be cast to float".
+    logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
     search = OptunaSearch(
         space=DefineSpace(sweep),
         metric=[o.metric for o in sweep.objective],  # a list: Optuna takes no per-seed values
@@ -197,7 +212,12 @@ def _new_tuner(
             max_concurrent_trials=sweep.max_concurrency,
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            verbose=0,  # Ray's boxes of every metric drown the sweep; TrialLines says enough
+            callbacks=[TrialLines(sweep_path, smoke, n_samples, sweep.objective[0].metric)],
+        ),
     )
 
 
@@ -207,6 +227,7 @@ def run_sweep(
     tracking_uri: str | None = None,
     ray_address: str | None = None,
     resume: bool = False,
+    rerun: bool = False,
 ) -> SweepOutcome:
     import time
 
@@ -236,6 +257,19 @@ def run_sweep(
     tracker.experiment_id(experiment)  # created here, before any trial process writes
     base = get_or_train(cfg0, tracker)
     acts = get_or_extract(cfg0, base, tracker)
+    fingerprint = sweep.fingerprint(smoke)
+    if previous is None and not rerun:
+        done = tracker.find_runs(
+            experiment,
+            {names.PARAM_ACTIVATION_KEY: acts.acts.key},
+            {
+                names.TAG_KIND: names.KIND_SWEEP,
+                names.TAG_SWEEP_HASH: fingerprint,
+                names.TAG_METRIC_VERSION: str(husai.metric_version),
+            },
+        )
+        if done:
+            return reused_sweep(tracker, done[0])
     n_samples = sweep.smoke.num_samples if smoke else sweep.num_samples
     storage = cache_root() / "ray_results"
     if previous is not None:
@@ -257,7 +291,10 @@ def run_sweep(
             names.PARAM_ACTIVATION_KEY: acts.acts.key,
             names.PARAM_BASE_VERSION: base.version,
         }
-        tags = tracker.standard_tags(cfg0.config_hash(), names.KIND_SWEEP, "sweep")
+        tags = {
+            **tracker.standard_tags(cfg0.config_hash(), names.KIND_SWEEP, "sweep"),
+            names.TAG_SWEEP_HASH: fingerprint,
+        }
         run_ctx = tracker.run(experiment, f"sweep-{sweep.name}", tags, params)
     with run_ctx as sweep_run_id:
         ctx = SweepContext(
@@ -270,7 +307,7 @@ def run_sweep(
             base_run_id=base.run_id,
             base_version=base.version,
         )
-        started = _start_ray(ray_address)
+        _start_ray(ray_address)
         try:
             # Per-seed reports carry only the ASHA metric; the objective (stability) exists once
             # all seeds are trained, so Tune must not demand it in every report.
@@ -284,12 +321,15 @@ def run_sweep(
                     resume_errored=True,
                 )
             else:
-                tuner = _new_tuner(sweep, len(cfg0.trial.seeds), n_samples, fn, storage, ray_name)
+                tuner = _new_tuner(
+                    sweep, ctx.sweep_path, smoke, len(cfg0.trial.seeds), n_samples, fn, storage,
+                    ray_name,
+                )  # fmt: skip
             grid = tuner.fit()
             trials = [grid[i] for i in range(len(grid))]
         finally:
-            if started:
-                ray.shutdown()
+            # Stops the private instance we started; on a user's cluster only disconnects.
+            ray.shutdown()
         tracker.end_running_children(sweep_run_id)
         if grid.num_terminated + grid.num_errors < n_samples:
             # Tune caught a signal, saved its state and returned early: the sweep is unfinished.
@@ -297,48 +337,5 @@ def run_sweep(
                 f"sweep {sweep.name} interrupted after {grid.num_terminated} of {n_samples} "
                 "trials; continue with --resume yes"
             )
-        return _finish(tracker, sweep, cfg0.config_hash(), experiment, sweep_run_id, trials)
-
-
-def _finish(
-    tracker: Any,
-    sweep: SweepConfig,
-    config_hash: str,
-    experiment: str,
-    sweep_run_id: str,
-    trials: list[Any],
-) -> SweepOutcome:
-    from husai.records import record_stopped_trial, register_trial_sae
-
-    results = [t.metrics or {} for t in trials]
-    for r, t in zip(results, trials, strict=True):
-        if TRIAL_RUN_ID not in r:  # stopped by ASHA (or failed) before it was recorded
-            last = {k: v for k, v in r.items() if k in (ASHA_METRIC, SEEDS_DONE)}
-            record_stopped_trial(
-                tracker,
-                experiment,
-                sweep_run_id,
-                config_hash,
-                sampled_params(sweep, t.config or {}),
-                last,
-            )
-    best = best_trial(sweep, results)
-    n_recorded = sum(TRIAL_RUN_ID in r for r in results)
-    tracker.log_metrics(
-        sweep_run_id, {names.SWEEP_N_TRIALS: len(results), names.SWEEP_N_RECORDED: n_recorded}
-    )
-    version = None
-    if best is not None:
-        tracker.set_tags(sweep_run_id, {names.TAG_BEST_TRIAL_RUN_ID: best[0]})
-        tracker.log_metrics(sweep_run_id, {names.SWEEP_BEST_VALUE: best[1]})
-        version = register_trial_sae(
-            tracker, best[0], f"best trial of sweep {sweep.name} (run {sweep_run_id})"
-        )
-    return SweepOutcome(
-        sweep_run_id=sweep_run_id,
-        n_trials=len(results),
-        n_recorded=n_recorded,
-        best_trial_run_id=best[0] if best else None,
-        best_value=best[1] if best else None,
-        sae_version=version,
-    )
+        src = TrialSource(acts.acts.key, base.version, "sweep")
+        return finish_sweep(tracker, sweep, smoke, acts.acts, src, sweep_run_id, trials)

@@ -1,5 +1,5 @@
-"""Shared fixtures. Every test gets its own MLflow store and activation cache in tmp_path;
-nothing a test does can touch the repository's mlruns/."""
+"""Shared fixtures. Every test gets its own MLflow store, activation cache and
+working directory in tmp_path; nothing a test does can touch the repository."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("HUSAI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    # A test that writes relative to the working directory (a downloaded plot, a stray
+    # mlruns/) writes into its tmp_path, never into the repository.
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
     return uri
 
 

@@ -58,7 +58,9 @@ def test_space_zero_branch_maps_to_lambda_zero(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_smoke_sweep_leaves_a_complete_mlflow_tree(tmp_path: Path, isolated_store: str) -> None:
+def test_smoke_sweep_leaves_a_complete_mlflow_tree(
+    tmp_path: Path, isolated_store: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     from husai.tune import run_sweep
 
     # A fractional GPU asked for on a GPU-less cluster: a warning and CPU trials, never PENDING.
@@ -91,6 +93,21 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(tmp_path: Path, isolated_stor
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
     assert mv.tags[names.TAG_TRIAL_RUN_ID] == best
     assert sweep_run.data.metrics[names.SWEEP_N_TRIALS] == 3
+    # One line per trial on the terminal instead of Ray's boxes of every metric.
+    err = capfd.readouterr().err
+    assert "trial 3/3 [lambda " in err and "done in" in err and "Trial status" not in err
+
+    # The same sweep again: found finished, nothing runs, its best SAE is `candidate` again.
+    from husai.records import register_trial_sae
+
+    other = next(t.info.run_id for t in trials if t.info.run_id != best)
+    assert register_trial_sae(tracker, other, "another trial") != out.sae_version  # moves alias
+    again = run_sweep(sweep, tracking_uri=isolated_store)
+    assert again.reused and again.sweep_run_id == out.sweep_run_id
+    assert again.best_trial_run_id == best and again.sae_version == out.sae_version
+    assert len(tracker.client.search_runs([exp.experiment_id])) == len(runs)
+    mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
+    assert str(mv.version) == out.sae_version
 
 
 def ray_processes_left(wait_s: float = 15.0) -> list[str]:
