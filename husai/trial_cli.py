@@ -232,8 +232,12 @@ def print_metrics(m: dict[str, float]) -> None:
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
-    """A metric that was not computed prints as absent, never as a number."""
-    return "absent" if value is None else format(value, spec)
+    """A metric that was not computed prints as absent (as wide as the number would be), never
+    as a number."""
+    if value is not None:
+        return format(value, spec)
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    return "absent".rjust(int(width) if width else 0)
 
 
 def print_sweep_trials(tracker: Tracker, sweep_run_id: str, best_run_id: str | None) -> None:
