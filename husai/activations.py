@@ -2,8 +2,10 @@
 
 Every p^2 pair goes through the model; the activation at the hook and position is one row. Rows
 are split into SAE-train and SAE-eval (held out; every reconstruction number uses these) with
-an explicit seed. The cache key is a hash of (base model run and version, hook, position, split
-seed, eval share): a hit is found on disk or, failing that, in the MLflow run that logged it.
+an explicit seed, after the shifted slice (pairs with both operands in a held-out top range) is
+set apart for the OOD stress test. The cache key is a hash of (base model run and version, hook,
+position, split seed, eval share, OOD share): a hit is found on disk or, failing that, in the
+MLflow run that logged it.
 
     python -m husai extract --preset quick
 """
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 
 ACTS_FILE = "acts.safetensors"
 META_FILE = "meta.json"
-CACHE_FORMAT = 1  # bump when the file layout changes; it is part of every key
+CACHE_FORMAT = 2  # bump when the file layout changes; it is part of every key
 
 
 class ActivationCacheError(InputError):
@@ -64,6 +66,10 @@ class ActivationSet:
     eval: torch.Tensor  # [n_eval, d_in] float32, held out
     train_rows: torch.Tensor  # [n_train] int64
     eval_rows: torch.Tensor  # [n_eval] int64
+    # The shifted slice (pairs with both operands in the held-out range): never trained on.
+    # None for a user's own activations or with activations.ood_frac = 0.
+    ood: torch.Tensor | None = None  # [n_ood, d_in]
+    ood_rows: torch.Tensor | None = None  # [n_ood] int64
 
     @property
     def d_in(self) -> int:
@@ -100,13 +106,23 @@ def activation_key(base: BaseModelHandle, cfg: ActivationsConfig) -> str:
             "position": cfg.position,
             "split_seed": cfg.split_seed,
             "eval_frac": cfg.eval_frac,
+            "ood_frac": cfg.ood_frac,
         }
     )
 
 
+def ood_mask(p: int, ood_frac: float) -> torch.Tensor:
+    """[p^2] bool: pairs (a, b) = (row // p, row % p) with both operands in the top `ood_frac`
+    of 0..p-1. These rows are the shifted slice; no SAE ever trains on them."""
+    n_held = round(ood_frac * p)
+    rows = torch.arange(p * p)
+    cut = p - n_held
+    return (rows // p >= cut) & (rows % p >= cut)
+
+
 def n_split_rows(cfg: ExperimentConfig) -> tuple[int, int]:
     """(SAE-train, held-out) row counts an extraction will give, known before any compute."""
-    n = cfg.task.p**2
+    n = int((~ood_mask(cfg.task.p, cfg.activations.ood_frac)).sum())
     n_train = round((1.0 - cfg.activations.eval_frac) * n)  # the rule of split_indices
     return n_train, n - n_train
 
@@ -131,20 +147,43 @@ def check_hook(cfg: ExperimentConfig) -> None:
         )
 
 
-def extract(
-    model: HookedTransformer, p: int, cfg: ActivationsConfig, key: str, batch: int = 4096
-) -> ActivationSet:
+def extract_rows(
+    model: HookedTransformer, p: int, hooks: list[str], position: int, batch: int = 4096
+) -> dict[str, torch.Tensor]:
+    """Hook -> [p^2, d] activations of every pair at `position`, row r = pair (r // p, r % p)."""
     data = make_modular_data(p)
-    chunks = []
+    chunks: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     with torch.no_grad():
         for i in range(0, len(data), batch):
             _, cache = model.run_with_cache(
-                data.tokens[i : i + batch], names_filter=cfg.hook, return_type=None
+                data.tokens[i : i + batch], names_filter=hooks, return_type=None
             )
-            act = cache[cfg.hook][:, cfg.position % SEQ_LEN]
-            chunks.append(act.reshape(act.shape[0], -1).float())  # heads flattened for hook_z etc.
-    rows = torch.cat(chunks)
-    train_rows, eval_rows = split_indices(len(data), 1.0 - cfg.eval_frac, cfg.split_seed)
+            for h in hooks:
+                act = cache[h][:, position % SEQ_LEN]
+                chunks[h].append(act.reshape(act.shape[0], -1).float())  # heads flattened (hook_z)
+    return {h: torch.cat(c) for h, c in chunks.items()}
+
+
+def mlp_hooks(model: HookedTransformer, hook: str) -> tuple[str, str]:
+    """(MLP input, MLP output) hooks of the layer `hook` belongs to: the transcoder's ends."""
+    parts = hook.split(".")
+    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"hook {hook!r} is not inside a transformer block")
+    layer = f"blocks.{parts[1]}"
+    normalized = f"{layer}.ln2.hook_normalized"  # absent in a model without LayerNorm
+    mlp_in = normalized if normalized in model.hook_dict else f"{layer}.hook_resid_mid"
+    return mlp_in, f"{layer}.hook_mlp_out"
+
+
+def extract(
+    model: HookedTransformer, p: int, cfg: ActivationsConfig, key: str, batch: int = 4096
+) -> ActivationSet:
+    rows = extract_rows(model, p, [cfg.hook], cfg.position, batch)[cfg.hook]
+    shifted = ood_mask(p, cfg.ood_frac)
+    in_dist = torch.nonzero(~shifted).flatten()
+    first, rest = split_indices(len(in_dist), 1.0 - cfg.eval_frac, cfg.split_seed)
+    train_rows, eval_rows = in_dist[first], in_dist[rest]
+    ood_rows = torch.nonzero(shifted).flatten()
     return ActivationSet(
         key=key,
         p=p,
@@ -154,6 +193,8 @@ def extract(
         eval=rows[eval_rows].contiguous(),
         train_rows=train_rows,
         eval_rows=eval_rows,
+        ood=rows[ood_rows].contiguous() if len(ood_rows) else None,
+        ood_rows=ood_rows if len(ood_rows) else None,
     )
 
 
@@ -178,6 +219,8 @@ def save_activations(acts: ActivationSet, directory: Path) -> Path:
             "train_rows": acts.train_rows,
             "eval_rows": acts.eval_rows,
         }
+        if acts.ood is not None and acts.ood_rows is not None:
+            tensors.update(ood=acts.ood, ood_rows=acts.ood_rows)
         save_file(tensors, str(tmp / ACTS_FILE))
         meta = {"key": acts.key, "p": acts.p, "hook": acts.hook, "position": acts.position}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -199,6 +242,8 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
             eval=tensors["eval"],
             train_rows=tensors["train_rows"],
             eval_rows=tensors["eval_rows"],
+            ood=tensors.get("ood"),
+            ood_rows=tensors.get("ood_rows"),
         )
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
         raise ActivationCacheError(
@@ -315,6 +360,7 @@ def load_user_activations(path: Path, cfg: ActivationsConfig) -> ActivationSet:
             "file_sha256": digest,
             "split_seed": cfg.split_seed,
             "eval_frac": cfg.eval_frac,
+            "ood_frac": cfg.ood_frac,
         }
     )
     try:

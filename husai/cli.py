@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sweep":
             _sweep_options(p)
             continue
+        if name == "export":
+            p.add_argument("--version", type=str, required=True, help="husai-sae version number")
+            p.add_argument("--out", type=str, required=True, help="new folder to write")
+            p.add_argument("--tracking-uri", type=str, default="", help="MLflow store")
+            continue
         _common(p)
         if name == "trial":
             _trial_options(p)
@@ -100,6 +105,7 @@ COMMAND_HELP = {
     "extract": "cache and log the base model's activations (trains the base model if needed)",
     "trial": "train one SAE recipe with several seeds; held-out metrics and cross-seed stability",
     "sweep": "Ray Tune + Optuna over a sweep file; trials nested under one sweep run",
+    "export": "write a husai-sae version as a plain sae-lens folder (for SAEBench, CE-Bench)",
 }
 
 
@@ -205,6 +211,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from husai.export import export_sae
+    from husai.tracking import Tracker
+
+    done = export_sae(Tracker(args.tracking_uri or None), args.version, Path(args.out))
+    print(
+        f"husai-sae version {done.version} (trial run {done.trial_run_id}) written to "
+        f"{done.out} as an sae-lens SAE; see {done.out / 'README.md'}"
+    )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[ExperimentConfig, argparse.Namespace], int]] = {
     "train-base": cmd_train_base,
     "extract": cmd_extract,
@@ -217,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sweep":
             return cmd_sweep(args)
+        if args.command == "export":
+            return cmd_export(args)
         cfg = resolve(Path(args.config) if args.config else None, args.preset)
         return COMMANDS[args.command](cfg, args)
     except InputError as e:

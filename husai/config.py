@@ -107,6 +107,13 @@ class ActivationsConfig(Strict):
     position: int = Field(-1, ge=-3, le=2, description="token position; -1 is the '=' read-out")
     eval_frac: float = Field(0.2, description="share of rows held out for every SAE metric")
     split_seed: int = Field(0, ge=0, description="seed of the SAE-train / SAE-eval row split")
+    ood_frac: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="top share of operand values held out: pairs with both a and b in it are "
+        "the shifted (OOD) slice, never trained on; 0 = none",
+    )
 
     @field_validator("eval_frac")
     @classmethod
@@ -224,6 +231,16 @@ class TrialConfig(Strict):
         return self
 
 
+class EvalsConfig(Strict):
+    """Stress tests and local external evals on the trial's own SAEs (shared/DESIGN.md 4.7)."""
+
+    transcoder: bool = Field(True, description="transcoders vs SAEs on the MLP input, same seeds")
+    ood: bool = Field(True, description="recon and probe AUC on the held-out operand slice")
+    probing: bool = Field(True, description="SAEBench-style sparse probing on (a, b, c) tasks")
+    contrastive: bool = Field(True, description="CE-Bench-style contrastive/independence scores")
+    probe_ks: tuple[int, ...] = Field((1, 2, 5), description="latents per sparse probe")
+
+
 class ConsistencyConfig(Strict):
     """Pull every seed's decoder toward a frozen reference SAE (shared/DESIGN.md 4.6)."""
 
@@ -258,6 +275,7 @@ class ExperimentConfig(Strict):
     train: SAETrainConfig = Field(default_factory=SAETrainConfig)
     trial: TrialConfig = Field(default_factory=TrialConfig)
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+    evals: EvalsConfig = Field(default_factory=EvalsConfig)
 
     @model_validator(mode="after")
     def _reference_is_not_a_trial_seed(self) -> ExperimentConfig:

@@ -55,10 +55,12 @@ PARAM_HOOK = "hook"
 PARAM_POSITION = "position"
 PARAM_SPLIT_SEED = "split_seed"
 PARAM_EVAL_FRAC = "eval_frac"
+PARAM_OOD_FRAC = "ood_frac"
 PARAM_D_IN = "d_in"
 PARAM_D_SAE = "d_sae"
 ACT_N_TRAIN = "acts/n_train_rows"
 ACT_N_EVAL = "acts/n_eval_rows"
+ACT_N_OOD = "acts/n_ood_rows"
 TAG_CACHE = "husai.cache"  # "hit" / "miss"
 ARTIFACT_ACTIVATIONS = "activations"
 
@@ -94,13 +96,48 @@ PARAM_REF_RUN_ID = "ref_run_id"
 PARAM_CONTROL_REF_RUN_ID = "control_ref_run_id"
 PARAM_ASSIGN_EVERY = "assign_every"
 TAG_REF_RUN_ID = "husai.ref_run_id"
+# Stress tests and local external evals (shared/DESIGN.md 4.7). The DESIGN keys, then the
+# values they are differences of, so a reader can see what moved. Trial runs carry all; seed
+# runs carry the per-seed ones (SEED_EVAL_KEYS).
 STRESS_TRANSCODER_DELTA = "stress/transcoder_delta"
 STRESS_TRANSCODER_DELTA_LCB = "stress/transcoder_delta_lcb"
-STRESS_OOD_DROP = "stress/ood_drop"
+STRESS_TRANSCODER_DELTA_UCB = "stress/transcoder_delta_ucb"
+STRESS_TRANSCODER_PW_MCC = "stress/transcoder_pw_mcc"
+STRESS_MLP_IN_SAE_PW_MCC = "stress/mlp_in_sae_pw_mcc"
+STRESS_OOD_DROP = "stress/ood_drop"  # recon/ev in distribution - out of distribution
+STRESS_OOD_EV = "stress/ood_ev"
+STRESS_OOD_PROBE_DROP = "stress/ood_probe_drop"  # probe AUC in distribution - out
 EXTERNAL_PROBE_DELTA = "external/probe_delta"
 EXTERNAL_PROBE_DELTA_LCB = "external/probe_delta_lcb"
+EXTERNAL_PROBE_AUC = "external/probe_auc"
+EXTERNAL_PROBE_BASELINE_AUC = "external/probe_baseline_auc"
 EXTERNAL_CONTRASTIVE_DELTA = "external/contrastive_delta"
 EXTERNAL_CONTRASTIVE_DELTA_LCB = "external/contrastive_delta_lcb"
+EXTERNAL_CONTRASTIVE_SCORE = "external/contrastive_score"
+SEED_EVAL_KEYS = (
+    STRESS_OOD_DROP,
+    STRESS_OOD_EV,
+    STRESS_OOD_PROBE_DROP,
+    EXTERNAL_PROBE_DELTA,
+    EXTERNAL_PROBE_AUC,
+    EXTERNAL_CONTRASTIVE_SCORE,
+)
+EVALS = ("transcoder", "ood", "probing", "contrastive")
+
+
+def eval_seconds_key(name: str) -> str:
+    """What one eval cost, on the trial run: `eval/<name>_seconds`."""
+    if name not in EVALS:
+        raise KeyError(f"not an eval: {name!r}")
+    return f"eval/{name}_seconds"
+
+
+def eval_skipped_tag(name: str) -> str:
+    """On a trial run whose config asked for an eval these activations cannot support: why."""
+    if name not in EVALS:
+        raise KeyError(f"not an eval: {name!r}")
+    return f"husai.eval_skipped.{name}"
+
 
 # --- training curves (seed runs, per step) ------------------------------------------------------
 TRAIN_PREFIX = "train/"

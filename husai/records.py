@@ -119,6 +119,7 @@ def record_activations(
         names.PARAM_POSITION: a.position,
         names.PARAM_SPLIT_SEED: a.split_seed,
         names.PARAM_EVAL_FRAC: a.eval_frac,
+        names.PARAM_OOD_FRAC: a.ood_frac,
         names.PARAM_D_IN: acts.d_in,
         names.config_param("task", "p"): cfg.task.p,
     }
@@ -128,8 +129,14 @@ def record_activations(
     }
     name = f"acts-{a.hook}-{acts.key[:8]}"
     with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
+        n_ood = 0 if acts.ood is None else acts.ood.shape[0]
         tracker.log_metrics(
-            rid, {names.ACT_N_TRAIN: acts.train.shape[0], names.ACT_N_EVAL: acts.eval.shape[0]}
+            rid,
+            {
+                names.ACT_N_TRAIN: acts.train.shape[0],
+                names.ACT_N_EVAL: acts.eval.shape[0],
+                names.ACT_N_OOD: n_ood,
+            },
         )
         tracker.log_artifacts(rid, path, names.ARTIFACT_ACTIVATIONS)
     return rid
@@ -184,6 +191,8 @@ def trial_params(cfg: ExperimentConfig, acts: ActivationSet, src: TrialSource) -
             names.config_param("trial", k): getattr(cfg.trial, k)
             for k in ("random_seed_offset", "bootstrap_samples")
         },
+        names.PARAM_OOD_FRAC: cfg.activations.ood_frac,
+        **{names.config_param("evals", k): v for k, v in cfg.evals.model_dump().items()},
     }
 
 
@@ -224,6 +233,8 @@ def record_trial(
         names.TAG_ACTIVATION_SOURCE: src.source,
         **ray_tags(src.ray_trial_id, src.ray_node_id),
     }
+    if result.evals is not None:
+        tags.update({names.eval_skipped_tag(k): why for k, why in result.evals.skipped.items()})
     name = f"trial-{s.architecture}-k{s.k}-d{s.d_sae}-lam{cfg.consistency.lam:g}"
     seed_runs: dict[int, str] = {}
     params = trial_params(cfg, acts, src)
@@ -263,8 +274,9 @@ def record_trial(
                     },
                 )
                 recon = {names.RECON_KEYS[k]: v for k, v in sr.recon.as_dict().items()}
+                evals = result.evals.seed_metrics(sr.seed) if result.evals is not None else {}
                 tracker.log_metrics(
-                    seed_id, finite({**recon, names.SEED_SECONDS: sr.trained.seconds})
+                    seed_id, finite({**recon, **evals, names.SEED_SECONDS: sr.trained.seconds})
                 )
                 tracker.log_artifacts(seed_id, sr.folder, names.ARTIFACT_SAE)
             seed_runs[sr.seed] = seed_id
@@ -281,6 +293,13 @@ def record_trial(
                     names.CONSISTENCY_REF_CONTROL: cm.ref_control_pw_mcc,
                     names.CONSISTENCY_EV_DROP: cm.ev_drop,
                 }
+            )
+        if result.evals is not None:
+            t = cfg.trial
+            trial_metrics.update(
+                result.evals.trial_metrics(
+                    result.plain_contrastive, t.bootstrap_samples, t.bootstrap_seed
+                )
             )
         tracker.log_metrics(trial_id, {**finite(trial_metrics), **stability_metrics(result)})
         plots = Path(tmp) / "plots"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "SAECheckpointError",
     "TrainStepInput",
     "TrainStepOutput",
+    "TranscoderStepInput",
     "TrainingSAE",
     "build_sae",
     "coefficient_schedulers",
@@ -93,21 +95,68 @@ def _with_consistency(sae_cls: type) -> type:
     return type(f"Consistency{sae_cls.__name__}", (_ConsistencyMixin, sae_cls), {})
 
 
+@dataclass
+class TranscoderStepInput(TrainStepInput):
+    """A training step whose reconstruction target is not the input (MLP in -> MLP out)."""
+
+    target: torch.Tensor | None = None
+
+
+class _TranscoderMixin:
+    """sae-lens has no transcoder training class: this turns any of its training SAEs into one.
+    The encoder reads `sae_in` (MLP input); the MSE and every auxiliary loss that measures a
+    residual (AuxK, Matryoshka's inner widths) are taken against `target` (MLP output)."""
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        target = getattr(step_input, "target", None)
+        if target is None:
+            raise ValueError("a transcoder step needs TranscoderStepInput(target=...)")
+        feature_acts, hidden_pre = self.encode_with_hidden_pre(step_input.sae_in)  # type: ignore[attr-defined]
+        sae_out = self.decode(feature_acts)  # type: ignore[attr-defined]
+        mse = self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()  # type: ignore[attr-defined]
+        aux = self.calculate_aux_loss(  # type: ignore[attr-defined]
+            step_input=replace(step_input, sae_in=target),
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            sae_out=sae_out,
+        )
+        losses = {"mse_loss": mse, **aux}
+        return TrainStepOutput(
+            sae_in=step_input.sae_in,
+            sae_out=sae_out,
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            loss=sum(losses.values(), torch.zeros(())),
+            losses=losses,
+        )
+
+
+@functools.cache
+def _as_transcoder(sae_cls: type) -> type:
+    return type(f"Transcoder{sae_cls.__name__}", (_TranscoderMixin, sae_cls), {})
+
+
 def build_sae(
     cfg: SAEConfig,
     d_in: int,
     init_seed: int,
     consistency: tuple[ConsistencyPenalty, float] | None = None,
+    transcoder: bool = False,
 ) -> TrainingSAE[Any]:
     """The sae-lens training SAE of `cfg.architecture`, initialised from `init_seed` only.
 
     With `consistency=(penalty, lambda)` the same class gains the consistency loss term; the
     initialisation is unchanged, and the saved SAE is an ordinary one of the architecture.
+    `transcoder=True` trains it to map its input to another target (TranscoderStepInput).
     """
     sae_cfg = _training_cfg(cfg, d_in)
     sae_cls, _ = get_sae_training_class(cfg.architecture)
     if consistency is not None:
         sae_cls = _with_consistency(sae_cls)
+    if transcoder:
+        # b_dec is the output's bias: subtracting it from the input would mix the two spaces.
+        sae_cfg.apply_b_dec_to_input = False
+        sae_cls = _as_transcoder(sae_cls)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         sae = sae_cls(sae_cfg)

@@ -146,3 +146,16 @@ def gaussian_decoders(n: int, d_sae: int, d_in: int, seed: int) -> list[torch.Te
 def representative(mat: np.ndarray) -> int:
     """Index of the medoid seed: highest mean similarity to the other seeds."""
     return int(np.nanargmax(np.nanmean(mat, axis=1)))
+
+
+def seed_mean_ci(
+    values: Sequence[float], n_boot: int, seed: int
+) -> tuple[float | None, float | None]:
+    """95% bootstrap interval of the mean of per-seed values (seeds are the independent units);
+    (None, None) with fewer than MIN_SEEDS_FOR_CI seeds."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < MIN_SEEDS_FOR_CI:
+        return None, None
+    rng = np.random.default_rng([seed, 11])
+    boot = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    return float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))

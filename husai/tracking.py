@@ -342,6 +342,14 @@ class Tracker:
         versions = self.client.search_model_versions(" and ".join(clauses))
         return str(max(int(v.version) for v in versions)) if versions else None
 
+    def download_model_version(self, model_name: str, version: str, dst: Path) -> Path:
+        """The logged model folder behind `model_name` version `version` (MlflowException if
+        there is no such version)."""
+        mv = self.client.get_model_version(model_name, version)
+        dst.mkdir(parents=True, exist_ok=True)
+        uri = f"models:/{model_name}/{mv.version}"
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, alias, version)
 

@@ -23,7 +23,7 @@ from husai.consistency import ConsistencyPenalty
 from husai.repro import deterministic
 from husai.sae import (
     TrainingSAE,
-    TrainStepInput,
+    TranscoderStepInput,
     build_sae,
     coefficient_schedulers,
     decoder,
@@ -99,10 +99,14 @@ def train_sae(
     seed: int,
     consistency: Consistency | None = None,
     progress: bool = False,
+    target: torch.Tensor | None = None,
 ) -> TrainedSAE:
-    """Train one SAE on rows `acts` [n, d_in]; deterministic for a given seed on CPU."""
+    """Train one SAE on rows `acts` [n, d_in]; deterministic for a given seed on CPU. With
+    `target` [n, d_out] (row i the target of input row i) it is trained as a transcoder."""
+    if target is not None and target.shape[0] != acts.shape[0]:
+        raise ValueError(f"target has {target.shape[0]} rows, inputs {acts.shape[0]}")
     with deterministic():
-        return _train(sae_cfg, train_cfg, acts, SeedStreams.of(seed), consistency, progress)
+        return _train(sae_cfg, train_cfg, acts, SeedStreams.of(seed), consistency, progress, target)
 
 
 def _train(
@@ -112,8 +116,11 @@ def _train(
     streams: SeedStreams,
     consistency: Consistency | None,
     progress: bool,
+    target: torch.Tensor | None,
 ) -> TrainedSAE:
-    sae = build_sae(sae_cfg, int(acts.shape[1]), streams.init_seed, consistency)
+    sae = build_sae(
+        sae_cfg, int(acts.shape[1]), streams.init_seed, consistency, transcoder=target is not None
+    )
     w0 = decoder(sae)
     order = BatchOrder(int(acts.shape[0]), cfg.batch_size, streams.data_seed)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -126,15 +133,16 @@ def _train(
     bar = tqdm(range(cfg.steps), desc=f"SAE seed {streams.seed}", disable=not progress)
     for step in bar:
         dead = since_fired > cfg.dead_window
-        out = sae.training_forward_pass(
-            TrainStepInput(
-                sae_in=acts[order.next()],
-                coefficients={k: s.value for k, s in coeffs.items()},
-                dead_neuron_mask=dead,
-                n_training_steps=step,
-                is_logging_step=False,
-            )
+        idx = order.next()
+        step_input = TranscoderStepInput(
+            sae_in=acts[idx],
+            coefficients={k: s.value for k, s in coeffs.items()},
+            dead_neuron_mask=dead,
+            n_training_steps=step,
+            is_logging_step=False,
+            target=None if target is None else target[idx],
         )
+        out = sae.training_forward_pass(step_input)
         loss, losses = out.loss, out.losses
         with torch.no_grad():
             fired = (out.feature_acts != 0).any(dim=0)

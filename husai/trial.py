@@ -18,6 +18,7 @@ import torch
 from husai import names
 from husai.config import ExperimentConfig, InputError
 from husai.consistency import ConsistencyMetrics, ConsistencyPenalty, consistency_metrics
+from husai.evals.runner import EvalResults, run_evals
 from husai.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
 from husai.sae import SAE, build_sae, decoder, load_sae, save_sae
 from husai.stability import StabilityReport, gaussian_decoders, representative, stability_report
@@ -50,6 +51,10 @@ class TrialResult:
     seconds: float
     consistency: ConsistencyMetrics | None = None  # lambda > 0 only
     references: tuple[Reference, Reference] | None = None  # (reference, independent control)
+    evals: EvalResults | None = None  # stress tests and local external evals (cfg.evals)
+    # lambda > 0: the lambda = 0 recipe's contrastive score per seed ({} if unknown);
+    # None: this trial is its own baseline.
+    plain_contrastive: dict[int, float] | None = None
 
     def seed_result(self, seed: int) -> SeedResult:
         return next(s for s in self.seeds if s.seed == seed)
@@ -138,6 +143,7 @@ def run_trial(
         seed=t.bootstrap_seed,
     )
     rep = seeds[representative(report.trained["pw_mcc"])].seed
+    evals = run_evals(cfg, acts, [(s.seed, s.sae) for s in seeds], base_model)
     consistency = None
     if lam > 0 and references is not None:
         consistency = consistency_metrics(
@@ -154,6 +160,7 @@ def run_trial(
         seconds=time.perf_counter() - start,
         consistency=consistency,
         references=references if lam > 0 else None,
+        evals=evals,
     )
 
 

@@ -4,7 +4,7 @@ everything that can be checked before compute, run the trial, record it, print a
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,8 +91,8 @@ def run_trial_command(
         tracker.link_env_run({names.TAG_TRIAL_RUN_ID: done})
         print(ui_hint(tracker.uri))
         return 0
-    refs, ev_plain = prepare_consistency(cfg, acts, tracker, src, base_model)
-    result, recorded = run_and_record(cfg, acts, tracker, src, base_model, refs, ev_plain)
+    refs, plain = prepare_consistency(cfg, acts, tracker, src, base_model)
+    result, recorded = run_and_record(cfg, acts, tracker, src, base_model, refs, plain)
     tracker.link_env_run({names.TAG_TRIAL_RUN_ID: recorded.run_id})
     print_summary(cfg, acts, result, recorded, tracker)
     print(ui_hint(tracker.uri))
@@ -106,13 +106,13 @@ def prepare_consistency(
     src: TrialSource,
     base_model: HookedTransformer | None,
     parent_run_id: str | None = None,
-) -> tuple[tuple[Reference, Reference] | None, float | None]:
-    """For lambda > 0: (reference, control) and the lambda = 0 recipe's recon/ev."""
+) -> tuple[tuple[Reference, Reference] | None, PlainRecipe | None]:
+    """For lambda > 0: (reference, control) and what the lambda = 0 recipe measured."""
     from husai.reference import get_or_train_reference
 
     if cfg.consistency.lam == 0:
         return None, None
-    ev_plain = plain_recipe_ev(cfg, acts, tracker, src, base_model, parent_run_id)
+    plain = plain_recipe(cfg, acts, tracker, src, base_model, parent_run_id)
     refs = (
         get_or_train_reference(cfg, acts, cfg.consistency.ref_seed, tracker),
         get_or_train_reference(cfg, acts, cfg.consistency.control_ref_seed, tracker),
@@ -120,7 +120,7 @@ def prepare_consistency(
     for ref, what in zip(refs, ("reference", "control reference"), strict=True):
         how = "reused" if ref.reused else "trained"
         print(f"{what} SAE (seed {ref.seed}) {how}: run {ref.run_id}")
-    return refs, ev_plain
+    return refs, plain
 
 
 def run_and_record(
@@ -130,7 +130,7 @@ def run_and_record(
     src: TrialSource,
     base_model: HookedTransformer | None,
     refs: tuple[Reference, Reference] | None = None,
-    ev_plain: float | None = None,
+    plain: PlainRecipe | None = None,
     parent_run_id: str | None = None,
     on_seed: Callable[[list[ReconMetrics]], None] | None = None,
 ) -> tuple[TrialResult, RecordedTrial]:
@@ -141,22 +141,34 @@ def run_and_record(
         result = run_trial(
             cfg, acts, Path(work), base_model=base_model, references=refs, on_seed=on_seed
         )
-        if result.consistency is not None and ev_plain is not None:
+        if result.consistency is not None and plain is not None and plain.ev is not None:
             ev = result.recon_mean["ev"]
-            drop = None if ev is None else ev_plain - ev
+            drop = None if ev is None else plain.ev - ev
             result.consistency = replace(result.consistency, ev_drop=drop)
+        if cfg.consistency.lam > 0:
+            # Seed by seed against the lambda = 0 recipe; {} = unknown: the delta stays absent.
+            result.plain_contrastive = {} if plain is None else dict(plain.contrastive)
         return result, record_trial(tracker, cfg, acts, src, result, parent_run_id)
 
 
-def plain_recipe_ev(
+@dataclass(frozen=True)
+class PlainRecipe:
+    """What the same recipe at lambda = 0 measured: the baseline of ev_drop and of
+    external/contrastive_delta."""
+
+    ev: float | None
+    contrastive: dict[int, float]  # seed -> external/contrastive_score
+
+
+def plain_recipe(
     cfg: ExperimentConfig,
     acts: ActivationSet,
     tracker: Tracker,
     src: TrialSource,
     base_model: HookedTransformer | None,
     parent_run_id: str | None = None,
-) -> float | None:
-    """recon/ev of the same recipe at lambda = 0: found in MLflow, else trained and recorded."""
+) -> PlainRecipe:
+    """The same recipe at lambda = 0: found in MLflow, else trained and recorded."""
     from husai.records import find_recorded_trial
 
     plain = from_dict(
@@ -169,11 +181,19 @@ def plain_recipe_ev(
     run_id = find_recorded_trial(tracker, plain, acts.key)
     if run_id is not None:
         print(f"lambda = 0 recipe found: run {run_id}")
-        return tracker.get_run_metrics(run_id).get(names.RECON_EV)
-    print("lambda = 0 recipe not recorded yet: training it first (needed for consistency/ev_drop)")
+        scores = {}
+        for seed_run in tracker.child_runs(run_id):
+            value = seed_run.data.metrics.get(names.EXTERNAL_CONTRASTIVE_SCORE)
+            if value is not None and names.TAG_SEED in seed_run.data.tags:
+                scores[int(seed_run.data.tags[names.TAG_SEED])] = value
+        return PlainRecipe(tracker.get_run_metrics(run_id).get(names.RECON_EV), scores)
+    print("lambda = 0 recipe not recorded yet: training it first (the baseline of its deltas)")
     result, rec = run_and_record(plain, acts, tracker, src, base_model, parent_run_id=parent_run_id)
     print(f"lambda = 0 recipe recorded: run {rec.run_id}")
-    return result.recon_mean["ev"]
+    scores = (
+        {} if result.evals is None else {s: r.score for s, r in result.evals.contrastive.items()}
+    )
+    return PlainRecipe(result.recon_mean["ev"], scores)
 
 
 def print_summary(

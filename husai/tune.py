@@ -96,14 +96,14 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
         ray_trial_id=tune.get_context().get_trial_id(),
         ray_node_id=ray.get_runtime_context().get_node_id(),
     )
-    refs, ev_plain = prepare_consistency(cfg, acts, tracker, src, base_model, ctx.sweep_run_id)
+    refs, plain = prepare_consistency(cfg, acts, tracker, src, base_model, ctx.sweep_run_id)
 
     def on_seed(recons: list[Any]) -> None:
         fvu = sum(r.fvu for r in recons) / len(recons)
         tune.report({ASHA_METRIC: fvu, SEEDS_DONE: len(recons), NODE_ID: src.ray_node_id})
 
     _, rec = run_and_record(
-        cfg, acts, tracker, src, base_model, refs, ev_plain, ctx.sweep_run_id, on_seed
+        cfg, acts, tracker, src, base_model, refs, plain, ctx.sweep_run_id, on_seed
     )
     final = tracker.get_run_metrics(rec.run_id)
     tune.report(

@@ -66,15 +66,23 @@ def test_rows_are_split_and_match_the_model(tracker: Tracker, tiny_cfg: Experime
     from husai.data import make_modular_data
 
     base = get_or_train(tiny_cfg, tracker, progress=False)
-    acts = get_or_extract(tiny_cfg, base, tracker).acts
+    h = get_or_extract(tiny_cfg, base, tracker)
+    acts = h.acts
     p = tiny_cfg.task.p
-    assert acts.train.shape[0] + acts.eval.shape[0] == p * p
-    assert acts.eval.shape[0] == round(0.25 * p * p)
-    assert set(acts.train_rows.tolist()).isdisjoint(acts.eval_rows.tolist())
+    assert acts.ood is not None and acts.ood_rows is not None
+    # ood_frac 0.2 of 11 operands -> 2 held out: the 2 x 2 pairs with both a, b in {9, 10}.
+    assert sorted(acts.ood_rows.tolist()) == [9 * p + 9, 9 * p + 10, 10 * p + 9, 10 * p + 10]
+    n_in = p * p - 4
+    assert acts.train.shape[0] + acts.eval.shape[0] == n_in
+    assert acts.eval.shape[0] == n_in - round(0.75 * n_in)
+    rows = [set(r.tolist()) for r in (acts.train_rows, acts.eval_rows, acts.ood_rows)]
+    assert sum(len(r) for r in rows) == len(set().union(*rows)) == p * p  # a partition
     assert acts.d_in == tiny_cfg.base.d_model
     _, cache = base.model.run_with_cache(make_modular_data(p).tokens, names_filter=acts.hook)
     expected = cache[acts.hook][:, -1]
     assert torch.allclose(acts.eval, expected[acts.eval_rows])
+    assert torch.allclose(acts.ood, expected[acts.ood_rows])
+    assert torch.equal(load_activations(h.path, h.acts.key).ood_rows, acts.ood_rows)
 
 
 def test_corrupt_cache_names_the_file(tracker: Tracker, tiny_cfg: ExperimentConfig) -> None:

@@ -35,7 +35,7 @@ def test_entry_points_match_cli() -> None:
         for pname, pspec in params.items():
             action = opts[pname]
             assert pspec["type"] == MLPROJECT_TYPE[action.type or str], (name, pname)
-            assert str(pspec["default"]) == str(action.default), (name, pname)
+            assert str(pspec.get("default")) == str(action.default), (name, pname)
             flag = "--" + pname.replace("_", "-")
             assert flag in action.option_strings
             assert re.search(rf"{flag} \{{{pname}\}}", ep["command"]), (name, pname)

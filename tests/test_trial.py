@@ -353,9 +353,10 @@ def test_batch_too_large_for_the_extracted_rows_fails_before_training(
         {"train": {"steps": 10, "batch_size": 200, "lr_warmup_steps": 0, "lr_decay_steps": 0}},
         base=TINY,
     )
-    # p = 11 with a quarter held out leaves 91 SAE-train rows: known before any compute.
+    # p = 11: 4 OOD pairs set apart, a quarter of the other 117 held out leaves 88 SAE-train
+    # rows: known before any compute.
     assert main(["trial", "--config", str(cfg)]) == EXIT_BAD_INPUT
-    assert "train.batch_size: 200 exceeds the 91 training rows" in capsys.readouterr().err
+    assert "train.batch_size: 200 exceeds the 88 training rows" in capsys.readouterr().err
     assert not Path(isolated_store.removeprefix("sqlite:///")).exists()
 
 

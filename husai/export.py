@@ -1,0 +1,88 @@
+"""Export a registered `husai-sae` version as a plain sae-lens SAE folder, for tools outside
+HUSAI (the real SAEBench and CE-Bench among them).
+
+    husai export --version 3 --out exported/sae-v3
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from husai import names
+from husai.config import InputError
+from husai.sae import load_sae
+from husai.tracking import Tracker
+
+README = """# husai-sae version {version}
+
+An sae-lens SAE ({architecture}, d_in {d_in}, d_sae {d_sae}) exported by `husai export`
+from the MLflow registry at {uri} (trial run {trial_run_id}, seed {seed}).
+
+```python
+from sae_lens import SAE
+sae = SAE.load_from_disk("{out}", device="cpu")
+latents = sae.encode(activations)  # activations: [n, {d_in}] from {hook}
+```
+
+## Running the real SAEBench / CE-Bench
+
+HUSAI's `external/*` metrics are local stand-ins (shared/DESIGN.md 4.7) on the modular-addition
+model. The real benchmarks run a *language model* on their own datasets, so they apply to SAEs
+trained on that model's activations (HUSAI trains on any activations you bring with
+`husai trial --activations-file`). Where you have that model:
+
+- SAEBench (https://github.com/adamkarvonen/SAEBench): install it, load this folder as above
+  and pass `[("husai-v{version}", sae)]` as the selected SAEs to an eval's `run_eval` (see its
+  "Custom SAE usage" section; sparse probing is the counterpart of `external/probe_delta`).
+- CE-Bench (contrastive evaluation): load the SAE the same way and run its contrastive and
+  independence scoring; compare with `external/contrastive_delta`.
+"""
+
+
+@dataclass(frozen=True)
+class Exported:
+    version: str
+    out: Path
+    trial_run_id: str
+
+
+def export_sae(tracker: Tracker, version: str, out: Path) -> Exported:
+    """Copy the version's sae-lens folder to `out` (which must not exist) with a README."""
+    if out.exists():
+        raise InputError(f"--out: {out} already exists; choose a new folder")
+    try:
+        mv = tracker.client.get_model_version(names.SAE_MODEL_NAME, version)
+    except Exception:
+        raise InputError(
+            f"--version: {names.SAE_MODEL_NAME} has no version {version!r} in {tracker.uri}"
+        ) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = tracker.download_model_version(names.SAE_MODEL_NAME, str(mv.version), Path(tmp))
+        src = model_dir / "artifacts" / names.ARTIFACT_SAE
+        sae = load_sae(src)  # refuses a folder sae-lens cannot load, before anything is written
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+        shutil.copytree(src, staging, dirs_exist_ok=True)
+        tags = mv.tags
+        (staging / "README.md").write_text(
+            README.format(
+                version=mv.version,
+                architecture=tags.get(names.TAG_ARCHITECTURE, "?"),
+                d_in=sae.cfg.d_in,
+                d_sae=sae.cfg.d_sae,
+                uri=tracker.uri,
+                trial_run_id=tags.get(names.TAG_TRIAL_RUN_ID, "?"),
+                seed=tags.get(names.TAG_SEED, "?"),
+                out=out,
+                hook=tracker.get_run_params(tags[names.TAG_TRIAL_RUN_ID]).get(names.PARAM_HOOK, "?")
+                if names.TAG_TRIAL_RUN_ID in tags
+                else "?",
+            )
+        )
+        staging.rename(out)  # all or nothing: no half-written export
+    return Exported(
+        version=str(mv.version), out=out, trial_run_id=tags.get(names.TAG_TRIAL_RUN_ID, "")
+    )

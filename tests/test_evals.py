@@ -1,0 +1,171 @@
+"""Stress tests and local external evals: known answers, and every seed of a trial evaluated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from husai import names
+from husai.config import SAEConfig, SAETrainConfig
+from husai.evals.contrastive import contrastive_eval
+from husai.evals.ood import ood_recon
+from husai.evals.probing import probe_task
+from husai.evals.tasks import answers, task_labels
+from husai.evals.transcoder import paired_seed_delta
+from husai.sae import load_sae, save_sae
+from husai.tracking import Tracker
+from husai.train import train_sae
+
+
+def test_a_latent_equal_to_the_label_gives_probe_auc_1() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=400)
+    z = rng.normal(size=(400, 20))
+    z[:, 7] = y  # the label itself, among noise latents
+    x = rng.normal(size=(400, 8))  # raw activations that know nothing: baseline near 0.5
+    res = probe_task("t", z[:300], z[300:], x[:300], x[300:], y[:300], y[300:], (1, 2, 5))
+    assert res.auc_by_k[1] == 1.0 and res.sae_auc == 1.0 and res.best_k == 1
+    assert abs(res.baseline_auc - 0.5) < 0.15
+
+
+def test_identical_transcoder_and_sae_stability_give_delta_0() -> None:
+    rng = np.random.default_rng(1)
+    m = rng.uniform(0.2, 0.8, size=(5, 5))
+    m = (m + m.T) / 2
+    np.fill_diagonal(m, np.nan)
+    d = paired_seed_delta(m, m.copy(), n_boot=500, seed=0)
+    assert d.delta == 0.0 and d.lcb == 0.0 and d.ucb == 0.0
+    # Two seeds: a point estimate, no interval (absent, so a gate fails closed).
+    two = paired_seed_delta(m[:2, :2], m[:2, :2] - 0.1, n_boot=500, seed=0)
+    assert two.delta == pytest.approx(0.1) and two.lcb is None and two.ucb is None
+
+
+def _subspace_rows(n: int, basis: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.rand(n, basis.shape[0], generator=g) * (
+        torch.rand(n, basis.shape[0], generator=g) < 0.15
+    )
+    return codes @ basis
+
+
+def test_ood_drop_is_near_0_in_distribution_and_positive_on_a_shifted_slice(
+    tmp_path: Path,
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    basis_in, basis_out = torch.randn(24, 32, generator=g), torch.randn(24, 32, generator=g)
+    train = _subspace_rows(2000, basis_in, 1)
+    cfg = SAEConfig(architecture="topk", d_sae=48, k=4)
+    tcfg = SAETrainConfig(steps=300, batch_size=128, lr_warmup_steps=10, lr_decay_steps=50)
+    sae = load_sae(save_sae(train_sae(cfg, tcfg, train, seed=0).sae, tmp_path / "sae"))
+    same = ood_recon(sae, _subspace_rows(400, basis_in, 2), _subspace_rows(400, basis_in, 3))
+    shifted = ood_recon(sae, _subspace_rows(400, basis_in, 2), _subspace_rows(400, basis_out, 3))
+    assert same.ev_in > 0.5
+    assert abs(same.drop) < 0.05
+    assert shifted.drop > 0.3
+
+
+def test_contrastive_finds_a_parity_latent_and_ignores_operand_latents() -> None:
+    p = 11
+    rows = np.arange(p * p)
+    c = answers(rows, p)
+    rng = np.random.default_rng(0)
+    z = rng.normal(scale=0.1, size=(p * p, 6))
+    z[:, 2] = c % 2  # tracks the attribute exactly, blind to the operands
+    z[:, 4] = rows // p  # tracks operand a: moves on neutral pairs
+    present = np.ones(p * p, dtype=bool)
+    res = contrastive_eval(z, present, p)
+    assert res.best_latent == 2 and res.independence == pytest.approx(1.0)
+    assert res.score > 1.5
+    # Rows that are absent (the shifted slice) never enter a pair.
+    present[:p] = False
+    assert contrastive_eval(z, present, p).n_contrast_pairs < res.n_contrast_pairs
+
+
+def test_task_labels() -> None:
+    p = 7
+    labels = task_labels(np.array([0 * p + 3, 2 * p + 6, 6 * p + 6]), p)  # c = 3, 1, 5
+    assert labels["c_parity"].tolist() == [1, 1, 1]
+    assert labels["c_lt_half"].tolist() == [1, 1, 0]
+    assert labels["c_mod3"].tolist() == [1, 0, 0]
+
+
+def test_transcoder_training_fits_its_target_not_its_input() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = _subspace_rows(1500, torch.randn(16, 24, generator=g), 1)
+    w = torch.randn(24, 24, generator=g) / 5
+    y = torch.relu(x @ w)  # a computation, not the input
+    cfg = SAEConfig(architecture="topk", d_sae=48, k=6)
+    tcfg = SAETrainConfig(steps=300, batch_size=128, lr_warmup_steps=10, lr_decay_steps=50)
+    tc = train_sae(cfg, tcfg, x, seed=0, target=y).sae
+    with torch.no_grad():
+        out = tc.decode(tc.encode(x))
+    err_target = ((out - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
+    err_input = ((out - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert err_target < 0.5 < err_input
+
+
+def test_every_seed_of_a_trial_is_evaluated_and_recorded(
+    tmp_path: Path, isolated_store: str
+) -> None:
+    from husai.cli import main
+    from tests.test_trial import TRIAL, all_runs, write_cfg
+
+    cfg = write_cfg(tmp_path, base={"name": "ev", **_tiny()})
+    assert main(["trial", "--config", str(cfg)]) == 0
+    tracker = Tracker(isolated_store)
+    runs = all_runs(tracker)
+    (trial,) = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL]
+    seeds = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_SEED]
+    assert len(seeds) == len(TRIAL["trial"]["seeds"])
+    m = trial.data.metrics
+    for key in (
+        names.STRESS_TRANSCODER_DELTA,
+        names.STRESS_TRANSCODER_DELTA_LCB,
+        names.STRESS_OOD_DROP,
+        names.EXTERNAL_PROBE_DELTA,
+        names.EXTERNAL_PROBE_DELTA_LCB,
+        names.EXTERNAL_CONTRASTIVE_DELTA,
+        names.EXTERNAL_CONTRASTIVE_DELTA_LCB,
+    ):
+        assert key in m and np.isfinite(m[key]), key
+    # lambda = 0: the recipe is its own contrastive baseline.
+    assert m[names.EXTERNAL_CONTRASTIVE_DELTA] == 0.0
+    for name in names.EVALS:
+        assert m[names.eval_seconds_key(name)] >= 0.0
+    for s in seeds:  # not only the representative seed
+        for key in names.SEED_EVAL_KEYS:
+            assert key in s.data.metrics, (key, s.data.tags[names.TAG_SEED])
+    per_seed = [s.data.metrics[names.EXTERNAL_PROBE_DELTA] for s in seeds]
+    assert m[names.EXTERNAL_PROBE_DELTA] == pytest.approx(np.mean(per_seed))
+
+
+def test_user_activations_skip_evals_they_cannot_support(
+    tmp_path: Path, isolated_store: str
+) -> None:
+    from husai.cli import main
+    from tests.test_trial import all_runs, user_acts, write_cfg
+
+    cfg = write_cfg(tmp_path)
+    assert (
+        main(["trial", "--config", str(cfg), "--activations-file", str(user_acts(tmp_path))]) == 0
+    )
+    (trial,) = [
+        r
+        for r in all_runs(Tracker(isolated_store))
+        if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL
+    ]
+    for name in names.EVALS:
+        assert trial.data.tags[names.eval_skipped_tag(name)]
+    assert not any(k.startswith(("stress/", "external/")) for k in trial.data.metrics)
+
+
+def _tiny() -> dict:
+    from tests.conftest import TINY
+
+    # p = 11 is small: a wider shifted slice (4 x 4 operands) so each probe task has both
+    # classes out of distribution too.
+    tiny = {k: v for k, v in TINY.items() if k != "name"}
+    return {**tiny, "activations": {**tiny["activations"], "ood_frac": 0.4}}
