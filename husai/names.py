@@ -136,7 +136,10 @@ def eval_skipped_tag(name: str) -> str:
     """On a trial run whose config asked for an eval these activations cannot support: why."""
     if name not in EVALS:
         raise KeyError(f"not an eval: {name!r}")
-    return f"husai.eval_skipped.{name}"
+    return EVAL_SKIPPED_PREFIX + name
+
+
+EVAL_SKIPPED_PREFIX = "husai.eval_skipped."
 
 
 # --- training curves (seed runs, per step) ------------------------------------------------------

@@ -100,6 +100,7 @@ def train_sae(
     consistency: Consistency | None = None,
     progress: bool = False,
     target: torch.Tensor | None = None,
+    label: str = "SAE",
 ) -> TrainedSAE:
     """Train one SAE on rows `acts` [n, d_in]; deterministic for a given seed on CPU. With
     `target` [n, d_out] (row i the target of input row i) it is trained as a transcoder."""
@@ -117,6 +118,7 @@ def _train(
     consistency: Consistency | None,
     progress: bool,
     target: torch.Tensor | None,
+    label: str = "SAE",
 ) -> TrainedSAE:
     sae = build_sae(
         sae_cfg, int(acts.shape[1]), streams.init_seed, consistency, transcoder=target is not None
@@ -130,7 +132,7 @@ def _train(
     curves = SAECurves()
     sae.train()
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=f"SAE seed {streams.seed}", disable=not progress)
+    bar = tqdm(range(cfg.steps), desc=f"{label} seed {streams.seed}", disable=not progress)
     for step in bar:
         dead = since_fired > cfg.dead_window
         idx = order.next()

@@ -143,7 +143,7 @@ def run_trial(
         seed=t.bootstrap_seed,
     )
     rep = seeds[representative(report.trained["pw_mcc"])].seed
-    evals = run_evals(cfg, acts, [(s.seed, s.sae) for s in seeds], base_model)
+    evals = run_evals(cfg, acts, [(s.seed, s.sae) for s in seeds], base_model, progress)
     consistency = None
     if lam > 0 and references is not None:
         consistency = consistency_metrics(

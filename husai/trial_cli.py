@@ -249,6 +249,43 @@ def print_metrics(m: dict[str, float]) -> None:
             f"(reference vs control {_fmt(g(names.CONSISTENCY_REF_CONTROL))}); "
             f"ev drop vs lambda 0 {_fmt(g(names.CONSISTENCY_EV_DROP), '+.4f')}"
         )
+    print_evals(m)
+
+
+def print_evals(m: dict[str, float]) -> None:
+    """The stress tests and local external evals of a trial run, if it has any."""
+    g = m.get
+    if not any(k.startswith(("stress/", "external/")) for k in m):
+        return
+    print(
+        f"  stress: transcoder pw_mcc {_fmt(g(names.STRESS_TRANSCODER_PW_MCC))} vs MLP-in SAE "
+        f"{_fmt(g(names.STRESS_MLP_IN_SAE_PW_MCC))}: delta "
+        f"{_fmt(g(names.STRESS_TRANSCODER_DELTA), '+.4f')} "
+        f"[{_fmt(g(names.STRESS_TRANSCODER_DELTA_LCB), '+.4f')}, "
+        f"{_fmt(g(names.STRESS_TRANSCODER_DELTA_UCB), '+.4f')}]"
+    )
+    print(
+        f"          ood: ev drop {_fmt(g(names.STRESS_OOD_DROP), '+.4f')} (ev on the shifted slice "
+        f"{_fmt(g(names.STRESS_OOD_EV))}), probe-AUC drop "
+        f"{_fmt(g(names.STRESS_OOD_PROBE_DROP), '+.4f')}"
+    )
+    print(
+        f"  external (local stand-ins): probe AUC {_fmt(g(names.EXTERNAL_PROBE_AUC))} vs raw "
+        f"{_fmt(g(names.EXTERNAL_PROBE_BASELINE_AUC))}: delta "
+        f"{_fmt(g(names.EXTERNAL_PROBE_DELTA), '+.4f')} "
+        f"(lcb {_fmt(g(names.EXTERNAL_PROBE_DELTA_LCB), '+.4f')})"
+    )
+    print(
+        f"          contrastive score {_fmt(g(names.EXTERNAL_CONTRASTIVE_SCORE))}, delta vs "
+        f"lambda 0 {_fmt(g(names.EXTERNAL_CONTRASTIVE_DELTA), '+.4f')} "
+        f"(lcb {_fmt(g(names.EXTERNAL_CONTRASTIVE_DELTA_LCB), '+.4f')})"
+    )
+    secs = ", ".join(
+        f"{e} {m[names.eval_seconds_key(e)]:.1f} s"
+        for e in names.EVALS
+        if names.eval_seconds_key(e) in m
+    )
+    print(f"  eval cost: {secs}")
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:

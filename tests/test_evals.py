@@ -169,3 +169,17 @@ def _tiny() -> dict:
     # classes out of distribution too.
     tiny = {k: v for k, v in TINY.items() if k != "name"}
     return {**tiny, "activations": {**tiny["activations"], "ood_frac": 0.4}}
+
+
+def test_ood_probe_drop_leaves_out_tasks_constant_on_the_shifted_slice() -> None:
+    from husai.evals.probing import ProbeResult, TaskProbe
+
+    def task(name: str, auc: float, ood: float | None) -> TaskProbe:
+        return TaskProbe(name, auc, 1, {1: auc}, 0.5, ood)
+
+    res = ProbeResult([task("a", 0.9, 0.7), task("b", 0.8, None), task("c", 0.6, 0.6)])
+    assert res.ood_drop == pytest.approx((0.2 + 0.0) / 2)
+    assert ProbeResult([task("b", 0.8, None)]).ood_drop is None
+    # At p = 59 the default slice (operands 47..58) has c in 35..57: c < p/2 is constant there.
+    p, rows = 59, np.array([a * 59 + b for a in range(47, 59) for b in range(47, 59)])
+    assert len(np.unique(task_labels(rows, p)["c_lt_half"])) == 1

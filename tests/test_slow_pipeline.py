@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_preset_generalises_then_is_reused(
-    isolated_store: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     t0 = time.perf_counter()
     assert main(["extract", "--preset", "quick"]) == 0
@@ -45,19 +45,43 @@ def test_quick_preset_generalises_then_is_reused(
     assert second_s < first_s / 3, (first_s, second_s)
     assert len(tracker.client.search_model_versions(f"name = '{names.BASE_MODEL_NAME}'")) == 1
 
-    # The demo's trial: TopK, k 16, d_sae 512, 5 seeds on the quick base model.
-    assert main(["trial", "--preset", "quick"]) == 0
+    # A quick-preset trial with the demo sweep's budget (TopK k 16, d_sae 512, 3 seeds, 600
+    # steps) on the quick base model, every eval on.
+    cfg = tmp_path / "quick_trial.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "preset": "quick",
+                "trial": {"seeds": [0, 1, 2]},
+                "train": {"steps": 600, "lr_warmup_steps": 30, "lr_decay_steps": 120},
+            }
+        )
+    )
+    assert main(["trial", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "reused" in out and "cache hit" in out and "alias candidate" in out
+    assert "stress: transcoder pw_mcc" in out and "eval cost: transcoder" in out
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
     trial = tracker.client.get_run(mv.tags[names.TAG_TRIAL_RUN_ID])
     m = trial.data.metrics
     assert 0 < m[names.RECON_LOSS_RECOVERED] <= 1.0 + 1e-6
     assert m[names.RECON_EV] > 0.5
-    assert trial.data.params["n_seeds"] == "5" and trial.data.params["k"] == "16"
+    assert trial.data.params["n_seeds"] == "3" and trial.data.params["k"] == "16"
     for base in names.STABILITY_BASES:
         for suffix in names.STABILITY_SUFFIXES:
             assert names.stability_key(base, suffix) in m
+    # Every stress/* and external/* key of shared/DESIGN.md section 5, from this trial's SAEs.
+    for key in (
+        names.STRESS_TRANSCODER_DELTA,
+        names.STRESS_TRANSCODER_DELTA_LCB,
+        names.STRESS_OOD_DROP,
+        names.EXTERNAL_PROBE_DELTA,
+        names.EXTERNAL_PROBE_DELTA_LCB,
+        names.EXTERNAL_CONTRASTIVE_DELTA,
+        names.EXTERNAL_CONTRASTIVE_DELTA_LCB,
+    ):
+        assert key in m, key
+    assert not any(k.startswith(names.EVAL_SKIPPED_PREFIX) for k in trial.data.tags)
 
 
 def test_mlflow_run_entry_points(tmp_path: Path, isolated_store: str) -> None:

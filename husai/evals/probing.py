@@ -26,7 +26,7 @@ class TaskProbe:
     best_k: int
     auc_by_k: dict[int, float]
     baseline_auc: float
-    ood_auc: float | None  # the best-k probe on the shifted slice, if there is one
+    ood_auc: float | None  # best-k probe on the shifted slice; None: no slice or one class there
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,12 @@ class ProbeResult:
 
     @property
     def ood_drop(self) -> float | None:
-        """Mean over tasks of AUC in distribution - AUC out; None without a shifted slice or
-        when a task has a single class there (AUC undefined)."""
-        if any(t.ood_auc is None for t in self.tasks):
-            return None
-        return float(np.mean([t.sae_auc - t.ood_auc for t in self.tasks if t.ood_auc is not None]))
+        """Mean over tasks of AUC in distribution - AUC on the shifted slice, over the tasks
+        whose labels take both values there (e.g. c < p/2 is constant on the default slice of
+        large operands: its AUC is undefined and it is left out); None if no task qualifies or
+        there is no shifted slice."""
+        drops = [t.sae_auc - t.ood_auc for t in self.tasks if t.ood_auc is not None]
+        return float(np.mean(drops)) if drops else None
 
 
 def top_latents(z: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:

@@ -81,6 +81,7 @@ class EvalResults:
                 r.baseline_auc for r in self.probing.values()
             )
             drops = [r.ood_drop for r in self.probing.values()]
+            # The same tasks qualify for every seed (labels do not depend on the SAE).
             out[names.STRESS_OOD_PROBE_DROP] = (
                 None if any(d is None for d in drops) else _mean(d for d in drops if d is not None)
             )
@@ -108,6 +109,7 @@ def run_evals(
     acts: ActivationSet,
     saes: Sequence[tuple[int, Any]],
     base_model: HookedTransformer | None,
+    progress: bool = False,
 ) -> EvalResults:
     """`saes`: (seed, inference SAE as saved and reloaded) for every seed of the trial."""
     ev, res = cfg.evals, EvalResults()
@@ -122,7 +124,9 @@ def run_evals(
             hooks = mlp_hooks(base_model, acts.hook)
             rows = extract_rows(base_model, int(acts.p or 0), list(hooks), acts.position)
             idx = acts.train_rows
-            res.transcoder = transcoder_stress(cfg, rows[hooks[0]][idx], rows[hooks[1]][idx], hooks)
+            res.transcoder = transcoder_stress(
+                cfg, rows[hooks[0]][idx], rows[hooks[1]][idx], hooks, progress
+            )
             res.seconds["transcoder"] = time.perf_counter() - start
     if ev.ood:
         if acts.ood is None:

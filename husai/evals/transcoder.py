@@ -66,12 +66,21 @@ def transcoder_stress(
     mlp_in: torch.Tensor,
     mlp_out: torch.Tensor,
     hooks: tuple[str, str],
+    progress: bool = False,
 ) -> TranscoderStress:
     """`mlp_in`, `mlp_out`: [n_train, d] rows of the trial's training split, row-aligned."""
     start = time.perf_counter()
     seeds = cfg.trial.seeds
-    transcoders = [train_sae(cfg.sae, cfg.train, mlp_in, s, target=mlp_out).decoder for s in seeds]
-    saes = [train_sae(cfg.sae, cfg.train, mlp_in, s).decoder for s in seeds]
+    transcoders = [
+        train_sae(
+            cfg.sae, cfg.train, mlp_in, s, progress=progress, target=mlp_out, label="transcoder"
+        ).decoder
+        for s in seeds
+    ]
+    saes = [
+        train_sae(cfg.sae, cfg.train, mlp_in, s, progress=progress, label="MLP-in SAE").decoder
+        for s in seeds
+    ]
     t_mat = pairwise(transcoders, int(mlp_out.shape[1]))["pw_mcc"]
     s_mat = pairwise(saes, int(mlp_in.shape[1]))["pw_mcc"]
     d = paired_seed_delta(t_mat, s_mat, cfg.trial.bootstrap_samples, cfg.trial.bootstrap_seed)
