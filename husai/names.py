@@ -140,6 +140,9 @@ def eval_skipped_tag(name: str) -> str:
 
 
 EVAL_SKIPPED_PREFIX = "husai.eval_skipped."
+# The transcoder stress depends on the recipe without lambda: trials differing only in lambda
+# share one computation (cached); this tag says the trial reused it.
+TAG_TRANSCODER_CACHED = "husai.transcoder_stress_cached"
 
 
 # --- training curves (seed runs, per step) ------------------------------------------------------

@@ -234,7 +234,7 @@ def record_trial(
         **ray_tags(src.ray_trial_id, src.ray_node_id),
     }
     if result.evals is not None:
-        tags.update({names.eval_skipped_tag(k): why for k, why in result.evals.skipped.items()})
+        tags.update(result.evals.tags())
     name = f"trial-{s.architecture}-k{s.k}-d{s.d_sae}-lam{cfg.consistency.lam:g}"
     seed_runs: dict[int, str] = {}
     params = trial_params(cfg, acts, src)

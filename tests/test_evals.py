@@ -140,6 +140,19 @@ def test_every_seed_of_a_trial_is_evaluated_and_recorded(
             assert key in s.data.metrics, (key, s.data.tags[names.TAG_SEED])
     per_seed = [s.data.metrics[names.EXTERNAL_PROBE_DELTA] for s in seeds]
     assert m[names.EXTERNAL_PROBE_DELTA] == pytest.approx(np.mean(per_seed))
+    assert names.TAG_TRANSCODER_CACHED not in trial.data.tags
+
+    # Trained again: the transcoder stress (independent of lambda) comes from the cache, equal.
+    assert main(["trial", "--config", str(cfg), "--rerun", "yes"]) == 0
+    again = [
+        r
+        for r in all_runs(tracker)
+        if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL
+        and r.info.run_id != trial.info.run_id
+    ][0]
+    assert again.data.tags[names.TAG_TRANSCODER_CACHED] == "true"
+    for key in (names.STRESS_TRANSCODER_DELTA, names.STRESS_TRANSCODER_DELTA_LCB):
+        assert again.data.metrics[key] == m[key]
 
 
 def test_user_activations_skip_evals_they_cannot_support(

@@ -20,7 +20,12 @@ from husai.evals.contrastive import ContrastiveResult, contrastive_eval
 from husai.evals.ood import OODResult, ood_recon
 from husai.evals.probing import ProbeResult, probe_task
 from husai.evals.tasks import task_labels
-from husai.evals.transcoder import TranscoderStress, transcoder_stress
+from husai.evals.transcoder import (
+    TranscoderStress,
+    cached_transcoder_stress,
+    stress_key,
+    transcoder_stress,
+)
 from husai.metrics import reconstruct
 from husai.stability import seed_mean_ci
 
@@ -37,6 +42,13 @@ class EvalResults:
     contrastive: dict[int, ContrastiveResult] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # eval -> why it could not run
+
+    def tags(self) -> dict[str, str]:
+        """Why an eval was skipped; that the transcoder stress came from the cache."""
+        out = {names.eval_skipped_tag(k): why for k, why in self.skipped.items()}
+        if self.transcoder is not None and self.transcoder.cached:
+            out[names.TAG_TRANSCODER_CACHED] = "true"
+        return out
 
     def seed_metrics(self, seed: int) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
@@ -119,14 +131,19 @@ def run_evals(
             res.skipped["transcoder"] = "needs the base model the activations came from"
         else:
             start = time.perf_counter()
-            from husai.activations import extract_rows, mlp_hooks
+            from husai.activations import cache_root, extract_rows, mlp_hooks
 
-            hooks = mlp_hooks(base_model, acts.hook)
-            rows = extract_rows(base_model, int(acts.p or 0), list(hooks), acts.position)
-            idx = acts.train_rows
-            res.transcoder = transcoder_stress(
-                cfg, rows[hooks[0]][idx], rows[hooks[1]][idx], hooks, progress
-            )
+            model, hooks = base_model, mlp_hooks(base_model, acts.hook)
+            p, position, idx = int(acts.p or 0), acts.position, acts.train_rows
+
+            def compute() -> TranscoderStress:
+                rows = extract_rows(model, p, list(hooks), position)
+                mlp_in, mlp_out = rows[hooks[0]][idx], rows[hooks[1]][idx]
+                return transcoder_stress(cfg, mlp_in, mlp_out, hooks, progress)
+
+            key = stress_key(cfg, acts.key, hooks)
+            cache = cache_root() / "evals" / "transcoder" / f"{key}.json"
+            res.transcoder = cached_transcoder_stress(cache, compute)
             res.seconds["transcoder"] = time.perf_counter() - start
     if ev.ood:
         if acts.ood is None:
@@ -140,12 +157,18 @@ def run_evals(
             res.skipped[name] = "needs (a, b) pairs behind the rows: activations from a base model"
     if ev.probing and labelled:
         start = time.perf_counter()
-        res.probing = {seed: _probe(cfg, acts, sae) for seed, sae in saes}
-        res.seconds["probing"] = time.perf_counter() - start
+        try:
+            res.probing = {seed: _probe(cfg, acts, sae) for seed, sae in saes}
+            res.seconds["probing"] = time.perf_counter() - start
+        except ValueError as e:  # too few rows for any task: data, not a bug
+            res.skipped["probing"] = str(e)
     if ev.contrastive and labelled:
         start = time.perf_counter()
-        res.contrastive = {seed: _contrastive(acts, sae) for seed, sae in saes}
-        res.seconds["contrastive"] = time.perf_counter() - start
+        try:
+            res.contrastive = {seed: _contrastive(acts, sae) for seed, sae in saes}
+            res.seconds["contrastive"] = time.perf_counter() - start
+        except ValueError as e:
+            res.skipped["contrastive"] = str(e)
     return res
 
 
@@ -161,6 +184,11 @@ def _probe(cfg: ExperimentConfig, acts: ActivationSet, sae: Any) -> ProbeResult:
     z_ood = y_ood = None
     if acts.ood is not None and acts.ood_rows is not None:
         z_ood, y_ood = _latents(sae, acts.ood), task_labels(acts.ood_rows.numpy(), p)
+    # A task needs both classes among the probe-train and the held-out rows (tiny p can
+    # leave one out); the others still count.
+    tasks = [t for t in y_tr if len(set(y_tr[t])) == 2 and len(set(y_te[t])) == 2]
+    if not tasks:
+        raise ValueError("no probing task has both classes in the train and held-out rows")
     return ProbeResult(
         [
             probe_task(
@@ -175,7 +203,7 @@ def _probe(cfg: ExperimentConfig, acts: ActivationSet, sae: Any) -> ProbeResult:
                 z_ood,
                 None if y_ood is None else y_ood[task],
             )
-            for task in y_tr
+            for task in tasks
         ]
     )
 

@@ -5,12 +5,19 @@ With the trial's architecture, k, d_sae, training settings and seeds (no consist
 N transcoders MLP in -> MLP out and N SAEs on the MLP input, on the trial's own training rows.
 `transcoder_delta` = pw_mcc(transcoders) - pw_mcc(SAEs); its CI resamples seeds, the same
 draw for both families (seed s of one is paired with seed s of the other).
+
+The result depends on the recipe without its consistency lambda, so trials of a sweep that
+differ only in lambda share it: it is cached on disk (`cached_transcoder_stress`) under a hash
+of everything it depends on.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,7 +45,8 @@ class TranscoderStress:
     delta_ucb: float | None
     mlp_in_hook: str
     mlp_out_hook: str
-    seconds: float
+    seconds: float  # spent here: ~0 when `cached`
+    cached: bool = False
 
 
 def paired_seed_delta(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> PairedDelta:
@@ -94,3 +102,41 @@ def transcoder_stress(
         mlp_out_hook=hooks[1],
         seconds=time.perf_counter() - start,
     )
+
+
+def stress_key(cfg: ExperimentConfig, activation_key: str, hooks: tuple[str, str]) -> str:
+    import husai
+    from husai.config import stable_hash
+
+    t = cfg.trial
+    return stable_hash(
+        {
+            "activations": activation_key,
+            "hooks": list(hooks),
+            "sae": cfg.sae,
+            "train": cfg.train,
+            "seeds": list(t.seeds),
+            "bootstrap": [t.bootstrap_samples, t.bootstrap_seed],
+            "metric_version": husai.metric_version,
+        }
+    )
+
+
+def cached_transcoder_stress(
+    cache_file: Path,
+    compute: Callable[[], TranscoderStress],
+) -> TranscoderStress:
+    """The stored result if `cache_file` holds one, else `compute()` stored atomically."""
+    start = time.perf_counter()
+    if cache_file.exists():
+        try:
+            found = TranscoderStress(**json.loads(cache_file.read_text()))
+            return replace(found, seconds=time.perf_counter() - start, cached=True)
+        except (ValueError, TypeError):
+            pass  # a damaged entry is recomputed and replaced
+    result = compute()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".tmp-{id(result)}")
+    tmp.write_text(json.dumps(asdict(result)))
+    tmp.replace(cache_file)
+    return result
