@@ -23,9 +23,11 @@ $(DEV_STAMP): $(STAMP)
 	touch $@
 
 # The quick sweep: base model (trained once) -> activations (cached) -> Ray Tune + Optuna over
-# k, d_sae and lambda -> best trial registered as husai-sae@candidate. A second run reuses all.
+# k, d_sae and lambda -> best trial registered as husai-sae@candidate -> the release gate on it
+# (exit 2 = blocked is a result, not a failure of the demo). A second run reuses all.
 demo: $(STAMP)
 	$(BIN)/husai sweep --sweep sweeps/quick.yaml
+	$(BIN)/husai gate --policy gates/default.yaml --alias candidate || [ $$? -eq 2 ]
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check husai tests benchmarks

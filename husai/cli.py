@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sweep":
             _sweep_options(p)
             continue
+        if name == "gate":
+            _gate_options(p)
+            continue
         if name == "export":
             p.add_argument("--version", type=str, required=True, help="husai-sae version number")
             p.add_argument("--out", type=str, required=True, help="new folder to write")
@@ -105,6 +108,7 @@ COMMAND_HELP = {
     "extract": "cache and log the base model's activations (trains the base model if needed)",
     "trial": "train one SAE recipe with several seeds; held-out metrics and cross-seed stability",
     "sweep": "Ray Tune + Optuna over a sweep file; trials nested under one sweep run",
+    "gate": "judge a husai-sae version by a policy: promote to champion or block, with reasons",
     "export": "write a husai-sae version as a plain sae-lens folder (for SAEBench, CE-Bench)",
 }
 
@@ -211,6 +215,48 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", type=str, default="gates/default.yaml", help="gate policy file")
+    p.add_argument("--version", type=str, default="", help="husai-sae version number")
+    p.add_argument("--alias", type=str, default="", help="or the version an alias points at")
+    _yes_no(p, "--dry-run", "evaluate and print only: no tags, no gate run, no alias")
+    p.add_argument("--tracking-uri", type=str, default="", help="MLflow store")
+
+
+EXIT_GATE_BLOCKED = 2
+EXIT_GATE_ERROR = 1
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    """Exit 0 on pass, 2 on block, 1 when there is nothing to judge or the policy is bad."""
+    from husai.gate import load_policy, render_table
+    from husai.gate_apply import run_gate
+    from husai.tracking import Tracker
+
+    try:
+        if bool(args.version) == bool(args.alias):
+            raise InputError("give exactly one of --version N and --alias NAME")
+        policy = load_policy(args.policy)
+        tracker = Tracker(args.tracking_uri or None)
+        out = run_gate(
+            tracker,
+            policy,
+            version=args.version or None,
+            alias=args.alias or None,
+            dry_run=args.dry_run == "yes",
+        )
+    except InputError as e:
+        print(f"husai gate: error: {e}", file=sys.stderr)
+        return EXIT_GATE_ERROR
+    print(render_table(out.decision))
+    if out.gate_run_id is None:
+        print("dry run: nothing recorded, no alias moved")
+    else:
+        moved = f"; alias champion -> version {out.decision.version}" if out.promoted else ""
+        print(f"gate run {out.gate_run_id} in experiment {names.EXPERIMENT_GATES}{moved}")
+    return 0 if out.decision.pass_all else EXIT_GATE_BLOCKED
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from husai.export import export_sae
     from husai.tracking import Tracker
@@ -237,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_sweep(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "gate":
+            return cmd_gate(args)
         cfg = resolve(Path(args.config) if args.config else None, args.preset)
         return COMMANDS[args.command](cfg, args)
     except InputError as e:

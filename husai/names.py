@@ -226,3 +226,32 @@ def config_param(section: str, field: str) -> str:
 
 def package_tag(distribution: str) -> str:
     return TAG_PACKAGE_PREFIX + distribution
+
+
+# --- release gate (shared/DESIGN.md 4.8) ---------------------------------------------------------
+KIND_GATE = "gate"
+PARAM_GATE_POLICY = "gate.policy"
+PARAM_GATE_VERSION = "gate.model_version"
+PARAM_GATE_CHAMPION = "gate.champion_version"  # "none" when there was no champion yet
+GATE_PASS_ALL = "gate/pass_all"  # 1 or 0, on the gate run
+TAG_DECISION = "husai.gate_decision"  # pass / block, on the gate run
+ARTIFACT_GATE = "gate"  # gate run artifact folder: decision.json + decision.md
+
+
+def gate_tag(policy: str, check: str) -> str:
+    """Version tag `gate.<policy>.<check>` = pass / fail."""
+    return f"gate.{policy}.{check}"
+
+
+def gateable_metrics() -> frozenset[str]:
+    """Every key a gate policy may name: the trial-run metrics of shared/DESIGN.md section 5."""
+    keys = {stability_key(b, s) for b in STABILITY_BASES for s in STABILITY_SUFFIXES}
+    keys |= set(RECON_KEYS.values())
+    keys |= {
+        v
+        for k, v in globals().items()
+        if k.startswith(("STRESS_", "EXTERNAL_", "CONSISTENCY_"))
+        and isinstance(v, str)
+        and "/" in v
+    }
+    return frozenset(keys)

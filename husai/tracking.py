@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -349,6 +350,26 @@ class Tracker:
         dst.mkdir(parents=True, exist_ok=True)
         uri = f"models:/{model_name}/{mv.version}"
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+
+    def model_version(self, model_name: str, version: str | None, alias: str | None) -> Any:
+        """The version by number or alias; None if there is no such version or alias."""
+        try:
+            if alias is not None:
+                return self.client.get_model_version_by_alias(model_name, alias)
+            return self.client.get_model_version(model_name, str(version))
+        except MlflowException:
+            return None
+
+    def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(model_name, version, k, v)
+
+    def log_texts(self, run_id: str, files: Mapping[str, str], artifact_path: str) -> None:
+        """Small text artifacts (reports), written to a temporary folder and logged."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in files.items():
+                (Path(tmp) / name).write_text(text)
+            self.client.log_artifacts(run_id, tmp, artifact_path)
 
     def set_alias(self, model_name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name, alias, version)

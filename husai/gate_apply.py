@@ -1,0 +1,133 @@
+"""Apply the release gate to the registry: read one `husai-sae` version (and the champion),
+evaluate the policy (`husai.gate.evaluate`), record the decision, move `champion` on a pass.
+
+Where a metric is read from: the version's trial run first (trial-level keys), else the child
+run of the seed the version was registered from (the version *is* that seed's SAE). Anything
+else is missing, and a required check on it fails.
+
+Order of writes, so that an interrupted or concurrent gate never leaves a half-written
+decision: (1) a gate run in `husai-gates` with the whole decision as JSON and Markdown,
+(2) one tag per check, (3) `gate.<policy>.reasons`, then `gate.<policy>.pass_all` last, which is
+what marks the decision complete, (4) on a pass, the alias, after re-reading the champion: if
+another gate moved it meanwhile, the version is judged again against the new one. An alias
+names one version, so two champions cannot exist.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from husai import names
+from husai.config import InputError
+from husai.gate import GateDecision, Policy, Reading, evaluate
+from husai.tracking import Tracker
+
+MAX_CHAMPION_RACES = 5
+
+
+class GateError(InputError):
+    """Nothing to judge (no such version or alias); the message is one line."""
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    decision: GateDecision
+    gate_run_id: str | None  # None for --dry-run
+    promoted: bool
+
+
+def readings(tracker: Tracker, mv: Any) -> dict[str, Reading]:
+    """Every gateable metric of a model version, with the run it came from."""
+    out: dict[str, Reading] = {}
+    trial_id = mv.tags.get(names.TAG_TRIAL_RUN_ID) or mv.run_id
+    seed = mv.tags.get(names.TAG_SEED)
+    seed_runs = [
+        r
+        for r in tracker.child_runs(trial_id)
+        if seed is not None and r.data.tags.get(names.TAG_SEED) == seed
+    ]
+    sources = [(tracker.get_run_metrics(trial_id), f"run {trial_id}")]
+    sources += [(dict(r.data.metrics), f"seed run {r.info.run_id}") for r in seed_runs[:1]]
+    for key in names.gateable_metrics():
+        for metrics, where in sources:
+            if key in metrics:
+                out[key] = Reading(float(metrics[key]), where)
+                break
+    return out
+
+
+def _version(tracker: Tracker, version: str | None, alias: str | None) -> Any:
+    mv = tracker.model_version(names.SAE_MODEL_NAME, version, alias)
+    if mv is None:
+        what = f"alias {alias!r}" if alias is not None else f"version {version!r}"
+        raise GateError(f"{names.SAE_MODEL_NAME} has no {what} in {tracker.uri}")
+    return mv
+
+
+def run_gate(
+    tracker: Tracker,
+    policy: Policy,
+    version: str | None = None,
+    alias: str | None = None,
+    dry_run: bool = False,
+) -> GateOutcome:
+    mv = _version(tracker, version, alias)
+    v = str(mv.version)
+    mine = readings(tracker, mv)
+    for _ in range(MAX_CHAMPION_RACES):
+        champ_mv = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
+        champion = None
+        if champ_mv is not None and str(champ_mv.version) != v:
+            champion = (str(champ_mv.version), readings(tracker, champ_mv))
+        decision = evaluate(policy, v, mine, champion)
+        if dry_run:
+            return GateOutcome(decision, None, False)
+        run_id = _record(tracker, policy, decision)
+        if not decision.pass_all:
+            return GateOutcome(decision, run_id, False)
+        now = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
+        if (now and str(now.version)) == (champ_mv and str(champ_mv.version)):
+            tracker.set_alias(names.SAE_MODEL_NAME, names.ALIAS_CHAMPION, v)
+            return GateOutcome(decision, run_id, True)
+        # Another gate promoted a version while this one was judging: judge against it.
+    raise GateError(f"the champion kept moving during {MAX_CHAMPION_RACES} evaluations; run again")
+
+
+def _record(tracker: Tracker, policy: Policy, d: GateDecision) -> str:
+    from husai.gate import render_markdown
+
+    tags = {
+        **tracker.standard_tags("", names.KIND_GATE, "gate"),
+        names.TAG_DECISION: "pass" if d.pass_all else "block",
+    }
+    params = {
+        names.PARAM_GATE_POLICY: policy.name,
+        names.PARAM_GATE_VERSION: d.version,
+        names.PARAM_GATE_CHAMPION: d.champion_version or "none",
+    }
+    name = f"gate-{policy.name}-v{d.version}"
+    with tracker.run(names.EXPERIMENT_GATES, name, tags, params) as run_id:
+        values = {f"value/{c.metric}": c.value for c in d.checks if c.value is not None}
+        tracker.log_metrics(run_id, {**values, names.GATE_PASS_ALL: float(d.pass_all)})
+        tracker.log_texts(
+            run_id,
+            {
+                "decision.json": json.dumps(d.as_dict(), indent=2, sort_keys=True),
+                "decision.md": render_markdown(d),
+            },
+            names.ARTIFACT_GATE,
+        )
+    version_tags = {
+        names.gate_tag(policy.name, c.check): "pass" if c.passed else "fail" for c in d.checks
+    }
+    version_tags[names.gate_tag(policy.name, "reasons")] = d.reasons[:4900]
+    version_tags[names.gate_tag(policy.name, "run_id")] = run_id
+    tracker.set_version_tags(names.SAE_MODEL_NAME, d.version, version_tags)
+    tracker.set_version_tags(
+        names.SAE_MODEL_NAME,
+        d.version,
+        {names.gate_tag(policy.name, "pass_all"): str(d.pass_all).lower()},
+    )
+    return run_id
