@@ -197,12 +197,12 @@ def render_table(d: GateDecision) -> str:
     """The per-check table (80 columns) and the decision, as `husai gate` prints it."""
     champion = d.champion_version or "none"
     lines = [f"gate {d.policy} on husai-sae version {d.version} (champion: {champion})"]
-    lines.append(f"  {'check':<30} {'value':>9}  {'rule':<12} {'verdict':<8}")
+    lines.append(f"  {'check':<32} {'value':>9}  {'rule':<12} {'verdict':<8}")
     for c in d.checks:
         value = "missing" if c.value is None else f"{c.value:.4f}"
         verdict = ("pass" if c.passed else "FAIL") + ("" if c.required else " (opt)")
         lines.append(
-            f"  {c.check:<30} {value:>9}  {c.op + ' ' + format(c.threshold, 'g'):<12} {verdict}"
+            f"  {c.check:<32} {value:>9}  {c.op + ' ' + format(c.threshold, 'g'):<12} {verdict}"
         )
     lines.append(f"decision: {'PASS -> champion' if d.pass_all else 'BLOCKED'}: {d.reasons}")
     return "\n".join(lines)
@@ -219,13 +219,19 @@ def render_markdown(d: GateDecision) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in d.checks:
-        champ = (
-            ""
-            if c.champion_margin is None
-            else f"{c.champion_value} (margin {c.champion_margin:g})"
-        )
+        champ = ""
+        if c.champion_margin is not None:
+            shown = (
+                "no champion"
+                if d.champion_version is None
+                else "missing"
+                if c.champion_value is None
+                else f"{c.champion_value:.4f}"
+            )
+            champ = f"{shown} (margin {c.champion_margin:g})"
+        value = "missing" if c.value is None else f"{c.value:.4f}"
         out.append(
-            f"| {c.check} | `{c.metric}` | {c.value} | {c.op} {c.threshold:g} | {c.required} | "
+            f"| {c.check} | `{c.metric}` | {value} | {c.op} {c.threshold:g} | {c.required} | "
             f"{champ} | {'pass' if c.passed else 'fail'} | {c.source} | {c.reason} |"
         )
     return "\n".join(out) + "\n"
