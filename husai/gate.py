@@ -205,7 +205,7 @@ def render_table(d: GateDecision) -> str:
             f"  {c.check:<32} {value:>9}  {c.op + ' ' + format(c.threshold, 'g'):<12} {verdict}"
         )
     lines.append(f"decision: {'PASS -> champion' if d.pass_all else 'BLOCKED'}: {d.reasons}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def render_markdown(d: GateDecision) -> str:
