@@ -22,12 +22,12 @@ $(DEV_STAMP): $(STAMP)
 	$(PIP) install -e '.[dev]'
 	touch $@
 
-# The quick sweep: base model (trained once) -> activations (cached) -> Ray Tune + Optuna over
-# k, d_sae and lambda -> best trial registered as husai-sae@candidate -> the release gate on it
-# (exit 2 = blocked is a result, not a failure of the demo). A second run reuses all.
+# The main job (`husai pipeline`, MLproject `main`): base model (trained once) -> activations
+# (cached) -> Ray Tune + Optuna over k, d_sae and lambda -> best trial registered as
+# husai-sae@candidate -> report -> release gate -> summary. Exit 2 = the gate blocked: a
+# result, not a failure of the demo. A second run reuses everything.
 demo: $(STAMP)
-	$(BIN)/husai sweep --sweep sweeps/quick.yaml
-	$(BIN)/husai gate --policy gates/default.yaml --alias candidate || [ $$? -eq 2 ]
+	$(BIN)/husai pipeline --sweep sweeps/quick.yaml --policy gates/default.yaml || [ $$? -eq 2 ]
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check husai tests benchmarks

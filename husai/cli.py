@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "gate":
             _gate_options(p)
             continue
+        if name == "pipeline":
+            _sweep_options(p, resume=False)
+            p.add_argument("--policy", type=str, default="gates/default.yaml", help="gate policy")
+            continue
+        if name == "report":
+            p.add_argument("--sweep-run", type=str, required=True, help="sweep run id")
+            p.add_argument("--tracking-uri", type=str, default="", help="MLflow store")
+            continue
         if name == "export":
             p.add_argument("--version", type=str, required=True, help="husai-sae version number")
             p.add_argument("--out", type=str, required=True, help="new folder to write")
@@ -85,16 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sweep_options(p: argparse.ArgumentParser) -> None:
+def _sweep_options(p: argparse.ArgumentParser, resume: bool = True) -> None:
     p.add_argument("--sweep", type=str, default="sweeps/quick.yaml", help="sweep file")
     _yes_no(p, "--smoke", "tiny run (the sweep file's smoke section)")
     p.add_argument(
         "--tracking-uri", type=str, default="", help="MLflow store (as for the other commands)"
     )
-    _yes_no(
-        p, "--resume", "continue the newest interrupted sweep of this file (keeps finished trials)"
-    )
-    _yes_no(p, "--rerun", "run again even if this exact sweep (file + activations) finished")
+    if resume:
+        _yes_no(
+            p,
+            "--resume",
+            "continue the newest interrupted sweep of this file (keeps finished trials)",
+        )
+        _yes_no(p, "--rerun", "run again even if this exact sweep (file + activations) finished")
     p.add_argument(
         "--ray-address",
         type=str,
@@ -108,6 +119,8 @@ COMMAND_HELP = {
     "extract": "cache and log the base model's activations (trains the base model if needed)",
     "trial": "train one SAE recipe with several seeds; held-out metrics and cross-seed stability",
     "sweep": "Ray Tune + Optuna over a sweep file; trials nested under one sweep run",
+    "pipeline": "base model -> activations -> sweep -> report -> gate, with a summary",
+    "report": "plots, trials table and an HTML page for a sweep run, logged to it",
     "gate": "judge a husai-sae version by a policy: promote to champion or block, with reasons",
     "export": "write a husai-sae version as a plain sae-lens folder (for SAEBench, CE-Bench)",
 }
@@ -257,6 +270,40 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 0 if out.decision.pass_all else EXIT_GATE_BLOCKED
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from husai.pipeline import StepFailed, run_pipeline, summary
+    from husai.tracking import Tracker
+
+    try:
+        res = run_pipeline(
+            Path(args.sweep),
+            Path(args.policy),
+            smoke=args.smoke == "yes",
+            tracking_uri=args.tracking_uri or None,
+            ray_address=args.ray_address or None,
+        )
+    except StepFailed as e:
+        print(f"husai pipeline: {e}", file=sys.stderr)
+        return 1
+    print(summary(res, Tracker(args.tracking_uri or None).uri))
+    return 0 if res.gate.decision.pass_all else EXIT_GATE_BLOCKED
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from husai.sweep_report import log_sweep_report
+    from husai.tracking import Tracker
+
+    tracker = Tracker(args.tracking_uri or None)
+    if not tracker.run_exists(args.sweep_run):
+        raise InputError(f"--sweep-run: no run {args.sweep_run!r} in {tracker.uri}")
+    rep = log_sweep_report(tracker, args.sweep_run)
+    print(
+        f"report for sweep run {args.sweep_run}: {rep.n_trials} trials ({rep.n_finished} "
+        f"finished); logged under {names.ARTIFACT_REPORT}/: {', '.join(rep.files)}"
+    )
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from husai.export import export_sae
     from husai.tracking import Tracker
@@ -285,6 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_export(args)
         if args.command == "gate":
             return cmd_gate(args)
+        if args.command == "pipeline":
+            return cmd_pipeline(args)
+        if args.command == "report":
+            return cmd_report(args)
         cfg = resolve(Path(args.config) if args.config else None, args.preset)
         return COMMANDS[args.command](cfg, args)
     except InputError as e:

@@ -236,6 +236,7 @@ PARAM_GATE_CHAMPION = "gate.champion_version"  # "none" when there was no champi
 GATE_PASS_ALL = "gate/pass_all"  # 1 or 0, on the gate run
 TAG_DECISION = "husai.gate_decision"  # pass / block, on the gate run
 ARTIFACT_GATE = "gate"  # gate run artifact folder: decision.json + decision.md
+ARTIFACT_REPORT = "report"  # sweep run artifact folder: plots, trials table, report.html
 
 
 def gate_tag(policy: str, check: str) -> str:

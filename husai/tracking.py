@@ -217,6 +217,13 @@ class Tracker:
         )
         return runs[0] if runs else None
 
+    def run_exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return True
+
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
