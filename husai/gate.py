@@ -12,6 +12,7 @@ finite fails.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -204,7 +205,15 @@ def render_table(d: GateDecision) -> str:
         lines.append(
             f"  {c.check:<32} {value:>9}  {c.op + ' ' + format(c.threshold, 'g'):<12} {verdict}"
         )
-    lines.append(f"decision: {'PASS -> champion' if d.pass_all else 'BLOCKED'}: {d.reasons}")
+    if d.pass_all:
+        lines.append("decision: PASS -> champion")
+    else:
+        failed = [c.check for c in d.checks if c.required and not c.passed]
+        lines.append(
+            textwrap.fill(
+                f"decision: BLOCKED by {', '.join(failed)}", width=78, subsequent_indent="  "
+            )
+        )
     return "\n".join(line.rstrip() for line in lines)
 
 
