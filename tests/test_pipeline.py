@@ -88,3 +88,28 @@ def test_a_bad_policy_fails_before_any_compute(
     code = main(["pipeline", "--sweep", str(write_sweep(tmp_path)), "--policy", str(bad)])
     assert code == 2 and "unknown metric" in capsys.readouterr().err
     assert not Path(isolated_store.removeprefix("sqlite:///")).exists()
+
+
+def test_a_failing_step_names_itself_and_keeps_earlier_records(
+    tmp_path: Path,
+    isolated_store: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # About our own step logic: the sweep step is replaced by one that raises (said so here);
+    # the base model and activations before it are real and must stay recorded.
+    import husai.tune
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Ray cluster unreachable")
+
+    monkeypatch.setattr(husai.tune, "run_sweep", broken)
+    policy = str(ROOT / "gates" / "default.yaml")
+    code = main(["pipeline", "--sweep", str(write_sweep(tmp_path)), "--policy", policy])
+    err = capsys.readouterr().err
+    assert code == 1 and "step 'sweep' failed (RuntimeError: Ray cluster unreachable)" in err
+    assert "steps before it are recorded" in err
+    c = Tracker(isolated_store).client
+    assert c.search_model_versions(f"name = '{names.BASE_MODEL_NAME}'")
+    acts = c.get_experiment_by_name(names.EXPERIMENT_ACTIVATIONS)
+    assert [r.info.status for r in c.search_runs([acts.experiment_id])] == ["FINISHED"]
