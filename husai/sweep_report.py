@@ -166,7 +166,7 @@ def plot_pareto(df: pd.DataFrame, path: Path) -> Path:
 def plot_lambda_effect(df: pd.DataFrame, path: Path) -> Path:
     d = _finished(df).sort_values(names.PARAM_LAMBDA)
     keys = ("stability/pw_mcc", names.CONSISTENCY_ALIGNMENT, names.RECON_EV)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharex=True)
     for ax, key in zip(axes, keys, strict=True):
         for (k, ds), g in d.groupby([names.PARAM_K, names.PARAM_D_SAE]):
             ax.plot(g[names.PARAM_LAMBDA], g[key], "o-", label=f"k {k}, d_sae {ds}")
