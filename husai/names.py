@@ -184,6 +184,8 @@ TAG_SWEEP_HASH = "husai.sweep_hash"  # SweepConfig.fingerprint: an identical swe
 TAG_STOPPED_EARLY = "husai.stopped_early"  # a trial ASHA stopped before all its seeds
 TAG_RAY_TRIAL_ID = "husai.ray_trial_id"  # the Tune trial a sweep's trial run came from
 TAG_RAY_NODE_ID = "husai.ray_node_id"  # the Ray node that trained it
+MLFLOW_PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag, for searches
+TAG_RAY_TEMP_DIR = "husai.ray_temp_dir"  # the sweep's private Ray instance, for --resume cleanup
 PARAM_SEEDS = "seeds"
 PARAM_N_SEEDS = "n_seeds"
 

@@ -11,6 +11,7 @@ objective) is tagged on the sweep run and its representative SAE becomes `husai-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import warnings
@@ -96,21 +97,36 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
         ray_trial_id=tune.get_context().get_trial_id(),
         ray_node_id=ray.get_runtime_context().get_node_id(),
     )
-    refs, plain = prepare_consistency(cfg, acts, tracker, src, base_model, ctx.sweep_run_id)
-
-    def on_seed(recons: list[Any]) -> None:
-        fvu = sum(r.fvu for r in recons) / len(recons)
-        tune.report({ASHA_METRIC: fvu, SEEDS_DONE: len(recons), NODE_ID: src.ray_node_id})
-
-    _, rec = run_and_record(
-        cfg, acts, tracker, src, base_model, refs, plain, ctx.sweep_run_id, on_seed
+    # A driver killed after this trial was recorded but before Tune saved that it finished:
+    # on --resume Tune runs it again. The record is the result; never a second trial run.
+    done = tracker.find_runs(
+        names.EXPERIMENT_SWEEP_PREFIX + cfg.name,
+        {},
+        {
+            names.TAG_KIND: names.KIND_TRIAL,
+            names.TAG_RAY_TRIAL_ID: src.ray_trial_id or "",
+            names.MLFLOW_PARENT_TAG: ctx.sweep_run_id,
+        },
     )
-    final = tracker.get_run_metrics(rec.run_id)
+    if done:
+        run_id = done[0]
+    else:
+        refs, plain = prepare_consistency(cfg, acts, tracker, src, base_model, ctx.sweep_run_id)
+
+        def on_seed(recons: list[Any]) -> None:
+            fvu = sum(r.fvu for r in recons) / len(recons)
+            tune.report({ASHA_METRIC: fvu, SEEDS_DONE: len(recons), NODE_ID: src.ray_node_id})
+
+        _, rec = run_and_record(
+            cfg, acts, tracker, src, base_model, refs, plain, ctx.sweep_run_id, on_seed
+        )
+        run_id = rec.run_id
+    final = tracker.get_run_metrics(run_id)
     tune.report(
         {
             **final,
             SEEDS_DONE: len(cfg.trial.seeds) + 1,
-            TRIAL_RUN_ID: rec.run_id,
+            TRIAL_RUN_ID: run_id,
             NODE_ID: src.ray_node_id,
         }
     )
@@ -141,23 +157,43 @@ def keep_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def _start_ray(address: str | None) -> None:
-    """Connect to `address` (or RAY_ADDRESS); else start a private local instance on loopback.
-    `ray.shutdown()` afterwards stops the one or disconnects from the other."""
+def kill_private_ray(temp_dir: str) -> int:
+    """Kill what is left of a private Ray instance (its processes name its unique temp dir):
+    after a SIGKILL of the driver, Ray's helpers outlive it. Never `ray stop`, which would
+    kill every Ray process of the user. Returns how many were killed."""
+    import psutil
+
+    if "husai-ray-" not in temp_dir:
+        return 0  # only ever our own private instances
+    killed = 0
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if temp_dir in " ".join(proc.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                killed += 1
+    return killed
+
+
+def _start_ray(address: str | None) -> str | None:
+    """Connect to `address` (or RAY_ADDRESS); else start a private local instance on loopback
+    and return its temp dir. `ray.shutdown()` afterwards stops the one or disconnects from the
+    other."""
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
-        return
+        return None
     # A private temp dir, stopped by us only; every address on 127.0.0.1.
     keep_on_loopback()
+    temp_dir = tempfile.mkdtemp(prefix="husai-ray-")
     ray.init(
         num_cpus=os.cpu_count() or 1,
         include_dashboard=False,
         log_to_driver=False,
-        _temp_dir=tempfile.mkdtemp(prefix="husai-ray-"),
+        _temp_dir=temp_dir,
     )
+    return temp_dir
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -279,6 +315,11 @@ def run_sweep(
                 f"--resume: sweep run {previous.info.run_id} stopped before Ray saved any state "
                 f"(no {storage / ray_name}); start the sweep again without --resume"
             )
+        left = previous.data.tags.get(names.TAG_RAY_TEMP_DIR)
+        if left and kill_private_ray(left):
+            warnings.warn(
+                f"killed what was left of the interrupted sweep's Ray ({left})", stacklevel=2
+            )
         run_ctx = tracker.reopen(previous.info.run_id)
     else:
         ray_name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -307,7 +348,9 @@ def run_sweep(
             base_run_id=base.run_id,
             base_version=base.version,
         )
-        _start_ray(ray_address)
+        temp_dir = _start_ray(ray_address)
+        if temp_dir is not None:  # so that --resume can clean up after a killed driver
+            tracker.set_tags(sweep_run_id, {names.TAG_RAY_TEMP_DIR: temp_dir})
         try:
             # Per-seed reports carry only the ASHA metric; the objective (stability) exists once
             # all seeds are trained, so Tune must not demand it in every report.

@@ -129,8 +129,9 @@ def ray_processes_left(wait_s: float = 15.0) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
-    tmp_path: Path, isolated_store: str
+    tmp_path: Path, isolated_store: str, how: str
 ) -> None:
     import os
     import signal
@@ -176,13 +177,16 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
     while not finished_trials() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, how))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "--resume yes" in err
     done_before = len(finished_trials())
     assert 1 <= done_before < 4
-    assert ray_processes_left() == []
+    if how == "SIGINT":  # Tune saves its state, the sweep run ends KILLED, Ray is shut down
+        assert proc.returncode == 130, err[-2000:]
+        assert "--resume yes" in err
+        assert ray_processes_left() == []
+    else:  # nothing ran in the driver: the sweep run is left RUNNING, Ray helpers may linger
+        assert proc.returncode == -signal.SIGKILL
 
     out = run_sweep(path, tracking_uri=isolated_store, resume=True)
     assert out.n_trials == 4  # Ray: every trial once
