@@ -215,7 +215,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     print(
         f"sweep run {out.sweep_run_id}: {out.n_trials} trials, {out.n_recorded} recorded in full "
-        f"({out.n_trials - out.n_recorded} stopped early by ASHA)"
+        f"(the others stopped early by ASHA or failed: see their runs)"
     )
     tracker = Tracker(args.tracking_uri or None)
     print_sweep_trials(tracker, out.sweep_run_id, out.best_trial_run_id)
@@ -282,9 +282,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri or None,
             ray_address=args.ray_address or None,
         )
-    except StepFailed as e:
-        print(f"husai pipeline: {e}", file=sys.stderr)
-        return 1
+    except (StepFailed, InputError) as e:
+        # 1, not 2: exit 2 means "the gate blocked" (a result); this is a failure.
+        print(f"husai pipeline: error: {e}", file=sys.stderr)
+        return EXIT_GATE_ERROR
     print(summary(res, Tracker(args.tracking_uri or None).uri))
     return 0 if res.gate.decision.pass_all else EXIT_GATE_BLOCKED
 
@@ -294,8 +295,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from husai.tracking import Tracker
 
     tracker = Tracker(args.tracking_uri or None)
-    if not tracker.run_exists(args.sweep_run):
-        raise InputError(f"--sweep-run: no run {args.sweep_run!r} in {tracker.uri}")
+    if tracker.run_kind(args.sweep_run) != names.KIND_SWEEP:
+        raise InputError(f"--sweep-run: {args.sweep_run!r} is not a sweep run in {tracker.uri}")
     rep = log_sweep_report(tracker, args.sweep_run)
     print(
         f"report for sweep run {args.sweep_run}: {rep.n_trials} trials ({rep.n_finished} "

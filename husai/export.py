@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from husai import names
 from husai.config import InputError
@@ -65,24 +66,33 @@ def export_sae(tracker: Tracker, version: str, out: Path) -> Exported:
         sae = load_sae(src)  # refuses a folder sae-lens cannot load, before anything is written
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
-        shutil.copytree(src, staging, dirs_exist_ok=True)
-        tags = mv.tags
-        (staging / "README.md").write_text(
-            README.format(
-                version=mv.version,
-                architecture=tags.get(names.TAG_ARCHITECTURE, "?"),
-                d_in=sae.cfg.d_in,
-                d_sae=sae.cfg.d_sae,
-                uri=tracker.uri,
-                trial_run_id=tags.get(names.TAG_TRIAL_RUN_ID, "?"),
-                seed=tags.get(names.TAG_SEED, "?"),
-                out=out,
-                hook=tracker.get_run_params(tags[names.TAG_TRIAL_RUN_ID]).get(names.PARAM_HOOK, "?")
-                if names.TAG_TRIAL_RUN_ID in tags
-                else "?",
-            )
-        )
-        staging.rename(out)  # all or nothing: no half-written export
+        try:
+            _fill(staging, src, mv, sae, tracker, out)
+            staging.rename(out)  # all or nothing: no half-written export
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    tags = mv.tags
     return Exported(
         version=str(mv.version), out=out, trial_run_id=tags.get(names.TAG_TRIAL_RUN_ID, "")
+    )
+
+
+def _fill(staging: Path, src: Path, mv: Any, sae: Any, tracker: Tracker, out: Path) -> None:
+    shutil.copytree(src, staging, dirs_exist_ok=True)
+    tags = mv.tags
+    trial = tags.get(names.TAG_TRIAL_RUN_ID)
+    hook = tracker.get_run_params(trial).get(names.PARAM_HOOK, "?") if trial else "?"
+    (staging / "README.md").write_text(
+        README.format(
+            version=mv.version,
+            architecture=tags.get(names.TAG_ARCHITECTURE, "?"),
+            d_in=sae.cfg.d_in,
+            d_sae=sae.cfg.d_sae,
+            uri=tracker.uri,
+            trial_run_id=trial or "?",
+            seed=tags.get(names.TAG_SEED, "?"),
+            out=out,
+            hook=hook,
+        )
     )

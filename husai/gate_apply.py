@@ -6,11 +6,15 @@ run of the seed the version was registered from (the version *is* that seed's SA
 else is missing, and a required check on it fails.
 
 Order of writes, so that an interrupted or concurrent gate never leaves a half-written
-decision: (1) a gate run in `husai-gates` with the whole decision as JSON and Markdown,
-(2) one tag per check, (3) `gate.<policy>.reasons`, then `gate.<policy>.pass_all` last, which is
-what marks the decision complete, (4) on a pass, the alias, after re-reading the champion: if
-another gate moved it meanwhile, the version is judged again against the new one. An alias
-names one version, so two champions cannot exist.
+decision: a pass is first re-checked against the champion (if another gate moved it since it
+was read, the version is judged again and nothing is recorded for the stale judgement); then
+(1) a gate run in `husai-gates` with the whole decision as JSON and Markdown, (2) the old
+`gate.<policy>.pass_all` removed, one tag per check, `reasons`, `run_id`, then `pass_all` last,
+which marks the decision complete, (3) on a pass, the alias. An alias names one version, so two
+champions cannot exist. The re-check narrows, but does not close, the window in which two
+gates passing at the same moment are each judged against the old champion (the later alias
+write wins): the registry has no compare-and-set; serialise promotions that need margins
+against each other.
 """
 
 from __future__ import annotations
@@ -78,20 +82,21 @@ def run_gate(
     mine = readings(tracker, mv)
     for _ in range(MAX_CHAMPION_RACES):
         champ_mv = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
+        was = None if champ_mv is None else str(champ_mv.version)
         champion = None
-        if champ_mv is not None and str(champ_mv.version) != v:
+        if champ_mv is not None and was != v:
             champion = (str(champ_mv.version), readings(tracker, champ_mv))
         decision = evaluate(policy, v, mine, champion)
         if dry_run:
             return GateOutcome(decision, None, False)
+        if decision.pass_all:
+            now = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
+            if (None if now is None else str(now.version)) != was:
+                continue  # another gate promoted meanwhile: judge against it, record nothing yet
         run_id = _record(tracker, policy, decision)
-        if not decision.pass_all:
-            return GateOutcome(decision, run_id, False)
-        now = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
-        if (now and str(now.version)) == (champ_mv and str(champ_mv.version)):
+        if decision.pass_all:
             tracker.set_alias(names.SAE_MODEL_NAME, names.ALIAS_CHAMPION, v)
-            return GateOutcome(decision, run_id, True)
-        # Another gate promoted a version while this one was judging: judge against it.
+        return GateOutcome(decision, run_id, decision.pass_all)
     raise GateError(f"the champion kept moving during {MAX_CHAMPION_RACES} evaluations; run again")
 
 
@@ -119,6 +124,10 @@ def _record(tracker: Tracker, policy: Policy, d: GateDecision) -> str:
             },
             names.ARTIFACT_GATE,
         )
+    # A previous verdict must not sit beside this decision's half-written tags.
+    tracker.delete_version_tag(
+        names.SAE_MODEL_NAME, d.version, names.gate_tag(policy.name, "pass_all")
+    )
     version_tags = {
         names.gate_tag(policy.name, c.check): "pass" if c.passed else "fail" for c in d.checks
     }

@@ -182,6 +182,7 @@ SWEEP_PARAM_RAY_NAME = "sweep.ray_name"  # Ray Tune experiment folder, for --res
 SWEEP_PARAM_SMOKE = "sweep.smoke"
 TAG_SWEEP_HASH = "husai.sweep_hash"  # SweepConfig.fingerprint: an identical sweep is reused
 TAG_STOPPED_EARLY = "husai.stopped_early"  # a trial ASHA stopped before all its seeds
+TAG_TRIAL_ERROR = "husai.trial_error"  # a trial that raised: the error's last line
 TAG_RAY_TRIAL_ID = "husai.ray_trial_id"  # the Tune trial a sweep's trial run came from
 TAG_RAY_NODE_ID = "husai.ray_node_id"  # the Ray node that trained it
 MLFLOW_PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag, for searches

@@ -127,7 +127,13 @@ def run_pipeline(
         raise StepFailed("step 'gate': the sweep registered no candidate (no trial finished)")
     version = res.sweep.sae_version
     tags = tracker.model_version(names.SAE_MODEL_NAME, version, None).tags
-    decided = names.gate_tag(policy.name, "pass_all") in tags
+    verdict = tags.get(names.gate_tag(policy.name, "pass_all"))
+    champ = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
+    # Reuse a recorded verdict only when it is settled: a block, or a pass that was promoted
+    # (a gate interrupted between recording a pass and moving the alias runs again).
+    decided = verdict == "false" or (
+        verdict == "true" and champ is not None and str(champ.version) == version
+    )
     res.gate = _step(
         res,
         "gate",

@@ -104,31 +104,30 @@ class TranscoderStepInput(TrainStepInput):
 
 class _TranscoderMixin:
     """sae-lens has no transcoder training class: this turns any of its training SAEs into one.
-    The encoder reads `sae_in` (MLP input); the MSE and every auxiliary loss that measures a
-    residual (AuxK, Matryoshka's inner widths) are taken against `target` (MLP output)."""
+    The encoder reads `sae_in` (MLP input); every loss that compares a reconstruction with the
+    input (the MSE, Matryoshka's inner widths, AuxK's residual) compares it with `target` (MLP
+    output) instead. The architecture's own training step still runs in full (BatchTopK's
+    threshold update, JumpReLU's threshold clamp), so a transcoder is trained exactly like an
+    SAE of its recipe."""
+
+    mse_loss_fn: Any
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         target = getattr(step_input, "target", None)
         if target is None:
             raise ValueError("a transcoder step needs TranscoderStepInput(target=...)")
-        feature_acts, hidden_pre = self.encode_with_hidden_pre(step_input.sae_in)  # type: ignore[attr-defined]
-        sae_out = self.decode(feature_acts)  # type: ignore[attr-defined]
-        mse = self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()  # type: ignore[attr-defined]
-        aux = self.calculate_aux_loss(  # type: ignore[attr-defined]
-            step_input=replace(step_input, sae_in=target),
-            feature_acts=feature_acts,
-            hidden_pre=hidden_pre,
-            sae_out=sae_out,
-        )
-        losses = {"mse_loss": mse, **aux}
-        return TrainStepOutput(
-            sae_in=step_input.sae_in,
-            sae_out=sae_out,
-            feature_acts=feature_acts,
-            hidden_pre=hidden_pre,
-            loss=sum(losses.values(), torch.zeros(())),
-            losses=losses,
-        )
+        plain = self.mse_loss_fn
+        self.mse_loss_fn = lambda pred, _input: plain(pred, target)
+        try:
+            return super().training_forward_pass(step_input)  # type: ignore[misc, no-any-return]
+        finally:
+            self.mse_loss_fn = plain
+
+    def calculate_aux_loss(self, step_input: TrainStepInput, **kwargs: Any) -> Any:
+        target = getattr(step_input, "target", None)
+        if target is not None:
+            step_input = replace(step_input, sae_in=target)
+        return super().calculate_aux_loss(step_input=step_input, **kwargs)  # type: ignore[misc]
 
 
 @functools.cache

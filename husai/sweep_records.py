@@ -63,12 +63,14 @@ def record_stopped_trial(
     src: TrialSource,
     sweep_run_id: str,
     last: dict[str, float],
+    error: str | None = None,
 ) -> str:
     """A trial the scheduler stopped early: its recipe (the same params as a finished trial, so
     the UI compares them side by side) and its last report, status KILLED."""
     tags = {
         **tracker.standard_tags(cfg.config_hash(), names.KIND_TRIAL, "sweep"),
-        names.TAG_STOPPED_EARLY: "true",
+        # A trial that raised is a failure, not an early stop: FAILED, with the error's last line.
+        **({names.TAG_TRIAL_ERROR: error[:500]} if error else {names.TAG_STOPPED_EARLY: "true"}),
         names.TAG_ACTIVATION_SOURCE: src.source,
         **ray_tags(src.ray_trial_id, src.ray_node_id),
     }
@@ -78,7 +80,10 @@ def record_stopped_trial(
     params = trial_params(cfg, acts, src)
     with tracker.run(experiment, name, tags, params, sweep_run_id) as run_id:
         tracker.log_metrics(run_id, finite(dict(last)))
-    tracker.mark_killed(run_id)
+    if error:
+        tracker.mark_failed(run_id)
+    else:
+        tracker.mark_killed(run_id)
     return run_id
 
 
@@ -97,7 +102,9 @@ def finish_sweep(
             last = {k: v for k, v in r.items() if k in (ASHA_METRIC, SEEDS_DONE)}
             cfg = sweep.trial_config(sampled_params(sweep, t.config or {}), smoke)
             trial_src = replace(src, ray_trial_id=r.get("trial_id"), ray_node_id=r.get("node_id"))
-            record_stopped_trial(tracker, cfg, acts, trial_src, sweep_run_id, last)
+            error = getattr(t, "error", None)
+            why = None if error is None else (str(error).strip().splitlines() or ["error"])[-1]
+            record_stopped_trial(tracker, cfg, acts, trial_src, sweep_run_id, last, why)
     best = best_trial(sweep, results)
     n_recorded = sum(TRIAL_RUN_ID in r for r in results)
     tracker.log_metrics(

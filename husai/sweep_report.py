@@ -90,7 +90,8 @@ def trials_table(tracker: Tracker, sweep_run_id: str) -> pd.DataFrame:
         for key in TABLE_METRICS + PLOT_ONLY:
             row[key] = m.get(key, math.nan)  # NaN in the table = not recorded, never 0
         rows.append(row)
-    return pd.DataFrame(rows)
+    columns = ["run_id", "status", *PARAMS, *TABLE_METRICS, *PLOT_ONLY]
+    return pd.DataFrame(rows, columns=columns)  # the columns even without a single trial
 
 
 def _finished(df: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,7 @@ Runs are created through an explicit `MlflowClient`, so several runs can be open
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -217,12 +218,12 @@ class Tracker:
         )
         return runs[0] if runs else None
 
-    def run_exists(self, run_id: str) -> bool:
+    def run_kind(self, run_id: str) -> str | None:
+        """The run's `husai.kind` tag; None if there is no such run (or it has no kind)."""
         try:
-            self.client.get_run(run_id)
+            return self.client.get_run(run_id).data.tags.get(names.TAG_KIND)
         except MlflowException:
-            return False
-        return True
+            return None
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
@@ -269,6 +270,9 @@ class Tracker:
 
     def mark_killed(self, run_id: str) -> None:
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+
+    def mark_failed(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
     def end_running_children(self, parent_run_id: str) -> int:
         """Mark children a killed worker left RUNNING as KILLED; how many there were."""
@@ -370,6 +374,10 @@ class Tracker:
     def set_version_tags(self, model_name: str, version: str, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_model_version_tag(model_name, version, k, v)
+
+    def delete_version_tag(self, model_name: str, version: str, key: str) -> None:
+        with contextlib.suppress(MlflowException):
+            self.client.delete_model_version_tag(model_name, version, key)
 
     def log_texts(self, run_id: str, files: Mapping[str, str], artifact_path: str) -> None:
         """Small text artifacts (reports), written to a temporary folder and logged."""

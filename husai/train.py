@@ -107,7 +107,9 @@ def train_sae(
     if target is not None and target.shape[0] != acts.shape[0]:
         raise ValueError(f"target has {target.shape[0]} rows, inputs {acts.shape[0]}")
     with deterministic():
-        return _train(sae_cfg, train_cfg, acts, SeedStreams.of(seed), consistency, progress, target)
+        return _train(
+            sae_cfg, train_cfg, acts, SeedStreams.of(seed), consistency, progress, target, label
+        )
 
 
 def _train(

@@ -188,7 +188,11 @@ def plain_recipe(
                 scores[int(seed_run.data.tags[names.TAG_SEED])] = value
         return PlainRecipe(tracker.get_run_metrics(run_id).get(names.RECON_EV), scores)
     print("lambda = 0 recipe not recorded yet: training it first (the baseline of its deltas)")
-    result, rec = run_and_record(plain, acts, tracker, src, base_model, parent_run_id=parent_run_id)
+    # Not this Ray trial's own result: without its trial id, a resumed sweep cannot mistake it.
+    base_src = replace(src, ray_trial_id=None)
+    result, rec = run_and_record(
+        plain, acts, tracker, base_src, base_model, parent_run_id=parent_run_id
+    )
     print(f"lambda = 0 recipe recorded: run {rec.run_id}")
     scores = (
         {} if result.evals is None else {s: r.score for s, r in result.evals.contrastive.items()}

@@ -105,6 +105,7 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
         {
             names.TAG_KIND: names.KIND_TRIAL,
             names.TAG_RAY_TRIAL_ID: src.ray_trial_id or "",
+            names.TAG_CONFIG_HASH: cfg.config_hash(),
             names.MLFLOW_PARENT_TAG: ctx.sweep_run_id,
         },
     )
@@ -314,6 +315,11 @@ def run_sweep(
             raise ConfigError(
                 f"--resume: sweep run {previous.info.run_id} stopped before Ray saved any state "
                 f"(no {storage / ray_name}); start the sweep again without --resume"
+            )
+        if previous.data.tags.get(names.TAG_SWEEP_HASH) != sweep.fingerprint(smoke):
+            raise ConfigError(
+                f"--resume: {sweep_path} changed since sweep run {previous.info.run_id} started; "
+                "resume with the file as it was, or start a new sweep without --resume"
             )
         left = previous.data.tags.get(names.TAG_RAY_TEMP_DIR)
         if left and kill_private_ray(left):

@@ -92,14 +92,19 @@ def test_task_labels() -> None:
     assert labels["c_mod3"].tolist() == [1, 0, 0]
 
 
-def test_transcoder_training_fits_its_target_not_its_input() -> None:
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk"])
+def test_transcoder_training_fits_its_target_not_its_input(arch: str) -> None:
     g = torch.Generator().manual_seed(0)
     x = _subspace_rows(1500, torch.randn(16, 24, generator=g), 1)
     w = torch.randn(24, 24, generator=g) / 5
     y = torch.relu(x @ w)  # a computation, not the input
-    cfg = SAEConfig(architecture="topk", d_sae=48, k=6)
+    cfg = SAEConfig(architecture=arch, d_sae=48, k=6)  # type: ignore[arg-type]
     tcfg = SAETrainConfig(steps=300, batch_size=128, lr_warmup_steps=10, lr_decay_steps=50)
-    tc = train_sae(cfg, tcfg, x, seed=0, target=y).sae
+    trained = train_sae(cfg, tcfg, x, seed=0, target=y)
+    tc = trained.sae
+    # The architecture's own step ran (e.g. Matryoshka's inner-width losses, on the target).
+    if arch == "matryoshka_batchtopk":
+        assert any(k.startswith("inner_mse_loss") for k in trained.curves.values)
     with torch.no_grad():
         out = tc.decode(tc.encode(x))
     err_target = ((out - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()

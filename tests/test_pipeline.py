@@ -86,7 +86,7 @@ def test_a_bad_policy_fails_before_any_compute(
     bad = tmp_path / "p.yaml"
     bad.write_text("name: x\nchecks: {recon: [{metric: recon/evv, op: '>=', threshold: 0}]}")
     code = main(["pipeline", "--sweep", str(write_sweep(tmp_path)), "--policy", str(bad)])
-    assert code == 2 and "unknown metric" in capsys.readouterr().err
+    assert code == 1 and "unknown metric" in capsys.readouterr().err  # 2 = gate blocked
     assert not Path(isolated_store.removeprefix("sqlite:///")).exists()
 
 

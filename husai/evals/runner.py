@@ -131,20 +131,11 @@ def run_evals(
             res.skipped["transcoder"] = "needs the base model the activations came from"
         else:
             start = time.perf_counter()
-            from husai.activations import cache_root, extract_rows, mlp_hooks
-
-            model, hooks = base_model, mlp_hooks(base_model, acts.hook)
-            p, position, idx = int(acts.p or 0), acts.position, acts.train_rows
-
-            def compute() -> TranscoderStress:
-                rows = extract_rows(model, p, list(hooks), position)
-                mlp_in, mlp_out = rows[hooks[0]][idx], rows[hooks[1]][idx]
-                return transcoder_stress(cfg, mlp_in, mlp_out, hooks, progress)
-
-            key = stress_key(cfg, acts.key, hooks)
-            cache = cache_root() / "evals" / "transcoder" / f"{key}.json"
-            res.transcoder = cached_transcoder_stress(cache, compute)
-            res.seconds["transcoder"] = time.perf_counter() - start
+            try:
+                res.transcoder = _transcoder(cfg, acts, base_model, progress)
+                res.seconds["transcoder"] = time.perf_counter() - start
+            except ValueError as e:  # e.g. hook_embed: no MLP around the hook
+                res.skipped["transcoder"] = str(e)
     if ev.ood:
         if acts.ood is None:
             res.skipped["ood"] = "no shifted slice in these activations (activations.ood_frac)"
@@ -170,6 +161,22 @@ def run_evals(
         except ValueError as e:
             res.skipped["contrastive"] = str(e)
     return res
+
+
+def _transcoder(
+    cfg: ExperimentConfig, acts: ActivationSet, model: HookedTransformer, progress: bool
+) -> TranscoderStress:
+    from husai.activations import cache_root, extract_rows, mlp_hooks
+
+    hooks = mlp_hooks(model, str(acts.hook))
+    p, position, idx = int(acts.p or 0), int(acts.position or 0), acts.train_rows
+
+    def compute() -> TranscoderStress:
+        rows = extract_rows(model, p, list(hooks), position)
+        return transcoder_stress(cfg, rows[hooks[0]][idx], rows[hooks[1]][idx], hooks, progress)
+
+    key = stress_key(cfg, acts.key, hooks)
+    return cached_transcoder_stress(cache_root() / "evals" / "transcoder" / f"{key}.json", compute)
 
 
 def _latents(sae: Any, x: Any) -> np.ndarray:

@@ -14,6 +14,8 @@ of everything it depends on.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -136,7 +138,8 @@ def cached_transcoder_stress(
             pass  # a damaged entry is recomputed and replaced
     result = compute()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".tmp-{id(result)}")
-    tmp.write_text(json.dumps(asdict(result)))
-    tmp.replace(cache_file)
+    fd, tmp = tempfile.mkstemp(prefix=f".{cache_file.stem}-", dir=cache_file.parent)
+    with os.fdopen(fd, "w") as f:  # unique per writer: trials in other processes may race
+        f.write(json.dumps(asdict(result)))
+    os.replace(tmp, cache_file)
     return result
