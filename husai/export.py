@@ -54,12 +54,11 @@ def export_sae(tracker: Tracker, version: str, out: Path) -> Exported:
     """Copy the version's sae-lens folder to `out` (which must not exist) with a README."""
     if out.exists():
         raise InputError(f"--out: {out} already exists; choose a new folder")
-    try:
-        mv = tracker.client.get_model_version(names.SAE_MODEL_NAME, version)
-    except Exception:
+    mv = tracker.model_version(names.SAE_MODEL_NAME, version, None)
+    if mv is None:
         raise InputError(
             f"--version: {names.SAE_MODEL_NAME} has no version {version!r} in {tracker.uri}"
-        ) from None
+        )
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = tracker.download_model_version(names.SAE_MODEL_NAME, str(mv.version), Path(tmp))
         src = model_dir / "artifacts" / names.ARTIFACT_SAE

@@ -114,6 +114,16 @@ EXTERNAL_PROBE_BASELINE_AUC = "external/probe_baseline_auc"
 EXTERNAL_CONTRASTIVE_DELTA = "external/contrastive_delta"
 EXTERNAL_CONTRASTIVE_DELTA_LCB = "external/contrastive_delta_lcb"
 EXTERNAL_CONTRASTIVE_SCORE = "external/contrastive_score"
+# The stress/external keys shared/DESIGN.md section 5 names (gates and reports read these).
+DESIGN_EVAL_KEYS = (
+    STRESS_TRANSCODER_DELTA,
+    STRESS_TRANSCODER_DELTA_LCB,
+    STRESS_OOD_DROP,
+    EXTERNAL_PROBE_DELTA,
+    EXTERNAL_PROBE_DELTA_LCB,
+    EXTERNAL_CONTRASTIVE_DELTA,
+    EXTERNAL_CONTRASTIVE_DELTA_LCB,
+)
 SEED_EVAL_KEYS = (
     STRESS_OOD_DROP,
     STRESS_OOD_EV,

@@ -95,7 +95,7 @@ def run_pipeline(
             f"held-out acc {b.test_acc:.4f}"
         ),
     )
-    _step(
+    acts = _step(
         res,
         "activations",
         lambda: get_or_extract(cfg0, base, tracker),
@@ -104,7 +104,7 @@ def run_pipeline(
     res.sweep = _step(
         res,
         "sweep",
-        lambda: run_sweep(sweep_path, smoke, tracker.uri, ray_address),
+        lambda: run_sweep(sweep_path, smoke, tracker.uri, ray_address, prepared=(base, acts)),
         lambda s: (
             f"run {s.sweep_run_id} {'reused' if s.reused else 'finished'}: "
             f"{s.n_recorded} of {s.n_trials} trials recorded in full"
@@ -112,9 +112,9 @@ def run_pipeline(
     )
     sweep_run = res.sweep.sweep_run_id
     if res.sweep.best_trial_run_id is not None:
-        best = tracker.client.get_run(res.sweep.best_trial_run_id)
+        best = tracker.get_run(res.sweep.best_trial_run_id)
         res.best_metrics, res.best_params = dict(best.data.metrics), dict(best.data.params)
-    has_report = bool(tracker.client.list_artifacts(sweep_run, names.ARTIFACT_REPORT))
+    has_report = tracker.has_artifacts(sweep_run, names.ARTIFACT_REPORT)
     res.report = _step(
         res,
         "report",

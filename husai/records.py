@@ -379,7 +379,7 @@ def record_reference(
 
 def register_trial_sae(tracker: Tracker, trial_run_id: str, description: str) -> str:
     """Register a recorded trial's representative SAE (from its seed run) as `candidate`."""
-    trial = tracker.client.get_run(trial_run_id)
+    trial = tracker.get_run(trial_run_id)
     tags, params = trial.data.tags, trial.data.params
     seed = tags[names.TAG_REPRESENTATIVE_SEED]
     seed_run = next(

@@ -130,7 +130,7 @@ def finish_sweep(
 def reused_sweep(tracker: Any, sweep_run_id: str) -> SweepOutcome:
     """A finished sweep with the same file, activations and metric version: nothing to run.
     Its best SAE becomes `candidate` again (another sweep may have moved the alias since)."""
-    run = tracker.client.get_run(sweep_run_id)
+    run = tracker.get_run(sweep_run_id)
     m, best = run.data.metrics, run.data.tags.get(names.TAG_BEST_TRIAL_RUN_ID)
     version = None
     if best is not None:

@@ -46,13 +46,7 @@ TABLE_METRICS = (
     names.RECON_LOSS_RECOVERED,
     names.CONSISTENCY_ALIGNMENT,
     names.CONSISTENCY_EV_DROP,
-    names.STRESS_TRANSCODER_DELTA,
-    names.STRESS_TRANSCODER_DELTA_LCB,
-    names.STRESS_OOD_DROP,
-    names.EXTERNAL_PROBE_DELTA,
-    names.EXTERNAL_PROBE_DELTA_LCB,
-    names.EXTERNAL_CONTRASTIVE_DELTA,
-    names.EXTERNAL_CONTRASTIVE_DELTA_LCB,
+    *names.DESIGN_EVAL_KEYS,
 )
 # What the stability plots need beyond the table: each metric's random value and interval.
 PLOT_ONLY = tuple(
@@ -227,7 +221,7 @@ def html_page(title: str, images: dict[str, Path], df: pd.DataFrame) -> str:
 def log_sweep_report(tracker: Tracker, sweep_run_id: str) -> SweepReport:
     """Build every file in a temporary folder and log it to the sweep run under `report/`."""
     df = trials_table(tracker, sweep_run_id)
-    run = tracker.client.get_run(sweep_run_id)
+    run = tracker.get_run(sweep_run_id)
     best = run.data.tags.get(names.TAG_BEST_TRIAL_RUN_ID)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report"

@@ -218,6 +218,12 @@ class Tracker:
         )
         return runs[0] if runs else None
 
+    def get_run(self, run_id: str) -> Any:
+        return self.client.get_run(run_id)
+
+    def has_artifacts(self, run_id: str, path: str) -> bool:
+        return bool(self.client.list_artifacts(run_id, path))
+
     def run_kind(self, run_id: str) -> str | None:
         """The run's `husai.kind` tag; None if there is no such run (or it has no kind)."""
         try:

@@ -204,7 +204,6 @@ class SweepInterrupted(KeyboardInterrupt):
 def _new_tuner(
     sweep: SweepConfig,
     sweep_path: str,
-    smoke: bool,
     n_seeds: int,
     n_samples: int,
     trainable_fn: Any,
@@ -253,7 +252,7 @@ def _new_tuner(
             name=name,
             storage_path=str(storage),
             verbose=0,  # Ray's boxes of every metric drown the sweep; TrialLines says enough
-            callbacks=[TrialLines(sweep_path, smoke, n_samples, sweep.objective[0].metric)],
+            callbacks=[TrialLines(sweep_path, n_samples, sweep.objective[0].metric)],
         ),
     )
 
@@ -265,7 +264,10 @@ def run_sweep(
     ray_address: str | None = None,
     resume: bool = False,
     rerun: bool = False,
+    prepared: tuple[Any, Any] | None = None,
 ) -> SweepOutcome:
+    """`prepared`: (base model handle, activations handle) a caller already resolved for this
+    sweep's experiment (the pipeline), so they are not looked up and loaded twice."""
     import time
 
     import ray
@@ -288,13 +290,22 @@ def run_sweep(
                 f"--resume: no interrupted sweep {sweep.name!r} in the store {tracker.uri}"
             )
         smoke = previous.data.params[names.SWEEP_PARAM_SMOKE] == "True"
+    fingerprint = sweep.fingerprint(smoke)
+    # Before any compute: a resumed sweep must be the sweep that was interrupted.
+    if previous is not None and previous.data.tags.get(names.TAG_SWEEP_HASH) != fingerprint:
+        raise ConfigError(
+            f"--resume: {sweep_path} changed since sweep run {previous.info.run_id} started; "
+            "resume with the file as it was, or start a new sweep without --resume"
+        )
     cfg0 = sweep.base_experiment(smoke)
     check_hook(cfg0)
     check_batch(cfg0, n_split_rows(cfg0)[0])
     tracker.experiment_id(experiment)  # created here, before any trial process writes
-    base = get_or_train(cfg0, tracker)
-    acts = get_or_extract(cfg0, base, tracker)
-    fingerprint = sweep.fingerprint(smoke)
+    if prepared is not None:
+        base, acts = prepared
+    else:
+        base = get_or_train(cfg0, tracker)
+        acts = get_or_extract(cfg0, base, tracker)
     if previous is None and not rerun:
         done = tracker.find_runs(
             experiment,
@@ -315,11 +326,6 @@ def run_sweep(
             raise ConfigError(
                 f"--resume: sweep run {previous.info.run_id} stopped before Ray saved any state "
                 f"(no {storage / ray_name}); start the sweep again without --resume"
-            )
-        if previous.data.tags.get(names.TAG_SWEEP_HASH) != sweep.fingerprint(smoke):
-            raise ConfigError(
-                f"--resume: {sweep_path} changed since sweep run {previous.info.run_id} started; "
-                "resume with the file as it was, or start a new sweep without --resume"
             )
         left = previous.data.tags.get(names.TAG_RAY_TEMP_DIR)
         if left and kill_private_ray(left):
@@ -370,10 +376,8 @@ def run_sweep(
                     resume_errored=True,
                 )
             else:
-                tuner = _new_tuner(
-                    sweep, ctx.sweep_path, smoke, len(cfg0.trial.seeds), n_samples, fn, storage,
-                    ray_name,
-                )  # fmt: skip
+                n_seeds = len(cfg0.trial.seeds)
+                tuner = _new_tuner(sweep, ctx.sweep_path, n_seeds, n_samples, fn, storage, ray_name)
             grid = tuner.fit()
             trials = [grid[i] for i in range(len(grid))]
         finally:

@@ -29,20 +29,20 @@ def recipe(params: dict[str, Any]) -> str:
 class TrialLines(Callback):
     """Prints `trial i/N` start and end lines; picklable (Tune saves callbacks for resume)."""
 
-    def __init__(self, sweep_path: str, smoke: bool, n_samples: int, objective: str) -> None:
-        self.sweep_path = sweep_path
-        self.smoke = smoke
+    def __init__(self, sweep_path: str, n_samples: int, objective: str) -> None:
+        from husai.sweep_config import load_sweep
+
+        self.sweep = load_sweep(sweep_path)  # read once, not at every trial line
         self.n_samples = n_samples
         self.objective = objective
         self.started: dict[str, float] = {}
         self.numbers: dict[str, int] = {}
 
     def _label(self, trial: Any) -> str:
-        from husai.sweep_config import load_sweep
-        from husai.tune import sampled_params
+        from husai.sweep_config import sampled_params
 
         n = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
-        params = sampled_params(load_sweep(self.sweep_path), trial.config)
+        params = sampled_params(self.sweep, trial.config)
         return f"trial {n}/{self.n_samples} [{recipe(params)}]"
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

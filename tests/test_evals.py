@@ -126,15 +126,7 @@ def test_every_seed_of_a_trial_is_evaluated_and_recorded(
     seeds = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_SEED]
     assert len(seeds) == len(TRIAL["trial"]["seeds"])
     m = trial.data.metrics
-    for key in (
-        names.STRESS_TRANSCODER_DELTA,
-        names.STRESS_TRANSCODER_DELTA_LCB,
-        names.STRESS_OOD_DROP,
-        names.EXTERNAL_PROBE_DELTA,
-        names.EXTERNAL_PROBE_DELTA_LCB,
-        names.EXTERNAL_CONTRASTIVE_DELTA,
-        names.EXTERNAL_CONTRASTIVE_DELTA_LCB,
-    ):
+    for key in names.DESIGN_EVAL_KEYS:
         assert key in m and np.isfinite(m[key]), key
     # lambda = 0: the recipe is its own contrastive baseline.
     assert m[names.EXTERNAL_CONTRASTIVE_DELTA] == 0.0

@@ -71,15 +71,7 @@ def test_quick_preset_generalises_then_is_reused(
         for suffix in names.STABILITY_SUFFIXES:
             assert names.stability_key(base, suffix) in m
     # Every stress/* and external/* key of shared/DESIGN.md section 5, from this trial's SAEs.
-    for key in (
-        names.STRESS_TRANSCODER_DELTA,
-        names.STRESS_TRANSCODER_DELTA_LCB,
-        names.STRESS_OOD_DROP,
-        names.EXTERNAL_PROBE_DELTA,
-        names.EXTERNAL_PROBE_DELTA_LCB,
-        names.EXTERNAL_CONTRASTIVE_DELTA,
-        names.EXTERNAL_CONTRASTIVE_DELTA_LCB,
-    ):
+    for key in names.DESIGN_EVAL_KEYS:
         assert key in m, key
     assert not any(k.startswith(names.EVAL_SKIPPED_PREFIX) for k in trial.data.tags)
 
