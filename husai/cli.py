@@ -218,6 +218,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"(the others stopped early by ASHA or failed: see their runs)"
     )
     tracker = Tracker(args.tracking_uri or None)
+    links = {names.TAG_LINK_SWEEP_RUN: out.sweep_run_id}
+    if out.sae_version is not None:
+        links[names.TAG_LINK_SAE_VERSION] = str(out.sae_version)
+    tracker.link_env_run(links)
     print_sweep_trials(tracker, out.sweep_run_id, out.best_trial_run_id)
     if out.best_trial_run_id is not None:
         print(
@@ -262,6 +266,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
         print(f"husai gate: error: {e}", file=sys.stderr)
         return EXIT_GATE_ERROR
     print(render_table(out.decision))
+    links = {names.TAG_LINK_SAE_VERSION: str(out.decision.version)}
+    if out.gate_run_id is not None:
+        links[names.TAG_LINK_GATE_RUN] = out.gate_run_id
+    tracker.link_env_run(links)
     if out.gate_run_id is None:
         print("dry run: nothing recorded, no alias moved")
     else:
@@ -286,7 +294,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         # 1, not 2: exit 2 means "the gate blocked" (a result); this is a failure.
         print(f"husai pipeline: error: {e}", file=sys.stderr)
         return EXIT_GATE_ERROR
-    print(summary(res, Tracker(args.tracking_uri or None).uri))
+    tracker = Tracker(args.tracking_uri or None)
+    links = {names.TAG_LINK_SWEEP_RUN: res.sweep.sweep_run_id}
+    links[names.TAG_LINK_SAE_VERSION] = str(res.gate.decision.version)
+    if res.gate.gate_run_id is not None:
+        links[names.TAG_LINK_GATE_RUN] = res.gate.gate_run_id
+    tracker.link_env_run(links)
+    print(summary(res, tracker.uri))
     return 0 if res.gate.decision.pass_all else EXIT_GATE_BLOCKED
 
 
@@ -298,6 +312,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if tracker.run_kind(args.sweep_run) != names.KIND_SWEEP:
         raise InputError(f"--sweep-run: {args.sweep_run!r} is not a sweep run in {tracker.uri}")
     rep = log_sweep_report(tracker, args.sweep_run)
+    tracker.link_env_run({names.TAG_LINK_SWEEP_RUN: args.sweep_run})
     print(
         f"report for sweep run {args.sweep_run}: {rep.n_trials} trials ({rep.n_finished} "
         f"finished); logged under {names.ARTIFACT_REPORT}/: {', '.join(rep.files)}"
@@ -309,7 +324,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from husai.export import export_sae
     from husai.tracking import Tracker
 
-    done = export_sae(Tracker(args.tracking_uri or None), args.version, Path(args.out))
+    tracker = Tracker(args.tracking_uri or None)
+    done = export_sae(tracker, args.version, Path(args.out))
+    tracker.link_env_run({names.TAG_LINK_SAE_VERSION: str(done.version)})
     print(
         f"husai-sae version {done.version} (trial run {done.trial_run_id}) written to "
         f"{done.out} as an sae-lens SAE; see {done.out / 'README.md'}"

@@ -29,6 +29,10 @@ TAG_COMMAND = "husai.command"  # the CLI subcommand that made the run
 TAG_LINK_BASE_RUN = "husai.base_run_id"
 TAG_LINK_BASE_VERSION = "husai.base_version"
 TAG_LINK_ACTIVATIONS_RUN = "husai.activations_run_id"
+# Links written on the run `mlflow run` creates (sweep, report, gate, pipeline, export).
+TAG_LINK_SWEEP_RUN = "husai.sweep_run_id"
+TAG_LINK_GATE_RUN = "husai.gate_run_id"
+TAG_LINK_SAE_VERSION = "husai.sae_version"
 KIND_BASE = "base_model"
 KIND_ACTIVATIONS = "activations"
 

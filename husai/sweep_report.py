@@ -203,6 +203,8 @@ def html_page(title: str, images: dict[str, Path], df: pd.DataFrame) -> str:
     parts.append(
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 6px;"
         "font-size:12px}table{border-collapse:collapse}tr:nth-child(even){background:#f4f4f4}"
+        # The trial table is wider than a screen; it scrolls on its own so the plots stay put.
+        "img{max-width:100%}.table{overflow-x:auto}"
         "</style></head><body>"
     )
     parts.append(f"<h1>{html.escape(title)}</h1>")
@@ -213,7 +215,8 @@ def html_page(title: str, images: dict[str, Path], df: pd.DataFrame) -> str:
         )
     cols = ["run_id", "status", *PARAMS, *TABLE_METRICS]
     parts.append("<h2>trials.csv</h2>")
-    parts.append(df[cols].to_html(index=False, na_rep="absent", float_format=lambda v: f"{v:.4g}"))
+    table = df[cols].to_html(index=False, na_rep="absent", float_format=lambda v: f"{v:.4g}")
+    parts.append(f"<div class='table'>{table}</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -272,3 +272,18 @@ def test_two_concurrent_gates_leave_one_champion_and_whole_decisions(
     runs = gate_runs(tracker)
     assert len(runs) >= 2 and all(r.info.status == "FINISHED" for r in runs)
     assert yaml.safe_load((ROOT / "gates" / "default.yaml").read_text())["name"] == "default"
+
+
+def test_the_mlflow_run_launcher_run_gets_links(
+    tracker: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `mlflow run`, MLFLOW_RUN_ID names the launcher's run; gate links it to its records."""
+    v = register(tracker, GOOD)
+    launcher = tracker.client.create_run(tracker.experiment_id(names.EXPERIMENT_GATES))
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
+    assert main(["gate", "--policy", str(STRICT), "--version", v]) == 0
+    tags = tracker.client.get_run(launcher.info.run_id).data.tags
+    assert tags[names.TAG_LINK_SAE_VERSION] == v
+    gate_run = tracker.client.get_run(tags[names.TAG_LINK_GATE_RUN])
+    assert gate_run.data.params[names.PARAM_GATE_VERSION] == v
+    assert gate_run.info.run_id != launcher.info.run_id
