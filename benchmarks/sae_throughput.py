@@ -1,9 +1,13 @@
-"""SAE training throughput: HUSAI's loop vs sae-lens's SAETrainer on identical data, one run.
+"""SAE training throughput of a 5-seed trial: seed-batched path vs sae-lens, measured in one run.
 
-TopK, d_in 128, batch 4096, fp32, d_sae 1024 and 4096. Prints rows/s for each trainer, their
-ratio, and the share of this machine's fp32 matmul peak (measured here, in the same run) that
-each reaches, counting 6 x batch x d_in x d_sae FLOPs per step (dense encoder + decoder,
-forward and backward).
+TopK, d_in 128, k 32, batch 4096, fp32, d_sae 1024 and 4096, 5 seeds on the same data:
+- sae-lens's `SAETrainer`, seed after seed (the reference implementation);
+- HUSAI's reference loop (`train_sae`: sae-lens's training step, seed after seed);
+- HUSAI's seed-batched path (`train_seeds_batched`: all 5 seeds in one pass).
+Prints rows x seeds per second, the ratio to SAETrainer, the share of this machine's fp32 matmul
+peak (measured here, in the same run) counting the dense-equivalent 6 x batch x d_in x d_sae
+FLOPs per seed per step, and each run's peak RSS. Every measurement runs in a fresh worker
+process, so that one run's peak memory does not hide another's.
 
     .venv/bin/python benchmarks/sae_throughput.py [--steps 20] [--d-sae 1024 4096]
 """
@@ -11,19 +15,17 @@ forward and backward).
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
 import torch
-from sae_lens import SAETrainer
-from sae_lens.config import SAETrainerConfig
 
-from husai.config import SAEConfig, SAETrainConfig
-from husai.repro import deterministic
-from husai.sae import build_sae
-from husai.train import train_sae
-
-D_IN, BATCH, K = 128, 4096, 16
+D_IN, BATCH, K, SEEDS = 128, 4096, 32, (0, 1, 2, 3, 4)
+MODES = ("sae_lens", "loop", "batched")
 
 
 def matmul_peak_gflops(d_sae: int, reps: int = 20) -> float:
@@ -41,77 +43,108 @@ def matmul_peak_gflops(d_sae: int, reps: int = 20) -> float:
     return best
 
 
-def ours(data: torch.Tensor, d_sae: int, steps: int) -> float:
-    cfg = SAETrainConfig(
-        steps=steps,
-        batch_size=BATCH,
-        lr=3e-4,
-        lr_warmup_steps=0,
-        lr_decay_steps=0,
-        log_every=steps,
-    )
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def worker(mode: str, d_sae: int, steps: int) -> dict[str, float]:
+    """One measurement in this (fresh) process: seconds for `steps` steps of all 5 seeds."""
+    from sae_lens import SAETrainer
+    from sae_lens.config import SAETrainerConfig
+
+    from husai.batched import train_seeds_batched
+    from husai.config import SAEConfig, SAETrainConfig
+    from husai.repro import deterministic
+    from husai.sae import build_sae
+    from husai.train import train_sae
+
+    torch.manual_seed(0)
+    data = torch.randn(8 * BATCH, D_IN)
     sae_cfg = SAEConfig(architecture="topk", d_sae=d_sae, k=K)
-    train_sae(sae_cfg, cfg.model_copy(update={"steps": 2}), data, seed=0)  # warm-up
-    t = time.perf_counter()
-    train_sae(sae_cfg, cfg, data, seed=0)
-    return steps * BATCH / (time.perf_counter() - t)
+    cfg = SAETrainConfig(
+        steps=steps, batch_size=BATCH, lr=3e-4, lr_warmup_steps=0, lr_decay_steps=0,
+        log_every=steps,
+    )  # fmt: skip
+    base_rss = _rss_mib()
 
-
-def sae_lens_trainer(data: torch.Tensor, d_sae: int, steps: int) -> float:
-    def batches() -> Iterator[torch.Tensor]:
-        g = torch.Generator().manual_seed(0)
+    def batches(seed: int) -> Iterator[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
         while True:
             perm = torch.randperm(len(data), generator=g)
             for i in range(0, len(data) - BATCH + 1, BATCH):
                 yield data[perm[i : i + BATCH]]
 
-    def fit(n: int) -> float:
-        sae = build_sae(SAEConfig(architecture="topk", d_sae=d_sae, k=K), D_IN, 0)
-        cfg = SAETrainerConfig(
-            total_training_samples=n * BATCH,
-            train_batch_size_samples=BATCH,
-            lr=3e-4,
-            lr_end=3e-4,
-        )
-        trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=batches())
-        t = time.perf_counter()
-        with deterministic():  # the same kernel setting as our loop
-            trainer.fit()
-        return time.perf_counter() - t
+    def run(n_steps: int) -> None:
+        c = cfg.model_copy(update={"steps": n_steps, "log_every": n_steps})
+        if mode == "batched":
+            train_seeds_batched(sae_cfg, c, data, SEEDS)
+        elif mode == "loop":
+            for s in SEEDS:
+                train_sae(sae_cfg, c, data, s)
+        else:
+            for s in SEEDS:
+                sae = build_sae(sae_cfg, D_IN, s)
+                tc = SAETrainerConfig(
+                    total_training_samples=n_steps * BATCH, train_batch_size_samples=BATCH,
+                    lr=3e-4, lr_end=3e-4,
+                )  # fmt: skip
+                with deterministic():  # the same kernel setting as our paths
+                    SAETrainer(cfg=tc, sae=sae, data_provider=batches(s)).fit()
 
-    fit(2)  # warm-up
-    return steps * BATCH / fit(steps)
+    run(2)  # warm-up
+    t = time.perf_counter()
+    run(steps)
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "rss_mib": _rss_mib(), "base_rss_mib": base_rss}
+
+
+def measure(mode: str, d_sae: int, steps: int) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--worker", mode, "--d-sae", str(d_sae)]
+    out = subprocess.run(
+        [*cmd, "--steps", str(steps)], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--d-sae", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    data = torch.randn(8 * BATCH, D_IN)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.d_sae[0], args.steps)))
+        return
     rows = []
     for d_sae in args.d_sae:
         peak = matmul_peak_gflops(d_sae)
-        flops_per_row = 6 * D_IN * d_sae
-        r_ours = ours(data, d_sae, args.steps)
-        r_lens = sae_lens_trainer(data, d_sae, args.steps)
-        rows.append((d_sae, peak, r_lens, r_ours, flops_per_row))
+        res = {m: measure(m, d_sae, args.steps) for m in MODES}
+        rows.append((d_sae, peak, res))
+    n_rows = args.steps * BATCH * len(SEEDS)
     print(
-        f"\nTopK k={K}, d_in {D_IN}, batch {BATCH}, fp32, {torch.get_num_threads()} threads, "
-        f"{args.steps} timed steps each"
+        f"\nTopK k={K}, d_in {D_IN}, batch {BATCH}, {len(SEEDS)} seeds, fp32, "
+        f"{torch.get_num_threads()} threads, {args.steps} timed steps per seed; "
+        "rows x seeds / s (% of matmul peak, dense-equivalent 6*B*d_in*d_sae per seed-step)"
     )
     print(
-        "| d_sae | matmul peak GFLOP/s | SAETrainer rows/s (% peak) | HUSAI loop rows/s (% peak) "
-        "| HUSAI / SAETrainer |"
+        "| d_sae | matmul peak GFLOP/s | SAETrainer seed after seed | HUSAI loop seed after seed "
+        "| HUSAI seed-batched | batched / SAETrainer | peak RSS MiB (SAETrainer / loop / batched) |"
     )
-    print("|---|---|---|---|---|")
-    for d_sae, peak, r_lens, r_ours, fpr in rows:
-        pl, po = 100 * r_lens * fpr / 1e9 / peak, 100 * r_ours * fpr / 1e9 / peak
+    print("|---|---|---|---|---|---|---|")
+    for d_sae, peak, res in rows:
+
+        def cell(m: str, peak: float = peak, res: dict = res, d_sae: int = d_sae) -> str:
+            rate = n_rows / res[m]["seconds"]
+            return f"{rate:,.0f} ({100 * rate * 6 * D_IN * d_sae / 1e9 / peak:.0f}%)"
+
+        ratio = res["sae_lens"]["seconds"] / res["batched"]["seconds"]
+        rss = " / ".join(f"{res[m]['rss_mib']:,.0f}" for m in MODES)
         print(
-            f"| {d_sae} | {peak:.0f} | {r_lens:,.0f} ({pl:.0f}%) | {r_ours:,.0f} ({po:.0f}%) "
-            f"| {r_ours / r_lens:.2f}x |"
+            f"| {d_sae} | {peak:.0f} | {cell('sae_lens')} | {cell('loop')} | {cell('batched')} "
+            f"| {ratio:.2f}x | {rss} |"
         )
+    base = rows[0][2]["batched"]["base_rss_mib"]
+    print(f"(each worker's RSS before training, after imports and data: {base:,.0f} MiB)")
 
 
 if __name__ == "__main__":

@@ -193,6 +193,11 @@ class SAETrainConfig(Strict):
         200, ge=1, description="steps without firing before a latent counts as dead (AuxK)"
     )
     log_every: int = Field(10, ge=1, description="steps between logged curve points")
+    seed_batched: bool = Field(
+        True,
+        description="train a trial's seeds together where a batched path exists (topk, "
+        "batchtopk; not with the consistency term); false: one after another via sae-lens",
+    )
 
     @model_validator(mode="after")
     def _schedule(self) -> SAETrainConfig:

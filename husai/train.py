@@ -10,6 +10,7 @@ slower in STACK.md's measurement (42k vs 50k rows/s at d_sae 1024). Returns curv
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,28 @@ def train_sae(
         return _train(
             sae_cfg, train_cfg, acts, SeedStreams.of(seed), consistency, progress, target, label
         )
+
+
+def train_seeds(
+    sae_cfg: SAEConfig,
+    train_cfg: SAETrainConfig,
+    acts: torch.Tensor,
+    seeds: Sequence[int],
+    progress: bool = False,
+    target: torch.Tensor | None = None,
+    label: str = "SAE",
+) -> Iterator[TrainedSAE]:
+    """One plain-recipe SAE per seed, in seed order. All seeds at once on the seed-batched
+    path (`husai.batched`) when `train.seed_batched` and the architecture has one; otherwise
+    each seed is trained when the caller asks for it, so a caller that stops early (an ASHA
+    stop after the first seeds) trains no more."""
+    from husai.batched import batched_supported, train_seeds_batched
+
+    if train_cfg.seed_batched and batched_supported(sae_cfg):
+        yield from train_seeds_batched(sae_cfg, train_cfg, acts, seeds, progress, target, label)
+        return
+    for seed in seeds:
+        yield train_sae(sae_cfg, train_cfg, acts, seed, None, progress, target, label)
 
 
 def _train(

@@ -26,7 +26,7 @@ import torch
 
 from husai.config import ExperimentConfig
 from husai.stability import MIN_SEEDS_FOR_CI, pair_mean, pairwise
-from husai.train import train_sae
+from husai.train import train_seeds
 
 
 @dataclass(frozen=True)
@@ -82,15 +82,13 @@ def transcoder_stress(
     start = time.perf_counter()
     seeds = cfg.trial.seeds
     transcoders = [
-        train_sae(
-            cfg.sae, cfg.train, mlp_in, s, progress=progress, target=mlp_out, label="transcoder"
-        ).decoder
-        for s in seeds
+        t.decoder
+        for t in train_seeds(
+            cfg.sae, cfg.train, mlp_in, seeds, progress, target=mlp_out, label="transcoder"
+        )
     ]
-    saes = [
-        train_sae(cfg.sae, cfg.train, mlp_in, s, progress=progress, label="MLP-in SAE").decoder
-        for s in seeds
-    ]
+    plain = train_seeds(cfg.sae, cfg.train, mlp_in, seeds, progress, label="MLP-in SAE")
+    saes = [t.decoder for t in plain]
     t_mat = pairwise(transcoders, int(mlp_out.shape[1]))["pw_mcc"]
     s_mat = pairwise(saes, int(mlp_in.shape[1]))["pw_mcc"]
     d = paired_seed_delta(t_mat, s_mat, cfg.trial.bootstrap_samples, cfg.trial.bootstrap_seed)
