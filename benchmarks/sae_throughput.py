@@ -5,9 +5,9 @@ TopK, d_in 128, k 32, batch 4096, fp32, d_sae 1024 and 4096, 5 seeds on the same
 - HUSAI's reference loop (`train_sae`: sae-lens's training step, seed after seed);
 - HUSAI's seed-batched path (`train_seeds_batched`: all 5 seeds in one pass).
 Prints rows x seeds per second, the ratio to SAETrainer, the share of this machine's fp32 matmul
-peak (measured here, in the same run) counting the dense-equivalent 6 x batch x d_in x d_sae
-FLOPs per seed per step, and each run's peak RSS. Every measurement runs in a fresh worker
-process, so that one run's peak memory does not hide another's.
+peak (measured in the same run, before and after the workers; the higher is kept) counting the
+dense-equivalent 6 x batch x d_in x d_sae FLOPs per seed per step, and each run's peak RSS.
+Every measurement runs in a fresh worker process, so one run's peak memory hides no other's.
 
     .venv/bin/python benchmarks/sae_throughput.py [--steps 20] [--d-sae 1024 4096]
 """
@@ -117,9 +117,11 @@ def main() -> None:
         return
     rows = []
     for d_sae in args.d_sae:
-        peak = matmul_peak_gflops(d_sae)
+        # The peak is measured before and after the workers and the higher kept: a machine
+        # that was busy during one measurement must not make every share look better.
+        before = matmul_peak_gflops(d_sae)
         res = {m: measure(m, d_sae, args.steps) for m in MODES}
-        rows.append((d_sae, peak, res))
+        rows.append((d_sae, max(before, matmul_peak_gflops(d_sae)), res))
     n_rows = args.steps * BATCH * len(SEEDS)
     print(
         f"\nTopK k={K}, d_in {D_IN}, batch {BATCH}, {len(SEEDS)} seeds, fp32, "
