@@ -10,7 +10,9 @@ import pytest
 import torch
 from sae_lens.saes.batchtopk_sae import BatchTopK
 
-from husai.batched import BATCHTOPK_CANDIDATES, _select, train_seeds_batched
+import husai.batched_sparse
+from husai.batched import train_seeds_batched
+from husai.batched_sparse import BATCHTOPK_CANDIDATES, select
 from husai.config import SAEConfig, SAETrainConfig
 from husai.metrics import recon_metrics
 from husai.sae import build_sae, decoder, load_sae, save_sae
@@ -36,6 +38,16 @@ def sparse_data(n: int, d_in: int = 32, n_feat: int = 64, seed: int = 0) -> torc
     on = torch.rand(n, n_feat, generator=g) < 0.06
     coef = torch.rand(n, n_feat, generator=g) * 3 * on
     return coef @ feats + 0.05 * torch.randn(n, d_in, generator=g)
+
+
+@pytest.fixture(params=["whole", "chunked"])
+def step_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of scoring: one batched matmul (small SAEs) and cache-sized chunks seed by
+    seed (large SAEs; forced here with chunks of 64 rows)."""
+    if request.param == "chunked":
+        monkeypatch.setattr(husai.batched_sparse, "WHOLE_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(husai.batched_sparse, "CHUNK_ELEMENTS", 64 * 128)
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +102,22 @@ def compare(
     }
 
 
-def test_topk_matches_sae_lens_step_by_step(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_topk_matches_sae_lens_step_by_step(
+    data: tuple[torch.Tensor, torch.Tensor], step_kind: str
+) -> None:
     train, held_out = data
     sae = SAEConfig(architecture="topk", d_sae=128, k=4)
     ref = [train_sae(sae, TRAIN, train, s) for s in SEEDS]
     bat = train_seeds_batched(sae, TRAIN, train, SEEDS)
     got = compare(ref, bat, held_out, rtol_steps=TRAIN.steps)
-    print("topk", got)
+    print("topk", step_kind, got)
     for r, b in zip(ref, bat, strict=True):
         assert torch.allclose(r.decoder, b.decoder, atol=1e-5)
 
 
-def test_batchtopk_matches_sae_lens(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_batchtopk_matches_sae_lens(
+    data: tuple[torch.Tensor, torch.Tensor], step_kind: str
+) -> None:
     """BatchTopK's batch-wide threshold turns float-level differences into an occasional other
     choice at the margin, after which the runs drift apart: the curve is compared tightly
     for the first 100 steps, the end by the issue's metric tolerances."""
@@ -110,12 +126,12 @@ def test_batchtopk_matches_sae_lens(data: tuple[torch.Tensor, torch.Tensor]) -> 
     ref = [train_sae(sae, TRAIN, train, s) for s in SEEDS]
     bat = train_seeds_batched(sae, TRAIN, train, SEEDS)
     got = compare(ref, bat, held_out, rtol_steps=100)
-    print("batchtopk", got)
+    print("batchtopk", step_kind, got)
     for r, b in zip(ref, bat, strict=True):
         assert float(b.sae.topk_threshold) == pytest.approx(float(r.sae.topk_threshold), rel=0.05)
 
 
-def test_transcoder_matches_sae_lens_step_by_step() -> None:
+def test_transcoder_matches_sae_lens_step_by_step(step_kind: str) -> None:
     x = sparse_data(2000, seed=1)
     y = torch.tanh(x @ torch.randn(32, 32, generator=torch.Generator().manual_seed(2)))
     sae = SAEConfig(architecture="topk", d_sae=128, k=4)
@@ -129,7 +145,7 @@ def test_transcoder_matches_sae_lens_step_by_step() -> None:
 
 
 def test_batched_is_deterministic_and_saves_as_sae_lens(
-    data: tuple[torch.Tensor, torch.Tensor], tmp_path: object
+    data: tuple[torch.Tensor, torch.Tensor], tmp_path: object, step_kind: str
 ) -> None:
     train, held_out = data
     sae = SAEConfig(architecture="batchtopk", d_sae=128, k=4)
@@ -181,7 +197,9 @@ def test_batchtopk_selection_equals_sae_lens_even_when_a_row_holds_many(
     x[5] *= 40.0  # one row dominates the batch
     x[9] *= 25.0
     w, b, n = sae.W_enc.detach(), sae.b_enc.detach(), sae.W_dec.detach().norm(dim=-1)
-    ids, pre, _, _ = _select(x, w * n, b * n, n, "batchtopk", k, None, 0)
+    dead = torch.zeros(1, d_sae, dtype=torch.bool)
+    sel = select(x[None], (w * n)[None], (b * n)[None], n[None], "batchtopk", k, dead, [0])
+    ids, pre = sel.ids[0], sel.pre[0]
     assert ids.shape[1] > BATCHTOPK_CANDIDATES * k  # the fallback ran
     ours = torch.zeros(64, d_sae).scatter_add_(1, ids, (pre * n[ids]).relu())
     theirs = BatchTopK(k)((x @ w + b) * n)
