@@ -32,7 +32,7 @@ from husai.batched_sparse import sparse_step
 from husai.config import SAEConfig, SAETrainConfig
 from husai.repro import deterministic
 from husai.sae import build_sae, decoder, lr_scheduler
-from husai.train import BatchOrder, SAECurves, SeedStreams, TrainedSAE
+from husai.train import BatchOrder, Consistency, SAECurves, SeedStreams, TrainedSAE
 
 BATCHED_ARCHITECTURES = ("topk", "batchtopk")
 
@@ -75,6 +75,7 @@ def train_seeds_batched(
     progress: bool = False,
     target: torch.Tensor | None = None,
     label: str = "SAE",
+    consistency: Sequence[Consistency] | None = None,
 ) -> list[TrainedSAE]:
     """Train one SAE per seed, all at once; deterministic for given seeds on CPU."""
     if not batched_supported(sae_cfg):
@@ -82,7 +83,7 @@ def train_seeds_batched(
     if target is not None and target.shape != acts.shape:
         raise ValueError(f"target shape {tuple(target.shape)} != input {tuple(acts.shape)}")
     with deterministic():
-        return _train(sae_cfg, cfg, acts, seeds, progress, target, label)
+        return _train(sae_cfg, cfg, acts, seeds, progress, target, label, consistency)
 
 
 def _train(
@@ -93,6 +94,7 @@ def _train(
     progress: bool,
     target: torch.Tensor | None,
     label: str,
+    consistency: Sequence[Consistency] | None,
 ) -> list[TrainedSAE]:
     streams = [SeedStreams.of(s) for s in seeds]
     d_in, transcoder = int(acts.shape[1]), target is not None
@@ -103,6 +105,12 @@ def _train(
     n_seeds, d_sae, k = len(seeds), sae_cfg.d_sae, sae_cfg.k
     aux_coeff = sae_cfg.aux_loss_coefficient
     b_dec_in = saes[0].cfg.apply_b_dec_to_input
+    c = saes[0].cfg
+    if not c.rescale_acts_by_decoder_norm or c.normalize_activations != "none":
+        # The step below is written for sae-lens's defaults of these; anything else is not it.
+        raise ValueError("the batched path needs rescale_acts_by_decoder_norm and no normalisation")
+    if coeffs := saes[0].get_coefficients():
+        raise ValueError(f"the batched path has no loss coefficients, got {sorted(coeffs)}")
     threshold_lr = getattr(saes[0].cfg, "topk_threshold_lr", 0.0)
     thresholds = torch.zeros(n_seeds, dtype=torch.double)
     since_fired = torch.zeros(n_seeds, d_sae)
@@ -117,6 +125,14 @@ def _train(
         y = x if target is None else target[idx]
         sae_in = x - p.b_dec[:, None, :] if b_dec_in else x
         out = sparse_step(p.params, sae_in, y, dead, sae_cfg.architecture, k, aux_coeff, b_dec_in)
+        pull = torch.zeros(n_seeds)
+        for s, (penalty, lam) in enumerate(consistency or ()):
+            # The consistency extension's term (sae._ConsistencyMixin), seed by seed.
+            with torch.enable_grad():
+                w = p.W_dec[s].detach().requires_grad_(True)
+                term = lam * penalty(w, step)
+                out.grads[2][s] += torch.autograd.grad(term, w)[0]
+            pull[s] = term.detach()
         p.step(out.grads)
         since_fired += 1
         since_fired[out.fired] = 0
@@ -130,15 +146,17 @@ def _train(
             lr = p.opt.param_groups[0]["lr"]
             for s in range(n_seeds):
                 row = {
-                    names.CURVE_LOSS: float(out.mse[s] + out.aux[s]),
+                    names.CURVE_LOSS: float(out.mse[s] + out.aux[s] + pull[s]),
                     names.CURVE_L0: float(out.l0[s]),
                     names.CURVE_DEAD_FRAC: float(dead_frac[s]),
                     names.CURVE_LR: lr,
                     names.CURVE_MSE: float(out.mse[s]),
                     "auxiliary_reconstruction_loss": float(out.aux[s]),
                 }
+                if consistency is not None:
+                    row[names.CURVE_CONSISTENCY] = float(pull[s])
                 curves[s].add(step, row)
-            bar.set_postfix(loss=f"{float((out.mse + out.aux).mean()):.4g}")
+            bar.set_postfix(loss=f"{float((out.mse + out.aux + pull).mean()):.4g}")
     seconds = time.perf_counter() - start
     trained: list[TrainedSAE] = []
     for s, sae in enumerate(saes):

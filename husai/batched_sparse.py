@@ -63,14 +63,29 @@ def _select_chunked(
 
 
 @dataclass
-class Selection:
-    """The latents one step uses, every seed padded to one width (padding has weight 0)."""
+class Entries:
+    """Chosen (row, latent) pairs of every seed, flat and ordered by row: row r's entries are
+    lat[offsets[r]:offsets[r + 1]]. Rows and latents are global: s * B + b and s * d_sae + j."""
 
-    ids: torch.Tensor  # [S, B, m] main activation
-    pre: torch.Tensor  # [S, B, m] its unscaled pre-activations (sae_in @ W_enc + b_enc)
-    aux_ids: torch.Tensor  # [S, B, k_aux] AuxK's dead latents (k_aux may be 0)
-    aux_pre: torch.Tensor  # [S, B, k_aux]
-    aux_valid: torch.Tensor  # [S, 1 or B, k_aux] bool: False where seed s chose fewer
+    lat: torch.Tensor  # [E] latent (row of the stacked W_dec table)
+    row: torch.Tensor  # [E] batch row
+    pre: torch.Tensor  # [E] unscaled pre-activation (sae_in @ W_enc + b_enc)
+    offsets: torch.Tensor  # [S * B] start of each row's entries
+
+    @classmethod
+    def of(cls, ids: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor, d_sae: int) -> Entries:
+        """From per-row candidates ids/scores [S, B, m] and which of them are kept."""
+        n_seeds, bsz, _ = ids.shape
+        lat = ids + (torch.arange(n_seeds) * d_sae).view(n_seeds, 1, 1)
+        row = torch.arange(n_seeds * bsz).view(n_seeds, bsz, 1).expand_as(ids)
+        counts = keep.sum(-1).flatten()
+        offsets = torch.cumsum(counts, 0) - counts
+        return cls(lat[keep], row[keep], scores[keep], offsets)
+
+    def unscale(self, norm: torch.Tensor) -> Entries:
+        """Scores were pre * |W_dec|; keep pre."""
+        self.pre = self.pre / norm.flatten()[self.lat]
+        return self
 
 
 def select(
@@ -82,25 +97,25 @@ def select(
     k: int,
     dead: torch.Tensor,
     k_aux: list[int],
-) -> Selection:
-    """Rank scores = pre * |W_dec| (what sae-lens ranks; w_s, b_s are pre-scaled) and choose.
+) -> tuple[Entries, Entries]:
+    """Rank scores = pre * |W_dec| (what sae-lens ranks; w_s, b_s are pre-scaled) and choose:
+    the main activation's entries and AuxK's (seed s: its k_aux[s] best dead latents per row).
 
     TopK keeps each row's k best; BatchTopK keeps each row's m best relu'd scores as candidates
-    for its batch-wide choice (`_batch_wide`); AuxK takes seed s's k_aux[s] best dead latents.
-    Small problems go through one batched matmul; large ones seed by seed in cache-sized chunks.
+    for its batch-wide choice (`_batch_wide`). Small problems go through one batched matmul;
+    large ones seed by seed in cache-sized chunks.
     """
     n_seeds, bsz, _ = sae_in.shape
     d_sae = w_s.shape[2]
     m = k if arch == "topk" else min(d_sae, BATCHTOPK_CANDIDATES * k)
     ka = max(k_aux)
-    valid = torch.arange(ka)[None, None, :] < torch.tensor(k_aux)[:, None, None]  # padding
     if n_seeds * bsz * d_sae <= WHOLE_MAX_ELEMENTS:
         sc = torch.baddbmm(b_s[:, None, :], sae_in, w_s)
         scores, ids = sc.topk(m, dim=-1, sorted=False)
         masked = torch.where(dead[:, None, :], sc, -torch.inf)
         aux_scores, aux_ids = masked.topk(ka, dim=-1, sorted=False)
         # A seed with fewer than ka dead latents got -inf fillers: exactly its k_aux[s] are finite.
-        valid = torch.isfinite(aux_scores)
+        aux_keep = torch.isfinite(aux_scores)
     else:
         parts = [
             _select_chunked(sae_in[s], w_s[s], b_s[s], m, dead[s], k_aux[s]) for s in range(n_seeds)
@@ -109,21 +124,30 @@ def select(
         scores = torch.stack([q[1] for q in parts])
         aux_ids = torch.stack([F.pad(q[2], (0, ka - q[2].shape[1])) for q in parts])
         aux_scores = torch.stack([F.pad(q[3], (0, ka - q[3].shape[1])) for q in parts])
-    aux_ids = torch.where(valid, aux_ids, 0)
-    aux_scores = torch.where(valid, aux_scores, 0.0)
-    if arch == "batchtopk":
-        rows = [
-            _batch_wide(sae_in[s], w_s[s], b_s[s], ids[s], scores[s].relu(), k)
-            for s in range(n_seeds)
-        ]
-        width = max(r[0].shape[1] for r in rows)
-        ids = torch.stack([F.pad(r[0], (0, width - r[0].shape[1])) for r in rows])
-        scores = torch.stack([F.pad(r[1], (0, width - r[1].shape[1])) for r in rows])
+        aux_keep = torch.arange(ka)[None, None, :] < torch.tensor(k_aux)[:, None, None]
+        aux_keep = aux_keep.expand_as(aux_ids)
+    aux = Entries.of(aux_ids, aux_scores, aux_keep, d_sae).unscale(norm)
+    if arch == "topk":
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        return Entries.of(ids, scores, keep, d_sae).unscale(norm), aux
+    rows = [
+        _batch_wide(sae_in[s], w_s[s], b_s[s], ids[s], scores[s].relu(), k) for s in range(n_seeds)
+    ]
+    per_seed = [Entries.of(i[None], v[None], kp[None], d_sae) for i, v, kp in rows]
+    main = _concat(per_seed, bsz, d_sae)
+    return main.unscale(norm), aux
 
-    def unscale(i: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return v / norm.gather(1, i.flatten(1)).view_as(i)
 
-    return Selection(ids, unscale(ids, scores), aux_ids, unscale(aux_ids, aux_scores), valid)
+def _concat(parts: list[Entries], bsz: int, d_sae: int) -> Entries:
+    """Seed-by-seed entries (each built as seed 0) as one set, rows and latents made global."""
+    sizes = torch.tensor([len(p.lat) for p in parts])
+    start = torch.cumsum(sizes, 0) - sizes
+    return Entries(
+        lat=torch.cat([p.lat + s * d_sae for s, p in enumerate(parts)]),
+        row=torch.cat([p.row + s * bsz for s, p in enumerate(parts)]),
+        pre=torch.cat([p.pre for p in parts]),
+        offsets=torch.cat([p.offsets + start[s] for s, p in enumerate(parts)]),
+    )
 
 
 def _batch_wide(
@@ -133,52 +157,41 @@ def _batch_wide(
     ids: torch.Tensor,
     scores: torch.Tensor,
     k: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """sae-lens BatchTopK: the batch's k x n largest relu'd scores, as rows padded with zeros."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sae-lens BatchTopK for one seed: the batch's k x n largest relu'd scores, as candidates
+    (ids, scores) [n, width] and which of them are kept (exactly k x n)."""
     n, m = scores.shape
     d_sae = w.shape[1]
     total = k * n
     threshold = scores.flatten().topk(total, sorted=True).values[-1]
     low = scores.min(dim=1).values
-    # A row whose smallest candidate is positive and reaches the threshold may hold more of
-    # the batch's top values than it kept: recompute it whole (rare; exact either way).
+    # A row whose smallest candidate is positive and reaches the threshold may hold more of the
+    # batch's top values than it kept: its whole row joins the candidates (exact either way).
     full = (low >= threshold) & (low > 0) if m < d_sae else torch.zeros(n, dtype=torch.bool)
     if bool(full.any()):
         rows = full.nonzero().squeeze(1)
-        sc = torch.addmm(b, sae_in[rows], w).relu_()
+        extra = torch.addmm(b, sae_in[rows], w).relu_()
+        # The whole row replaces its candidates; other rows get zero-score fillers, never kept.
         ids = torch.cat([ids, torch.zeros(n, d_sae - m, dtype=torch.long)], 1)
-        scores = torch.cat([scores, torch.zeros(n, d_sae - m)], 1)
+        scores = torch.cat([scores, torch.full((n, d_sae - m), -1.0)], 1)
         ids[rows] = torch.arange(d_sae).expand(len(rows), d_sae)
-        scores[rows] = sc
-    flat = scores.flatten()
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep[flat.topk(total, sorted=False).indices] = True
-    return ids, torch.where(keep.view_as(scores), scores, torch.zeros(()))
-
-
-def _entries(ids: torch.Tensor, g: torch.Tensor, seed: int, d_sae: int) -> tuple[torch.Tensor, ...]:
-    """One seed's sparse dL/dpre [B, k] at latents `ids` as (latent row, batch column, value)
-    of the stacked [S * d_sae, S * B] gradient matrix."""
-    bsz, k = ids.shape
-    rows = (ids + seed * d_sae).reshape(-1)
-    cols = (torch.arange(bsz) + seed * bsz).repeat_interleave(k)
-    return rows, cols, g.reshape(-1)
+        scores[rows] = extra
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    keep[scores.flatten().topk(total, sorted=False).indices] = True
+    return ids, scores, keep.view_as(scores)
 
 
 def _encoder_grads(
-    sae_in: torch.Tensor, entries: list[tuple[torch.Tensor, ...]], d_sae: int
+    sae_in: torch.Tensor, lat: torch.Tensor, row: torch.Tensor, g: torch.Tensor, d_sae: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """dL/dW_enc [S, d_in, d_sae] and dL/db_enc [S, d_sae] from the sparse dL/dpre entries."""
+    """dL/dW_enc [S, d_in, d_sae] and dL/db_enc [S, d_sae] from sparse dL/dpre at (lat, row)."""
     s, bsz, d_in = sae_in.shape
-    r = torch.cat([e[0] for e in entries])
-    c = torch.cat([e[1] for e in entries])
-    v = torch.cat([e[2] for e in entries])
     # Indices are built here, in range by construction: skip the invariant check.
     g_mat = torch.sparse_coo_tensor(
-        torch.stack([r, c]), v, (s * d_sae, s * bsz), check_invariants=False
+        torch.stack([lat, row]), g, (s * d_sae, s * bsz), check_invariants=False
     )
     g_w = torch.sparse.mm(g_mat, sae_in.reshape(s * bsz, d_in)).view(s, d_sae, d_in)
-    g_b = torch.zeros(s * d_sae).index_add_(0, r, v).view(s, d_sae)
+    g_b = torch.zeros(s * d_sae).index_add_(0, lat, g).view(s, d_sae)
     return g_w.transpose(1, 2).contiguous(), g_b
 
 
@@ -200,56 +213,52 @@ def sparse_step(
     norm = w_dec.norm(dim=-1)  # [S, d_sae]
     n_dead = dead.sum(1).tolist()
     k_aux = [min(k_aux_full, n) for n in n_dead]
-    sel = select(sae_in, w_enc * norm[:, None, :], b_enc * norm, norm, arch, k, dead, k_aux)
-    act = sel.pre.relu()
+    main, aux = select(sae_in, w_enc * norm[:, None, :], b_enc * norm, norm, arch, k, dead, k_aux)
+    act = main.pre.relu()
     # One embedding_bag decodes every seed's rows (bags 0..SB-1) and, when some seed has dead
     # latents, their AuxK reconstructions (bags SB..2SB-1); its backward gives the gradients
     # w.r.t. the bag weights and W_dec, both sparse in what they touch.
-    n_rows, m, ka = n_seeds * bsz, sel.ids.shape[2], sel.aux_ids.shape[2]
-    offset = (torch.arange(n_seeds) * d_sae).view(n_seeds, 1, 1)
-    bags = [(sel.ids + offset).flatten()]
-    starts = [torch.arange(0, n_rows * m, m)]
-    weights = [act.flatten()]
-    if ka:
-        bags.append((sel.aux_ids + offset).flatten())
-        starts.append(n_rows * m + torch.arange(0, n_rows * ka, ka))
-        weights.append(sel.aux_pre.flatten())
+    n_rows, n_main, has_aux = n_seeds * bsz, len(main.lat), max(k_aux) > 0
+    bags, offsets, weights = [main.lat], [main.offsets], [act]
+    if has_aux:
+        bags, weights = [main.lat, aux.lat], [act, aux.pre]
+        offsets = [main.offsets, aux.offsets + n_main]
     with torch.enable_grad():
         wt = torch.cat(weights).requires_grad_(True)
         table = w_dec.detach().reshape(n_seeds * d_sae, d_in).requires_grad_(True)
         dec = F.embedding_bag(
-            torch.cat(bags), table, torch.cat(starts), mode="sum", per_sample_weights=wt
+            torch.cat(bags), table, torch.cat(offsets), mode="sum", per_sample_weights=wt
         )
     resid = dec[:n_rows].detach().view(n_seeds, bsz, d_in) + b_dec[:, None, :] - y
     mse = resid.pow(2).sum(-1).mean(1)
     grad_dec = [2.0 * resid / bsz]
     aux_loss = torch.zeros(n_seeds)
-    if ka:
+    if has_aux:
         # AuxK (sae-lens calculate_topk_aux_loss): dead latents predict the residual.
         scale = torch.tensor([min(n / k_aux_full, 1.0) for n in n_dead]).view(n_seeds, 1, 1)
         diff = dec[n_rows:].detach().view(n_seeds, bsz, d_in) + resid  # recons - (y - out)
         aux_loss = aux_coeff * scale.flatten() * diff.pow(2).sum(-1).mean(1)
         grad_dec.append((2.0 * aux_coeff / bsz) * scale * diff)
     g_w, g_table = torch.autograd.grad(dec, (wt, table), torch.cat(grad_dec).view(-1, d_in))
-    g_act = g_w[: n_rows * m].view_as(act) * (sel.pre > 0)
-    entries = [_entries(sel.ids[s], g_act[s], s, d_sae) for s in range(n_seeds)]
-    if ka:
-        # Padding has weight 0 but a gradient (its row of W_dec . residual): drop it.
-        g_aux = g_w[n_rows * m :].view_as(sel.aux_pre) * sel.aux_valid
-        entries += [_entries(sel.aux_ids[s], g_aux[s], s, d_sae) for s in range(n_seeds)]
-    g_wenc, g_benc = _encoder_grads(sae_in, entries, d_sae)
+    lat, row, g_pre = main.lat, main.row, g_w[:n_main] * (main.pre > 0)
+    if has_aux:
+        lat, row = torch.cat([lat, aux.lat]), torch.cat([row, aux.row])
+        g_pre = torch.cat([g_pre, g_w[n_main:]])
+    g_wenc, g_benc = _encoder_grads(sae_in, lat, row, g_pre, d_sae)
     g_bdec = grad_dec[0].sum(1)
     if b_dec_in:  # sae_in = x - b_dec feeds the encoder too
         g_bdec = g_bdec - torch.einsum("sdf,sf->sd", w_enc, g_benc)
     on = act > 0
-    fired = torch.zeros(n_seeds, d_sae).scatter_add_(1, sel.ids.flatten(1), on.flatten(1).float())
-    scaled = act * norm.gather(1, sel.ids.flatten(1)).view_as(act)
-    low = torch.where(on, scaled, torch.inf).flatten(1).min(1).values
+    fired = torch.zeros(n_seeds * d_sae).index_add_(0, main.lat, on.float())
+    l0 = torch.zeros(n_rows).index_add_(0, main.row, on.float()).view(n_seeds, bsz).mean(1)
+    scaled = torch.where(on, act * norm.flatten()[main.lat], torch.inf)
+    seed_of = torch.div(main.row, bsz, rounding_mode="floor")
+    low = torch.full((n_seeds,), torch.inf).scatter_reduce_(0, seed_of, scaled, "amin")
     return StepOut(
         mse=mse,
         aux=aux_loss,
         grads=[g_wenc, g_benc, g_table.view(n_seeds, d_sae, d_in), g_bdec],
-        fired=fired > 0,
-        l0=on.float().sum(-1).mean(1),
+        fired=fired.view(n_seeds, d_sae) > 0,
+        l0=l0,
         min_active=torch.where(torch.isinf(low), torch.nan, low),
     )

@@ -37,8 +37,11 @@ class Reference:
 
 
 def reference_key(cfg: ExperimentConfig, activation_key: str, seed: int) -> str:
+    # A reference is one seed trained by sae-lens's step, whatever `seed_batched` says: that
+    # switch is left out so that references cached before it existed stay valid.
+    train = cfg.train.model_dump(mode="json", exclude={"seed_batched"})
     return stable_hash(
-        {"activation_key": activation_key, "sae": cfg.sae, "train": cfg.train, "seed": seed}
+        {"activation_key": activation_key, "sae": cfg.sae, "train": train, "seed": seed}
     )
 
 

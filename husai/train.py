@@ -121,18 +121,24 @@ def train_seeds(
     progress: bool = False,
     target: torch.Tensor | None = None,
     label: str = "SAE",
+    consistency: Sequence[Consistency] | None = None,
 ) -> Iterator[TrainedSAE]:
-    """One plain-recipe SAE per seed, in seed order. All seeds at once on the seed-batched
-    path (`husai.batched`) when `train.seed_batched` and the architecture has one; otherwise
-    each seed is trained when the caller asks for it, so a caller that stops early (an ASHA
-    stop after the first seeds) trains no more."""
+    """One SAE per seed, in seed order (`consistency`: one penalty per seed, as the penalty
+    keeps per-seed state). All seeds at once on the seed-batched path (`husai.batched`) when
+    `train.seed_batched` and the architecture has one; otherwise each seed is trained when the
+    caller asks for it, so a caller that stops early (an ASHA stop) trains no more."""
     from husai.batched import batched_supported, train_seeds_batched
 
+    if consistency is not None and len(consistency) != len(seeds):
+        raise ValueError(f"{len(consistency)} consistency penalties for {len(seeds)} seeds")
     if train_cfg.seed_batched and batched_supported(sae_cfg):
-        yield from train_seeds_batched(sae_cfg, train_cfg, acts, seeds, progress, target, label)
+        yield from train_seeds_batched(
+            sae_cfg, train_cfg, acts, seeds, progress, target, label, consistency
+        )
         return
-    for seed in seeds:
-        yield train_sae(sae_cfg, train_cfg, acts, seed, None, progress, target, label)
+    for i, seed in enumerate(seeds):
+        pull = None if consistency is None else consistency[i]
+        yield train_sae(sae_cfg, train_cfg, acts, seed, pull, progress, target, label)
 
 
 def _train(

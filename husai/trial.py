@@ -8,7 +8,7 @@ rows, its cross-seed stability compared with matched random baselines. Returns a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ from husai.evals.runner import EvalResults, run_evals
 from husai.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
 from husai.sae import SAE, build_sae, decoder, load_sae, save_sae
 from husai.stability import StabilityReport, gaussian_decoders, representative, stability_report
-from husai.train import SeedStreams, TrainedSAE, train_sae, train_seeds
+from husai.train import SeedStreams, TrainedSAE, train_seeds
 
 if TYPE_CHECKING:
     from husai.activations import ActivationSet
@@ -113,22 +113,15 @@ def run_trial(
     start = time.perf_counter()
     splice = _SpliceCE(base_model, acts) if base_model is not None else None
     seeds = []
+    pulls = None
     if lam > 0 and references is not None:
+        # The penalty keeps per-seed state (its matching): one per seed.
         ref = references[0].decoder
-        # The penalty keeps per-seed state (its matching): one per seed, seeds one at a time.
-        trained_seeds: Iterator[TrainedSAE] = (
-            train_sae(
-                cfg.sae,
-                cfg.train,
-                acts.train,
-                seed,
-                (ConsistencyPenalty(ref, cfg.consistency.assign_every), lam),
-                progress=progress,
-            )  # fmt: skip
-            for seed in cfg.trial.seeds
-        )
-    else:
-        trained_seeds = train_seeds(cfg.sae, cfg.train, acts.train, cfg.trial.seeds, progress)
+        every = cfg.consistency.assign_every
+        pulls = [(ConsistencyPenalty(ref, every), lam) for _ in cfg.trial.seeds]
+    trained_seeds = train_seeds(
+        cfg.sae, cfg.train, acts.train, cfg.trial.seeds, progress, consistency=pulls
+    )
     for trained in trained_seeds:
         seed = trained.seed
         folder = save_sae(trained.sae, workdir / f"seed_{seed}")
