@@ -73,11 +73,16 @@ class Entries:
     offsets: torch.Tensor  # [S * B] start of each row's entries
 
     @classmethod
-    def of(cls, ids: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor, d_sae: int) -> Entries:
-        """From per-row candidates ids/scores [S, B, m] and which of them are kept."""
-        n_seeds, bsz, _ = ids.shape
+    def of(
+        cls, ids: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor | None, d_sae: int
+    ) -> Entries:
+        """From per-row candidates ids/scores [S, B, m] and which of them are kept (None: all)."""
+        n_seeds, bsz, m = ids.shape
         lat = ids + (torch.arange(n_seeds) * d_sae).view(n_seeds, 1, 1)
         row = torch.arange(n_seeds * bsz).view(n_seeds, bsz, 1).expand_as(ids)
+        if keep is None:  # TopK: every candidate, without the copy a mask would cost
+            offsets = torch.arange(0, n_seeds * bsz * m, m)
+            return cls(lat.flatten(), row.flatten(), scores.flatten(), offsets)
         counts = keep.sum(-1).flatten()
         offsets = torch.cumsum(counts, 0) - counts
         return cls(lat[keep], row[keep], scores[keep], offsets)
@@ -128,8 +133,7 @@ def select(
         aux_keep = aux_keep.expand_as(aux_ids)
     aux = Entries.of(aux_ids, aux_scores, aux_keep, d_sae).unscale(norm)
     if arch == "topk":
-        keep = torch.ones_like(ids, dtype=torch.bool)
-        return Entries.of(ids, scores, keep, d_sae).unscale(norm), aux
+        return Entries.of(ids, scores, None, d_sae).unscale(norm), aux
     rows = [
         _batch_wide(sae_in[s], w_s[s], b_s[s], ids[s], scores[s].relu(), k) for s in range(n_seeds)
     ]
