@@ -104,14 +104,14 @@ def _train(
     orders = [BatchOrder(int(acts.shape[0]), cfg.batch_size, st.data_seed) for st in streams]
     n_seeds, d_sae, k = len(seeds), sae_cfg.d_sae, sae_cfg.k
     aux_coeff = sae_cfg.aux_loss_coefficient
-    b_dec_in = saes[0].cfg.apply_b_dec_to_input
     c = saes[0].cfg
+    b_dec_in = c.apply_b_dec_to_input
     if not c.rescale_acts_by_decoder_norm or c.normalize_activations != "none":
         # The step below is written for sae-lens's defaults of these; anything else is not it.
         raise ValueError("the batched path needs rescale_acts_by_decoder_norm and no normalisation")
     if coeffs := saes[0].get_coefficients():
         raise ValueError(f"the batched path has no loss coefficients, got {sorted(coeffs)}")
-    threshold_lr = getattr(saes[0].cfg, "topk_threshold_lr", 0.0)
+    threshold_lr = getattr(c, "topk_threshold_lr", 0.0)  # BatchTopK's threshold EMA
     thresholds = torch.zeros(n_seeds, dtype=torch.double)
     since_fired = torch.zeros(n_seeds, d_sae)
     curves = [SAECurves() for _ in seeds]
@@ -151,7 +151,7 @@ def _train(
                     names.CURVE_DEAD_FRAC: float(dead_frac[s]),
                     names.CURVE_LR: lr,
                     names.CURVE_MSE: float(out.mse[s]),
-                    "auxiliary_reconstruction_loss": float(out.aux[s]),
+                    names.CURVE_AUXK: float(out.aux[s]),
                 }
                 if consistency is not None:
                     row[names.CURVE_CONSISTENCY] = float(pull[s])

@@ -229,6 +229,7 @@ CURVE_L0 = "l0"
 CURVE_DEAD_FRAC = "dead_frac"
 CURVE_LR = "lr"
 CURVE_CONSISTENCY = "consistency_loss"
+CURVE_AUXK = "auxiliary_reconstruction_loss"  # sae-lens's own name for the TopK AuxK term
 
 
 def train_key(name: str) -> str:
