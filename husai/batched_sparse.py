@@ -1,9 +1,9 @@
-"""Sparse kernels of the seed-batched path (`husai.batched`) for large SAEs.
+"""Kernels of the seed-batched path (`husai.batched`): one training step for all seeds.
 
-Where a [seeds, batch, d_sae] tensor is too big to pass through memory cheaply, one step is:
-pre-activations computed and ranked in row chunks that stay in cache (`_select`), a sparse
-decode over the k chosen rows of W_dec (`_decode`, `embedding_bag`), and hand-written sparse
-gradients (`sparse_step`): dL/dpre exists only at the chosen latents, so dW_enc is one sparse
+`select` ranks pre-activations in one batched matmul (small SAEs) or in row chunks that stay in
+cache (large ones) and returns the chosen (row, latent) pairs as compact `Entries`;
+`sparse_step` decodes them with one `embedding_bag` over the chosen rows of W_dec and writes
+the gradients by hand: dL/dpre exists only at the chosen latents, so dW_enc is one sparse
 matrix product and dW_dec comes from `embedding_bag`'s own backward. The math, term by term,
 is sae-lens's TopK / BatchTopK training step; see `husai/batched.py`.
 """

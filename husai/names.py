@@ -77,11 +77,15 @@ RECON_DEAD_FRAC = "recon/dead_frac"
 RECON_LOSS_RECOVERED = "recon/loss_recovered"
 
 # --- stability (trial runs) ---------------------------------------------------------------------
+STABILITY_PREFIX = "stability/"
+STABILITY_MMCS = "stability/mmcs"
+STABILITY_PW_MCC = "stability/pw_mcc"
+STABILITY_SHARED_07 = "stability/shared_frac_0.7"
 STABILITY_BASES = (
-    "stability/mmcs",
-    "stability/pw_mcc",
+    STABILITY_MMCS,
+    STABILITY_PW_MCC,
     "stability/shared_frac_0.5",
-    "stability/shared_frac_0.7",
+    STABILITY_SHARED_07,
     "stability/shared_frac_0.9",
 )
 # _gaussian: the second control (i.i.d. Gaussian directions); _delta_ucb: the upper end of the CI.

@@ -163,10 +163,10 @@ def summary(res: PipelineResult, tracker_uri: str) -> str:
         f"best recipe: {p.get('architecture')} k={p.get('k')} d_sae={p.get('d_sae')} "
         f"lambda={float(p.get('lambda', 'nan')):g}  (trial run {s.best_trial_run_id[:12]})"
     )
-    for base in ("stability/pw_mcc", "stability/mmcs"):
-        rand = _fmt(m.get(base + "_random"))
-        delta = _fmt(m.get(base + "_delta"), "+.4f")
-        lcb = _fmt(m.get(base + "_delta_lcb"), "+.4f")
+    for base in (names.STABILITY_PW_MCC, names.STABILITY_MMCS):
+        rand = _fmt(m.get(names.stability_key(base, "_random")))
+        delta = _fmt(m.get(names.stability_key(base, "_delta")), "+.4f")
+        lcb = _fmt(m.get(names.stability_key(base, "_delta_lcb")), "+.4f")
         lines.append(
             f"  {base.split('/')[1]:<7} {_fmt(m.get(base))} vs random {rand}: "
             f"delta {delta} (95% lcb {lcb})"

@@ -199,7 +199,7 @@ def trial_params(cfg: ExperimentConfig, acts: ActivationSet, src: TrialSource) -
 def stability_metrics(result: TrialResult) -> dict[str, float]:
     out: dict[str, float | None] = {}
     for m, st in result.stability.metrics.items():
-        base = f"stability/{m}"
+        base = names.STABILITY_PREFIX + m
         for suffix, value in (
             ("", st.value),
             ("_random", st.random),

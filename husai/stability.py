@@ -22,7 +22,7 @@ from scipy.optimize import linear_sum_assignment
 from husai import names
 
 # One source of truth: the metric contract in names.py.
-METRICS = tuple(k.removeprefix("stability/") for k in names.STABILITY_BASES)
+METRICS = tuple(k.removeprefix(names.STABILITY_PREFIX) for k in names.STABILITY_BASES)
 THRESHOLDS = tuple(float(m.removeprefix("shared_frac_")) for m in METRICS if "frac" in m)
 MIN_SEEDS_FOR_CI = 3  # with 2 seeds every resample is the point estimate or undefined
 

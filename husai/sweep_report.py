@@ -33,12 +33,12 @@ from husai import names  # noqa: E402
 from husai.tracking import Tracker  # noqa: E402
 
 TABLE_METRICS = (
-    names.stability_key("stability/pw_mcc"),
-    names.stability_key("stability/pw_mcc", "_random"),
-    names.stability_key("stability/pw_mcc", "_delta_lcb"),
-    names.stability_key("stability/mmcs"),
-    names.stability_key("stability/mmcs", "_delta_lcb"),
-    names.stability_key("stability/shared_frac_0.7"),
+    names.STABILITY_PW_MCC,
+    names.stability_key(names.STABILITY_PW_MCC, "_random"),
+    names.stability_key(names.STABILITY_PW_MCC, "_delta_lcb"),
+    names.STABILITY_MMCS,
+    names.stability_key(names.STABILITY_MMCS, "_delta_lcb"),
+    names.STABILITY_SHARED_07,
     names.RECON_EV,
     names.RECON_FVU,
     names.RECON_L0,
@@ -51,7 +51,7 @@ TABLE_METRICS = (
 # What the stability plots need beyond the table: each metric's random value and interval.
 PLOT_ONLY = tuple(
     names.stability_key(b, sfx)
-    for b in ("stability/pw_mcc", "stability/mmcs")
+    for b in (names.STABILITY_PW_MCC, names.STABILITY_MMCS)
     for sfx in ("_random", "_delta_lcb", "_delta_ucb")
     if names.stability_key(b, sfx) not in TABLE_METRICS
 )
@@ -95,11 +95,12 @@ def _finished(df: pd.DataFrame) -> pd.DataFrame:
 def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     d = _finished(df).sort_values(param)
-    for ax, metric in zip(axes, ("stability/pw_mcc", "stability/mmcs"), strict=True):
-        rand = d[metric + "_random"]
+    for ax, metric in zip(axes, (names.STABILITY_PW_MCC, names.STABILITY_MMCS), strict=True):
+        rand_key = names.stability_key(metric, "_random")
+        rand = d[rand_key]
         # The interval of (trained - random), drawn around the trained value.
-        lo = d[metric] - (d[metric] - rand - d[metric + "_delta_lcb"])
-        hi = d[metric] + (d[metric + "_delta_ucb"] - (d[metric] - rand))
+        lo = d[metric] - (d[metric] - rand - d[names.stability_key(metric, "_delta_lcb")])
+        hi = d[metric] + (d[names.stability_key(metric, "_delta_ucb")] - (d[metric] - rand))
         for lam, g in d.groupby(names.PARAM_LAMBDA):
             idx = g.index
             ax.errorbar(
@@ -111,7 +112,7 @@ def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:
                 label=f"trained, lambda {lam:.3g}",
             )
         if len(d):
-            band = d.groupby(param)[metric + "_random"].agg(["min", "max"])
+            band = d.groupby(param)[rand_key].agg(["min", "max"])
             ax.fill_between(band.index, band["min"], band["max"], color="grey", alpha=0.3)
             ax.plot(band.index, band["max"], color="grey", linewidth=1, label="random baseline")
         ax.set_xscale("log", base=2)
@@ -138,9 +139,9 @@ def pareto_front(fvu: np.ndarray, stab: np.ndarray) -> np.ndarray:
 
 
 def plot_pareto(df: pd.DataFrame, path: Path) -> Path:
-    d = _finished(df).dropna(subset=[names.RECON_FVU, "stability/pw_mcc"])
+    d = _finished(df).dropna(subset=[names.RECON_FVU, names.STABILITY_PW_MCC])
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    fvu, stab = d[names.RECON_FVU].to_numpy(), d["stability/pw_mcc"].to_numpy()
+    fvu, stab = d[names.RECON_FVU].to_numpy(), d[names.STABILITY_PW_MCC].to_numpy()
     ax.scatter(fvu, stab, color="tab:blue", label="trials")
     for x, y, k, ds, lam in zip(fvu, stab, d["k"], d["d_sae"], d["lambda"], strict=True):
         ax.annotate(
@@ -150,7 +151,7 @@ def plot_pareto(df: pd.DataFrame, path: Path) -> Path:
     if len(front):
         ax.step(fvu[front], stab[front], where="post", color="tab:red", label="Pareto front")
     ax.set_xlabel(f"{names.RECON_FVU} (held-out, lower is better)")
-    ax.set_ylabel("stability/pw_mcc (higher is better)")
+    ax.set_ylabel(f"{names.STABILITY_PW_MCC} (higher is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -160,7 +161,7 @@ def plot_pareto(df: pd.DataFrame, path: Path) -> Path:
 
 def plot_lambda_effect(df: pd.DataFrame, path: Path) -> Path:
     d = _finished(df).sort_values(names.PARAM_LAMBDA)
-    keys = ("stability/pw_mcc", names.CONSISTENCY_ALIGNMENT, names.RECON_EV)
+    keys = (names.STABILITY_PW_MCC, names.CONSISTENCY_ALIGNMENT, names.RECON_EV)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharex=True)
     for ax, key in zip(axes, keys, strict=True):
         for (k, ds), g in d.groupby([names.PARAM_K, names.PARAM_D_SAE]):

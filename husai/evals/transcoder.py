@@ -81,13 +81,12 @@ def transcoder_stress(
     """`mlp_in`, `mlp_out`: [n_train, d] rows of the trial's training split, row-aligned."""
     start = time.perf_counter()
     seeds = cfg.trial.seeds
-    transcoders = [
-        t.decoder
-        for t in train_seeds(
-            cfg.sae, cfg.train, mlp_in, seeds, progress, target=mlp_out, label="transcoder"
-        )
-    ]
+    # Each family is one seed-batched run where the recipe has one (train_seeds).
+    mapped = train_seeds(
+        cfg.sae, cfg.train, mlp_in, seeds, progress, target=mlp_out, label="transcoder"
+    )
     plain = train_seeds(cfg.sae, cfg.train, mlp_in, seeds, progress, label="MLP-in SAE")
+    transcoders = [t.decoder for t in mapped]
     saes = [t.decoder for t in plain]
     t_mat = pairwise(transcoders, int(mlp_out.shape[1]))["pw_mcc"]
     s_mat = pairwise(saes, int(mlp_in.shape[1]))["pw_mcc"]
