@@ -6,6 +6,10 @@
 
 Bad input (config, checkpoint, cache entry) exits 2 with one line naming the file and field,
 before any compute and before any run is created.
+
+The commands import what they run inside their own function: `husai --help` takes 0.3 s, while
+importing the stages (torch, TransformerLens, sae-lens) costs about 13 s and MLflow about 1 s,
+which a command that needs neither should not pay. Everything else in HUSAI imports at the top.
 """
 
 from __future__ import annotations
@@ -14,14 +18,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from husai import names
-from husai.config import PRESETS, ExperimentConfig, InputError, resolve
-
-if TYPE_CHECKING:
-    from husai.activations import ActivationsHandle
-    from husai.base_model import BaseModelHandle
+from husai.config.experiment import ExperimentConfig
+from husai.config.loading import PRESETS, resolve, with_activation_source
+from husai.core.errors import InputError
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -126,79 +127,66 @@ COMMAND_HELP = {
 }
 
 
-def ui_hint(uri: str) -> str:
-    return f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}"
-
-
-def print_base(handle: BaseModelHandle) -> None:
-    verdict = (
-        "generalised" if handle.generalised else "DID NOT GENERALISE (memorised or undertrained)"
-    )
-    how = "reused (same config hash, no training)" if handle.reused else "trained and registered"
-    print(
-        f"husai-base version {handle.version} {how}: held-out accuracy "
-        f"{handle.test_acc:.4f}, {verdict}; run {handle.run_id}"
-    )
-
-
-def base_links(handle: BaseModelHandle) -> dict[str, str]:
-    return {names.TAG_LINK_BASE_RUN: handle.run_id, names.TAG_LINK_BASE_VERSION: handle.version}
-
-
-def print_acts(handle: ActivationsHandle) -> None:
-    acts = handle.acts
-    state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
-    print(
-        f"activations {acts.key} at {acts.hook} pos {acts.position}: {state}; "
-        f"{acts.train.shape[0]} train + {acts.eval.shape[0]} held-out rows, d_in {acts.d_in}; "
-        f"run {handle.run_id}"
-    )
-
-
 def cmd_train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from husai.base_model import get_or_train
-    from husai.tracking import Tracker
+    from husai import console
+    from husai.registry.tracking import Tracker
+    from husai.run import stages
 
     tracker = Tracker(args.tracking_uri or None)
-    handle = get_or_train(cfg, tracker)
-    tracker.link_env_run(base_links(handle))
-    print_base(handle)
-    print(ui_hint(tracker.uri))
+    handle = stages.base_model(cfg, tracker)
+    tracker.link_env_run(handle.links())
+    console.print_base(handle)
+    print(console.ui_hint(tracker.uri))
     return 0
 
 
 def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from husai.activations import check_hook, get_or_extract
-    from husai.base_model import get_or_train
-    from husai.tracking import Tracker
+    from husai import console
+    from husai.model.activations import check_hook
+    from husai.registry.tracking import Tracker
+    from husai.run import stages
 
     check_hook(cfg)
     tracker = Tracker(args.tracking_uri or None)
-    base = get_or_train(cfg, tracker)
-    print_base(base)
-    acts = get_or_extract(cfg, base, tracker)
-    tracker.link_env_run({**base_links(base), names.TAG_LINK_ACTIVATIONS_RUN: acts.run_id})
-    print_acts(acts)
-    print(ui_hint(tracker.uri))
+    base = stages.base_model(cfg, tracker)
+    console.print_base(base)
+    acts = stages.activations(cfg, base, tracker)
+    tracker.link_env_run({**base.links(), names.TAG_LINK_ACTIVATIONS_RUN: acts.run_id})
+    console.print_acts(acts)
+    print(console.ui_hint(tracker.uri))
     return 0
 
 
 def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from husai.trial_cli import run_trial_command
+    from husai import console
+    from husai.registry.trial_records import find_recorded_trial
+    from husai.run.trial_stages import prepare_consistency, run_and_record, trial_inputs
 
-    return run_trial_command(
-        cfg,
-        args.tracking_uri or None,
-        args.activation_key,
-        args.activations_file,
-        rerun=args.rerun == "yes",
-    )
+    cfg = with_activation_source(cfg, args.activation_key, args.activations_file)
+    inputs = trial_inputs(cfg, args.tracking_uri or None)
+    tracker = inputs.tracker
+    done = None if args.rerun == "yes" else find_recorded_trial(tracker, cfg, inputs.acts.key)
+    if done is not None:
+        # Same config hash, activations and metric version: training is deterministic, so the
+        # result would be the same run again. Say so instead of duplicating runs and versions.
+        console.print_recorded(done, tracker.get_run_metrics(done))
+        tracker.link_env_run({names.TAG_TRIAL_RUN_ID: done})
+        print(console.ui_hint(tracker.uri))
+        return 0
+    refs, plain = prepare_consistency(cfg, inputs)
+    result, rec = run_and_record(cfg, inputs, refs, plain)
+    tracker.link_env_run({names.TAG_TRIAL_RUN_ID: rec.run_id})
+    representative = (result.representative_seed, result.representative_reason)
+    metrics = tracker.get_run_metrics(rec.run_id)
+    console.print_summary(cfg, inputs.acts, result.seconds, rec, representative, metrics)
+    print(console.ui_hint(tracker.uri))
+    return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from husai.tracking import Tracker
-    from husai.trial_cli import print_sweep_trials
-    from husai.tune import run_sweep
+    from husai import console
+    from husai.registry.tracking import Tracker
+    from husai.run.sweep import run_sweep
 
     out = run_sweep(
         Path(args.sweep),
@@ -208,27 +196,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         resume=args.resume == "yes",
         rerun=args.rerun == "yes",
     )
-    if out.reused:
-        print(
-            f"reusing sweep run {out.sweep_run_id}: it finished with the same sweep file, "
-            "activations and metric version (--rerun yes runs it again)"
-        )
-    print(
-        f"sweep run {out.sweep_run_id}: {out.n_trials} trials, {out.n_recorded} recorded in full "
-        f"(the others stopped early by ASHA or failed: see their runs)"
-    )
     tracker = Tracker(args.tracking_uri or None)
     links = {names.TAG_LINK_SWEEP_RUN: out.sweep_run_id}
     if out.sae_version is not None:
         links[names.TAG_LINK_SAE_VERSION] = str(out.sae_version)
     tracker.link_env_run(links)
-    print_sweep_trials(tracker, out.sweep_run_id, out.best_trial_run_id)
-    if out.best_trial_run_id is not None:
-        print(
-            f"best trial run {out.best_trial_run_id} (objective {out.best_value:.4f}); "
-            f"husai-sae version {out.sae_version} (alias candidate)"
-        )
-    print(ui_hint(tracker.uri))
+    console.print_sweep(out, tracker.child_runs(out.sweep_run_id))
+    print(console.ui_hint(tracker.uri))
     return 0
 
 
@@ -246,9 +220,10 @@ EXIT_GATE_ERROR = 1
 
 def cmd_gate(args: argparse.Namespace) -> int:
     """Exit 0 on pass, 2 on block, 1 when there is nothing to judge or the policy is bad."""
-    from husai.gate import load_policy, render_table
-    from husai.gate_apply import run_gate
-    from husai.tracking import Tracker
+    from husai import console
+    from husai.registry.gate import load_policy
+    from husai.registry.gate_apply import run_gate
+    from husai.registry.tracking import Tracker
 
     try:
         if bool(args.version) == bool(args.alias):
@@ -265,7 +240,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     except InputError as e:
         print(f"husai gate: error: {e}", file=sys.stderr)
         return EXIT_GATE_ERROR
-    print(render_table(out.decision))
+    print(console.gate_table(out.decision))
     links = {names.TAG_LINK_SAE_VERSION: str(out.decision.version)}
     if out.gate_run_id is not None:
         links[names.TAG_LINK_GATE_RUN] = out.gate_run_id
@@ -279,8 +254,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from husai.pipeline import StepFailed, run_pipeline, summary
-    from husai.tracking import Tracker
+    from husai.registry.tracking import Tracker
+    from husai.run.pipeline import StepFailed, run_pipeline
 
     try:
         res = run_pipeline(
@@ -300,13 +275,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     if res.gate.gate_run_id is not None:
         links[names.TAG_LINK_GATE_RUN] = res.gate.gate_run_id
     tracker.link_env_run(links)
-    print(summary(res, tracker.uri))
+    print(res.summary(tracker.uri))
     return 0 if res.gate.decision.pass_all else EXIT_GATE_BLOCKED
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from husai.sweep_report import log_sweep_report
-    from husai.tracking import Tracker
+    from husai.registry.tracking import Tracker
+    from husai.report.sweep_report import log_sweep_report
 
     tracker = Tracker(args.tracking_uri or None)
     if tracker.run_kind(args.sweep_run) != names.KIND_SWEEP:
@@ -321,8 +296,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from husai.export import export_sae
-    from husai.tracking import Tracker
+    from husai.registry.export import export_sae
+    from husai.registry.tracking import Tracker
 
     tracker = Tracker(args.tracking_uri or None)
     done = export_sae(tracker, args.version, Path(args.out))

@@ -1,6 +1,6 @@
 """Every MLflow name HUSAI writes or reads: metric keys, params, tags, aliases, experiments.
 
-The metric keys are a public contract (shared/DESIGN.md section 5): users compare them in the
+The metric keys are a public contract (docs/metrics.md defines each): users compare them in the
 MLflow UI and gates read them. Nothing else in the package spells an MLflow key as a literal.
 """
 
@@ -104,9 +104,11 @@ PARAM_REF_RUN_ID = "ref_run_id"
 PARAM_CONTROL_REF_RUN_ID = "control_ref_run_id"
 PARAM_ASSIGN_EVERY = "assign_every"
 TAG_REF_RUN_ID = "husai.ref_run_id"
-# Stress tests and local external evals (shared/DESIGN.md 4.7). The DESIGN keys, then the
-# values they are differences of, so a reader can see what moved. Trial runs carry all; seed
-# runs carry the per-seed ones (SEED_EVAL_KEYS).
+# Stress tests and local external evals (docs/metrics.md). The headline keys, then the values
+# they are differences of, so a reader can see what moved. Trial runs carry all; seed runs
+# carry the per-seed ones (SEED_EVAL_KEYS).
+STRESS_PREFIX = "stress/"
+EXTERNAL_PREFIX = "external/"
 STRESS_TRANSCODER_DELTA = "stress/transcoder_delta"
 STRESS_TRANSCODER_DELTA_LCB = "stress/transcoder_delta_lcb"
 STRESS_TRANSCODER_DELTA_UCB = "stress/transcoder_delta_ucb"
@@ -122,8 +124,8 @@ EXTERNAL_PROBE_BASELINE_AUC = "external/probe_baseline_auc"
 EXTERNAL_CONTRASTIVE_DELTA = "external/contrastive_delta"
 EXTERNAL_CONTRASTIVE_DELTA_LCB = "external/contrastive_delta_lcb"
 EXTERNAL_CONTRASTIVE_SCORE = "external/contrastive_score"
-# The stress/external keys shared/DESIGN.md section 5 names (gates and reports read these).
-DESIGN_EVAL_KEYS = (
+# The headline stress/external keys (gates and reports read these).
+HEADLINE_EVAL_KEYS = (
     STRESS_TRANSCODER_DELTA,
     STRESS_TRANSCODER_DELTA_LCB,
     STRESS_OOD_DROP,
@@ -198,6 +200,9 @@ SWEEP_BEST_VALUE = "sweep/best_objective"
 TAG_BEST_TRIAL_RUN_ID = "husai.best_trial_run_id"
 SWEEP_PARAM_RAY_NAME = "sweep.ray_name"  # Ray Tune experiment folder, for --resume
 SWEEP_PARAM_SMOKE = "sweep.smoke"
+SWEEP_PARAM_NUM_SAMPLES = "sweep.num_samples"
+SWEEP_PARAM_SEARCH_SPACE = "sweep.search_space"  # the swept config paths, comma-separated
+SWEEP_PARAM_OBJECTIVE = "sweep.objective"  # metric:mode, comma-separated
 TAG_SWEEP_HASH = "husai.sweep_hash"  # SweepConfig.fingerprint: an identical sweep is reused
 TAG_STOPPED_EARLY = "husai.stopped_early"  # a trial ASHA stopped before all its seeds
 TAG_TRIAL_ERROR = "husai.trial_error"  # a trial that raised: the error's last line
@@ -207,6 +212,12 @@ MLFLOW_PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag, for search
 TAG_RAY_TEMP_DIR = "husai.ray_temp_dir"  # the sweep's private Ray instance, for --resume cleanup
 PARAM_SEEDS = "seeds"
 PARAM_N_SEEDS = "n_seeds"
+
+# --- Ray Tune reports (what a trial tells the scheduler; stopped trials record the last one) ---
+TUNE_ASHA_METRIC = RECON_FVU  # reported after every seed; stability needs finished seeds
+TUNE_SEEDS_DONE = "seeds_done"  # ASHA's time axis: seeds trained so far (+1 once recorded)
+TUNE_TRIAL_RUN_ID = "trial_run_id"  # the MLflow trial run, in a finished trial's last report
+TUNE_NODE_ID = "node_id"  # Tune's own results carry only the host name, the same for loopback
 
 
 def stability_key(base: str, suffix: str = "") -> str:
@@ -250,7 +261,7 @@ def package_tag(distribution: str) -> str:
     return TAG_PACKAGE_PREFIX + distribution
 
 
-# --- release gate (shared/DESIGN.md 4.8) ---------------------------------------------------------
+# --- release gate (docs/design.md, "Release gate") ----------------------------------------
 KIND_GATE = "gate"
 PARAM_GATE_POLICY = "gate.policy"
 PARAM_GATE_VERSION = "gate.model_version"
@@ -266,8 +277,13 @@ def gate_tag(policy: str, check: str) -> str:
     return f"gate.{policy}.{check}"
 
 
+def gate_value_key(metric: str) -> str:
+    """On a gate run, the value a check read: `value/<metric key>`."""
+    return f"value/{metric}"
+
+
 def gateable_metrics() -> frozenset[str]:
-    """Every key a gate policy may name: the trial-run metrics of shared/DESIGN.md section 5."""
+    """Every key a gate policy may name: the trial-run metrics of docs/metrics.md."""
     keys = {stability_key(b, s) for b in STABILITY_BASES for s in STABILITY_SUFFIXES}
     keys |= set(RECON_KEYS.values())
     keys |= {

@@ -1,22 +1,30 @@
-"""Shared fixtures. Every test gets its own MLflow store, activation cache and
-working directory in tmp_path; nothing a test does can touch the repository."""
+"""Shared fixtures. Every test gets its own MLflow store, activation cache and working
+directory in tmp_path, and starts from pinned random generators; nothing a test does can touch
+the repository. Builders (tiny configs, synthetic data, sweep files, store readers) live in
+tests/helpers.py."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from husai.config import ExperimentConfig, from_dict
+from husai.config.experiment import ExperimentConfig
+from husai.config.loading import from_dict
+from husai.registry.tracking import Tracker
+from tests.helpers import TINY
 
-# A model small enough to train a few steps in well under a second: for tests of our logic
-# (tracking, caching, reuse, determinism), not of grokking.
-TINY = {
-    "name": "tiny",
-    "task": {"p": 11, "train_frac": 0.5},
-    "base": {"d_model": 16, "n_heads": 2, "d_mlp": 32, "max_steps": 6, "eval_every": 2},
-    "activations": {"eval_frac": 0.25},
-}
+
+@pytest.fixture(autouse=True)
+def pinned_rngs() -> None:
+    """Every global generator a test (or a library under it) might draw from, pinned: a test
+    never depends on what ran before it."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +47,5 @@ def tiny_cfg() -> ExperimentConfig:
 
 
 @pytest.fixture
-def tracker(isolated_store: str):  # type: ignore[no-untyped-def]
-    from husai.tracking import Tracker
-
+def tracker(isolated_store: str) -> Tracker:
     return Tracker(isolated_store)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from husai.cli import EXIT_BAD_INPUT, main
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def store_path(uri: str) -> Path:

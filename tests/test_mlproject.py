@@ -1,16 +1,24 @@
-"""MLproject has one entry point per CLI subcommand, with the same parameters and types."""
+"""MLproject has one entry point per CLI subcommand, with the same parameters and types; run
+for real, the runs `mlflow run` creates link to HUSAI's own records."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
+from husai import names
 from husai.cli import build_parser
+from husai.registry.tracking import Tracker
+from tests.helpers import ROOT, TINY
 
-ROOT = Path(__file__).resolve().parent.parent
 MLPROJECT_TYPE = {str: "string", float: "float", int: "float"}  # MLflow has no int type
 
 
@@ -45,11 +53,70 @@ def test_entry_points_match_cli() -> None:
 
 
 def test_conda_env_pins_match_pyproject() -> None:
-    import tomllib
-
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pinned = {d for d in deps if "==" in d}
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert pinned <= set(pip)
     assert "torch==2.13.0" in pip
+
+
+@pytest.mark.slow
+def test_mlflow_run_entry_points(tmp_path: Path, isolated_store: str) -> None:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    mlflow_bin = str(Path(sys.executable).parent / "mlflow")
+    # `--env-manager local` runs the entry point's `python` from PATH, as an activated venv does.
+    bindir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": isolated_store,
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+    }
+    Tracker(isolated_store).experiment_id(names.EXPERIMENT_BASE)  # the driver creates the db
+    for entry, experiment in (
+        ("train-base", names.EXPERIMENT_BASE),
+        ("extract", names.EXPERIMENT_ACTIVATIONS),
+    ):
+        proc = subprocess.run(
+            [
+                mlflow_bin,
+                "run",
+                str(ROOT),
+                "-e",
+                entry,
+                "--env-manager",
+                "local",
+                "--experiment-name",
+                experiment,
+                "-P",
+                f"config={cfg}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    tracker = Tracker(isolated_store)
+    mv = tracker.client.get_model_version(names.BASE_MODEL_NAME, "1")
+    base_run = tracker.client.get_run(mv.run_id)
+    assert base_run.data.tags[names.TAG_CONFIG_HASH] and base_run.info.status == "FINISHED"
+    # The runs `mlflow run` created carry links to the runs HUSAI made in its own experiments.
+    project_runs = {
+        r.data.tags["mlflow.project.entryPoint"]: r
+        for exp in (names.EXPERIMENT_BASE, names.EXPERIMENT_ACTIVATIONS)
+        for r in tracker.client.search_runs(
+            [tracker.client.get_experiment_by_name(exp).experiment_id]
+        )
+        if "mlflow.project.entryPoint" in r.data.tags
+    }
+    assert set(project_runs) == {"train-base", "extract"}
+    assert all(r.info.status == "FINISHED" for r in project_runs.values())
+    assert project_runs["train-base"].data.tags[names.TAG_LINK_BASE_RUN] == mv.run_id
+    assert project_runs["train-base"].data.tags[names.TAG_LINK_BASE_VERSION] == "1"
+    acts_run_id = project_runs["extract"].data.tags[names.TAG_LINK_ACTIVATIONS_RUN]
+    acts_run = tracker.client.get_run(acts_run_id)
+    assert acts_run.data.params[names.PARAM_BASE_VERSION] == "1"
+    assert acts_run.data.tags[names.TAG_KIND] == names.KIND_ACTIVATIONS

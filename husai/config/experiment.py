@@ -1,0 +1,293 @@
+"""Typed experiment configs: every section of an experiment YAML, with its defaults and checks.
+
+A config file is YAML with the sections below; any field left out takes its default, and
+`preset: quick` (or `paper`) starts from a shipped preset that the rest of the file overrides
+(`husai.config.loading` reads files and presets):
+
+    preset: quick
+    task: {p: 59}
+    activations: {split_seed: 3}
+
+Every model forbids unknown fields, so a misspelled key is an error that names it and the file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from husai.core.hashing import stable_hash
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+class TaskConfig(Strict):
+    """Modular addition c = (a + b) mod p on inputs [a, b, =]."""
+
+    p: int = Field(113, description="prime modulus; the vocabulary is p numbers plus '='")
+    train_frac: float = Field(0.3, description="share of all p^2 pairs the base model trains on")
+    data_seed: int = Field(
+        0, ge=0, description="seed of the base model's train/test split of pairs"
+    )
+
+    @field_validator("p")
+    @classmethod
+    def _prime(cls, p: int) -> int:
+        if p < 3 or not _is_prime(p):
+            raise ValueError(f"must be a prime >= 3, got {p}")
+        return p
+
+    @field_validator("train_frac")
+    @classmethod
+    def _frac(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"must lie strictly between 0 and 1, got {v}")
+        return v
+
+
+class BaseModelConfig(Strict):
+    """The HookedTransformer and its full-batch AdamW training (shared/DESIGN.md 4.1)."""
+
+    n_layers: int = Field(1, ge=1, le=2, description="transformer blocks (1 or 2)")
+    d_model: int = Field(128, ge=8, description="residual stream width")
+    n_heads: int = Field(4, ge=1, description="attention heads; d_head = d_model / n_heads")
+    d_mlp: int = Field(512, ge=8, description="MLP hidden width")
+    act_fn: Literal["relu", "gelu"] = Field("relu", description="MLP activation")
+    layernorm: bool = Field(False, description="use LayerNorm (the default model has none)")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(1.0, ge=0, description="AdamW weight decay (drives grokking)")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas")
+    max_steps: int = Field(30_000, ge=1, description="step budget of full-batch training")
+    target_test_acc: float = Field(
+        0.99, gt=0, le=1, description="stop once held-out accuracy reaches this"
+    )
+    eval_every: int = Field(50, ge=1, description="steps between logged curve points")
+    init_seed: int = Field(0, ge=0, description="seed of the weight initialisation")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> BaseModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"n_heads: {self.n_heads} does not divide d_model {self.d_model}")
+        return self
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class ActivationsConfig(Strict):
+    """Which activations the SAEs see and how they are split (shared/DESIGN.md 4.2)."""
+
+    hook: str = Field("blocks.0.hook_resid_post", description="TransformerLens hook name")
+    position: int = Field(-1, ge=-3, le=2, description="token position; -1 is the '=' read-out")
+    eval_frac: float = Field(0.2, description="share of rows held out for every SAE metric")
+    split_seed: int = Field(0, ge=0, description="seed of the SAE-train / SAE-eval row split")
+    ood_frac: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="top share of operand values held out: pairs with both a and b in it are "
+        "the shifted (OOD) slice, never trained on; 0 = none",
+    )
+
+    @field_validator("eval_frac")
+    @classmethod
+    def _frac(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"must lie strictly between 0 and 1, got {v}")
+        return v
+
+    key: str | None = Field(
+        None, description="use an existing cached activation set by its key instead of extracting"
+    )
+    file: str | None = Field(
+        None, description="bring your own [n, d_in] activations (.safetensors, .npy or .pt)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ActivationsConfig:
+        if self.key is not None and self.file is not None:
+            raise ValueError("key and file: give at most one activation source")
+        return self
+
+
+ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard", "matryoshka_batchtopk")
+Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "matryoshka_batchtopk"]
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
+
+
+class SAEConfig(Strict):
+    """One SAE recipe, built from the sae-lens training class of its architecture."""
+
+    architecture: Architecture = Field("topk", description="sae-lens training architecture")
+    d_sae: int = Field(512, ge=2, description="number of latents (dictionary size)")
+    k: int = Field(16, ge=1, description="active latents per row (topk family only)")
+    aux_loss_coefficient: float = Field(
+        1.0, ge=0, description="weight of the dead-latent AuxK loss (topk family)"
+    )
+    l1_coefficient: float = Field(1.0, ge=0, description="L1 sparsity weight (standard)")
+    l0_coefficient: float = Field(1.0, ge=0, description="L0 sparsity weight (jumprelu)")
+    jumprelu_init_threshold: float = Field(0.01, gt=0, description="initial JumpReLU threshold")
+    jumprelu_bandwidth: float = Field(0.05, gt=0, description="JumpReLU STE bandwidth")
+    sparsity_warmup_steps: int = Field(0, ge=0, description="linear warm-up of the L1/L0 weight")
+    matryoshka_widths: tuple[int, ...] | None = Field(
+        None, description="nested dictionary widths ending at d_sae; default d_sae/4, /2, 1"
+    )
+    decoder_init_norm: float = Field(0.1, gt=0, description="decoder row norm at initialisation")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> SAEConfig:
+        if self.architecture in TOPK_FAMILY and self.k > self.d_sae:
+            raise ValueError(f"k: {self.k} exceeds d_sae {self.d_sae}")
+        w = self.matryoshka_widths
+        if w is not None:
+            if self.architecture != "matryoshka_batchtopk":
+                raise ValueError("matryoshka_widths: only for architecture matryoshka_batchtopk")
+            if list(w) != sorted(set(w)) or w[0] < 1 or w[-1] != self.d_sae:
+                raise ValueError(
+                    f"matryoshka_widths: must increase strictly and end at d_sae {self.d_sae}"
+                )
+        return self
+
+    def widths(self) -> list[int]:
+        if self.matryoshka_widths is not None:
+            return list(self.matryoshka_widths)
+        return sorted({max(1, self.d_sae // 4), max(1, self.d_sae // 2), self.d_sae})
+
+
+class SAETrainConfig(Strict):
+    """The training loop shared by every seed of a trial."""
+
+    steps: int = Field(1500, ge=1, description="optimizer steps per seed")
+    batch_size: int = Field(512, ge=1, description="rows per step")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    lr_warmup_steps: int = Field(50, ge=0, description="linear LR warm-up steps")
+    lr_decay_steps: int = Field(300, ge=0, description="linear LR decay to 0 over the last steps")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    dead_window: int = Field(
+        200, ge=1, description="steps without firing before a latent counts as dead (AuxK)"
+    )
+    log_every: int = Field(10, ge=1, description="steps between logged curve points")
+    seed_batched: bool = Field(
+        True,
+        description="train a trial's seeds together where a batched path exists (topk, "
+        "batchtopk; not with the consistency term); false: one after another via sae-lens",
+    )
+
+    @model_validator(mode="after")
+    def _schedule(self) -> SAETrainConfig:
+        if self.lr_warmup_steps + self.lr_decay_steps > self.steps:
+            raise ValueError(
+                f"lr_warmup_steps + lr_decay_steps ({self.lr_warmup_steps} + "
+                f"{self.lr_decay_steps}) exceed steps {self.steps}"
+            )
+        return self
+
+
+class TrialConfig(Strict):
+    """One recipe trained with several seeds, compared against matched random baselines."""
+
+    seeds: tuple[int, ...] = Field((0, 1, 2, 3, 4), description="training seeds (at least 2)")
+    random_seed_offset: int = Field(
+        1_000_000,
+        ge=1,
+        description="random-baseline seeds are seed + offset (distinct from training)",
+    )
+    bootstrap_samples: int = Field(2000, ge=100, description="seed-level bootstrap resamples")
+    bootstrap_seed: int = Field(0, ge=0, description="seed of the bootstrap resampling")
+    register_sae: bool = Field(True, description="register the representative SAE as husai-sae")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) < 2 or len(set(v)) != len(v) or min(v) < 0:
+            raise ValueError(f"need at least 2 distinct non-negative seeds, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _offset(self) -> TrialConfig:
+        if set(self.seeds) & {s + self.random_seed_offset for s in self.seeds}:
+            raise ValueError("random_seed_offset: random-baseline seeds overlap training seeds")
+        return self
+
+
+class EvalsConfig(Strict):
+    """Stress tests and local external evals on the trial's own SAEs (shared/DESIGN.md 4.7)."""
+
+    transcoder: bool = Field(True, description="transcoders vs SAEs on the MLP input, same seeds")
+    ood: bool = Field(True, description="recon and probe AUC on the held-out operand slice")
+    probing: bool = Field(True, description="SAEBench-style sparse probing on (a, b, c) tasks")
+    contrastive: bool = Field(True, description="CE-Bench-style contrastive/independence scores")
+    probe_ks: tuple[int, ...] = Field((1, 2, 5), description="latents per sparse probe")
+
+
+class ConsistencyConfig(Strict):
+    """Pull every seed's decoder toward a frozen reference SAE (shared/DESIGN.md 4.6)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    lam: float = Field(
+        0.0, alias="lambda", ge=0, description="weight of the penalty; 0 trains the plain recipe"
+    )
+    ref_seed: int = Field(10_000, ge=0, description="seed of the reference SAE (not a trial seed)")
+    control_ref_seed: int = Field(
+        10_001, ge=0, description="seed of the independent control reference (not a trial seed)"
+    )
+    assign_every: int = Field(
+        50, ge=1, description="steps between refreshes of the Hungarian matching to the reference"
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ConsistencyConfig:
+        if self.ref_seed == self.control_ref_seed:
+            raise ValueError("control_ref_seed: must differ from ref_seed")
+        return self
+
+
+class ExperimentConfig(Strict):
+    """Everything one experiment needs; sections are filled in by later stages of the pipeline."""
+
+    name: str = Field("custom", min_length=1, description="label for runs made from this config")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    base: BaseModelConfig = Field(default_factory=BaseModelConfig)
+    activations: ActivationsConfig = Field(default_factory=ActivationsConfig)
+    sae: SAEConfig = Field(default_factory=SAEConfig)
+    train: SAETrainConfig = Field(default_factory=SAETrainConfig)
+    trial: TrialConfig = Field(default_factory=TrialConfig)
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+    evals: EvalsConfig = Field(default_factory=EvalsConfig)
+
+    @model_validator(mode="after")
+    def _reference_is_not_a_trial_seed(self) -> ExperimentConfig:
+        for name in ("ref_seed", "control_ref_seed"):
+            if getattr(self.consistency, name) in self.trial.seeds:
+                raise ValueError(
+                    f"consistency.{name}: {getattr(self.consistency, name)} is one of trial.seeds; "
+                    "the reference must never be among the compared seeds"
+                )
+        return self
+
+    def base_hash(self) -> str:
+        """Identity of the base model: the task and the model/training settings, nothing else."""
+        return stable_hash({"task": self.task, "base": self.base})
+
+    def config_hash(self) -> str:
+        """Identity of the experiment's result. Where the activations come from
+        (activations.key/file) is left out: runs record it as their activation_key param."""
+        data = self.model_dump(mode="json")
+        data["activations"] = {
+            k: v for k, v in data["activations"].items() if k not in ("key", "file")
+        }
+        # Settings that cannot change the result: registration, and the reference settings of
+        # a recipe that uses no reference (lambda = 0).
+        data["trial"].pop("register_sae")
+        if self.consistency.lam == 0:
+            data["consistency"] = {"lam": 0.0}
+        return stable_hash(data)

@@ -1,0 +1,319 @@
+"""Everything HUSAI prints: what a stage found or made, a trial's numbers, a sweep's trials,
+the gate's decision, the pipeline's progress and summary, one line per trial of a running sweep.
+
+Lines are built here from the values the other layers hand over; a metric that was not computed
+prints as `absent`, never as a number. Summaries fit an 80-column terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from husai import names
+from husai.config.experiment import ExperimentConfig
+from husai.model.activations import ActivationSet
+from husai.registry.gate import GateDecision
+from husai.registry.handles import ActivationsHandle, BaseModelHandle, Reference
+from husai.registry.sweep_records import SweepOutcome
+from husai.registry.trial_records import RecordedTrial
+from husai.registry.views import RunView
+
+
+def fmt(value: float | None, spec: str = ".4f") -> str:
+    """A metric that was not computed prints as absent (as wide as the number would be), never
+    as a number."""
+    if value is not None:
+        return format(value, spec)
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    return "absent".rjust(int(width) if width else 0)
+
+
+def ui_hint(uri: str) -> str:
+    return f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}"
+
+
+# --- stages -------------------------------------------------------------------------------------
+def print_base(handle: BaseModelHandle) -> None:
+    verdict = (
+        "generalised" if handle.generalised else "DID NOT GENERALISE (memorised or undertrained)"
+    )
+    how = "reused (same config hash, no training)" if handle.reused else "trained and registered"
+    print(
+        f"husai-base version {handle.version} {how}: held-out accuracy "
+        f"{handle.test_acc:.4f}, {verdict}; run {handle.run_id}"
+    )
+
+
+def print_acts(handle: ActivationsHandle) -> None:
+    acts = handle.acts
+    state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
+    print(
+        f"activations {acts.key} at {acts.hook} pos {acts.position}: {state}; "
+        f"{acts.train.shape[0]} train + {acts.eval.shape[0]} held-out rows, d_in {acts.d_in}; "
+        f"run {handle.run_id}"
+    )
+
+
+def print_reference(ref: Reference, what: str) -> None:
+    how = "reused" if ref.reused else "trained"
+    print(f"{what} SAE (seed {ref.seed}) {how}: run {ref.run_id}")
+
+
+def print_plain_recipe(run_id: str | None, recorded: bool = False) -> None:
+    """The lambda = 0 recipe, the baseline of a lambda > 0 trial's deltas: found, about to be
+    trained (`run_id` None), or just recorded."""
+    if run_id is None:
+        print("lambda = 0 recipe not recorded yet: training it first (the baseline of its deltas)")
+    elif recorded:
+        print(f"lambda = 0 recipe recorded: run {run_id}")
+    else:
+        print(f"lambda = 0 recipe found: run {run_id}")
+
+
+# --- trials -------------------------------------------------------------------------------------
+def print_summary(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    seconds: float,
+    rec: RecordedTrial,
+    representative: tuple[int, str],
+    metrics: Mapping[str, float],
+) -> None:
+    s = cfg.sae
+    print(
+        f"trial {s.architecture} k={s.k} d_sae={s.d_sae} lambda={cfg.consistency.lam:g} on "
+        f"{acts.key}, seeds {list(cfg.trial.seeds)}: {seconds:.1f} s; run {rec.run_id}"
+    )
+    print_metrics(metrics)
+    if rec.sae_version is not None:
+        print(
+            f"  husai-sae version {rec.sae_version} (alias candidate) = seed "
+            f"{representative[0]}: {representative[1]}"
+        )
+
+
+def print_recorded(run_id: str, metrics: Mapping[str, float]) -> None:
+    print(
+        f"trial already recorded with this config hash and activations: run {run_id} "
+        "(reused, not retrained; pass --rerun yes to train it again)"
+    )
+    print_metrics(metrics)
+
+
+def print_metrics(m: Mapping[str, float]) -> None:
+    """What MLflow holds for a trial run; a metric that was not computed prints as absent."""
+    g = m.get
+    print(
+        f"  held-out recon (mean over seeds): ev {fmt(g(names.RECON_EV))}  "
+        f"fvu {fmt(g(names.RECON_FVU))}  l0 {fmt(g(names.RECON_L0), '.1f')}  "
+        f"dead {fmt(g(names.RECON_DEAD_FRAC), '.3f')}  "
+        f"loss recovered {fmt(g(names.RECON_LOSS_RECOVERED))}"
+    )
+    print("  stability        trained   random  gaussian   step0   delta [95% seed-bootstrap CI]")
+    for base in names.STABILITY_BASES:
+        v = {sfx: g(names.stability_key(base, sfx)) for sfx in names.STABILITY_SUFFIXES}
+        print(
+            f"  {base.removeprefix(names.STABILITY_PREFIX):<16} {fmt(v[''], '8.4f')} "
+            f"{fmt(v['_random'], '8.4f')} {fmt(v['_gaussian'], '8.4f')} "
+            f"{fmt(v['_step0'], '8.4f')} {fmt(v['_delta'], '+8.4f')} "
+            f"[{fmt(v['_delta_lcb'], '+.4f')}, {fmt(v['_delta_ucb'], '+.4f')}]"
+        )
+    if names.CONSISTENCY_ALIGNMENT in m:
+        print(
+            f"  consistency: alignment to reference {fmt(g(names.CONSISTENCY_ALIGNMENT))}, "
+            f"to independent control {fmt(g(names.CONSISTENCY_ALIGNMENT_CONTROL))} "
+            f"(reference vs control {fmt(g(names.CONSISTENCY_REF_CONTROL))}); "
+            f"ev drop vs lambda 0 {fmt(g(names.CONSISTENCY_EV_DROP), '+.4f')}"
+        )
+    print_evals(m)
+
+
+def print_evals(m: Mapping[str, float]) -> None:
+    """The stress tests and local external evals of a trial run, if it has any."""
+    g = m.get
+    if not any(k.startswith((names.STRESS_PREFIX, names.EXTERNAL_PREFIX)) for k in m):
+        return
+    print(
+        f"  stress: transcoder pw_mcc {fmt(g(names.STRESS_TRANSCODER_PW_MCC))} vs MLP-in SAE "
+        f"{fmt(g(names.STRESS_MLP_IN_SAE_PW_MCC))}: delta "
+        f"{fmt(g(names.STRESS_TRANSCODER_DELTA), '+.4f')} "
+        f"[{fmt(g(names.STRESS_TRANSCODER_DELTA_LCB), '+.4f')}, "
+        f"{fmt(g(names.STRESS_TRANSCODER_DELTA_UCB), '+.4f')}]"
+    )
+    print(
+        f"          ood: ev drop {fmt(g(names.STRESS_OOD_DROP), '+.4f')} (ev on the shifted slice "
+        f"{fmt(g(names.STRESS_OOD_EV))}), probe-AUC drop "
+        f"{fmt(g(names.STRESS_OOD_PROBE_DROP), '+.4f')}"
+    )
+    print(
+        f"  external (local stand-ins): probe AUC {fmt(g(names.EXTERNAL_PROBE_AUC))} vs raw "
+        f"{fmt(g(names.EXTERNAL_PROBE_BASELINE_AUC))}: delta "
+        f"{fmt(g(names.EXTERNAL_PROBE_DELTA), '+.4f')} "
+        f"(lcb {fmt(g(names.EXTERNAL_PROBE_DELTA_LCB), '+.4f')})"
+    )
+    print(
+        f"          contrastive score {fmt(g(names.EXTERNAL_CONTRASTIVE_SCORE))}, delta vs "
+        f"lambda 0 {fmt(g(names.EXTERNAL_CONTRASTIVE_DELTA), '+.4f')} "
+        f"(lcb {fmt(g(names.EXTERNAL_CONTRASTIVE_DELTA_LCB), '+.4f')})"
+    )
+    secs = ", ".join(
+        f"{e} {m[names.eval_seconds_key(e)]:.1f} s"
+        for e in names.EVALS
+        if names.eval_seconds_key(e) in m
+    )
+    print(f"  eval cost: {secs}")
+
+
+# --- sweeps -------------------------------------------------------------------------------------
+def print_sweep(out: SweepOutcome, runs: Sequence[RunView]) -> None:
+    """What `husai sweep` prints when the sweep is over: counts, one line per trial, the best."""
+    if out.reused:
+        print(
+            f"reusing sweep run {out.sweep_run_id}: it finished with the same sweep file, "
+            "activations and metric version (--rerun yes runs it again)"
+        )
+    print(
+        f"sweep run {out.sweep_run_id}: {out.n_trials} trials, {out.n_recorded} recorded in full "
+        f"(the others stopped early by ASHA or failed: see their runs)"
+    )
+    print_sweep_trials(runs, out.best_trial_run_id)
+    if out.best_trial_run_id is not None:
+        print(
+            f"best trial run {out.best_trial_run_id} (objective {out.best_value:.4f}); "
+            f"husai-sae version {out.sae_version} (alias candidate)"
+        )
+
+
+def print_sweep_trials(runs: Sequence[RunView], best_run_id: str | None) -> None:
+    """One line per trial of a sweep (its child runs), read back from MLflow; fits 80 columns."""
+    trials = sorted(
+        (r for r in runs if r.tags.get(names.TAG_KIND) == names.KIND_TRIAL),
+        key=lambda r: r.start_time,
+    )
+    head = f"{'arch':<10}{'k':>4}{'d_sae':>7}{'lambda':>9}{'pw_mcc':>9}{'Δ lcb':>9}{'ev':>8}"
+    print(f"   {head}  status")
+    for r in trials:
+        p, m = r.params, r.metrics
+        status = "stopped early" if r.tags.get(names.TAG_STOPPED_EARLY) else r.status
+        lam = float(p.get(names.PARAM_LAMBDA, "nan"))
+        print(
+            f" {'*' if r.run_id == best_run_id else ' '} "
+            f"{p.get(names.PARAM_ARCHITECTURE, '?'):<10}{p.get(names.PARAM_K, '?'):>4}"
+            f"{p.get(names.PARAM_D_SAE, '?'):>7}{lam:>9.3g}"
+            f"{fmt(m.get(names.STABILITY_PW_MCC), '9.4f')}"
+            f"{fmt(m.get(names.stability_key(names.STABILITY_PW_MCC, '_delta_lcb')), '+9.4f')}"
+            f"{fmt(m.get(names.RECON_EV), '8.4f')}  {status.lower()}"
+        )
+    print("   (* best by the sweep's objective; Δ lcb: lower 95% bound of trained - random)")
+
+
+def recipe(params: Mapping[str, Any]) -> str:
+    """`k 16  d_sae 256  lambda 0.00227` from sampled dotted params."""
+    parts = []
+    for path, value in params.items():
+        label = path.rsplit(".", 1)[-1]
+        parts.append(f"{label} {value:.3g}" if isinstance(value, float) else f"{label} {value}")
+    return "  ".join(parts)
+
+
+def trial_line(n: int, n_samples: int, params: Mapping[str, Any], what: str) -> str:
+    """`trial 3/6 [k 16  d_sae 256  lambda 0] <what>`: the running sweep's line for a trial."""
+    return f"trial {n}/{n_samples} [{recipe(params)}] {what}"
+
+
+def trial_done(seconds: float, objective: str, value: float | None, ev: float | None) -> str:
+    """The end of a trial's line; None: not finite, printed as absent (ev: left out)."""
+    tail = f", {names.RECON_EV} {ev:.4f}" if ev is not None else ""
+    return f"done in {seconds:.0f} s: {objective} {fmt(value, '+.4f')}{tail}"
+
+
+def trial_stopped(seconds: float, seeds_done: object, fvu: float) -> str:
+    return (
+        f"stopped early by ASHA after {seeds_done} seed(s) "
+        f"(held-out {names.TUNE_ASHA_METRIC} {fvu:.4f}), {seconds:.0f} s"
+    )
+
+
+def say(line: str) -> None:
+    """A progress line of a running sweep, on stderr (stdout keeps the results)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+# --- gate and pipeline --------------------------------------------------------------------------
+def gate_table(d: GateDecision) -> str:
+    """The per-check table (80 columns) and the decision, as `husai gate` prints it."""
+    champion = d.champion_version or "none"
+    lines = [f"gate {d.policy} on husai-sae version {d.version} (champion: {champion})"]
+    lines.append(f"  {'check':<32} {'value':>9}  {'rule':<12} {'verdict':<8}")
+    for c in d.checks:
+        value = "missing" if c.value is None else f"{c.value:.4f}"
+        verdict = ("pass" if c.passed else "FAIL") + ("" if c.required else " (opt)")
+        lines.append(
+            f"  {c.check:<32} {value:>9}  {c.op + ' ' + format(c.threshold, 'g'):<12} {verdict}"
+        )
+    if d.pass_all:
+        lines.append("decision: PASS -> champion")
+    else:
+        failed = [c.check for c in d.checks if c.required and not c.passed]
+        lines.append(
+            textwrap.fill(
+                f"decision: BLOCKED by {', '.join(failed)}", width=78, subsequent_indent="  "
+            )
+        )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def step_started(name: str) -> None:
+    print(f"[{name}] ...", flush=True)
+
+
+def step_done(name: str, how: str, seconds: float) -> None:
+    print(f"[{name}] {how} ({seconds:.1f} s)", flush=True)
+
+
+def pipeline_summary(
+    sweep: SweepOutcome,
+    best_params: Mapping[str, str],
+    best_metrics: Mapping[str, float],
+    decision: GateDecision,
+    steps: Sequence[tuple[str, float]],
+    tracking_uri: str,
+) -> str:
+    """What the pipeline found, readable on an 80-column terminal."""
+    lines = ["", "=" * 78]
+    if sweep.best_trial_run_id is None:
+        lines.append("no trial finished: nothing to summarise")
+        return "\n".join(lines)
+    m, p = best_metrics, best_params
+    lines.append(
+        f"best recipe: {p.get(names.PARAM_ARCHITECTURE)} k={p.get(names.PARAM_K)} "
+        f"d_sae={p.get(names.PARAM_D_SAE)} lambda={float(p.get(names.PARAM_LAMBDA, 'nan')):g}  "
+        f"(trial run {sweep.best_trial_run_id[:12]})"
+    )
+    for base in (names.STABILITY_PW_MCC, names.STABILITY_MMCS):
+        rand = fmt(m.get(names.stability_key(base, "_random")))
+        delta = fmt(m.get(names.stability_key(base, "_delta")), "+.4f")
+        lcb = fmt(m.get(names.stability_key(base, "_delta_lcb")), "+.4f")
+        lines.append(
+            f"  {base.removeprefix(names.STABILITY_PREFIX):<7} {fmt(m.get(base))} vs random "
+            f"{rand}: delta {delta} (95% lcb {lcb})"
+        )
+    lines.append(
+        f"  recon   ev {fmt(m.get(names.RECON_EV))}  fvu {fmt(m.get(names.RECON_FVU))}  "
+        f"l0 {fmt(m.get(names.RECON_L0), '.1f')}  loss recovered "
+        f"{fmt(m.get(names.RECON_LOSS_RECOVERED))}"
+    )
+    lines.append("")
+    lines.append(gate_table(decision))
+    lines.append("")
+    lines.append("stages: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in steps))
+    lines.append("MLflow UI:")
+    lines.append(f"  mlflow ui --backend-store-uri {tracking_uri}")
+    lines.append(f"  sweep run {sweep.sweep_run_id}: trials, seeds, report/report.html")
+    lines.append(
+        f"  husai-sae v{sweep.sae_version} (candidate); gate runs in {names.EXPERIMENT_GATES}"
+    )
+    return "\n".join(lines)

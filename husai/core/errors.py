@@ -1,0 +1,18 @@
+"""Bad input, said in one line: the CLI prints an InputError's message and exits 2, before any
+compute and before any run is created."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input (config, checkpoint, cache entry): the CLI prints it as one line and exits 2."""
+
+
+class ConfigError(InputError):
+    """A config that cannot be used; the message is one line naming the file and the field."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's text: errors are reported as one line."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,137 @@
+"""Transcoder stress test (docs/design.md, "Evals"): is the trial's recipe as stable when it has
+to model a computation (MLP input -> MLP output) as when it only reconstructs (MLP input)?
+
+With the trial's architecture, k, d_sae, training settings and seeds (no consistency term):
+N transcoders MLP in -> MLP out and N SAEs on the MLP input, on the trial's own training rows.
+`transcoder_delta` = pw_mcc(transcoders) - pw_mcc(SAEs); its CI resamples seeds, the same
+draw for both families (seed s of one is paired with seed s of the other).
+
+The result depends on the recipe without its consistency lambda, so trials of a sweep that
+differ only in lambda share it: it is cached on disk (`cached_transcoder_stress`) under a hash
+of everything it depends on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import husai
+from husai.config.experiment import ExperimentConfig
+from husai.core.cache import publish_text
+from husai.core.hashing import stable_hash
+from husai.measure.stability import MIN_SEEDS_FOR_CI, pair_mean, pairwise
+from husai.sae.train import train_seeds
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    a: float
+    b: float
+    delta: float  # a - b
+    lcb: float | None  # None with fewer than MIN_SEEDS_FOR_CI seeds
+    ucb: float | None
+
+
+@dataclass(frozen=True)
+class TranscoderStress:
+    transcoder_pw_mcc: float
+    sae_pw_mcc: float
+    delta: float
+    delta_lcb: float | None
+    delta_ucb: float | None
+    mlp_in_hook: str
+    mlp_out_hook: str
+    seconds: float  # spent here: ~0 when `cached`
+    cached: bool = False
+
+
+def paired_seed_delta(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> PairedDelta:
+    """Pair-mean of a minus pair-mean of b ([n, n] seed-pair matrices over the same seeds),
+    with a seed-level bootstrap that draws the same seeds for both."""
+    n = a.shape[0]
+    all_seeds = list(range(n))
+    va, vb = pair_mean(a, all_seeds), pair_mean(b, all_seeds)
+    if n < MIN_SEEDS_FOR_CI:
+        return PairedDelta(va, vb, va - vb, None, None)
+    rng = np.random.default_rng([seed, 7])
+    boot = []
+    for _ in range(n_boot):
+        idx = np.asarray(rng.integers(0, n, size=n))
+        boot.append(pair_mean(a, idx) - pair_mean(b, idx))
+    arr = np.asarray(boot)
+    arr = arr[np.isfinite(arr)]
+    return PairedDelta(
+        va, vb, va - vb, float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))
+    )
+
+
+def transcoder_stress(
+    cfg: ExperimentConfig,
+    mlp_in: torch.Tensor,
+    mlp_out: torch.Tensor,
+    hooks: tuple[str, str],
+    progress: bool = False,
+) -> TranscoderStress:
+    """`mlp_in`, `mlp_out`: [n_train, d] rows of the trial's training split, row-aligned."""
+    start = time.perf_counter()
+    seeds = cfg.trial.seeds
+    # Each family is one seed-batched run where the recipe has one (train_seeds).
+    mapped = train_seeds(
+        cfg.sae, cfg.train, mlp_in, seeds, progress, target=mlp_out, label="transcoder"
+    )
+    plain = train_seeds(cfg.sae, cfg.train, mlp_in, seeds, progress, label="MLP-in SAE")
+    transcoders = [t.decoder for t in mapped]
+    saes = [t.decoder for t in plain]
+    t_mat = pairwise(transcoders, int(mlp_out.shape[1]))["pw_mcc"]
+    s_mat = pairwise(saes, int(mlp_in.shape[1]))["pw_mcc"]
+    d = paired_seed_delta(t_mat, s_mat, cfg.trial.bootstrap_samples, cfg.trial.bootstrap_seed)
+    return TranscoderStress(
+        transcoder_pw_mcc=d.a,
+        sae_pw_mcc=d.b,
+        delta=d.delta,
+        delta_lcb=d.lcb,
+        delta_ucb=d.ucb,
+        mlp_in_hook=hooks[0],
+        mlp_out_hook=hooks[1],
+        seconds=time.perf_counter() - start,
+    )
+
+
+def stress_key(cfg: ExperimentConfig, activation_key: str, hooks: tuple[str, str]) -> str:
+    t = cfg.trial
+    return stable_hash(
+        {
+            "activations": activation_key,
+            "hooks": list(hooks),
+            "sae": cfg.sae,
+            "train": cfg.train,
+            "seeds": list(t.seeds),
+            "bootstrap": [t.bootstrap_samples, t.bootstrap_seed],
+            "metric_version": husai.metric_version,
+        }
+    )
+
+
+def cached_transcoder_stress(
+    cache_file: Path,
+    compute: Callable[[], TranscoderStress],
+) -> TranscoderStress:
+    """The stored result if `cache_file` holds one, else `compute()` stored atomically."""
+    start = time.perf_counter()
+    if cache_file.exists():
+        try:
+            found = TranscoderStress(**json.loads(cache_file.read_text()))
+            return replace(found, seconds=time.perf_counter() - start, cached=True)
+        except (ValueError, TypeError):
+            pass  # a damaged entry is recomputed and replaced
+    result = compute()
+    # Trials in other processes may race on the same entry: each writes its own file first.
+    publish_text(cache_file, json.dumps(asdict(result)))
+    return result

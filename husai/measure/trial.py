@@ -1,0 +1,205 @@
+"""One trial: an SAE recipe trained with N seeds on the same activations, measured on held-out
+rows, its cross-seed stability compared with matched random baselines, every eval run on every
+seed. Returns a TrialResult, which also names its numbers by their MLflow keys
+(`trial_metrics`, `seed_metrics`); `husai.run.trial_stages` records it.
+
+    python -m husai trial --preset quick
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from husai import names
+from husai.config.experiment import ExperimentConfig
+from husai.core.errors import InputError
+from husai.measure.consistency_metrics import ConsistencyMetrics, consistency_metrics
+from husai.measure.evals.runner import EvalResults, run_evals
+from husai.measure.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
+from husai.measure.stability import (
+    StabilityReport,
+    gaussian_decoders,
+    representative,
+    stability_metrics,
+    stability_report,
+)
+from husai.model.activations import ActivationSet, readout_ce
+from husai.model.base_model import HookedTransformer
+from husai.sae.build import SAE, build_sae, decoder, load_sae, save_sae
+from husai.sae.consistency import ConsistencyPenalty
+from husai.sae.train import train_seeds
+from husai.sae.types import SeedStreams, TrainedSAE
+
+RECON_FIELDS = tuple(names.RECON_KEYS)
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    trained: TrainedSAE
+    sae: SAE[Any]  # the inference SAE as saved and reloaded: what users get
+    folder: Path  # sae-lens folder (safetensors + cfg.json)
+    recon: ReconMetrics
+
+    def curves(self) -> dict[str, list[tuple[int, float]]]:
+        """Training curves by MLflow key (train/<name>), as (step, value) points."""
+        c = self.trained.curves
+        return {names.train_key(k): list(zip(c.steps, v, strict=True)) for k, v in c.values.items()}
+
+
+@dataclass
+class TrialResult:
+    seeds: list[SeedResult]
+    stability: StabilityReport  # among the trial's own seeds; references are never compared
+    representative_seed: int
+    representative_reason: str
+    recon_mean: dict[str, float | None]
+    seconds: float
+    consistency: ConsistencyMetrics | None = None  # lambda > 0 only
+    evals: EvalResults | None = None  # stress tests and local external evals (cfg.evals)
+    # lambda > 0: the lambda = 0 recipe's contrastive score per seed ({} if unknown);
+    # None: this trial is its own baseline.
+    plain_contrastive: dict[int, float] | None = None
+
+    def seed_result(self, seed: int) -> SeedResult:
+        return next(s for s in self.seeds if s.seed == seed)
+
+    def seed_metrics(self, seed: int) -> dict[str, float | None]:
+        """One seed's numbers by MLflow key: held-out recon, its evals, its training time."""
+        sr = self.seed_result(seed)
+        recon = {names.RECON_KEYS[k]: v for k, v in sr.recon.as_dict().items()}
+        evals = self.evals.seed_metrics(seed) if self.evals is not None else {}
+        return {**recon, **evals, names.SEED_SECONDS: sr.trained.seconds}
+
+    def trial_metrics(self, n_boot: int, boot_seed: int) -> dict[str, float | None]:
+        """The trial's numbers by MLflow key: recon means, stability against its baselines,
+        consistency (lambda > 0) and the evals' trial-level keys. None: not computed."""
+        out: dict[str, float | None] = {names.RECON_KEYS[k]: v for k, v in self.recon_mean.items()}
+        out[names.TRIAL_SECONDS] = self.seconds
+        if self.consistency is not None:
+            out.update(self.consistency.keyed())
+        if self.evals is not None:
+            out.update(self.evals.trial_metrics(self.plain_contrastive, n_boot, boot_seed))
+        return {**out, **stability_metrics(self.stability)}
+
+
+def check_batch(cfg: ExperimentConfig, n_train_rows: int) -> None:
+    if cfg.train.batch_size > n_train_rows:
+        raise InputError(
+            f"train.batch_size: {cfg.train.batch_size} exceeds the {n_train_rows} training rows"
+        )
+
+
+def preflight(cfg: ExperimentConfig, acts: ActivationSet) -> None:
+    """Problems that would only surface mid-trial, raised before any compute or run."""
+    check_batch(cfg, int(acts.train.shape[0]))
+
+
+class _SpliceCE:
+    """CE at the read-out with the hook position clean, mean-ablated or replaced by x_hat."""
+
+    def __init__(self, model: HookedTransformer, acts: ActivationSet) -> None:
+        if acts.p is None or acts.hook is None or acts.position is None:
+            raise ValueError("loss_recovered needs activations extracted from a base model")
+        p, hook, position, rows = acts.p, acts.hook, acts.position, acts.eval_rows
+        self._ce = lambda patch: readout_ce(model, p, rows, hook, position, patch)
+        self.clean = self._ce(None)
+        mean = acts.train.mean(dim=0, keepdim=True).expand_as(acts.eval)
+        self.ablate = self._ce(mean)
+
+    def recovered(self, x_hat: torch.Tensor) -> float | None:
+        return loss_recovered(self.clean, self._ce(x_hat), self.ablate)
+
+
+def run_trial(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    workdir: Path,
+    base_model: HookedTransformer | None = None,
+    progress: bool = True,
+    references: tuple[torch.Tensor, torch.Tensor] | None = None,
+    on_seed: Callable[[list[ReconMetrics]], None] | None = None,
+) -> TrialResult:
+    """Train every seed, measure held-out reconstruction and cross-seed stability.
+
+    With lambda > 0, `references` = the decoders of (reference, control): each seed is pulled
+    toward the reference; the control, trained with another seed and never used in training,
+    tells how much of the resulting alignment is copying. `on_seed` sees the held-out metrics of the
+    seeds finished so far, after each seed.
+    """
+    preflight(cfg, acts)
+    lam = cfg.consistency.lam
+    if lam > 0 and references is None:
+        raise ValueError("consistency.lambda > 0 needs a reference and a control reference")
+    start = time.perf_counter()
+    splice = _SpliceCE(base_model, acts) if base_model is not None else None
+    seeds = []
+    pulls = None
+    if lam > 0 and references is not None:
+        # The penalty keeps per-seed state (its matching): one per seed.
+        ref = references[0]
+        every = cfg.consistency.assign_every
+        pulls = [(ConsistencyPenalty(ref, every), lam) for _ in cfg.trial.seeds]
+    trained_seeds = train_seeds(
+        cfg.sae, cfg.train, acts.train, cfg.trial.seeds, progress, consistency=pulls
+    )
+    for trained in trained_seeds:
+        seed = trained.seed
+        folder = save_sae(trained.sae, workdir / f"seed_{seed}")
+        sae = load_sae(folder)
+        lr = splice.recovered(reconstruct(sae, acts.eval)[1]) if splice is not None else None
+        seeds.append(
+            SeedResult(seed, trained, sae, folder, recon_metrics(sae, acts.eval, loss_recovered=lr))
+        )
+        if on_seed is not None:  # e.g. a Ray Tune report, so ASHA can stop a poor trial early
+            on_seed([s.recon for s in seeds])
+
+    d_in, t = acts.d_in, cfg.trial
+    random = [
+        decoder(build_sae(cfg.sae, d_in, SeedStreams.of(s + t.random_seed_offset).init_seed))
+        for s in t.seeds
+    ]
+    gaussian = gaussian_decoders(len(t.seeds), cfg.sae.d_sae, d_in, seed=2 * t.random_seed_offset)
+    report = stability_report(
+        trained=[s.trained.decoder for s in seeds],
+        random=random,
+        step0=[s.trained.decoder_step0 for s in seeds],
+        gaussian=gaussian,
+        d_in=d_in,
+        n_boot=t.bootstrap_samples,
+        seed=t.bootstrap_seed,
+    )
+    rep = seeds[representative(report.trained["pw_mcc"])].seed
+    evals = run_evals(cfg, acts, [(s.seed, s.sae) for s in seeds], base_model, progress)
+    consistency = None
+    if lam > 0 and references is not None:
+        consistency = consistency_metrics(
+            [s.trained.decoder for s in seeds], references[0], references[1], d_in
+        )
+    return TrialResult(
+        seeds=seeds,
+        stability=report,
+        representative_seed=rep,
+        representative_reason=(
+            "medoid: the seed whose decoder has the highest mean pw_mcc to the other seeds"
+        ),
+        recon_mean=_mean_recon([s.recon for s in seeds]),
+        seconds=time.perf_counter() - start,
+        consistency=consistency,
+        evals=evals,
+    )
+
+
+def _mean_recon(recons: list[ReconMetrics]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for f in RECON_FIELDS:
+        vals = [getattr(r, f) for r in recons]
+        # A metric missing for any seed is missing for the trial, never averaged as 0.
+        out[f] = None if any(v is None for v in vals) else sum(vals) / len(vals)
+    return out

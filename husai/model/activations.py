@@ -1,0 +1,304 @@
+"""Activations of the base model at one hook and position, split and cached by content hash.
+
+Every p^2 pair goes through the model; the activation at the hook and position is one row. Rows
+are split into SAE-train and SAE-eval (held out; every reconstruction number uses these) with
+an explicit seed, after the shifted slice (pairs with both operands in a held-out top range) is
+set apart for the OOD stress test. The cache key is a hash of (base model run and version, hook,
+position, split seed, eval share, OOD share). This module computes, writes and reads one cache
+entry; `husai.run.stages` finds an entry on disk or in the MLflow run that logged it.
+
+    python -m husai extract --preset quick
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformer_lens import HookedTransformer
+
+from husai.config.experiment import ActivationsConfig, ExperimentConfig
+from husai.core.errors import ConfigError, InputError, first_line
+from husai.core.hashing import stable_hash
+from husai.model.base_model import build_model, readout_logits
+from husai.model.task import SEQ_LEN, make_modular_data, split_indices
+
+ACTS_FILE = "acts.safetensors"
+META_FILE = "meta.json"
+CACHE_FORMAT = 2  # bump when the file layout changes; it is part of every key
+
+
+class ActivationCacheError(InputError):
+    """A cached activation file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ActivationSet:
+    """Rows of activations; `*_rows` index the p^2 pairs (a = row // p, b = row % p)."""
+
+    key: str
+    p: int | None  # None for a user's own activations (no base model behind them)
+    hook: str | None
+    position: int | None
+    train: torch.Tensor  # [n_train, d_in] float32
+    eval: torch.Tensor  # [n_eval, d_in] float32, held out
+    train_rows: torch.Tensor  # [n_train] int64
+    eval_rows: torch.Tensor  # [n_eval] int64
+    # The shifted slice (pairs with both operands in the held-out range): never trained on.
+    # None for a user's own activations or with activations.ood_frac = 0.
+    ood: torch.Tensor | None = None  # [n_ood, d_in]
+    ood_rows: torch.Tensor | None = None  # [n_ood] int64
+
+    @property
+    def d_in(self) -> int:
+        return int(self.train.shape[1])
+
+
+def activation_key(
+    base_run_id: str, base_version: str, base_hash: str, cfg: ActivationsConfig
+) -> str:
+    """The cache key of the activations of one registered base model (its run, version and
+    config hash) at this hook, position and split."""
+    return stable_hash(
+        {
+            "format": CACHE_FORMAT,
+            "base_run_id": base_run_id,
+            "base_version": base_version,
+            "base_hash": base_hash,
+            "hook": cfg.hook,
+            "position": cfg.position,
+            "split_seed": cfg.split_seed,
+            "eval_frac": cfg.eval_frac,
+            "ood_frac": cfg.ood_frac,
+        }
+    )
+
+
+def ood_mask(p: int, ood_frac: float) -> torch.Tensor:
+    """[p^2] bool: pairs (a, b) = (row // p, row % p) with both operands in the top `ood_frac`
+    of 0..p-1. These rows are the shifted slice; no SAE ever trains on them."""
+    n_held = round(ood_frac * p)
+    rows = torch.arange(p * p)
+    cut = p - n_held
+    return (rows // p >= cut) & (rows % p >= cut)
+
+
+def n_split_rows(cfg: ExperimentConfig) -> tuple[int, int]:
+    """(SAE-train, held-out) row counts an extraction will give, known before any compute."""
+    n = int((~ood_mask(cfg.task.p, cfg.activations.ood_frac)).sum())
+    n_train = round((1.0 - cfg.activations.eval_frac) * n)  # the rule of split_indices
+    return n_train, n - n_train
+
+
+def check_hook(cfg: ExperimentConfig) -> None:
+    """Fail before any training when the hook does not exist in the configured model or the
+    split would leave a side empty."""
+    n_train, n_eval = n_split_rows(cfg)
+    if n_train == 0 or n_eval == 0:
+        raise ConfigError(
+            f"activations.eval_frac: {cfg.activations.eval_frac} of {cfg.task.p**2} rows "
+            "leaves the SAE-train or held-out side empty"
+        )
+    hooks = build_model(cfg.task, cfg.base).hook_dict
+    if cfg.activations.hook not in hooks:
+        near = [h for h in hooks if h.startswith("blocks.0.hook_")]
+        raise ConfigError(
+            f"activations.hook: {cfg.activations.hook!r} is not a hook of this model "
+            f"(e.g. {', '.join(near[:4])})"
+        )
+
+
+def extract_rows(
+    model: HookedTransformer, p: int, hooks: list[str], position: int, batch: int = 4096
+) -> dict[str, torch.Tensor]:
+    """Hook -> [p^2, d] activations of every pair at `position`, row r = pair (r // p, r % p)."""
+    data = make_modular_data(p)
+    chunks: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    with torch.no_grad():
+        for i in range(0, len(data), batch):
+            _, cache = model.run_with_cache(
+                data.tokens[i : i + batch], names_filter=hooks, return_type=None
+            )
+            for h in hooks:
+                act = cache[h][:, position % SEQ_LEN]
+                chunks[h].append(act.reshape(act.shape[0], -1).float())  # heads flattened (hook_z)
+    return {h: torch.cat(c) for h, c in chunks.items()}
+
+
+def mlp_hooks(model: HookedTransformer, hook: str) -> tuple[str, str]:
+    """(MLP input, MLP output) hooks of the layer `hook` belongs to: the transcoder's ends."""
+    parts = hook.split(".")
+    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"hook {hook!r} is not inside a transformer block")
+    layer = f"blocks.{parts[1]}"
+    normalized = f"{layer}.ln2.hook_normalized"  # absent in a model without LayerNorm
+    mlp_in = normalized if normalized in model.hook_dict else f"{layer}.hook_resid_mid"
+    return mlp_in, f"{layer}.hook_mlp_out"
+
+
+def extract(
+    model: HookedTransformer, p: int, cfg: ActivationsConfig, key: str, batch: int = 4096
+) -> ActivationSet:
+    rows = extract_rows(model, p, [cfg.hook], cfg.position, batch)[cfg.hook]
+    shifted = ood_mask(p, cfg.ood_frac)
+    in_dist = torch.nonzero(~shifted).flatten()
+    first, rest = split_indices(len(in_dist), 1.0 - cfg.eval_frac, cfg.split_seed)
+    train_rows, eval_rows = in_dist[first], in_dist[rest]
+    ood_rows = torch.nonzero(shifted).flatten()
+    return ActivationSet(
+        key=key,
+        p=p,
+        hook=cfg.hook,
+        position=cfg.position,
+        train=rows[train_rows].contiguous(),
+        eval=rows[eval_rows].contiguous(),
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+        ood=rows[ood_rows].contiguous() if len(ood_rows) else None,
+        ood_rows=ood_rows if len(ood_rows) else None,
+    )
+
+
+def save_activations(acts: ActivationSet, directory: Path) -> Path:
+    """Write one cache entry into `directory` (`husai.core.cache.publish_dir` makes it atomic)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "train": acts.train,
+        "eval": acts.eval,
+        "train_rows": acts.train_rows,
+        "eval_rows": acts.eval_rows,
+    }
+    if acts.ood is not None and acts.ood_rows is not None:
+        tensors.update(ood=acts.ood, ood_rows=acts.ood_rows)
+    save_file(tensors, str(directory / ACTS_FILE))
+    meta = {"key": acts.key, "p": acts.p, "hook": acts.hook, "position": acts.position}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return directory
+
+
+def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
+    meta_path, acts_path = directory / META_FILE, directory / ACTS_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(acts_path))
+        acts = ActivationSet(
+            key=meta["key"],
+            p=meta["p"],
+            hook=meta["hook"],
+            position=meta["position"],
+            train=tensors["train"],
+            eval=tensors["eval"],
+            train_rows=tensors["train_rows"],
+            eval_rows=tensors["eval_rows"],
+            ood=tensors.get("ood"),
+            ood_rows=tensors.get("ood_rows"),
+        )
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise ActivationCacheError(
+            f"{directory}: corrupt activation cache entry ({type(e).__name__}: {first_line(e)}); "
+            "delete it to recompute"
+        ) from None
+    if key is not None and acts.key != key:
+        raise ActivationCacheError(f"{meta_path}: holds key {acts.key}, expected {key}")
+    if (
+        acts.train.shape[0] != acts.train_rows.shape[0]
+        or acts.eval.shape[0] != acts.eval_rows.shape[0]
+    ):
+        raise ActivationCacheError(f"{acts_path}: row counts do not match their indices")
+    return acts
+
+
+def readout_ce(
+    model: HookedTransformer,
+    p: int,
+    rows: torch.Tensor,
+    hook: str,
+    position: int,
+    patch: torch.Tensor | None,
+) -> float:
+    """Cross-entropy at the '=' read-out over `rows`, with the activation at (hook, position)
+    replaced by `patch` [len(rows), d_in] (flattened like the cached rows), or left clean."""
+    data = make_modular_data(p)
+    tokens, labels = data.tokens[rows], data.labels[rows]
+    pos = position % SEQ_LEN
+
+    def splice(act: torch.Tensor, hook: object) -> torch.Tensor:
+        assert patch is not None
+        act = act.clone()
+        act[:, pos] = patch.reshape(act[:, pos].shape).to(act.dtype)
+        return act
+
+    fwd_hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = (
+        [] if patch is None else [(hook, splice)]
+    )
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+        logits = readout_logits(model, tokens)
+    return float(torch.nn.functional.cross_entropy(logits, labels))
+
+
+def _read_user_matrix(path: Path) -> torch.Tensor:
+    """A [n, d_in] float matrix from .safetensors, .npy or .pt, never unpickling anything."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            tensors = load_file(str(path))
+            if len(tensors) != 1 and "activations" not in tensors:
+                raise ValueError(
+                    f"holds tensors {sorted(tensors)}; name one 'activations' or store only one"
+                )
+            x = tensors.get("activations", next(iter(tensors.values())))
+        elif suffix == ".npy":
+            x = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif suffix == ".pt":
+            x = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"holds a {type(x).__name__}, expected one tensor")
+        else:
+            raise ValueError("unsupported suffix; use .safetensors, .npy or .pt")
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as e:
+        # torch.load(weights_only=True) refuses anything but tensors: pickled objects land here.
+        raise ActivationCacheError(f"{path}: cannot read activations ({first_line(e)})") from None
+    if x.ndim != 2 or x.shape[0] < 4 or x.shape[1] < 1:
+        raise ActivationCacheError(f"{path}: expected a [n, d_in] matrix, got {list(x.shape)}")
+    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+        raise ActivationCacheError(f"{path}: activations must be finite floating-point numbers")
+    return x.float().contiguous()
+
+
+def load_user_activations(path: Path, cfg: ActivationsConfig) -> ActivationSet:
+    """Bring your own activations: held-out split with the config's seed; the key is a content
+    hash of the file plus the split, so the same file and split always get the same key."""
+    x = _read_user_matrix(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    key = stable_hash(
+        {
+            "format": CACHE_FORMAT,
+            "file_sha256": digest,
+            "split_seed": cfg.split_seed,
+            "eval_frac": cfg.eval_frac,
+            "ood_frac": cfg.ood_frac,
+        }
+    )
+    try:
+        train_rows, eval_rows = split_indices(x.shape[0], 1.0 - cfg.eval_frac, cfg.split_seed)
+    except ValueError as e:
+        raise ActivationCacheError(f"{path}: {e}") from None
+    return ActivationSet(
+        key=key,
+        p=None,
+        hook=None,
+        position=None,
+        train=x[train_rows].contiguous(),
+        eval=x[eval_rows].contiguous(),
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+    )

@@ -1,0 +1,223 @@
+"""The release gate (docs/design.md, "Release gate"): judge one `husai-sae` version by a policy.
+
+`evaluate` is pure: metric values in (each with the run it was read from), a GateDecision out.
+`husai.registry.gate_apply` reads the registry, applies the decision through
+`husai.registry.tracking` (version tags, a gate run with JSON + Markdown reports, the `champion`
+alias) and is what `husai gate` runs; `husai.console` prints the decision as a table. The gate
+fails closed: a required check whose metric is missing or not finite fails.
+
+    husai gate --policy gates/default.yaml --alias candidate [--dry-run yes]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from husai import names
+from husai.config.loading import format_validation, read_yaml_file
+from husai.core.errors import ConfigError
+
+Op = Literal[">=", "<=", ">", "<"]
+HIGHER_IS_BETTER = {">=": True, ">": True, "<=": False, "<": False}
+
+
+class Check(BaseModel):
+    """One condition on one metric of the version under review."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = Field(description="a trial-run metric key (docs/metrics.md)")
+    op: Op = Field(description="comparison of the value with the threshold")
+    threshold: float = Field(description="the bound the value must satisfy")
+    required: bool = Field(True, description="a failing optional check is reported, not blocking")
+    champion_margin: float | None = Field(
+        None,
+        ge=0.0,
+        description="also no worse than the current champion by more than this (None: no check)",
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in names.gateable_metrics():
+            raise ValueError(f"unknown metric {v!r} (see docs/metrics.md)")
+        return v
+
+    @property
+    def short(self) -> str:
+        return self.metric.rsplit("/", 1)[-1]
+
+
+class Policy(BaseModel):
+    """A gate policy file: named groups of checks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="tag prefix gate.<name>.*")
+    description: str = Field("", description="what this policy is for")
+    checks: dict[str, list[Check]] = Field(
+        description="group (random_model, transcoder, ood, external, recon, ...) -> checks"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        if not self.checks or not any(self.checks.values()):
+            raise ValueError("checks: a policy needs at least one check")
+        for group, checks in self.checks.items():
+            shorts = [c.short for c in checks]
+            if len(set(shorts)) != len(shorts):
+                raise ValueError(f"checks.{group}: the same metric twice")
+        return self
+
+    def items(self) -> list[tuple[str, Check]]:
+        """(check id `<group>.<metric short name>`, check) in file order."""
+        return [(f"{g}.{c.short}", c) for g, cs in self.checks.items() for c in cs]
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        return Policy.model_validate(read_yaml_file(path, "gate policy"))
+    except ValidationError as e:
+        raise ConfigError(format_validation(str(path), e)) from None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A metric value as read from MLflow, and where it came from."""
+
+    value: float | None  # None: not recorded anywhere the gate looks
+    source: str  # "run <id>" or "seed run <id>", or "missing"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str
+    metric: str
+    op: str
+    threshold: float
+    required: bool
+    value: float | None
+    source: str
+    champion_value: float | None
+    champion_margin: float | None
+    passed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    policy: str
+    version: str
+    champion_version: str | None
+    checks: list[CheckResult]
+
+    @property
+    def pass_all(self) -> bool:
+        return all(c.passed for c in self.checks if c.required)
+
+    @property
+    def reasons(self) -> str:
+        failed = [c for c in self.checks if not c.passed]
+        if not failed:
+            return "all checks passed"
+        return "; ".join(f"{c.check}: {c.reason}" for c in failed)
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "pass_all": self.pass_all, "reasons": self.reasons}
+
+
+def _compare(value: float, op: str, bound: float) -> bool:
+    return {
+        ">=": value >= bound,
+        "<=": value <= bound,
+        ">": value > bound,
+        "<": value < bound,
+    }[op]
+
+
+def evaluate(
+    policy: Policy,
+    version: str,
+    readings: Mapping[str, Reading],
+    champion: tuple[str, Mapping[str, Reading]] | None,
+) -> GateDecision:
+    """Judge one version. `readings`: metric -> Reading for the version; `champion`: (version,
+    its readings) or None when there is no champion (margins then have nothing to compare)."""
+    results = []
+    for check_id, c in policy.items():
+        r = readings.get(c.metric, Reading(None, "missing"))
+        champ_value = None
+        if c.champion_margin is not None and champion is not None:
+            champ_value = champion[1].get(c.metric, Reading(None, "missing")).value
+        passed, reason = _judge(c, r.value, champ_value, champion is not None)
+        results.append(
+            CheckResult(
+                check=check_id,
+                metric=c.metric,
+                op=c.op,
+                threshold=c.threshold,
+                required=c.required,
+                value=r.value,
+                source=r.source,
+                champion_value=champ_value,
+                champion_margin=c.champion_margin,
+                passed=passed,
+                reason=reason,
+            )
+        )
+    return GateDecision(policy.name, version, champion[0] if champion else None, results)
+
+
+def _judge(
+    c: Check, value: float | None, champ: float | None, has_champion: bool
+) -> tuple[bool, str]:
+    if value is None or not math.isfinite(value):
+        return False, f"{c.metric} is {'missing' if value is None else value}: fails closed"
+    if not _compare(value, c.op, c.threshold):
+        return False, f"{c.metric} = {value:.4g}, needs {c.op} {c.threshold:g}"
+    if c.champion_margin is None or not has_champion:
+        return True, "ok"
+    if champ is None or not math.isfinite(champ):
+        return True, "ok (the champion has no finite value to compare with)"
+    m = c.champion_margin
+    if HIGHER_IS_BETTER[c.op]:
+        ok, bound = value >= champ - m, f">= champion {champ:.4g} - {m:g}"
+    else:
+        ok, bound = value <= champ + m, f"<= champion {champ:.4g} + {m:g}"
+    return (True, "ok") if ok else (False, f"{c.metric} = {value:.4g}, needs {bound}")
+
+
+def render_markdown(d: GateDecision) -> str:
+    out = [
+        f"# Gate `{d.policy}` on husai-sae version {d.version}",
+        "",
+        f"Decision: **{'pass' if d.pass_all else 'blocked'}**. Champion at evaluation: "
+        f"{d.champion_version or 'none'}.",
+        "",
+        "| check | metric | value | rule | required | champion | verdict | read from | reason |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in d.checks:
+        champ = ""
+        if c.champion_margin is not None:
+            shown = (
+                "no champion"
+                if d.champion_version is None
+                else "missing"
+                if c.champion_value is None
+                else f"{c.champion_value:.4f}"
+            )
+            champ = f"{shown} (margin {c.champion_margin:g})"
+        value = "missing" if c.value is None else f"{c.value:.4f}"
+        out.append(
+            f"| {c.check} | `{c.metric}` | {value} | {c.op} {c.threshold:g} | {c.required} | "
+            f"{champ} | {'pass' if c.passed else 'fail'} | {c.source} | {c.reason} |"
+        )
+    return "\n".join(out) + "\n"

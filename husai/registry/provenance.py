@@ -1,0 +1,75 @@
+"""Which MLflow store a command uses, and what every run is tagged with: the git commit and the
+package versions. No MLflow calls here (they are all in `husai.registry.tracking`).
+
+The default store is `sqlite:///<project>/mlruns/mlflow.db` with artifacts in
+`<project>/mlruns/artifacts`; an explicit `--tracking-uri` or `MLFLOW_TRACKING_URI` points at
+another store or a tracking server.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import husai
+from husai.core.paths import project_root
+
+TRACKED_PACKAGES = (
+    "torch",
+    "mlflow",
+    "ray",
+    "optuna",
+    "sae-lens",
+    "transformer-lens",
+    "numpy",
+    "pandas",
+)
+
+
+def default_tracking_uri() -> str:
+    return "sqlite:///" + str(project_root() / "mlruns" / "mlflow.db")
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the project's SQLite store (absolute)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Relative SQLite paths follow whichever working directory opens them (Ray trials run
+        # elsewhere), so pin them to an absolute path once, here.
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a SQLite store, else None (a server or another database)."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def git_sha() -> str:
+    root = project_root()
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"husai": husai.__version__}
+    for dist in TRACKED_PACKAGES:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "missing"
+    return out

@@ -1,0 +1,177 @@
+"""What the base-model, activation and reference stages write to MLflow, built on the primitives
+of `husai.registry.tracking`. Trials and sweeps: `trial_records`, `sweep_records`.
+
+Records record: each function writes the values and folders a stage hands it (weights, plots
+and cache entries are prepared by the stage) and computes nothing. A metric that could not be
+computed (None or non-finite) is left out, never logged as 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+import husai
+from husai import names
+from husai.config.experiment import ExperimentConfig
+from husai.registry.tracking import Tracker
+from husai.registry.views import RegisteredBase
+
+HERE = Path(__file__).parent
+
+
+def finite(values: Mapping[str, float | None]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+
+
+# --- base model --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BaseModelRecord:
+    """A trained base model, ready to record: its curves and the folders the stage wrote."""
+
+    curves: Mapping[str, Sequence[tuple[int, float]]]  # base/* key -> (step, value) points
+    seconds: float
+    steps: int
+    test_acc: float
+    generalised: bool
+    outcome: str  # generalised / memorised / undertrained
+    weights_dir: Path  # model.safetensors + config.json
+    plots_dir: Path  # the base-curves plot
+
+
+def record_base_model(
+    tracker: Tracker, cfg: ExperimentConfig, rec: BaseModelRecord
+) -> RegisteredBase:
+    """The training run (params, curves, plot, weights), registered as a husai-base version."""
+    params = {
+        **{names.config_param("task", k): v for k, v in cfg.task.model_dump().items()},
+        **{names.config_param("base", k): v for k, v in cfg.base.model_dump().items()},
+    }
+    status = {
+        names.TAG_P: str(cfg.task.p),
+        names.TAG_GENERALISED: str(rec.generalised).lower(),
+        names.TAG_OUTCOME: rec.outcome,
+    }
+    tags = {**tracker.standard_tags(cfg.base_hash(), names.KIND_BASE, "train-base"), **status}
+    with tracker.run(names.EXPERIMENT_BASE, f"base-p{cfg.task.p}", tags, params) as run_id:
+        tracker.log_series(run_id, rec.curves)
+        tracker.log_metrics(
+            run_id, {names.BASE_TRAIN_SECONDS: rec.seconds, names.BASE_STEPS: rec.steps}
+        )
+        tracker.log_artifacts(run_id, rec.plots_dir, names.ARTIFACT_PLOTS)
+        tracker.log_artifacts(run_id, rec.weights_dir, names.ARTIFACT_BASE_WEIGHTS)
+        version = tracker.register_pyfunc(
+            run_id,
+            code=HERE / "pyfunc_base.py",
+            artifacts={names.ARTIFACT_BASE_WEIGHTS: str(rec.weights_dir)},
+            example=(pd.DataFrame({"a": [0], "b": [0]}), pd.Series([0], name="c")),
+            model_name=names.BASE_MODEL_NAME,
+            artifact_name=names.ARTIFACT_BASE_MODEL,
+            tags={
+                **status,
+                names.TAG_CONFIG_HASH: cfg.base_hash(),
+                names.TAG_METRIC_VERSION: str(husai.metric_version),
+                names.BASE_TEST_ACC: f"{rec.test_acc:.6f}",
+            },
+            description=(
+                f"Modular addition mod {cfg.task.p}: held-out accuracy {rec.test_acc:.4f} "
+                f"after {rec.steps} steps ({rec.outcome})."
+            ),
+        )
+    return RegisteredBase(
+        version=version,
+        run_id=run_id,
+        config_hash=cfg.base_hash(),
+        test_acc=rec.test_acc,
+        generalised=rec.generalised,
+    )
+
+
+# --- activations -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ActivationsRecord:
+    """One activation cache entry, ready to record."""
+
+    key: str
+    d_in: int
+    n_train: int
+    n_eval: int
+    n_ood: int
+    folder: Path  # the cache entry itself, logged whole
+    cache_hit: bool
+
+
+def find_activations_run(tracker: Tracker, key: str) -> str | None:
+    """The run that logged the activation set with this key, if any."""
+    runs = tracker.find_runs(names.EXPERIMENT_ACTIVATIONS, {names.PARAM_ACTIVATION_KEY: key})
+    return runs[0] if runs else None
+
+
+def record_activations(
+    tracker: Tracker,
+    cfg: ExperimentConfig,
+    base_version: str,
+    base_run_id: str,
+    rec: ActivationsRecord,
+) -> str:
+    a = cfg.activations
+    params = {
+        names.PARAM_ACTIVATION_KEY: rec.key,
+        names.PARAM_BASE_VERSION: base_version,
+        names.PARAM_BASE_RUN_ID: base_run_id,
+        names.PARAM_HOOK: a.hook,
+        names.PARAM_POSITION: a.position,
+        names.PARAM_SPLIT_SEED: a.split_seed,
+        names.PARAM_EVAL_FRAC: a.eval_frac,
+        names.PARAM_OOD_FRAC: a.ood_frac,
+        names.PARAM_D_IN: rec.d_in,
+        names.config_param("task", "p"): cfg.task.p,
+    }
+    tags = {
+        **tracker.standard_tags(cfg.base_hash(), names.KIND_ACTIVATIONS, "extract"),
+        names.TAG_CACHE: "hit" if rec.cache_hit else "miss",
+    }
+    name = f"acts-{a.hook}-{rec.key[:8]}"
+    with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
+        tracker.log_metrics(
+            rid,
+            {
+                names.ACT_N_TRAIN: rec.n_train,
+                names.ACT_N_EVAL: rec.n_eval,
+                names.ACT_N_OOD: rec.n_ood,
+            },
+        )
+        tracker.log_artifacts(rid, rec.folder, names.ARTIFACT_ACTIVATIONS)
+    return rid
+
+
+# --- reference SAEs ----------------------------------------------------------------------------
+def find_reference_run(tracker: Tracker, cfg: ExperimentConfig, key: str) -> str | None:
+    """The run that logged the reference SAE with this key, in the experiment's sweep folder."""
+    runs = tracker.find_runs(names.EXPERIMENT_SWEEP_PREFIX + cfg.name, {names.PARAM_REF_KEY: key})
+    return runs[0] if runs else None
+
+
+def record_reference(
+    tracker: Tracker, cfg: ExperimentConfig, activation_key: str, seed: int, key: str, folder: Path
+) -> str:
+    """A reference SAE as its own run, linked from every trial that uses it."""
+    s = cfg.sae
+    params = {
+        names.PARAM_REF_KEY: key,
+        names.PARAM_REF_SEED: seed,
+        names.PARAM_ACTIVATION_KEY: activation_key,
+        names.PARAM_ARCHITECTURE: s.architecture,
+        names.PARAM_K: s.k,
+        names.PARAM_D_SAE: s.d_sae,
+        names.PARAM_STEPS: cfg.train.steps,
+    }
+    tags = tracker.standard_tags(cfg.config_hash(), names.KIND_REFERENCE, "trial")
+    name = f"reference-{s.architecture}-k{s.k}-d{s.d_sae}-seed{seed}"
+    with tracker.run(names.EXPERIMENT_SWEEP_PREFIX + cfg.name, name, tags, params) as run_id:
+        tracker.log_artifacts(run_id, folder, names.ARTIFACT_SAE)
+    return run_id

@@ -1,0 +1,123 @@
+"""What a sweep writes to MLflow besides its trials: the sweep run (what was swept, on which
+activations), its outcome (how many trials, the best one and its `candidate` SAE), and the
+reuse of an identical finished sweep. No Ray here: `husai.run.sweep` hands in plain values."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import husai
+from husai import names
+from husai.config.sweep import SweepConfig
+from husai.registry.tracking import Tracker
+from husai.registry.trial_records import register_trial_sae
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    sweep_run_id: str
+    n_trials: int
+    n_recorded: int
+    best_trial_run_id: str | None
+    best_value: float | None
+    sae_version: str | None
+    reused: bool = False  # an identical finished sweep was found and nothing ran
+
+
+def experiment_of(sweep: SweepConfig) -> str:
+    return names.EXPERIMENT_SWEEP_PREFIX + sweep.name
+
+
+def find_finished_sweep(
+    tracker: Tracker, sweep: SweepConfig, fingerprint: str, activation_key: str
+) -> str | None:
+    """A finished sweep run of the same file (and --smoke), activations and metric version."""
+    runs = tracker.find_runs(
+        experiment_of(sweep),
+        {names.PARAM_ACTIVATION_KEY: activation_key},
+        {
+            names.TAG_KIND: names.KIND_SWEEP,
+            names.TAG_SWEEP_HASH: fingerprint,
+            names.TAG_METRIC_VERSION: str(husai.metric_version),
+        },
+    )
+    return runs[0] if runs else None
+
+
+def open_sweep_run(
+    tracker: Tracker,
+    sweep: SweepConfig,
+    config_hash: str,
+    fingerprint: str,
+    smoke: bool,
+    n_samples: int,
+    ray_name: str,
+    activation_key: str,
+    base_version: str,
+) -> AbstractContextManager[str]:
+    """The sweep run, as a context that ends it FINISHED, FAILED or KILLED (`Tracker.run`)."""
+    params = {
+        names.SWEEP_PARAM_RAY_NAME: ray_name,
+        names.SWEEP_PARAM_SMOKE: smoke,
+        names.SWEEP_PARAM_NUM_SAMPLES: n_samples,
+        names.SWEEP_PARAM_SEARCH_SPACE: ",".join(sweep.search_space),
+        names.SWEEP_PARAM_OBJECTIVE: ",".join(f"{o.metric}:{o.mode}" for o in sweep.objective),
+        names.PARAM_ACTIVATION_KEY: activation_key,
+        names.PARAM_BASE_VERSION: base_version,
+    }
+    tags = {
+        **tracker.standard_tags(config_hash, names.KIND_SWEEP, "sweep"),
+        names.TAG_SWEEP_HASH: fingerprint,
+    }
+    return tracker.run(experiment_of(sweep), f"sweep-{sweep.name}", tags, params)
+
+
+def record_outcome(
+    tracker: Tracker,
+    sweep: SweepConfig,
+    sweep_run_id: str,
+    n_trials: int,
+    n_recorded: int,
+    best: tuple[str, float] | None,
+) -> SweepOutcome:
+    """Counts and the best trial on the sweep run; the best trial's SAE becomes `candidate`."""
+    tracker.log_metrics(
+        sweep_run_id, {names.SWEEP_N_TRIALS: n_trials, names.SWEEP_N_RECORDED: n_recorded}
+    )
+    version = None
+    if best is not None:
+        tracker.set_tags(sweep_run_id, {names.TAG_BEST_TRIAL_RUN_ID: best[0]})
+        tracker.log_metrics(sweep_run_id, {names.SWEEP_BEST_VALUE: best[1]})
+        version = register_trial_sae(
+            tracker, best[0], f"best trial of sweep {sweep.name} (run {sweep_run_id})"
+        )
+    return SweepOutcome(
+        sweep_run_id=sweep_run_id,
+        n_trials=n_trials,
+        n_recorded=n_recorded,
+        best_trial_run_id=best[0] if best else None,
+        best_value=best[1] if best else None,
+        sae_version=version,
+    )
+
+
+def reused_sweep(tracker: Tracker, sweep_run_id: str) -> SweepOutcome:
+    """A finished sweep with the same file, activations and metric version: nothing to run.
+    Its best SAE becomes `candidate` again (another sweep may have moved the alias since)."""
+    run = tracker.get_run(sweep_run_id)
+    m, best = run.metrics, run.tags.get(names.TAG_BEST_TRIAL_RUN_ID)
+    version = None
+    if best is not None:
+        version = tracker.find_model_version(names.SAE_MODEL_NAME, {names.TAG_TRIAL_RUN_ID: best})
+        if version is not None:
+            tracker.set_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE, version)
+    return SweepOutcome(
+        sweep_run_id=sweep_run_id,
+        n_trials=int(m.get(names.SWEEP_N_TRIALS, 0)),
+        n_recorded=int(m.get(names.SWEEP_N_RECORDED, 0)),
+        best_trial_run_id=best,
+        best_value=m.get(names.SWEEP_BEST_VALUE),
+        sae_version=version,
+        reused=True,
+    )

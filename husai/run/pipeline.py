@@ -1,0 +1,157 @@
+"""The main job, end to end: base model (get or train) -> activations (cached) -> sweep -> best
+trial registered as `candidate` -> report on the sweep run -> release gate -> a summary.
+
+    husai pipeline --sweep sweeps/quick.yaml --policy gates/default.yaml [--smoke yes]
+    mlflow run . --env-manager local          # the MLproject `main` entry point, the same
+
+Every step reuses what is already recorded and says so. A step that fails names itself; what
+earlier steps recorded stays (each step records only when it finishes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from husai import console, names
+from husai.config.sweep import load_sweep
+from husai.core.errors import InputError
+from husai.registry.gate import load_policy
+from husai.registry.gate_apply import GateOutcome, run_gate
+from husai.registry.sweep_records import SweepOutcome, experiment_of
+from husai.registry.tracking import Tracker
+from husai.report.sweep_report import SweepReport, log_sweep_report
+from husai.run import stages
+from husai.run.sweep import run_sweep
+
+T = TypeVar("T")
+
+
+class StepFailed(RuntimeError):
+    """A pipeline step raised; the message names the step. Earlier records are kept."""
+
+
+@dataclass
+class PipelineResult:
+    sweep: SweepOutcome
+    report: SweepReport | None  # None: the sweep run already had its report
+    gate: GateOutcome
+    steps: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds)
+    best_metrics: Mapping[str, float] = field(default_factory=dict)
+    best_params: Mapping[str, str] = field(default_factory=dict)
+
+    def summary(self, tracking_uri: str) -> str:
+        return console.pipeline_summary(
+            self.sweep,
+            self.best_params,
+            self.best_metrics,
+            self.gate.decision,
+            self.steps,
+            tracking_uri,
+        )
+
+
+def _step(
+    steps: list[tuple[str, float]], name: str, fn: Callable[[], T], how: Callable[[T], str]
+) -> T:
+    start = time.perf_counter()
+    console.step_started(name)
+    try:
+        out = fn()
+    except (InputError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise StepFailed(
+            f"step '{name}' failed ({type(e).__name__}: {e}); the steps before it are recorded"
+        ) from e
+    seconds = time.perf_counter() - start
+    steps.append((name, seconds))
+    console.step_done(name, how(out), seconds)
+    return out
+
+
+def run_pipeline(
+    sweep_path: Path,
+    policy_path: Path,
+    smoke: bool = False,
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+) -> PipelineResult:
+    # Every input is checked before any compute.
+    policy = load_policy(policy_path)
+    sweep = load_sweep(sweep_path)
+    cfg0 = sweep.base_experiment(smoke)
+    stages.check_before_compute(cfg0)
+    tracker = Tracker(tracking_uri)
+    tracker.experiment_id(experiment_of(sweep))  # the driver creates the db
+    steps: list[tuple[str, float]] = []
+    base = _step(
+        steps,
+        "base model",
+        lambda: stages.base_model(cfg0, tracker),
+        lambda b: (
+            f"husai-base v{b.version} {'reused' if b.reused else 'trained'}, "
+            f"held-out acc {b.test_acc:.4f}"
+        ),
+    )
+    acts = _step(
+        steps,
+        "activations",
+        lambda: stages.activations(cfg0, base, tracker),
+        lambda a: f"{a.acts.key} {'cache hit' if a.cache_hit else 'computed'}",
+    )
+    outcome = _step(
+        steps,
+        "sweep",
+        lambda: run_sweep(sweep_path, smoke, tracker.uri, ray_address, prepared=(base, acts)),
+        lambda s: (
+            f"run {s.sweep_run_id} {'reused' if s.reused else 'finished'}: "
+            f"{s.n_recorded} of {s.n_trials} trials recorded in full"
+        ),
+    )
+    best_metrics: Mapping[str, float] = {}
+    best_params: Mapping[str, str] = {}
+    if outcome.best_trial_run_id is not None:
+        best = tracker.get_run(outcome.best_trial_run_id)
+        best_metrics, best_params = best.metrics, best.params
+    sweep_run = outcome.sweep_run_id
+    has_report = tracker.has_artifacts(sweep_run, names.ARTIFACT_REPORT)
+    report = _step(
+        steps,
+        "report",
+        lambda: None if has_report else log_sweep_report(tracker, sweep_run),
+        lambda r: (
+            "already on the sweep run (reused)" if r is None else f"{len(r.files)} files logged"
+        ),
+    )
+    if outcome.sae_version is None:
+        raise StepFailed("step 'gate': the sweep registered no candidate (no trial finished)")
+    version = outcome.sae_version
+    decided = _settled(tracker, policy.name, version)
+    gate = _step(
+        steps,
+        "gate",
+        # Already judged by this policy: the same inputs give the same decision; show it again
+        # without recording a second one.
+        lambda: run_gate(tracker, policy, version=version, dry_run=decided),
+        lambda g: (
+            f"version {version}: {'pass' if g.decision.pass_all else 'blocked'}"
+            + (" (decision already recorded, reused)" if decided else "")
+        ),
+    )
+    return PipelineResult(outcome, report, gate, steps, best_metrics, best_params)
+
+
+def _settled(tracker: Tracker, policy: str, version: str) -> bool:
+    """Whether this policy's verdict on the version is recorded and final: a block, or a pass
+    that was promoted (a gate interrupted between recording a pass and moving the alias runs
+    again)."""
+    mv = tracker.model_version(names.SAE_MODEL_NAME, version, None)
+    verdict = None if mv is None else mv.tags.get(names.gate_tag(policy, "pass_all"))
+    champ = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
+    return verdict == "false" or (
+        verdict == "true" and champ is not None and champ.version == version
+    )

@@ -1,0 +1,245 @@
+"""The stages layer: every step that finds a thing in MLflow, else computes it and records it.
+
+Each stage has one shape:
+1. look the thing up through the records (`husai.registry.records`);
+2. if it is not there, call pure compute (`husai.model`, `husai.sae`, `husai.measure`);
+3. prepare what gets logged (weights folder, plots, cache entry) in a temporary folder;
+4. record it, and hand back a handle (`husai.registry.handles`) saying what was reused.
+Things kept as folders in the local cache (activations, reference SAEs) go through one seam,
+`cached_entry`: the local cache, else the MLflow run that logged the entry, else compute; a run
+is recorded only when the store has none. Trials: `husai.run.trial_stages`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from husai import names
+from husai.config.experiment import ExperimentConfig
+from husai.core.cache import publish_dir
+from husai.core.errors import ConfigError
+from husai.core.hashing import stable_hash
+from husai.core.paths import cache_root
+from husai.measure.trial import check_batch
+from husai.model.activations import (
+    ActivationSet,
+    activation_key,
+    check_hook,
+    extract,
+    load_activations,
+    n_split_rows,
+    save_activations,
+)
+from husai.model.base_model import (
+    BaseTrainResult,
+    HookedTransformer,
+    load_base,
+    save_base,
+    train_base,
+)
+from husai.registry.handles import ActivationsHandle, BaseModelHandle, Reference
+from husai.registry.records import (
+    ActivationsRecord,
+    BaseModelRecord,
+    find_activations_run,
+    find_reference_run,
+    record_activations,
+    record_base_model,
+    record_reference,
+)
+from husai.registry.tracking import Tracker
+from husai.report.plots import plot_base_curves
+from husai.sae.build import decoder, load_sae, save_sae
+from husai.sae.train import train_sae
+
+
+def check_before_compute(cfg: ExperimentConfig) -> None:
+    """Everything about an experiment that can be checked before the base model is trained:
+    the hook exists in the configured model, the split leaves rows on both sides, a batch fits
+    in the SAE-train rows. Raises a one-line InputError; nothing is created."""
+    check_hook(cfg)
+    check_batch(cfg, n_split_rows(cfg)[0])
+
+
+def cached_entry(
+    path: Path,
+    run_id: str | None,
+    tracker: Tracker,
+    artifact: str,
+    adopt: Callable[[Path, Path], object],
+    compute: Callable[[Path], object] | None = None,
+) -> str:
+    """Make sure the cache folder `path` holds its entry; say where it came from: "disk" (it
+    was there), "mlflow" (downloaded from `run_id`'s `artifact`, then `adopt(fetched, dst)`) or
+    "computed" (`compute(dst)`). Either way the entry is published whole or not at all.
+    `compute` None: the caller has checked that the entry exists somewhere."""
+    if path.exists():
+        return "disk"
+    if run_id is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            fetched = tracker.download(run_id, artifact, Path(tmp))
+            publish_dir(path, lambda dst: adopt(fetched, dst))
+        return "mlflow"
+    if compute is None:
+        raise ValueError(f"{path}: not cached and nothing to compute it with")
+    publish_dir(path, compute)
+    return "computed"
+
+
+# --- base model --------------------------------------------------------------------------------
+def base_model(cfg: ExperimentConfig, tracker: Tracker, progress: bool = True) -> BaseModelHandle:
+    """The registered husai-base version with this config's hash, or train and register one."""
+    found = tracker.find_base_version(cfg.base_hash())
+    if found is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            model, task, base = load_base(tracker.download_base_weights(found, Path(tmp)))
+        if (task, base) != (cfg.task, cfg.base):
+            raise ConfigError(
+                f"husai-base version {found.version} has config hash {cfg.base_hash()} "
+                "but a different config; the registry is inconsistent"
+            )
+        return BaseModelHandle(
+            model, cfg, found.version, found.run_id, True, found.test_acc, found.generalised
+        )
+    result = train_base(cfg, progress=progress)
+    with tempfile.TemporaryDirectory() as tmp:
+        registered = record_base_model(tracker, cfg, _base_record(cfg, result, Path(tmp)))
+    return BaseModelHandle(
+        result.model,
+        cfg,
+        registered.version,
+        registered.run_id,
+        False,
+        result.test_acc,
+        result.generalised,
+    )
+
+
+def _base_record(cfg: ExperimentConfig, result: BaseTrainResult, tmp: Path) -> BaseModelRecord:
+    c = result.curves
+    plots = tmp / names.ARTIFACT_PLOTS
+    plots.mkdir()
+    plot_base_curves(c, plots / names.PLOT_BASE_CURVES, title=f"p={cfg.task.p}")
+    return BaseModelRecord(
+        curves={
+            names.BASE_TRAIN_LOSS: list(zip(c.steps, c.train_loss, strict=True)),
+            names.BASE_TEST_LOSS: list(zip(c.steps, c.test_loss, strict=True)),
+            names.BASE_TRAIN_ACC: list(zip(c.steps, c.train_acc, strict=True)),
+            names.BASE_TEST_ACC: list(zip(c.steps, c.test_acc, strict=True)),
+        },
+        seconds=result.seconds,
+        steps=result.steps,
+        test_acc=result.test_acc,
+        generalised=result.generalised,
+        outcome=result.outcome,
+        weights_dir=save_base(result.model, cfg, tmp / names.ARTIFACT_BASE_WEIGHTS),
+        plots_dir=plots,
+    )
+
+
+def base_model_of_run(tracker: Tracker, run_id: str) -> HookedTransformer:
+    """The base model whose weights a husai-base run logged."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model, _, _ = load_base(tracker.download(run_id, names.ARTIFACT_BASE_WEIGHTS, Path(tmp)))
+    return model
+
+
+# --- activations -------------------------------------------------------------------------------
+def activations(
+    cfg: ExperimentConfig, base: BaseModelHandle, tracker: Tracker, cache_dir: Path | None = None
+) -> ActivationsHandle:
+    """Cached activations for this base model and request, computed and logged on a miss."""
+    key = activation_key(base.run_id, base.version, base.config.base_hash(), cfg.activations)
+    path = (cache_dir or cache_root()) / "activations" / key
+    run_id = find_activations_run(tracker, key)
+    source = cached_entry(
+        path,
+        run_id,
+        tracker,
+        names.ARTIFACT_ACTIVATIONS,
+        compute=lambda dst: save_activations(
+            extract(base.model, cfg.task.p, cfg.activations, key), dst
+        ),
+        adopt=lambda fetched, dst: save_activations(load_activations(fetched, key), dst),
+    )
+    acts = load_activations(path, key)
+    hit = source != "computed"
+    if run_id is None:
+        n_ood = 0 if acts.ood is None else acts.ood.shape[0]
+        rec = ActivationsRecord(
+            acts.key, acts.d_in, acts.train.shape[0], acts.eval.shape[0], n_ood, path, hit
+        )
+        run_id = record_activations(tracker, cfg, base.version, base.run_id, rec)
+    return ActivationsHandle(acts=acts, run_id=run_id, cache_hit=hit, source=source, path=path)
+
+
+def activations_by_key(
+    key: str, tracker: Tracker, cache_dir: Path | None = None
+) -> ActivationsHandle:
+    """A cached activation set by key, from disk or its MLflow run; nothing is computed, so a
+    key that neither has is a one-line ConfigError."""
+    path = (cache_dir or cache_root()) / "activations" / key
+    run_id = find_activations_run(tracker, key)
+    if not path.exists() and run_id is None:
+        raise ConfigError(
+            f"activations.key: no activation set with key {key!r} in {path.parent} or in the "
+            f"MLflow store {tracker.uri}"
+        )
+    source = cached_entry(
+        path,
+        run_id,
+        tracker,
+        names.ARTIFACT_ACTIVATIONS,
+        adopt=lambda fetched, dst: save_activations(load_activations(fetched, key), dst),
+    )
+    return ActivationsHandle(
+        acts=load_activations(path, key),
+        run_id=run_id or "",
+        cache_hit=True,
+        source=source,
+        path=path,
+    )
+
+
+# --- reference SAEs ----------------------------------------------------------------------------
+def reference_key(cfg: ExperimentConfig, activation_key: str, seed: int) -> str:
+    # A reference is one seed trained by sae-lens's step, whatever `seed_batched` says: that
+    # switch is left out so that references cached before it existed stay valid.
+    train = cfg.train.model_dump(mode="json", exclude={"seed_batched"})
+    return stable_hash(
+        {"activation_key": activation_key, "sae": cfg.sae, "train": train, "seed": seed}
+    )
+
+
+def reference(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    seed: int,
+    tracker: Tracker,
+    cache_dir: Path | None = None,
+) -> Reference:
+    """A reference SAE of the consistency objective: the plain recipe (same sae and train
+    settings, lambda 0) trained with `seed`, never one of the trial's seeds; its own run."""
+    key = reference_key(cfg, acts.key, seed)
+    path = (cache_dir or cache_root()) / "references" / key
+    run_id = find_reference_run(tracker, cfg, key)
+    source = cached_entry(
+        path,
+        run_id,
+        tracker,
+        names.ARTIFACT_SAE,
+        compute=lambda dst: save_sae(train_sae(cfg.sae, cfg.train, acts.train, seed).sae, dst),
+        adopt=lambda fetched, dst: shutil.copytree(fetched, dst, dirs_exist_ok=True),
+    )
+    if run_id is None:
+        run_id = record_reference(tracker, cfg, acts.key, seed, key, path)
+    return Reference(
+        seed=seed,
+        key=key,
+        decoder=decoder(load_sae(path)),
+        run_id=run_id,
+        reused=source != "computed",
+    )

@@ -1,0 +1,376 @@
+"""Ray Tune sweeps: Optuna proposes recipes, ASHA stops poor ones early, MLflow records all.
+
+The driver resolves the base model and activations once, creates the store, the experiment and
+the sweep run (SQLite must not be created by several processes at once), then runs Ray Tune.
+Each trial is one `husai trial` (N seeds, `husai.run.trial_stages`) recorded as a child of the
+sweep run; after each seed it reports the running mean held-out FVU, so ASHA can stop it. At the
+end the best trial (first objective) is tagged on the sweep run and its representative SAE
+becomes `husai-sae@candidate`.
+
+    python -m husai sweep --sweep sweeps/quick.yaml [--smoke yes] [--ray-address ADDR]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from husai import names
+from husai.config.sweep import SweepConfig, load_sweep, sampled_params
+from husai.core.errors import ConfigError
+from husai.core.paths import cache_root
+from husai.measure.metrics import ReconMetrics
+from husai.registry.handles import ActivationsHandle, BaseModelHandle
+from husai.registry.sweep_records import (
+    SweepOutcome,
+    experiment_of,
+    find_finished_sweep,
+    open_sweep_run,
+    record_outcome,
+    reused_sweep,
+)
+from husai.registry.tracking import Tracker
+from husai.registry.trial_records import TrialSource, find_ray_trial, record_stopped_trial
+from husai.registry.views import RunView
+from husai.run import stages
+from husai.run.ray_runtime import kill_private_ray, start_ray, trial_resources
+from husai.run.sweep_progress import TrialLines
+from husai.run.trial_stages import TrialInputs, prepare_consistency, run_and_record
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """Everything a trial process needs; small and picklable."""
+
+    sweep_path: str
+    smoke: bool
+    tracking_uri: str
+    sweep_run_id: str
+    activation_key: str
+    cache_dir: str
+    base_run_id: str
+    base_version: str
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ray Tune stopped on a signal and saved its state; `--resume yes` continues the sweep."""
+
+
+class DefineSpace:
+    """Optuna define-by-run space (a class, so Ray can pickle it into its checkpoints); a
+    `zero` dimension first decides whether it is off (exactly 0)."""
+
+    def __init__(self, sweep: SweepConfig) -> None:
+        self.dims = dict(sweep.search_space)
+
+    def __call__(self, trial: Any) -> None:
+        for path, dim in self.dims.items():
+            if dim.type == "categorical":
+                trial.suggest_categorical(path, list(dim.choices or ()))
+            elif dim.type == "int":
+                trial.suggest_int(path, int(dim.low or 0), int(dim.high or 0))
+            elif dim.type == "uniform":
+                trial.suggest_float(path, dim.low, dim.high)
+            else:
+                if dim.zero and trial.suggest_categorical(f"{path}.off", [True, False]):
+                    continue
+                trial.suggest_float(path, dim.low, dim.high, log=True)
+
+
+# --- one trial, in a Ray worker ----------------------------------------------------------------
+def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
+    """One Ray Tune trial: a full HUSAI trial recorded under the sweep run."""
+    sweep = load_sweep(ctx.sweep_path)
+    # Torch would start one thread per core in every trial process; trials sharing a machine
+    # then oversubscribe it (two 2-thread trials on 2 cores ran ~20x slower here).
+    torch.set_num_threads(max(1, int(sweep.resources.cpu)))
+    cfg = sweep.trial_config(sampled_params(sweep, config), ctx.smoke)
+    cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"register_sae": False})})
+    tracker = Tracker(ctx.tracking_uri)
+    acts = stages.activations_by_key(ctx.activation_key, tracker, Path(ctx.cache_dir)).acts
+    node = ray.get_runtime_context().get_node_id()
+    src = TrialSource(
+        acts.key,
+        ctx.base_version,
+        "sweep",
+        ray_trial_id=tune.get_context().get_trial_id(),
+        ray_node_id=node,
+    )
+    inputs = TrialInputs(tracker, acts, src, stages.base_model_of_run(tracker, ctx.base_run_id))
+    run_id = find_ray_trial(tracker, cfg, src.ray_trial_id or "", ctx.sweep_run_id)
+    if run_id is None:
+        refs, plain = prepare_consistency(cfg, inputs, ctx.sweep_run_id)
+
+        def on_seed(recons: list[ReconMetrics]) -> None:
+            fvu = sum(r.fvu for r in recons) / len(recons)
+            tune.report(
+                {
+                    names.TUNE_ASHA_METRIC: fvu,
+                    names.TUNE_SEEDS_DONE: len(recons),
+                    names.TUNE_NODE_ID: node,
+                }
+            )
+
+        _, rec = run_and_record(cfg, inputs, refs, plain, ctx.sweep_run_id, on_seed)
+        run_id = rec.run_id
+    tune.report(
+        {
+            **tracker.get_run_metrics(run_id),
+            names.TUNE_SEEDS_DONE: len(cfg.trial.seeds) + 1,
+            names.TUNE_TRIAL_RUN_ID: run_id,
+            names.TUNE_NODE_ID: node,
+        }
+    )
+
+
+# --- the driver --------------------------------------------------------------------------------
+def run_sweep(
+    sweep_path: Path,
+    smoke: bool = False,
+    tracking_uri: str | None = None,
+    ray_address: str | None = None,
+    resume: bool = False,
+    rerun: bool = False,
+    prepared: tuple[BaseModelHandle, ActivationsHandle] | None = None,
+) -> SweepOutcome:
+    """`prepared`: (base model, activations) a caller already resolved for this sweep's
+    experiment (the pipeline), so they are not looked up and loaded twice."""
+    sweep = load_sweep(sweep_path)
+    tracker = Tracker(tracking_uri)
+    previous = _interrupted_run(tracker, sweep, sweep_path) if resume else None
+    if previous is not None:
+        smoke = previous.params[names.SWEEP_PARAM_SMOKE] == "True"
+        _check_unchanged(previous, sweep.fingerprint(smoke), sweep_path)
+    fingerprint = sweep.fingerprint(smoke)
+    cfg0 = sweep.base_experiment(smoke)
+    stages.check_before_compute(cfg0)
+    tracker.experiment_id(experiment_of(sweep))  # created here, before any trial process writes
+    if prepared is not None:
+        base, acts = prepared
+    else:
+        base = stages.base_model(cfg0, tracker)
+        acts = stages.activations(cfg0, base, tracker)
+    if previous is None and not rerun:
+        done = find_finished_sweep(tracker, sweep, fingerprint, acts.acts.key)
+        if done is not None:
+            return reused_sweep(tracker, done)
+    n_samples = sweep.smoke.num_samples if smoke else sweep.num_samples
+    storage = cache_root() / "ray_results"
+    run_ctx: AbstractContextManager[str]
+    if previous is not None:
+        ray_name = _ready_to_resume(previous, storage)
+        run_ctx = tracker.reopen(previous.run_id)
+    else:
+        ray_name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_ctx = open_sweep_run(
+            tracker,
+            sweep,
+            cfg0.config_hash(),
+            fingerprint,
+            smoke,
+            n_samples,
+            ray_name,
+            acts.acts.key,
+            base.version,
+        )
+    with run_ctx as sweep_run_id:
+        ctx = SweepContext(
+            sweep_path=str(Path(sweep_path).resolve()),
+            smoke=smoke,
+            tracking_uri=tracker.uri,
+            sweep_run_id=sweep_run_id,
+            activation_key=acts.acts.key,
+            cache_dir=str(cache_root()),
+            base_run_id=base.run_id,
+            base_version=base.version,
+        )
+
+        def tuner(fn: Any) -> Any:
+            if previous is not None:
+                return tune.Tuner.restore(
+                    str(storage / ray_name),
+                    trainable=fn,
+                    resume_unfinished=True,
+                    resume_errored=True,
+                )
+            n_seeds = len(cfg0.trial.seeds)
+            return _new_tuner(sweep, ctx.sweep_path, n_seeds, n_samples, fn, storage, ray_name)
+
+        trials = _fit(tracker, sweep, ctx, ray_address, tuner, n_samples)
+        src = TrialSource(acts.acts.key, base.version, "sweep")
+        return finish_sweep(tracker, sweep, smoke, acts, src, sweep_run_id, trials)
+
+
+def _interrupted_run(tracker: Tracker, sweep: SweepConfig, sweep_path: Path) -> RunView:
+    previous = tracker.latest_unfinished(experiment_of(sweep), names.KIND_SWEEP)
+    if previous is None:
+        raise ConfigError(
+            f"--resume: no interrupted sweep {sweep.name!r} in the store {tracker.uri}"
+        )
+    return previous
+
+
+def _check_unchanged(previous: RunView, fingerprint: str, sweep_path: Path) -> None:
+    """Before any compute: a resumed sweep must be the sweep that was interrupted."""
+    if previous.tags.get(names.TAG_SWEEP_HASH) != fingerprint:
+        raise ConfigError(
+            f"--resume: {sweep_path} changed since sweep run {previous.run_id} started; "
+            "resume with the file as it was, or start a new sweep without --resume"
+        )
+
+
+def _ready_to_resume(previous: RunView, storage: Path) -> str:
+    """The interrupted sweep's Ray Tune folder, after killing what its Ray left behind."""
+    ray_name = previous.params[names.SWEEP_PARAM_RAY_NAME]
+    if not (storage / ray_name).exists():
+        raise ConfigError(
+            f"--resume: sweep run {previous.run_id} stopped before Ray saved any state "
+            f"(no {storage / ray_name}); start the sweep again without --resume"
+        )
+    left = previous.tags.get(names.TAG_RAY_TEMP_DIR)
+    if left and kill_private_ray(left):
+        warnings.warn(f"killed what was left of the interrupted sweep's Ray ({left})", stacklevel=3)
+    return ray_name
+
+
+def _fit(
+    tracker: Tracker,
+    sweep: SweepConfig,
+    ctx: SweepContext,
+    ray_address: str | None,
+    tuner: Callable[[Any], Any],
+    n_samples: int,
+) -> list[Any]:
+    """Start (or join) Ray, run the Tuner to the end, shut Ray down; Tune's results."""
+    temp_dir = start_ray(ray_address)
+    if temp_dir is not None:  # so that --resume can clean up after a killed driver
+        tracker.set_tags(ctx.sweep_run_id, {names.TAG_RAY_TEMP_DIR: temp_dir})
+    try:
+        # Per-seed reports carry only the ASHA metric; the objective (stability) exists once
+        # all seeds are trained, so Tune must not demand it in every report.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), trial_resources(sweep))
+        grid = tuner(fn).fit()
+        trials = [grid[i] for i in range(len(grid))]
+    finally:
+        # Stops the private instance we started; on a user's cluster only disconnects.
+        ray.shutdown()
+    tracker.end_running_children(ctx.sweep_run_id)
+    if grid.num_terminated + grid.num_errors < n_samples:
+        # Tune caught a signal, saved its state and returned early: the sweep is unfinished.
+        raise SweepInterrupted(
+            f"sweep {sweep.name} interrupted after {grid.num_terminated} of {n_samples} "
+            "trials; continue with --resume yes"
+        )
+    return trials
+
+
+def _new_tuner(
+    sweep: SweepConfig,
+    sweep_path: str,
+    n_seeds: int,
+    n_samples: int,
+    trainable_fn: Any,
+    storage: Path,
+    name: str,
+) -> Any:
+    # A trial ASHA stopped has no objective value; Optuna records it as failed, which is right,
+    # but Ray also warns once per such trial that None "could not be cast to float".
+    logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
+    search = OptunaSearch(
+        space=DefineSpace(sweep),
+        metric=[o.metric for o in sweep.objective],  # a list: Optuna takes no per-seed values
+        mode=[o.mode for o in sweep.objective],
+        seed=sweep.seed,
+    )
+    scheduler = (
+        ASHAScheduler(
+            time_attr=names.TUNE_SEEDS_DONE,
+            metric=names.TUNE_ASHA_METRIC,
+            mode="min",
+            max_t=n_seeds + 1,
+            grace_period=min(sweep.asha.grace_period, n_seeds),
+            reduction_factor=sweep.asha.reduction_factor,
+        )
+        if sweep.asha.enabled
+        else None
+    )
+    return tune.Tuner(
+        trainable_fn,
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=n_samples,
+            max_concurrent_trials=sweep.max_concurrency,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            verbose=0,  # Ray's boxes of every metric drown the sweep; TrialLines says enough
+            callbacks=[TrialLines(sweep_path, n_samples, sweep.objective[0].metric)],
+        ),
+    )
+
+
+# --- the end -----------------------------------------------------------------------------------
+def best_trial(sweep: SweepConfig, results: list[dict[str, Any]]) -> tuple[str, float] | None:
+    """(trial run id, value) of the best recorded trial by the first objective; None if no
+    trial has a finite value."""
+    obj = sweep.objective[0]
+    scored = [
+        (r[names.TUNE_TRIAL_RUN_ID], float(r[obj.metric]))
+        for r in results
+        if names.TUNE_TRIAL_RUN_ID in r
+        and isinstance(r.get(obj.metric), int | float)
+        and math.isfinite(float(r[obj.metric]))
+    ]
+    if not scored:
+        return None
+    pick = max if obj.mode == "max" else min
+    return pick(scored, key=lambda x: x[1])
+
+
+def finish_sweep(
+    tracker: Tracker,
+    sweep: SweepConfig,
+    smoke: bool,
+    acts: ActivationsHandle,
+    src: TrialSource,
+    sweep_run_id: str,
+    trials: list[Any],
+) -> SweepOutcome:
+    """Record the trials ASHA stopped (or that failed) before they were recorded, then the
+    sweep's outcome. `trials`: Tune's results (anything with `.metrics`, `.config`, `.error`)."""
+    results = [t.metrics or {} for t in trials]
+    for r, t in zip(results, trials, strict=True):
+        if names.TUNE_TRIAL_RUN_ID not in r:
+            last = {
+                k: v for k, v in r.items() if k in (names.TUNE_ASHA_METRIC, names.TUNE_SEEDS_DONE)
+            }
+            cfg = sweep.trial_config(sampled_params(sweep, t.config or {}), smoke)
+            # "trial_id" is Tune's own key in every result.
+            trial_src = replace(
+                src, ray_trial_id=r.get("trial_id"), ray_node_id=r.get(names.TUNE_NODE_ID)
+            )
+            error = getattr(t, "error", None)
+            why = None if error is None else (str(error).strip().splitlines() or ["error"])[-1]
+            a = acts.acts
+            record_stopped_trial(tracker, cfg, a.d_in, a.hook, trial_src, sweep_run_id, last, why)
+    n_recorded = sum(names.TUNE_TRIAL_RUN_ID in r for r in results)
+    best = best_trial(sweep, results)
+    return record_outcome(tracker, sweep, sweep_run_id, len(results), n_recorded, best)

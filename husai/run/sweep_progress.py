@@ -1,0 +1,55 @@
+"""One line per trial on the terminal while a sweep runs: a Ray Tune callback.
+
+Ray Tune's own reporter prints every metric of every result in boxes (dozens of stability keys
+per trial); a researcher watching a sweep wants the recipe, how far it got and the objective.
+The full numbers are in MLflow. The lines themselves are `husai.console`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from ray.tune import Callback
+
+from husai import console, names
+from husai.config.sweep import load_sweep, sampled_params
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
+class TrialLines(Callback):
+    """Prints `trial i/N` start and end lines; picklable (Tune saves callbacks for resume)."""
+
+    def __init__(self, sweep_path: str, n_samples: int, objective: str) -> None:
+        self.sweep = load_sweep(sweep_path)  # read once, not at every trial line
+        self.n_samples = n_samples
+        self.objective = objective
+        self.started: dict[str, float] = {}
+        self.numbers: dict[str, int] = {}
+
+    def _line(self, trial: Any, what: str) -> str:
+        n = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
+        params = sampled_params(self.sweep, trial.config)
+        return console.trial_line(n, self.n_samples, params, what)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started[trial.trial_id] = time.monotonic()
+        console.say(self._line(trial, "started"))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        r = trial.last_result or {}
+        secs = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
+        if names.TUNE_TRIAL_RUN_ID in r:
+            value, ev = _finite(r.get(self.objective)), _finite(r.get(names.RECON_EV))
+            console.say(self._line(trial, console.trial_done(secs, self.objective, value, ev)))
+        else:
+            done = r.get(names.TUNE_SEEDS_DONE, 0)
+            fvu = r.get(names.TUNE_ASHA_METRIC, float("nan"))
+            console.say(self._line(trial, console.trial_stopped(secs, done, fvu)))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        console.say(self._line(trial, f"FAILED (see the Ray log under {trial.path})"))

@@ -1,0 +1,207 @@
+"""The trial stages: where a trial's activations come from (extracted, a cached set by key, or
+a user's file), what a lambda > 0 trial needs first (its reference SAEs and the lambda = 0
+recipe it is compared with), and one trial run and recorded. `husai trial` and every Ray Tune
+trial of a sweep go through here.
+
+Same shape as `husai.run.stages`: a trial already recorded (same config hash, activations and
+metric version) is found and reused by the callers; otherwise `run_and_record` computes it
+(`husai.measure.trial.run_trial`), prepares its plots and records it
+(`husai.registry.trial_records`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from husai import console, names
+from husai.config.experiment import ExperimentConfig
+from husai.config.loading import from_dict
+from husai.measure.metrics import ReconMetrics
+from husai.measure.trial import TrialResult, preflight, run_trial
+from husai.model.activations import ActivationSet, load_user_activations
+from husai.model.base_model import HookedTransformer
+from husai.registry.handles import Reference
+from husai.registry.tracking import Tracker
+from husai.registry.trial_records import (
+    RecordedTrial,
+    ReferenceLinks,
+    SeedRecord,
+    TrialRecord,
+    TrialSource,
+    find_recorded_trial,
+    record_trial,
+    trial_run_name,
+)
+from husai.report.plots import plot_stability_heatmap
+from husai.run import stages
+
+
+@dataclass(frozen=True)
+class TrialInputs:
+    """What a trial runs on, and where it records."""
+
+    tracker: Tracker
+    acts: ActivationSet
+    src: TrialSource
+    base_model: HookedTransformer | None  # None for a user's own activations: no splicing
+
+
+@dataclass(frozen=True)
+class PlainRecipe:
+    """What the same recipe at lambda = 0 measured: the baseline of ev_drop and of
+    external/contrastive_delta."""
+
+    ev: float | None
+    contrastive: dict[int, float]  # seed -> external/contrastive_score
+
+
+def trial_inputs(cfg: ExperimentConfig, tracking_uri: str | None) -> TrialInputs:
+    """The activations `cfg.activations` names, every check that can run before compute done
+    first: a bad user file or config creates no store and no run."""
+    a = cfg.activations
+    if a.file is not None:
+        acts = load_user_activations(Path(a.file), a)
+        preflight(cfg, acts)
+        return TrialInputs(Tracker(tracking_uri), acts, TrialSource(acts.key, None, "file"), None)
+    if a.key is not None:
+        tracker = Tracker(tracking_uri)
+        handle = stages.activations_by_key(a.key, tracker)
+        preflight(cfg, handle.acts)
+        base_version, base_model = None, None
+        if handle.run_id:
+            params = tracker.get_run_params(handle.run_id)
+            base_version = params.get(names.PARAM_BASE_VERSION)
+            base_model = stages.base_model_of_run(tracker, params[names.PARAM_BASE_RUN_ID])
+        src = TrialSource(handle.acts.key, base_version, "key")
+        return TrialInputs(tracker, handle.acts, src, base_model)
+    stages.check_before_compute(cfg)  # before the base model is trained
+    tracker = Tracker(tracking_uri)
+    base = stages.base_model(cfg, tracker)
+    tracker.link_env_run(base.links())
+    console.print_base(base)
+    extracted = stages.activations(cfg, base, tracker)
+    console.print_acts(extracted)
+    preflight(cfg, extracted.acts)
+    src = TrialSource(extracted.acts.key, base.version, "extracted")
+    return TrialInputs(tracker, extracted.acts, src, base.model)
+
+
+def prepare_consistency(
+    cfg: ExperimentConfig, inputs: TrialInputs, parent_run_id: str | None = None
+) -> tuple[tuple[Reference, Reference] | None, PlainRecipe | None]:
+    """For lambda > 0: (reference, control) and what the lambda = 0 recipe measured."""
+    if cfg.consistency.lam == 0:
+        return None, None
+    plain = plain_recipe(cfg, inputs, parent_run_id)
+    c, acts, tracker = cfg.consistency, inputs.acts, inputs.tracker
+    refs = (
+        stages.reference(cfg, acts, c.ref_seed, tracker),
+        stages.reference(cfg, acts, c.control_ref_seed, tracker),
+    )
+    for ref, what in zip(refs, ("reference", "control reference"), strict=True):
+        console.print_reference(ref, what)
+    return refs, plain
+
+
+def plain_recipe(
+    cfg: ExperimentConfig, inputs: TrialInputs, parent_run_id: str | None = None
+) -> PlainRecipe:
+    """The same recipe at lambda = 0: found in MLflow, else trained and recorded."""
+    plain = from_dict(
+        {
+            **cfg.model_dump(by_alias=True),
+            "consistency": {**cfg.consistency.model_dump(by_alias=True), "lambda": 0.0},
+        },
+        "lambda = 0 recipe",
+    )
+    tracker = inputs.tracker
+    run_id = find_recorded_trial(tracker, plain, inputs.acts.key)
+    if run_id is not None:
+        console.print_plain_recipe(run_id)
+        scores = {}
+        for seed_run in tracker.child_runs(run_id):
+            value = seed_run.metrics.get(names.EXTERNAL_CONTRASTIVE_SCORE)
+            if value is not None and names.TAG_SEED in seed_run.tags:
+                scores[int(seed_run.tags[names.TAG_SEED])] = value
+        return PlainRecipe(tracker.get_run_metrics(run_id).get(names.RECON_EV), scores)
+    console.print_plain_recipe(None)
+    # Not this Ray trial's own result: without its trial id, a resumed sweep cannot mistake it.
+    base_inputs = replace(inputs, src=replace(inputs.src, ray_trial_id=None))
+    result, rec = run_and_record(plain, base_inputs, parent_run_id=parent_run_id)
+    console.print_plain_recipe(rec.run_id, recorded=True)
+    scores = (
+        {} if result.evals is None else {s: r.score for s, r in result.evals.contrastive.items()}
+    )
+    return PlainRecipe(result.recon_mean["ev"], scores)
+
+
+def run_and_record(
+    cfg: ExperimentConfig,
+    inputs: TrialInputs,
+    refs: tuple[Reference, Reference] | None = None,
+    plain: PlainRecipe | None = None,
+    parent_run_id: str | None = None,
+    on_seed: Callable[[list[ReconMetrics]], None] | None = None,
+) -> tuple[TrialResult, RecordedTrial]:
+    """Train and measure the trial, fill in its deltas against the lambda = 0 recipe, record
+    it (under `parent_run_id`, a sweep run, if given)."""
+    decoders = None if refs is None else (refs[0].decoder, refs[1].decoder)
+    with tempfile.TemporaryDirectory() as work:
+        result = run_trial(
+            cfg,
+            inputs.acts,
+            Path(work),
+            base_model=inputs.base_model,
+            references=decoders,
+            on_seed=on_seed,
+        )
+        if result.consistency is not None and plain is not None and plain.ev is not None:
+            ev = result.recon_mean["ev"]
+            drop = None if ev is None else plain.ev - ev
+            result.consistency = replace(result.consistency, ev_drop=drop)
+        if cfg.consistency.lam > 0:
+            # Seed by seed against the lambda = 0 recipe; {} = unknown: the delta stays absent.
+            result.plain_contrastive = {} if plain is None else dict(plain.contrastive)
+        links = None
+        if refs is not None and cfg.consistency.lam > 0:
+            links = ReferenceLinks(refs[0].seed, refs[0].run_id, refs[1].run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            rec = trial_record(cfg, inputs.acts, result, links, Path(tmp))
+            return result, record_trial(inputs.tracker, cfg, rec, inputs.src, parent_run_id)
+
+
+def trial_record(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    result: TrialResult,
+    references: ReferenceLinks | None,
+    tmp: Path,
+) -> TrialRecord:
+    """What `record_trial` writes, with the stability heatmap drawn into `tmp`."""
+    plots = tmp / names.ARTIFACT_PLOTS
+    plots.mkdir()
+    plot_stability_heatmap(
+        result.stability.trained,
+        result.stability.random,
+        [sr.seed for sr in result.seeds],
+        plots / names.PLOT_STABILITY_HEATMAP,
+        title=trial_run_name(cfg),
+    )
+    t = cfg.trial
+    return TrialRecord(
+        d_in=acts.d_in,
+        hook=acts.hook,
+        seeds=[
+            SeedRecord(sr.seed, sr.curves(), result.seed_metrics(sr.seed), sr.folder)
+            for sr in result.seeds
+        ],
+        metrics=result.trial_metrics(t.bootstrap_samples, t.bootstrap_seed),
+        tags=result.evals.tags() if result.evals is not None else {},
+        representative_seed=result.representative_seed,
+        representative_reason=result.representative_reason,
+        plots_dir=plots,
+        references=references,
+    )

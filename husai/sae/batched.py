@@ -1,0 +1,173 @@
+"""Seed-batched TopK / BatchTopK training: all of a trial's seeds as one stacked model.
+
+Trained one after another through sae-lens, a seed's step writes and re-reads a dense
+[batch, d_sae] pre-activation tensor several times (matmul, rescale, top-k, scatter, backward
+through the scatter) and pays Python overhead per seed. Here the seeds' parameters are stacked
+[S, ...]; each step gathers every seed's own batch (its own `BatchOrder` and initialisation, as
+in `train.py`) and runs `batched_sparse.sparse_step` for all of them: scores ranked in one
+batched matmul or, for large SAEs, in cache-sized chunks; a sparse decode; hand-written sparse
+gradients. Adam is elementwise, so one Adam over stacked tensors is S independent Adams;
+gradient-norm clipping is per seed.
+
+It is sae-lens's `TopKTrainingSAE` / `BatchTopKTrainingSAE` step (rescale_acts_by_decoder_norm,
+AuxK on dead latents, BatchTopK's threshold EMA) in exact arithmetic: latents ranked by
+pre * |W_dec| with pre = (x - b_dec) @ W_enc + b_enc, values relu(pre), reconstruction
+sum relu(pre_j) W_dec[j] + b_dec (the decoder norm cancels, as it does in sae-lens, and its
+gradient through that product is exactly zero, so it is left out). tests/sae/test_batched.py checks
+it against sae-lens's own step at float tolerance. Each seed ends as an ordinary sae-lens SAE
+(the weights are copied into `build_sae`'s module), so saving, loading and metrics are unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from husai import names
+from husai.config.experiment import SAEConfig, SAETrainConfig
+from husai.core.repro import deterministic
+from husai.sae.batched_sparse import sparse_step
+from husai.sae.build import build_sae, decoder, lr_scheduler
+from husai.sae.types import BatchOrder, Consistency, SAECurves, SeedStreams, TrainedSAE
+
+BATCHED_ARCHITECTURES = ("topk", "batchtopk")
+
+
+def batched_supported(sae_cfg: SAEConfig) -> bool:
+    return sae_cfg.architecture in BATCHED_ARCHITECTURES
+
+
+class _Stack:
+    """The S seeds' parameters, stacked, with one Adam and sae-lens's LR schedule."""
+
+    def __init__(self, saes: list[Any], cfg: SAETrainConfig) -> None:
+        def stack(name: str) -> torch.Tensor:
+            return torch.stack([getattr(s, name).detach().clone() for s in saes]).contiguous()
+
+        self.W_enc = stack("W_enc")  # [S, d_in, d_sae]
+        self.b_enc = stack("b_enc")  # [S, d_sae]
+        self.W_dec = stack("W_dec")  # [S, d_sae, d_in]
+        self.b_dec = stack("b_dec")  # [S, d_in]
+        self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=cfg.betas)
+        self.sched = lr_scheduler(self.opt, cfg)
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        # torch.nn.utils.clip_grad_norm_(max_norm=1.0), one norm per seed.
+        norms = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads))  # type: ignore[arg-type]
+        coef = (1.0 / (norms + 1e-6)).clamp(max=1.0)
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g * coef.view(-1, *([1] * (g.dim() - 1)))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+
+
+def train_seeds_batched(
+    sae_cfg: SAEConfig,
+    cfg: SAETrainConfig,
+    acts: torch.Tensor,
+    seeds: Sequence[int],
+    progress: bool = False,
+    target: torch.Tensor | None = None,
+    label: str = "SAE",
+    consistency: Sequence[Consistency] | None = None,
+) -> list[TrainedSAE]:
+    """Train one SAE per seed, all at once; deterministic for given seeds on CPU."""
+    if not batched_supported(sae_cfg):
+        raise ValueError(f"no seed-batched path for architecture {sae_cfg.architecture!r}")
+    if target is not None and target.shape != acts.shape:
+        raise ValueError(f"target shape {tuple(target.shape)} != input {tuple(acts.shape)}")
+    with deterministic():
+        return _train(sae_cfg, cfg, acts, seeds, progress, target, label, consistency)
+
+
+def _train(
+    sae_cfg: SAEConfig,
+    cfg: SAETrainConfig,
+    acts: torch.Tensor,
+    seeds: Sequence[int],
+    progress: bool,
+    target: torch.Tensor | None,
+    label: str,
+    consistency: Sequence[Consistency] | None,
+) -> list[TrainedSAE]:
+    streams = [SeedStreams.of(s) for s in seeds]
+    d_in, transcoder = int(acts.shape[1]), target is not None
+    saes = [build_sae(sae_cfg, d_in, st.init_seed, transcoder=transcoder) for st in streams]
+    w0 = [decoder(sae) for sae in saes]
+    p = _Stack(saes, cfg)
+    orders = [BatchOrder(int(acts.shape[0]), cfg.batch_size, st.data_seed) for st in streams]
+    n_seeds, d_sae, k = len(seeds), sae_cfg.d_sae, sae_cfg.k
+    aux_coeff = sae_cfg.aux_loss_coefficient
+    c = saes[0].cfg
+    b_dec_in = c.apply_b_dec_to_input
+    if not c.rescale_acts_by_decoder_norm or c.normalize_activations != "none":
+        # The step below is written for sae-lens's defaults of these; anything else is not it.
+        raise ValueError("the batched path needs rescale_acts_by_decoder_norm and no normalisation")
+    if coeffs := saes[0].get_coefficients():
+        raise ValueError(f"the batched path has no loss coefficients, got {sorted(coeffs)}")
+    threshold_lr = getattr(c, "topk_threshold_lr", 0.0)  # BatchTopK's threshold EMA
+    thresholds = torch.zeros(n_seeds, dtype=torch.double)
+    since_fired = torch.zeros(n_seeds, d_sae)
+    curves = [SAECurves() for _ in seeds]
+    start = time.perf_counter()
+    seeds_txt = ",".join(str(s) for s in seeds)
+    bar = tqdm(range(cfg.steps), desc=f"{label} seeds {seeds_txt}", disable=not progress)
+    for step in bar:
+        dead = since_fired > cfg.dead_window
+        idx = torch.stack([o.next() for o in orders])  # [S, B]
+        x = acts[idx]
+        y = x if target is None else target[idx]
+        sae_in = x - p.b_dec[:, None, :] if b_dec_in else x
+        out = sparse_step(p.params, sae_in, y, dead, sae_cfg.architecture, k, aux_coeff, b_dec_in)
+        pull = torch.zeros(n_seeds)
+        for s, (penalty, lam) in enumerate(consistency or ()):
+            # The consistency extension's term (build._ConsistencyMixin), seed by seed.
+            with torch.enable_grad():
+                w = p.W_dec[s].detach().requires_grad_(True)
+                term = lam * penalty(w, step)
+                out.grads[2][s] += torch.autograd.grad(term, w)[0]
+            pull[s] = term.detach()
+        p.step(out.grads)
+        since_fired += 1
+        since_fired[out.fired] = 0
+        if threshold_lr:
+            # sae-lens update_topk_threshold: EMA of the smallest positive activation.
+            seen = ~torch.isnan(out.min_active)
+            new = (1 - threshold_lr) * thresholds + threshold_lr * out.min_active.double()
+            thresholds = torch.where(seen, new, thresholds)
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            dead_frac = (since_fired > cfg.dead_window).float().mean(1)
+            lr = p.opt.param_groups[0]["lr"]
+            for s in range(n_seeds):
+                row = {
+                    names.CURVE_LOSS: float(out.mse[s] + out.aux[s] + pull[s]),
+                    names.CURVE_L0: float(out.l0[s]),
+                    names.CURVE_DEAD_FRAC: float(dead_frac[s]),
+                    names.CURVE_LR: lr,
+                    names.CURVE_MSE: float(out.mse[s]),
+                    names.CURVE_AUXK: float(out.aux[s]),
+                }
+                if consistency is not None:
+                    row[names.CURVE_CONSISTENCY] = float(pull[s])
+                curves[s].add(step, row)
+            bar.set_postfix(loss=f"{float((out.mse + out.aux + pull).mean()):.4g}")
+    seconds = time.perf_counter() - start
+    trained: list[TrainedSAE] = []
+    for s, sae in enumerate(saes):
+        with torch.no_grad():
+            sae.W_enc.copy_(p.W_enc[s])
+            sae.b_enc.copy_(p.b_enc[s])
+            sae.W_dec.copy_(p.W_dec[s])
+            sae.b_dec.copy_(p.b_dec[s])
+            if threshold_lr:
+                sae.topk_threshold = thresholds[s].clone()
+        sae.eval()
+        # The seeds shared one run: each is credited an equal share of its wall time.
+        trained.append(TrainedSAE(streams[s].seed, sae, w0[s], curves[s], seconds / n_seeds))
+    return trained

@@ -1,0 +1,145 @@
+"""SAE training on cached activations: one seed, its own data order, a fixed step budget.
+
+Our loop over sae-lens's `training_forward_pass`, mirroring `SAETrainer._train_step` (Adam,
+gradient-norm clip 1.0, sae-lens's LR schedule and coefficient warm-ups, the dead-latent mask
+that feeds the AuxK loss) so that every architecture's own auxiliary losses are kept. Chosen over
+`SAETrainer` because SAETrainer logs nothing without wandb, cannot seed the data order, and was
+slower in STACK.md's measurement (42k vs 50k rows/s at d_sae 1024). Returns curves; never logs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from husai import names
+from husai.config.experiment import SAEConfig, SAETrainConfig
+from husai.core.repro import deterministic
+from husai.sae.batched import batched_supported, train_seeds_batched
+from husai.sae.build import (
+    TranscoderStepInput,
+    build_sae,
+    coefficient_schedulers,
+    decoder,
+    lr_scheduler,
+)
+from husai.sae.types import BatchOrder, Consistency, SAECurves, SeedStreams, TrainedSAE
+
+
+def train_sae(
+    sae_cfg: SAEConfig,
+    train_cfg: SAETrainConfig,
+    acts: torch.Tensor,
+    seed: int,
+    consistency: Consistency | None = None,
+    progress: bool = False,
+    target: torch.Tensor | None = None,
+    label: str = "SAE",
+) -> TrainedSAE:
+    """Train one SAE on rows `acts` [n, d_in]; deterministic for a given seed on CPU. With
+    `target` [n, d_out] (row i the target of input row i) it is trained as a transcoder."""
+    if target is not None and target.shape[0] != acts.shape[0]:
+        raise ValueError(f"target has {target.shape[0]} rows, inputs {acts.shape[0]}")
+    with deterministic():
+        return _train(
+            sae_cfg, train_cfg, acts, SeedStreams.of(seed), consistency, progress, target, label
+        )
+
+
+def train_seeds(
+    sae_cfg: SAEConfig,
+    train_cfg: SAETrainConfig,
+    acts: torch.Tensor,
+    seeds: Sequence[int],
+    progress: bool = False,
+    target: torch.Tensor | None = None,
+    label: str = "SAE",
+    consistency: Sequence[Consistency] | None = None,
+) -> Iterator[TrainedSAE]:
+    """One SAE per seed, in seed order (`consistency`: one penalty per seed, as the penalty
+    keeps per-seed state). All seeds at once on the seed-batched path (`husai.sae.batched`) when
+    `train.seed_batched` and the architecture has one; otherwise each seed is trained when the
+    caller asks for it, so a caller that stops early (an ASHA stop) trains no more."""
+    if consistency is not None and len(consistency) != len(seeds):
+        raise ValueError(f"{len(consistency)} consistency penalties for {len(seeds)} seeds")
+    if train_cfg.seed_batched and batched_supported(sae_cfg):
+        yield from train_seeds_batched(
+            sae_cfg, train_cfg, acts, seeds, progress, target, label, consistency
+        )
+        return
+    for i, seed in enumerate(seeds):
+        pull = None if consistency is None else consistency[i]
+        yield train_sae(sae_cfg, train_cfg, acts, seed, pull, progress, target, label)
+
+
+def _train(
+    sae_cfg: SAEConfig,
+    cfg: SAETrainConfig,
+    acts: torch.Tensor,
+    streams: SeedStreams,
+    consistency: Consistency | None,
+    progress: bool,
+    target: torch.Tensor | None,
+    label: str = "SAE",
+) -> TrainedSAE:
+    sae = build_sae(
+        sae_cfg, int(acts.shape[1]), streams.init_seed, consistency, transcoder=target is not None
+    )
+    w0 = decoder(sae)
+    order = BatchOrder(int(acts.shape[0]), cfg.batch_size, streams.data_seed)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+    sched = lr_scheduler(opt, cfg)
+    coeffs = coefficient_schedulers(sae)
+    since_fired = torch.zeros(sae_cfg.d_sae)
+    curves = SAECurves()
+    sae.train()
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.steps), desc=f"{label} seed {streams.seed}", disable=not progress)
+    for step in bar:
+        dead = since_fired > cfg.dead_window
+        idx = order.next()
+        step_input = TranscoderStepInput(
+            sae_in=acts[idx],
+            coefficients={k: s.value for k, s in coeffs.items()},
+            dead_neuron_mask=dead,
+            n_training_steps=step,
+            is_logging_step=False,
+            target=None if target is None else target[idx],
+        )
+        out = sae.training_forward_pass(step_input)
+        loss, losses = out.loss, out.losses
+        with torch.no_grad():
+            fired = (out.feature_acts != 0).any(dim=0)
+            since_fired += 1
+            since_fired[fired] = 0
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        for s in coeffs.values():
+            s.step()
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            row = {
+                names.CURVE_LOSS: loss.item(),
+                names.CURVE_L0: (out.feature_acts != 0).float().sum(-1).mean().item(),
+                names.CURVE_DEAD_FRAC: (since_fired > cfg.dead_window).float().mean().item(),
+                names.CURVE_LR: opt.param_groups[0]["lr"],
+            }
+            # sae-lens names its terms mse_loss, auxiliary_reconstruction_loss, l1_loss, ...
+            row.update(
+                {(names.CURVE_MSE if k == "mse_loss" else k): v.item() for k, v in losses.items()}
+            )
+            curves.add(step, row)
+            bar.set_postfix(loss=f"{row[names.CURVE_LOSS]:.4g}", l0=f"{row[names.CURVE_L0]:.1f}")
+    sae.eval()
+    return TrainedSAE(
+        seed=streams.seed,
+        sae=sae,
+        decoder_step0=w0,
+        curves=curves,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,189 @@
+"""Builders the tests share: tiny configs, synthetic activations, config and sweep files, and
+readers of what a temporary MLflow store holds. Test modules import from here, never from
+each other."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+import yaml
+
+from husai import names
+from husai.config.experiment import SAEConfig, SAETrainConfig
+from husai.registry.tracking import Tracker
+from husai.sae.build import TrainStepInput
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# --- tiny configs --------------------------------------------------------------------------------
+# A model small enough to train a few steps in well under a second: for tests of our logic
+# (tracking, caching, reuse, determinism), not of grokking.
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "task": {"p": 11, "train_frac": 0.5},
+    "base": {"d_model": 16, "n_heads": 2, "d_mlp": 32, "max_steps": 6, "eval_every": 2},
+    "activations": {"eval_frac": 0.25},
+}
+
+# One small trial: TopK, 3 seeds, 40 steps.
+TRIAL: dict[str, Any] = {
+    "sae": {"architecture": "topk", "d_sae": 32, "k": 4},
+    "train": {
+        "steps": 40,
+        "batch_size": 64,
+        "lr_warmup_steps": 5,
+        "lr_decay_steps": 10,
+        "log_every": 5,
+    },
+    "trial": {"seeds": [0, 1, 2], "bootstrap_samples": 200},
+}
+
+SWEEP: dict[str, Any] = {
+    "name": "tiny_sweep",
+    "experiment": {
+        **TINY,
+        "sae": {"architecture": "topk", "d_sae": 32, "k": 4},
+        "train": {
+            "steps": 30,
+            "batch_size": 32,
+            "lr_warmup_steps": 3,
+            "lr_decay_steps": 5,
+            "log_every": 10,
+        },
+        "trial": {"seeds": [0, 1, 2], "bootstrap_samples": 100},
+    },
+    "search_space": {
+        "sae.k": {"type": "categorical", "choices": [2, 4]},
+        "consistency.lambda": {"type": "loguniform", "low": 0.01, "high": 1.0, "zero": True},
+    },
+    "objective": [{"metric": "stability/pw_mcc_delta_lcb", "mode": "max"}],
+    "num_samples": 3,
+    "asha": {"enabled": False},
+}
+
+
+def write_cfg(tmp_path: Path, extra: dict | None = None, base: dict | None = None) -> Path:
+    """An experiment YAML: `base` (default: only a name) + TRIAL + `extra`, section by section."""
+    data = {**(base if base is not None else {"name": "t"}), **TRIAL, **(extra or {})}
+    path = tmp_path / "trial.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def write_sweep(tmp_path: Path, **over: object) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**SWEEP, **over}))
+    return path
+
+
+# --- synthetic data ------------------------------------------------------------------------------
+D_IN, D_SAE, K = 16, 32, 4
+FAST = SAETrainConfig(
+    steps=40, batch_size=64, lr=3e-3, lr_warmup_steps=0, lr_decay_steps=0, log_every=1
+)
+
+
+def synthetic(n: int = 512, seed: int = 0) -> torch.Tensor:
+    """Rows that are sparse combinations of 32 fixed directions (d_in 16): something to learn."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(D_SAE, D_IN, generator=g)
+    codes = torch.rand(n, D_SAE, generator=g) * (torch.rand(n, D_SAE, generator=g) < 0.1)
+    return codes @ dirs
+
+
+def sae_cfg(arch: str) -> SAEConfig:
+    """The small SAE of `synthetic`'s size, any architecture."""
+    return SAEConfig(
+        architecture=arch,  # type: ignore[arg-type]
+        d_sae=D_SAE,
+        k=K,
+        l1_coefficient=0.01,
+        l0_coefficient=0.01,
+    )
+
+
+def forward(sae: Any, x: torch.Tensor, dead: torch.Tensor | None = None) -> Any:
+    """One sae-lens training forward pass at step 0."""
+    step = TrainStepInput(
+        sae_in=x,
+        coefficients=sae.get_coefficients(),
+        dead_neuron_mask=dead,
+        n_training_steps=0,
+        is_logging_step=False,
+    )
+    return sae.training_forward_pass(step)
+
+
+def sparse_data(n: int, d_in: int = 32, n_feat: int = 64, seed: int = 0) -> torch.Tensor:
+    """Rows that are sparse sums of fixed unit directions plus noise: something to learn."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.nn.functional.normalize(torch.randn(n_feat, d_in, generator=g), dim=1)
+    on = torch.rand(n, n_feat, generator=g) < 0.06
+    coef = torch.rand(n, n_feat, generator=g) * 3 * on
+    return coef @ feats + 0.05 * torch.randn(n, d_in, generator=g)
+
+
+def user_acts(tmp_path: Path, suffix: str = ".npy") -> Path:
+    """A user's own [400, 16] activation file (.npy, .pt or .safetensors)."""
+    g = torch.Generator().manual_seed(0)
+    x = (
+        torch.rand(400, 32, generator=g)
+        * (torch.rand(400, 32, generator=g) < 0.1)
+        @ torch.randn(32, 16, generator=g)
+    )
+    path = tmp_path / f"acts{suffix}"
+    if suffix == ".npy":
+        np.save(path, x.numpy())
+    elif suffix == ".pt":
+        torch.save(x, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"activations": x}, str(path))
+    return path
+
+
+# --- reading a store -----------------------------------------------------------------------------
+def store_path(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def all_runs(tracker: Tracker) -> list:
+    exps = [e.experiment_id for e in tracker.client.search_experiments()]
+    return tracker.client.search_runs(exps) if exps else []
+
+
+def runs_of_kind(tracker: Tracker, kind: str, experiment: str | None = None) -> list:
+    """MLflow runs tagged husai.kind = `kind` (in one experiment, or in all)."""
+    if experiment is None:
+        runs = all_runs(tracker)
+    else:
+        exp = tracker.client.get_experiment_by_name(experiment)
+        runs = [] if exp is None else tracker.client.search_runs([exp.experiment_id])
+    return [r for r in runs if r.data.tags.get(names.TAG_KIND) == kind]
+
+
+def sweep_temp_dir(tracker: Tracker, sweep_run_id: str) -> str:
+    """The private Ray instance a sweep started (recorded on its sweep run)."""
+    return tracker.client.get_run(sweep_run_id).data.tags[names.TAG_RAY_TEMP_DIR]
+
+
+def ray_processes_left(temp_dir: str, wait_s: float = 15.0) -> list[str]:
+    """Processes still running for the Ray instance whose temp dir is `temp_dir`: only the
+    processes a test started itself, whatever other Ray jobs run on the machine."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if temp_dir in cmd:
+                left.append(f"{p.info['pid']}: {cmd[:80]}")
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)

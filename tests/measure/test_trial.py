@@ -1,0 +1,72 @@
+"""One trial as pure compute (`run_trial`): deterministic, never compares its references, no
+interval from two seeds, and its numbers named by the MLflow keys they are recorded under.
+(Recorded through `husai trial`: tests/run/test_trial_stages.py.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from husai import names
+from husai.config.loading import load
+from husai.measure.trial import run_trial
+from husai.model.activations import load_user_activations
+from husai.registry.records import finite
+from husai.sae.train import train_sae
+from tests.helpers import user_acts, write_cfg
+
+
+def test_same_trial_twice_same_metrics(tmp_path: Path) -> None:
+    cfg = load(write_cfg(tmp_path))
+    acts = load_user_activations(user_acts(tmp_path), cfg.activations)
+    a = run_trial(cfg, acts, tmp_path / "a", progress=False)
+    b = run_trial(cfg, acts, tmp_path / "b", progress=False)
+    assert a.recon_mean == b.recon_mean
+    assert a.stability.metrics == b.stability.metrics
+
+
+def test_trial_result_never_compares_the_reference(tmp_path: Path) -> None:
+    cfg = load(write_cfg(tmp_path, {"consistency": {"lambda": 1.0}}))
+    acts = load_user_activations(user_acts(tmp_path), cfg.activations)
+    c = cfg.consistency
+    ref, control = (
+        train_sae(cfg.sae, cfg.train, acts.train, s).decoder
+        for s in (c.ref_seed, c.control_ref_seed)
+    )
+    result = run_trial(cfg, acts, tmp_path / "w", progress=False, references=(ref, control))
+    assert [s.seed for s in result.seeds] == [0, 1, 2]
+    assert result.stability.trained["pw_mcc"].shape == (3, 3)
+    for s in result.seeds:
+        assert not torch.equal(s.trained.decoder, ref)
+    assert result.consistency is not None and result.consistency.alignment_to_ref > 0
+
+
+def test_two_seeds_give_no_confidence_interval(tmp_path: Path) -> None:
+    """With 2 seeds a seed bootstrap has nothing to resample: the bounds are absent, so a gate
+    on them fails closed instead of passing on a zero-width interval."""
+    cfg = load(write_cfg(tmp_path, {"trial": {"seeds": [0, 1], "bootstrap_samples": 200}}))
+    acts = load_user_activations(user_acts(tmp_path), cfg.activations)
+    result = run_trial(cfg, acts, tmp_path / "w", progress=False)
+    m = finite(result.trial_metrics(200, 0))  # what gets recorded
+    assert "stability/pw_mcc_delta" in m
+    assert "stability/pw_mcc_delta_lcb" not in m and "stability/pw_mcc_delta_ucb" not in m
+
+
+def test_a_trial_names_its_numbers_by_their_mlflow_keys(tmp_path: Path) -> None:
+    cfg = load(write_cfg(tmp_path))
+    acts = load_user_activations(user_acts(tmp_path), cfg.activations)
+    result = run_trial(cfg, acts, tmp_path / "w", progress=False)
+    seed = result.seed_metrics(1)
+    assert set(seed) >= set(names.RECON_KEYS.values()) | {names.SEED_SECONDS}
+    assert seed[names.RECON_LOSS_RECOVERED] is None  # no base model: not computed, never 0
+    assert seed[names.RECON_EV] == result.seed_result(1).recon.ev
+    trial = result.trial_metrics(cfg.trial.bootstrap_samples, cfg.trial.bootstrap_seed)
+    stability = {
+        names.stability_key(b, s) for b in names.STABILITY_BASES for s in names.STABILITY_SUFFIXES
+    }
+    assert set(trial) >= stability | set(names.RECON_KEYS.values()) | {names.TRIAL_SECONDS}
+    assert trial[names.RECON_EV] == sum(s.recon.ev for s in result.seeds) / 3
+    assert not any(k.startswith(names.CONSISTENCY_ALIGNMENT) for k in trial)  # lambda 0
+    curves = result.seeds[0].curves()
+    assert names.train_key("mse") in curves and curves[names.train_key("mse")][0][0] == 0

@@ -1,0 +1,288 @@
+"""The release gate against a real temporary MLflow registry.
+
+The gate reads metrics and tags, never weights: these tests register versions straight from
+runs carrying chosen metrics (a real registry, real runs; only the SAE behind each version is
+left out), so each case controls exactly what the gate sees.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from husai import names
+from husai.cli import main
+from husai.registry.gate import Policy, Reading, evaluate, load_policy
+from husai.registry.gate_apply import run_gate
+from husai.registry.tracking import Tracker
+from tests.helpers import ROOT
+
+STRICT = ROOT / "gates" / "strict.yaml"
+GOOD = {
+    "stability/pw_mcc_delta_lcb": 0.3,
+    "stress/transcoder_delta_lcb": 0.01,
+    "stress/ood_drop": 0.02,
+    "external/probe_delta_lcb": 0.02,
+    "external/contrastive_delta_lcb": 0.0,
+    "recon/ev": 0.97,
+}
+# One failing value per group of the strict policy.
+FAILING = {
+    "random_model": ("stability/pw_mcc_delta_lcb", -0.01),
+    "transcoder": ("stress/transcoder_delta_lcb", -0.02),
+    "ood": ("stress/ood_drop", 0.2),
+    "external": ("external/probe_delta_lcb", -0.05),
+    "recon": ("recon/ev", 0.5),
+}
+
+
+def readings(metrics: dict[str, float]) -> dict[str, Reading]:
+    return {k: Reading(v, "run test") for k, v in metrics.items()}
+
+
+def test_all_checks_pass() -> None:
+    d = evaluate(load_policy(STRICT), "1", readings(GOOD), None)
+    assert d.pass_all and d.reasons == "all checks passed"
+    assert {c.check for c in d.checks} >= {"random_model.pw_mcc_delta_lcb", "recon.ev"}
+
+
+@pytest.mark.parametrize("group", sorted(FAILING))
+def test_each_group_failing_alone_blocks(group: str) -> None:
+    metric, value = FAILING[group]
+    d = evaluate(load_policy(STRICT), "1", readings({**GOOD, metric: value}), None)
+    assert not d.pass_all
+    failed = [c.check for c in d.checks if not c.passed]
+    assert len(failed) == 1 and failed[0].startswith(group + "."), failed
+
+
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf])
+def test_missing_or_non_finite_metric_fails_closed(bad: float | None) -> None:
+    metrics = dict(GOOD)
+    if bad is None:
+        del metrics["stress/ood_drop"]
+    else:
+        metrics["stress/ood_drop"] = bad
+    d = evaluate(load_policy(STRICT), "1", readings(metrics), None)
+    (c,) = [c for c in d.checks if c.metric == "stress/ood_drop"]
+    assert not c.passed and "fails closed" in c.reason and not d.pass_all
+
+
+def test_optional_checks_report_but_do_not_block() -> None:
+    policy = Policy.model_validate(
+        {
+            "name": "p",
+            "checks": {
+                "recon": [{"metric": "recon/ev", "op": ">=", "threshold": 0.9}],
+                "ood": [
+                    {"metric": "stress/ood_drop", "op": "<=", "threshold": 0.0, "required": False}
+                ],
+            },
+        }
+    )
+    d = evaluate(policy, "1", readings(GOOD), None)
+    assert d.pass_all and "ood.ood_drop" in d.reasons
+
+
+def test_champion_margins() -> None:
+    policy = load_policy(STRICT)
+    champ = ("4", readings({**GOOD, "recon/ev": 0.99}))
+    # 0.97 is worse than the champion's 0.99 by more than the 0.01 margin: blocked.
+    d = evaluate(policy, "5", readings(GOOD), champ)
+    (c,) = [c for c in d.checks if c.metric == "recon/ev"]
+    assert not c.passed and c.champion_value == 0.99 and "champion" in c.reason
+    # Within the margin: passes; no champion at all: the margin has nothing to compare with.
+    assert evaluate(policy, "5", readings({**GOOD, "recon/ev": 0.985}), champ).pass_all
+    assert evaluate(policy, "5", readings(GOOD), None).pass_all
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        (
+            "name: x\nchecks: {recon: [{metric: recon/evv, op: '>=', threshold: 0}]}",
+            "unknown metric",
+        ),
+        ("name: x\nchecks: {recon: [{metric: recon/ev, op: '=>', threshold: 0}]}", "op"),
+        ("name: x\nchecks: {recon: [{metric: recon/ev, op: '>=', threshold: 0, x: 1}]}", "x"),
+        ("name: x\nchecks: {}", "at least one check"),
+        ("name: [unclosed", "invalid YAML"),
+    ],
+)
+def test_malformed_policy_is_one_line_naming_the_field(
+    tmp_path: Path, text: str, expect: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    assert main(["gate", "--policy", str(path), "--version", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert expect in err and str(path) in err and "\n" not in err
+
+
+# --- against the registry -------------------------------------------------------------------
+
+
+def register(
+    tracker: Tracker, trial: dict[str, float], seed: dict[str, float] | None = None
+) -> str:
+    """A trial run with `trial` metrics, a seed-0 child run with `seed` metrics, and a
+    husai-sae version registered from the trial run, tagged as record_trial tags it."""
+    exp = tracker.experiment_id("husai/gate_test")
+    c = tracker.client
+    run = c.create_run(exp, tags={names.TAG_KIND: names.KIND_TRIAL})
+    for k, v in trial.items():
+        c.log_metric(run.info.run_id, k, v)
+    child = c.create_run(
+        exp,
+        tags={
+            names.TAG_KIND: names.KIND_SEED,
+            names.TAG_SEED: "0",
+            "mlflow.parentRunId": run.info.run_id,
+        },
+    )
+    for k, v in (seed or {}).items():
+        c.log_metric(child.info.run_id, k, v)
+    for r in (run, child):
+        c.set_terminated(r.info.run_id)
+    try:
+        c.get_registered_model(names.SAE_MODEL_NAME)
+    except Exception:
+        c.create_registered_model(names.SAE_MODEL_NAME)
+    mv = c.create_model_version(
+        names.SAE_MODEL_NAME,
+        source=f"{run.info.artifact_uri}/sae_model",
+        run_id=run.info.run_id,
+        tags={names.TAG_TRIAL_RUN_ID: run.info.run_id, names.TAG_SEED: "0"},
+    )
+    return str(mv.version)
+
+
+def version_tags(tracker: Tracker, v: str) -> dict[str, str]:
+    return dict(tracker.client.get_model_version(names.SAE_MODEL_NAME, v).tags)
+
+
+def champion(tracker: Tracker) -> str | None:
+    mv = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
+    return None if mv is None else str(mv.version)
+
+
+def gate_runs(tracker: Tracker) -> list:
+    exp = tracker.client.get_experiment_by_name(names.EXPERIMENT_GATES)
+    return [] if exp is None else tracker.client.search_runs([exp.experiment_id])
+
+
+def test_pass_promotes_block_keeps_and_reasons_are_written(
+    tracker: Tracker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = register(tracker, GOOD)
+    assert main(["gate", "--policy", str(STRICT), "--version", good]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "recon.ev" in out and "alias champion" in out
+    assert champion(tracker) == good
+    tags = version_tags(tracker, good)
+    assert tags["gate.strict.pass_all"] == "true" and tags["gate.strict.recon.ev"] == "pass"
+
+    bad = register(tracker, {**GOOD, "stress/ood_drop": 0.3})
+    assert main(["gate", "--policy", str(STRICT), "--version", bad]) == 2
+    assert "BLOCKED" in capsys.readouterr().out
+    assert champion(tracker) == good  # the alias stayed where it was
+    tags = version_tags(tracker, bad)
+    assert tags["gate.strict.pass_all"] == "false" and tags["gate.strict.ood.ood_drop"] == "fail"
+    assert "stress/ood_drop = 0.3" in tags["gate.strict.reasons"]
+
+    runs = gate_runs(tracker)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    blocked = next(r for r in runs if r.data.params[names.PARAM_GATE_VERSION] == bad)
+    assert blocked.data.params[names.PARAM_GATE_CHAMPION] == good
+    files = {
+        f.path for f in tracker.client.list_artifacts(blocked.info.run_id, names.ARTIFACT_GATE)
+    }
+    assert files == {"gate/decision.json", "gate/decision.md"}
+
+    # The same policy on the same version again: the same decision, only one more gate run.
+    before = version_tags(tracker, bad)
+    assert main(["gate", "--policy", str(STRICT), "--version", bad]) == 2
+    after = version_tags(tracker, bad)
+    assert {k: v for k, v in after.items() if not k.endswith(".run_id")} == {
+        k: v for k, v in before.items() if not k.endswith(".run_id")
+    }
+    assert len(gate_runs(tracker)) == 3 and champion(tracker) == good
+
+
+def test_metric_only_on_the_versions_seed_run_is_read_from_there(tracker: Tracker) -> None:
+    only_child = {k: v for k, v in GOOD.items() if k != "stress/ood_drop"}
+    v = register(tracker, only_child, seed={"stress/ood_drop": 0.01})
+    out = run_gate(tracker, load_policy(STRICT), version=v, dry_run=True)
+    (c,) = [c for c in out.decision.checks if c.metric == "stress/ood_drop"]
+    assert c.passed and c.value == 0.01 and c.source.startswith("seed run ")
+    assert out.decision.pass_all
+
+
+def test_unknown_version_and_alias_exit_1(
+    tracker: Tracker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    register(tracker, GOOD)
+    assert main(["gate", "--policy", str(STRICT), "--version", "9"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "husai-sae has no version '9'" in err and "\n" not in err
+    assert main(["gate", "--policy", str(STRICT), "--alias", "nope"]) == 1
+    assert "no alias 'nope'" in capsys.readouterr().err
+    assert main(["gate", "--policy", str(STRICT)]) == 1  # neither --version nor --alias
+    assert gate_runs(tracker) == []
+
+
+def test_dry_run_changes_nothing(tracker: Tracker, capsys: pytest.CaptureFixture[str]) -> None:
+    v = register(tracker, GOOD)
+    before = version_tags(tracker, v)
+    assert main(["gate", "--policy", str(STRICT), "--version", v, "--dry-run", "yes"]) == 0
+    assert "dry run" in capsys.readouterr().out
+    assert version_tags(tracker, v) == before and champion(tracker) is None
+    assert gate_runs(tracker) == []
+
+
+@pytest.mark.slow
+def test_two_concurrent_gates_leave_one_champion_and_whole_decisions(
+    tracker: Tracker, isolated_store: str, tmp_path: Path
+) -> None:
+    a, b = register(tracker, GOOD), register(tracker, {**GOOD, "recon/ev": 0.975})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": isolated_store}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "husai", "gate", "--policy", str(STRICT), "--version", v],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in (a, b)
+    ]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes == [0, 0], [p.stderr.read() for p in procs if p.stderr]  # type: ignore[union-attr]
+    assert champion(tracker) in {a, b}
+    for v in (a, b):
+        tags = version_tags(tracker, v)
+        assert tags["gate.strict.pass_all"] == "true"  # written last: the decision is whole
+        assert len([k for k in tags if k.startswith("gate.strict.")]) == 9
+    runs = gate_runs(tracker)
+    assert len(runs) >= 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert yaml.safe_load((ROOT / "gates" / "default.yaml").read_text())["name"] == "default"
+
+
+def test_the_mlflow_run_launcher_run_gets_links(
+    tracker: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `mlflow run`, MLFLOW_RUN_ID names the launcher's run; gate links it to its records."""
+    v = register(tracker, GOOD)
+    launcher = tracker.client.create_run(tracker.experiment_id(names.EXPERIMENT_GATES))
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
+    assert main(["gate", "--policy", str(STRICT), "--version", v]) == 0
+    tags = tracker.client.get_run(launcher.info.run_id).data.tags
+    assert tags[names.TAG_LINK_SAE_VERSION] == v
+    gate_run = tracker.client.get_run(tags[names.TAG_LINK_GATE_RUN])
+    assert gate_run.data.params[names.PARAM_GATE_VERSION] == v
+    assert gate_run.info.run_id != launcher.info.run_id

@@ -1,0 +1,57 @@
+"""The sweep report's pure parts: the Pareto front, the trials table built from run views, the
+Markdown table. (The whole report logged to a real sweep run: tests/run/test_pipeline.py.)"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from husai import names
+from husai.registry.views import RunView
+from husai.report.plots import plot_stability_heatmap
+from husai.report.sweep_report import markdown_table, pareto_front, trials_table
+from tests.helpers import PNG_MAGIC
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points() -> None:
+    fvu = np.array([0.10, 0.20, 0.05, 0.30, 0.10, 0.05])
+    stab = np.array([0.50, 0.70, 0.40, 0.60, 0.50, 0.30])
+    # 3 (0.30, 0.60) is dominated by 1; 4 ties 0 (neither dominates the other); 5 by 2.
+    assert pareto_front(fvu, stab).tolist() == [2, 0, 4, 1]
+    assert pareto_front(np.array([0.1]), np.array([0.2])).tolist() == [0]
+    assert pareto_front(np.array([]), np.array([])).tolist() == []
+
+
+def run(run_id: str, kind: str, status: str = "FINISHED", **metrics: float) -> RunView:
+    params = {names.PARAM_ARCHITECTURE: "topk", names.PARAM_K: "8", names.PARAM_D_SAE: "64"}
+    tags = {names.TAG_KIND: kind}
+    if status == "KILLED":
+        tags[names.TAG_STOPPED_EARLY] = "true"
+    return RunView(run_id, "1", run_id, status, 0, None, params, metrics, tags)
+
+
+def test_trials_table_has_one_row_per_trial_and_absent_is_not_zero() -> None:
+    runs = [
+        run("a", names.KIND_TRIAL, **{names.STABILITY_PW_MCC: 0.6, names.RECON_EV: 0.9}),
+        run("b", names.KIND_TRIAL, "KILLED", **{names.RECON_FVU: 0.3}),
+        run("c", names.KIND_SEED, **{names.RECON_EV: 0.1}),  # a seed run: not a row
+    ]
+    df = trials_table(runs)
+    assert df["run_id"].tolist() == ["a", "b"]
+    assert df["status"].tolist() == ["finished", "stopped early"]
+    assert df[names.PARAM_K].tolist() == [8, 8] and math.isnan(df[names.PARAM_LAMBDA][0])
+    assert df[names.STABILITY_PW_MCC][0] == 0.6 and math.isnan(df[names.STABILITY_PW_MCC][1])
+    md = markdown_table(df)
+    assert md.count("\n") == 2 + 2 and "| stopped early |" in md and "absent" in md
+    assert "| 0 |" not in md
+    assert list(trials_table([]).columns) == list(df.columns)  # the columns without a trial
+
+
+def test_heatmap_is_a_png(tmp_path: Path) -> None:
+    m = np.full((3, 3), np.nan)
+    m[0, 1] = m[1, 0] = 0.5
+    mats = {"pw_mcc": m, "mmcs": m}
+    out = plot_stability_heatmap(mats, mats, [0, 1, 2], tmp_path / "h.png", title="t")
+    assert out.read_bytes()[:8] == PNG_MAGIC

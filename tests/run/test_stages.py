@@ -1,0 +1,241 @@
+"""The stages: found in MLflow (or the local cache), else computed and recorded, on a real
+temporary store: the base model, activations (disk, then MLflow, then compute), reference SAEs,
+the shared pre-compute check, and the quick preset end to end."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from husai import names
+from husai.cli import main
+from husai.config.experiment import ExperimentConfig
+from husai.config.loading import from_dict
+from husai.core.errors import InputError
+from husai.model.activations import (
+    ActivationCacheError,
+    load_activations,
+    load_user_activations,
+)
+from husai.model.base_model import readout_logits
+from husai.model.task import make_modular_data
+from husai.registry.tracking import Tracker
+from husai.run import stages
+from tests.helpers import PNG_MAGIC, runs_of_kind, user_acts
+
+
+def test_base_model_is_registered_then_reused(
+    tracker: Tracker, tiny_cfg: ExperimentConfig, tmp_path: Path
+) -> None:
+    first = stages.base_model(tiny_cfg, tracker, progress=False)
+    assert not first.reused and first.version == "1"
+    run = tracker.client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[names.TAG_CONFIG_HASH] == tiny_cfg.base_hash()
+    steps = [m.step for m in tracker.client.get_metric_history(first.run_id, names.BASE_TEST_ACC)]
+    assert steps == [2, 4, 6]
+    for key in (names.BASE_TRAIN_LOSS, names.BASE_TEST_LOSS, names.BASE_TRAIN_ACC):
+        assert key in run.data.metrics
+    arts = {a.path for a in tracker.client.list_artifacts(first.run_id, names.ARTIFACT_PLOTS)}
+    assert arts == {f"{names.ARTIFACT_PLOTS}/{names.PLOT_BASE_CURVES}"}
+    png = tracker.download(
+        first.run_id, f"{names.ARTIFACT_PLOTS}/{names.PLOT_BASE_CURVES}", tmp_path / "dl"
+    )
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+    mv = tracker.client.get_model_version(names.BASE_MODEL_NAME, "1")
+    assert mv.tags[names.TAG_CONFIG_HASH] == tiny_cfg.base_hash()
+    assert mv.tags[names.TAG_P] == "11"
+    assert mv.tags[names.TAG_GENERALISED] in {"true", "false"}
+
+    second = stages.base_model(tiny_cfg, Tracker(tracker.uri), progress=False)
+    assert second.reused and second.version == "1" and second.run_id == first.run_id
+    assert len(tracker.client.search_model_versions(f"name = '{names.BASE_MODEL_NAME}'")) == 1
+    assert len(tracker.client.search_runs([run.info.experiment_id])) == 1
+    with torch.no_grad():
+        tokens = make_modular_data(11).tokens
+        assert torch.equal(second.model(tokens), first.model(tokens))
+
+
+def test_registered_base_model_loads_as_pyfunc(
+    tracker: Tracker, tiny_cfg: ExperimentConfig
+) -> None:
+    handle = stages.base_model(tiny_cfg, tracker, progress=False)
+    model = mlflow.pyfunc.load_model(f"models:/{names.BASE_MODEL_NAME}/{handle.version}")
+    data = make_modular_data(11)
+    pred = model.predict(pd.DataFrame({"a": data.a.numpy(), "b": data.b.numpy()}))
+    expected = readout_logits(handle.model, data.tokens).argmax(-1).numpy()
+    assert (pred.to_numpy() == expected).all()
+
+
+def test_activations_miss_then_hit_from_disk_then_from_mlflow(
+    tracker: Tracker, tiny_cfg: ExperimentConfig
+) -> None:
+    base = stages.base_model(tiny_cfg, tracker, progress=False)
+    miss = stages.activations(tiny_cfg, base, tracker)
+    assert not miss.cache_hit and miss.source == "computed"
+    run = tracker.client.get_run(miss.run_id)
+    assert run.data.params[names.PARAM_ACTIVATION_KEY] == miss.acts.key
+    assert run.data.params[names.PARAM_BASE_VERSION] == base.version
+    assert run.data.tags[names.TAG_CACHE] == "miss"
+
+    hit = stages.activations(tiny_cfg, base, tracker)
+    assert hit.cache_hit and hit.source == "disk" and hit.run_id == miss.run_id
+    assert torch.equal(hit.acts.eval, miss.acts.eval)
+
+    shutil.rmtree(miss.path)  # a new machine: the local cache is gone, MLflow still has it
+    again = stages.activations(tiny_cfg, base, tracker)
+    assert again.cache_hit and again.source == "mlflow" and again.run_id == miss.run_id
+    assert torch.equal(again.acts.train, miss.acts.train)
+    assert len(runs_of_kind(tracker, names.KIND_ACTIVATIONS)) == 1
+
+    by_key = stages.activations_by_key(miss.acts.key, tracker)
+    assert by_key.source == "disk" and by_key.run_id == miss.run_id
+    shutil.rmtree(miss.path)
+    fetched = stages.activations_by_key(miss.acts.key, tracker)
+    assert fetched.source == "mlflow" and torch.equal(fetched.acts.eval, miss.acts.eval)
+    with pytest.raises(InputError, match="activations.key: no activation set"):
+        stages.activations_by_key("0123456789abcdef", tracker)
+
+
+def test_a_corrupt_cache_entry_names_its_file(tracker: Tracker, tiny_cfg: ExperimentConfig) -> None:
+    base = stages.base_model(tiny_cfg, tracker, progress=False)
+    h = stages.activations(tiny_cfg, base, tracker)
+    (h.path / "acts.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(ActivationCacheError, match=str(h.path)):
+        stages.activations(tiny_cfg, base, tracker)
+
+
+def test_the_cache_lives_where_told(
+    tracker: Tracker, tiny_cfg: ExperimentConfig, tmp_path: Path
+) -> None:
+    base = stages.base_model(tiny_cfg, tracker, progress=False)
+    h = stages.activations(tiny_cfg, base, tracker, cache_dir=tmp_path / "elsewhere")
+    assert h.path.is_relative_to(tmp_path / "elsewhere")
+    assert load_activations(h.path, h.acts.key).key == h.acts.key
+
+
+def test_cached_entry_takes_disk_then_mlflow_then_compute(tracker: Tracker, tmp_path: Path) -> None:
+    """The one seam of folder-cached stages, on a plain folder (our own logic, said so here)."""
+    computed: list[Path] = []
+
+    def compute(dst: Path) -> None:
+        computed.append(dst)
+        (dst / "x.txt").write_text("made")
+
+    def adopt(fetched: Path, dst: Path) -> None:
+        shutil.copytree(fetched, dst, dirs_exist_ok=True)
+
+    path = tmp_path / "cache" / "entry"
+    assert stages.cached_entry(path, None, tracker, "entry", adopt, compute) == "computed"
+    assert (path / "x.txt").read_text() == "made" and len(computed) == 1
+    assert stages.cached_entry(path, None, tracker, "entry", adopt, compute) == "disk"
+    with tracker.run("husai-test", "holder", {}) as run_id:
+        tracker.log_artifacts(run_id, path, "entry")
+    shutil.rmtree(path)
+    assert stages.cached_entry(path, run_id, tracker, "entry", adopt, compute) == "mlflow"
+    assert (path / "x.txt").read_text() == "made" and len(computed) == 1
+    assert [p.name for p in path.parent.iterdir()] == ["entry"]  # no staging folder left
+    shutil.rmtree(path)
+    with pytest.raises(ValueError, match="nothing to compute it with"):
+        stages.cached_entry(path, None, tracker, "entry", adopt)
+
+
+def test_references_are_trained_once_then_reused(tracker: Tracker, tmp_path: Path) -> None:
+    cfg = from_dict(
+        {
+            "name": "refs",
+            "sae": {"architecture": "topk", "d_sae": 32, "k": 4},
+            "train": {"steps": 30, "batch_size": 64, "lr_warmup_steps": 0, "lr_decay_steps": 0},
+        }
+    )
+    acts = load_user_activations(user_acts(tmp_path), cfg.activations)
+    first = stages.reference(cfg, acts, 100, tracker)
+    assert not first.reused and first.decoder.shape == (32, 16)
+    again = stages.reference(cfg, acts, 100, tracker)
+    assert again.reused and again.run_id == first.run_id
+    assert torch.equal(again.decoder, first.decoder)
+    other = stages.reference(cfg, acts, 101, tracker)
+    assert other.key != first.key and not torch.equal(other.decoder, first.decoder)
+    assert len(runs_of_kind(tracker, names.KIND_REFERENCE)) == 2
+
+
+def test_the_pre_compute_check_fails_before_anything_exists(
+    tiny_cfg: ExperimentConfig, isolated_store: str
+) -> None:
+    def with_batch(batch: int, **acts: object) -> ExperimentConfig:
+        train = {"steps": 10, "batch_size": batch, "lr_warmup_steps": 0, "lr_decay_steps": 0}
+        activations = {**tiny_cfg.activations.model_dump(), **acts}
+        return from_dict({**tiny_cfg.model_dump(), "train": train, "activations": activations})
+
+    # p = 11: 4 OOD pairs set apart, a quarter of the other 117 held out: 88 SAE-train rows.
+    with pytest.raises(InputError, match="train.batch_size: 200 exceeds the 88 training rows"):
+        stages.check_before_compute(with_batch(200))
+    with pytest.raises(InputError, match="activations.hook"):
+        stages.check_before_compute(with_batch(64, hook="blocks.5.hook_resid_post"))
+    stages.check_before_compute(with_batch(88))
+    assert not Path(isolated_store.removeprefix("sqlite:///")).exists()
+
+
+@pytest.mark.slow
+def test_quick_preset_generalises_then_is_reused(
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t0 = time.perf_counter()
+    assert main(["extract", "--preset", "quick"]) == 0
+    first_s = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert "trained and registered" in out and "cache miss" in out
+
+    tracker = Tracker(isolated_store)
+    mv = tracker.client.get_model_version(names.BASE_MODEL_NAME, "1")
+    assert mv.tags[names.TAG_GENERALISED] == "true"
+    assert float(mv.tags[names.BASE_TEST_ACC]) >= 0.99
+    run = tracker.client.get_run(mv.run_id)
+    assert run.data.metrics[names.BASE_TEST_ACC] >= 0.99
+    assert run.data.tags[names.TAG_OUTCOME] == "generalised"
+
+    t0 = time.perf_counter()
+    assert main(["extract", "--preset", "quick"]) == 0
+    second_s = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert "reused" in out and "cache hit" in out
+    assert second_s < first_s / 3, (first_s, second_s)
+    assert len(tracker.client.search_model_versions(f"name = '{names.BASE_MODEL_NAME}'")) == 1
+
+    # A quick-preset trial with the demo sweep's budget (TopK k 16, d_sae 512, 3 seeds, 600
+    # steps) on the quick base model, every eval on.
+    cfg = tmp_path / "quick_trial.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "preset": "quick",
+                "trial": {"seeds": [0, 1, 2]},
+                "train": {"steps": 600, "lr_warmup_steps": 30, "lr_decay_steps": 120},
+            }
+        )
+    )
+    assert main(["trial", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "reused" in out and "cache hit" in out and "alias candidate" in out
+    assert "stress: transcoder pw_mcc" in out and "eval cost: transcoder" in out
+    mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
+    trial = tracker.client.get_run(mv.tags[names.TAG_TRIAL_RUN_ID])
+    m = trial.data.metrics
+    assert 0 < m[names.RECON_LOSS_RECOVERED] <= 1.0 + 1e-6
+    assert m[names.RECON_EV] > 0.5
+    assert trial.data.params["n_seeds"] == "3" and trial.data.params["k"] == "16"
+    for base in names.STABILITY_BASES:
+        for suffix in names.STABILITY_SUFFIXES:
+            assert names.stability_key(base, suffix) in m
+    # Every headline stress/* and external/* key, from this trial's SAEs.
+    for key in names.HEADLINE_EVAL_KEYS:
+        assert key in m, key
+    assert not any(k.startswith(names.EVAL_SKIPPED_PREFIX) for k in trial.data.tags)

@@ -1,0 +1,165 @@
+"""Sweeps on a real local Ray instance: the MLflow tree a sweep leaves behind."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from husai import names
+from husai.cli import EXIT_BAD_INPUT, main
+from husai.config.sweep import load_sweep, sampled_params
+from husai.registry.tracking import Tracker
+from husai.registry.trial_records import register_trial_sae
+from husai.run.sweep import DefineSpace, run_sweep
+from tests.helpers import SWEEP, ray_processes_left, runs_of_kind, sweep_temp_dir, write_sweep
+
+
+def test_space_zero_branch_maps_to_lambda_zero(tmp_path: Path) -> None:
+    sweep = load_sweep(write_sweep(tmp_path))
+    assert sampled_params(sweep, {"sae.k": 2, "consistency.lambda.off": True}) == {
+        "sae.k": 2,
+        "consistency.lambda": 0.0,
+    }
+    assert sampled_params(
+        sweep, {"sae.k": 4, "consistency.lambda.off": False, "consistency.lambda": 0.3}
+    ) == {"sae.k": 4, "consistency.lambda": 0.3}
+    pickle.dumps(DefineSpace(sweep))  # Ray checkpoints the searcher, space included
+
+
+@pytest.mark.slow
+def test_smoke_sweep_leaves_a_complete_mlflow_tree(
+    tmp_path: Path, isolated_store: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A fractional GPU asked for on a GPU-less cluster: a warning and CPU trials, never PENDING.
+    sweep = write_sweep(tmp_path, resources={"cpu": 1, "gpu": 0.25})
+    with pytest.warns(UserWarning, match="no GPU"):
+        out = run_sweep(sweep, tracking_uri=isolated_store)
+    assert out.n_trials == 3 and out.n_recorded == 3
+    tracker = Tracker(isolated_store)
+    # The private local Ray instance this sweep started was shut down.
+    assert ray_processes_left(sweep_temp_dir(tracker, out.sweep_run_id)) == []
+
+    exp = tracker.client.get_experiment_by_name("husai/tiny_sweep")
+    runs = tracker.client.search_runs([exp.experiment_id])
+    (sweep_run,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_SWEEP]
+    trials = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_TRIAL]
+    assert [r for r in runs if r.info.status != "FINISHED"] == [], [
+        (r.data.tags.get(names.TAG_KIND), r.info.run_name, r.info.status)
+        for r in runs
+        if r.info.status != "FINISHED"
+    ]
+    # Every trial (the lambda = 0 baselines of lambda > 0 trials included) sits under the sweep.
+    assert trials and all(
+        r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id for r in trials
+    )
+    for t in trials:
+        assert names.RECON_EV in t.data.metrics
+        assert "stability/pw_mcc_delta_lcb" in t.data.metrics
+        assert {"k", "d_sae", "lambda"} <= set(t.data.params)
+    best = sweep_run.data.tags[names.TAG_BEST_TRIAL_RUN_ID]
+    assert best in {t.info.run_id for t in trials}
+    mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
+    assert mv.tags[names.TAG_TRIAL_RUN_ID] == best
+    assert sweep_run.data.metrics[names.SWEEP_N_TRIALS] == 3
+    # One line per trial on the terminal instead of Ray's boxes of every metric.
+    err = capfd.readouterr().err
+    assert "trial 3/3 [lambda " in err and "done in" in err and "Trial status" not in err
+
+    # The same sweep again: found finished, nothing runs, its best SAE is `candidate` again.
+    other = next(t.info.run_id for t in trials if t.info.run_id != best)
+    assert register_trial_sae(tracker, other, "another trial") != out.sae_version  # moves alias
+    again = run_sweep(sweep, tracking_uri=isolated_store)
+    assert again.reused and again.sweep_run_id == out.sweep_run_id
+    assert again.best_trial_run_id == best and again.sae_version == out.sae_version
+    assert len(tracker.client.search_runs([exp.experiment_id])) == len(runs)
+    mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
+    assert str(mv.version) == out.sae_version
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
+    tmp_path: Path, isolated_store: str, how: str
+) -> None:
+    experiment = {**SWEEP["experiment"], "train": {**SWEEP["experiment"]["train"], "steps": 400}}
+    # k only: no lambda = 0 baselines, so Ray's trials and MLflow's trial runs correspond 1:1.
+    space = {"sae.k": {"type": "categorical", "choices": [2, 4]}}
+    path = write_sweep(tmp_path, num_samples=4, experiment=experiment, search_space=space)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "husai",
+            "sweep",
+            "--sweep",
+            str(path),
+            "--tracking-uri",
+            isolated_store,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    tracker = Tracker(isolated_store)
+
+    def finished_trials() -> list:
+        exp = tracker.client.get_experiment_by_name("husai/tiny_sweep")
+        if exp is None:
+            return []
+        return [
+            r
+            for r in tracker.client.search_runs([exp.experiment_id])
+            if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL and r.info.status == "FINISHED"
+        ]
+
+    deadline = time.monotonic() + 240
+    while not finished_trials() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    proc.send_signal(getattr(signal, how))
+    _, err = proc.communicate(timeout=120)
+    done_before = len(finished_trials())
+    assert 1 <= done_before < 4
+    (interrupted,) = runs_of_kind(tracker, names.KIND_SWEEP, "husai/tiny_sweep")
+    first_ray = sweep_temp_dir(tracker, interrupted.info.run_id)
+    if how == "SIGINT":  # Tune saves its state, the sweep run ends KILLED, Ray is shut down
+        assert proc.returncode == 130, err[-2000:]
+        assert "--resume yes" in err
+        assert ray_processes_left(first_ray) == []
+    else:  # nothing ran in the driver: the sweep run is left RUNNING, Ray helpers may linger
+        assert proc.returncode == -signal.SIGKILL
+
+    out = run_sweep(path, tracking_uri=isolated_store, resume=True)
+    assert out.n_trials == 4  # Ray: every trial once
+    trials = finished_trials()
+    sweep_runs = [
+        r
+        for r in tracker.client.search_runs(
+            [tracker.client.get_experiment_by_name("husai/tiny_sweep").experiment_id]
+        )
+        if r.data.tags.get(names.TAG_KIND) == names.KIND_SWEEP
+    ]
+    assert len(sweep_runs) == 1 and sweep_runs[0].info.status == "FINISHED"
+    # MLflow: exactly the four trials, those finished before the interruption kept, none twice.
+    assert len(trials) == 4 and out.n_recorded == 4
+    assert all(t.data.tags["mlflow.parentRunId"] == out.sweep_run_id for t in trials)
+    # Both private instances are gone: the interrupted one (killed by --resume after a SIGKILL)
+    # and the one the resumed sweep started.
+    assert ray_processes_left(first_ray) == []
+    assert ray_processes_left(sweep_temp_dir(tracker, out.sweep_run_id)) == []
+
+
+def test_resume_without_an_interrupted_sweep_is_a_clear_error(
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_sweep(tmp_path)
+    assert main(["sweep", "--sweep", str(path), "--resume", "yes"]) == EXIT_BAD_INPUT
+    assert "--resume: no interrupted sweep 'tiny_sweep'" in capsys.readouterr().err
