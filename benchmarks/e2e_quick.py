@@ -29,7 +29,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="husai-e2e-") as tmp:
         os.environ["HUSAI_CACHE_DIR"] = str(Path(tmp) / "cache")
         uri = f"sqlite:///{tmp}/mlflow.db"
-        from husai.pipeline import run_pipeline
+        from husai.run.pipeline import run_pipeline
 
         runs, walls = [], []
         for _ in range(2):

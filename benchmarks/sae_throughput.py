@@ -52,11 +52,11 @@ def worker(mode: str, d_sae: int, steps: int) -> dict[str, float]:
     from sae_lens import SAETrainer
     from sae_lens.config import SAETrainerConfig
 
-    from husai.batched import train_seeds_batched
-    from husai.config import SAEConfig, SAETrainConfig
-    from husai.repro import deterministic
-    from husai.sae import build_sae
-    from husai.train import train_sae
+    from husai.config.experiment import SAEConfig, SAETrainConfig
+    from husai.core.repro import deterministic
+    from husai.sae.batched import train_seeds_batched
+    from husai.sae.build import build_sae
+    from husai.sae.train import train_sae
 
     torch.manual_seed(0)
     data = torch.randn(8 * BATCH, D_IN)

@@ -56,15 +56,14 @@ def main() -> None:
     path.write_text(yaml.safe_dump(sweep))
 
     from husai import names
-    from husai.activations import get_or_extract
-    from husai.base_model import get_or_train
-    from husai.sweep_config import load_sweep
-    from husai.tracking import Tracker
-    from husai.tune import run_sweep
+    from husai.config.sweep import load_sweep
+    from husai.registry.tracking import Tracker
+    from husai.run import stages
+    from husai.run.sweep import run_sweep
 
     cfg = load_sweep(path).base_experiment()
     tracker = Tracker(uri)
-    get_or_extract(cfg, get_or_train(cfg, tracker, progress=False), tracker)  # not timed
+    stages.activations(cfg, stages.base_model(cfg, tracker, progress=False), tracker)  # not timed
 
     start = time.perf_counter()
     out = run_sweep(path, tracking_uri=uri)

@@ -53,7 +53,8 @@ class TaskConfig(Strict):
 
 
 class BaseModelConfig(Strict):
-    """The HookedTransformer and its full-batch AdamW training (shared/DESIGN.md 4.1)."""
+    """The HookedTransformer and its full-batch AdamW training (docs/design.md, "Task and base
+    model")."""
 
     n_layers: int = Field(1, ge=1, le=2, description="transformer blocks (1 or 2)")
     d_model: int = Field(128, ge=8, description="residual stream width")
@@ -83,7 +84,7 @@ class BaseModelConfig(Strict):
 
 
 class ActivationsConfig(Strict):
-    """Which activations the SAEs see and how they are split (shared/DESIGN.md 4.2)."""
+    """Which activations the SAEs see and how they are split (docs/design.md, "Activations")."""
 
     hook: str = Field("blocks.0.hook_resid_post", description="TransformerLens hook name")
     position: int = Field(-1, ge=-3, le=2, description="token position; -1 is the '=' read-out")
@@ -219,7 +220,7 @@ class TrialConfig(Strict):
 
 
 class EvalsConfig(Strict):
-    """Stress tests and local external evals on the trial's own SAEs (shared/DESIGN.md 4.7)."""
+    """Stress tests and local external evals on the trial's own SAEs (docs/metrics.md)."""
 
     transcoder: bool = Field(True, description="transcoders vs SAEs on the MLP input, same seeds")
     ood: bool = Field(True, description="recon and probe AUC on the held-out operand slice")
@@ -229,7 +230,8 @@ class EvalsConfig(Strict):
 
 
 class ConsistencyConfig(Strict):
-    """Pull every seed's decoder toward a frozen reference SAE (shared/DESIGN.md 4.6)."""
+    """Pull every seed's decoder toward a frozen reference SAE (docs/design.md, "Consistency
+    objective")."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

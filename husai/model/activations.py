@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer  # noqa: TID251 (the owner)
 
 from husai.config.experiment import ActivationsConfig, ExperimentConfig
 from husai.core.errors import ConfigError, InputError, first_line

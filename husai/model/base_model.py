@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: TID251 (the owner)
 
 from husai.config.experiment import BaseModelConfig, ExperimentConfig, TaskConfig
 from husai.core.errors import InputError, first_line

@@ -34,12 +34,19 @@ class StepFailed(RuntimeError):
     """A pipeline step raised; the message names the step. Earlier records are kept."""
 
 
+@dataclass(frozen=True)
+class Step:
+    name: str
+    seconds: float
+    how: str  # "reused ..." / "computed ..."
+
+
 @dataclass
 class PipelineResult:
     sweep: SweepOutcome
     report: SweepReport | None  # None: the sweep run already had its report
     gate: GateOutcome
-    steps: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds)
+    steps: list[Step] = field(default_factory=list)
     best_metrics: Mapping[str, float] = field(default_factory=dict)
     best_params: Mapping[str, str] = field(default_factory=dict)
 
@@ -49,14 +56,12 @@ class PipelineResult:
             self.best_params,
             self.best_metrics,
             self.gate.decision,
-            self.steps,
+            [(s.name, s.seconds) for s in self.steps],
             tracking_uri,
         )
 
 
-def _step(
-    steps: list[tuple[str, float]], name: str, fn: Callable[[], T], how: Callable[[T], str]
-) -> T:
+def _step(steps: list[Step], name: str, fn: Callable[[], T], how: Callable[[T], str]) -> T:
     start = time.perf_counter()
     console.step_started(name)
     try:
@@ -67,9 +72,9 @@ def _step(
         raise StepFailed(
             f"step '{name}' failed ({type(e).__name__}: {e}); the steps before it are recorded"
         ) from e
-    seconds = time.perf_counter() - start
-    steps.append((name, seconds))
-    console.step_done(name, how(out), seconds)
+    step = Step(name, time.perf_counter() - start, how(out))
+    steps.append(step)
+    console.step_done(step.name, step.how, step.seconds)
     return out
 
 
@@ -87,7 +92,7 @@ def run_pipeline(
     stages.check_before_compute(cfg0)
     tracker = Tracker(tracking_uri)
     tracker.experiment_id(experiment_of(sweep))  # the driver creates the db
-    steps: list[tuple[str, float]] = []
+    steps: list[Step] = []
     base = _step(
         steps,
         "base model",

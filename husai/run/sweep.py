@@ -12,6 +12,7 @@ becomes `husai-sae@candidate`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -151,7 +152,7 @@ def run_sweep(
     experiment (the pipeline), so they are not looked up and loaded twice."""
     sweep = load_sweep(sweep_path)
     tracker = Tracker(tracking_uri)
-    previous = _interrupted_run(tracker, sweep, sweep_path) if resume else None
+    previous = _interrupted_run(tracker, sweep) if resume else None
     if previous is not None:
         smoke = previous.params[names.SWEEP_PARAM_SMOKE] == "True"
         _check_unchanged(previous, sweep.fingerprint(smoke), sweep_path)
@@ -198,24 +199,22 @@ def run_sweep(
             base_run_id=base.run_id,
             base_version=base.version,
         )
-
-        def tuner(fn: Any) -> Any:
-            if previous is not None:
-                return tune.Tuner.restore(
-                    str(storage / ray_name),
-                    trainable=fn,
-                    resume_unfinished=True,
-                    resume_errored=True,
-                )
-            n_seeds = len(cfg0.trial.seeds)
-            return _new_tuner(sweep, ctx.sweep_path, n_seeds, n_samples, fn, storage, ray_name)
-
+        tuner = functools.partial(
+            _tuner,
+            sweep=sweep,
+            ctx=ctx,
+            resume=previous is not None,
+            folder=storage / ray_name,
+            n_seeds=len(cfg0.trial.seeds),
+            n_samples=n_samples,
+        )
         trials = _fit(tracker, sweep, ctx, ray_address, tuner, n_samples)
         src = TrialSource(acts.acts.key, base.version, "sweep")
         return finish_sweep(tracker, sweep, smoke, acts, src, sweep_run_id, trials)
 
 
-def _interrupted_run(tracker: Tracker, sweep: SweepConfig, sweep_path: Path) -> RunView:
+def _interrupted_run(tracker: Tracker, sweep: SweepConfig) -> RunView:
+    """The newest sweep run of this sweep that did not finish, for --resume."""
     previous = tracker.latest_unfinished(experiment_of(sweep), names.KIND_SWEEP)
     if previous is None:
         raise ConfigError(
@@ -255,7 +254,8 @@ def _fit(
     tuner: Callable[[Any], Any],
     n_samples: int,
 ) -> list[Any]:
-    """Start (or join) Ray, run the Tuner to the end, shut Ray down; Tune's results."""
+    """Start (or join) Ray, run the Tuner `tuner(trainable)` builds to the end, shut Ray down;
+    Tune's results."""
     temp_dir = start_ray(ray_address)
     if temp_dir is not None:  # so that --resume can clean up after a killed driver
         tracker.set_tags(ctx.sweep_run_id, {names.TAG_RAY_TEMP_DIR: temp_dir})
@@ -279,15 +279,21 @@ def _fit(
     return trials
 
 
-def _new_tuner(
+def _tuner(
+    fn: Any,
     sweep: SweepConfig,
-    sweep_path: str,
+    ctx: SweepContext,
+    resume: bool,
+    folder: Path,
     n_seeds: int,
     n_samples: int,
-    trainable_fn: Any,
-    storage: Path,
-    name: str,
 ) -> Any:
+    """The Tuner of a new sweep (Optuna search, ASHA on the per-seed FVU), or the interrupted
+    one restored from its folder with its unfinished and errored trials."""
+    if resume:
+        return tune.Tuner.restore(
+            str(folder), trainable=fn, resume_unfinished=True, resume_errored=True
+        )
     # A trial ASHA stopped has no objective value; Optuna records it as failed, which is right,
     # but Ray also warns once per such trial that None "could not be cast to float".
     logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
@@ -310,7 +316,7 @@ def _new_tuner(
         else None
     )
     return tune.Tuner(
-        trainable_fn,
+        fn,
         tune_config=tune.TuneConfig(
             search_alg=search,
             scheduler=scheduler,
@@ -319,10 +325,10 @@ def _new_tuner(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(storage),
+            name=folder.name,
+            storage_path=str(folder.parent),
             verbose=0,  # Ray's boxes of every metric drown the sweep; TrialLines says enough
-            callbacks=[TrialLines(sweep_path, n_samples, sweep.objective[0].metric)],
+            callbacks=[TrialLines(ctx.sweep_path, n_samples, sweep.objective[0].metric)],
         ),
     )
 

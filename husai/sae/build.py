@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens import SAE
-from sae_lens.registry import get_sae_training_class
-from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
-from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
+from sae_lens import SAE  # noqa: TID251 (the owner)
+from sae_lens.registry import get_sae_training_class  # noqa: TID251 (the owner)
+from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput  # noqa: TID251 (the owner)
+from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler  # noqa: TID251 (the owner)
 
 from husai import names
 from husai.config.experiment import SAEConfig, SAETrainConfig

@@ -4,7 +4,8 @@ Our loop over sae-lens's `training_forward_pass`, mirroring `SAETrainer._train_s
 gradient-norm clip 1.0, sae-lens's LR schedule and coefficient warm-ups, the dead-latent mask
 that feeds the AuxK loss) so that every architecture's own auxiliary losses are kept. Chosen over
 `SAETrainer` because SAETrainer logs nothing without wandb, cannot seed the data order, and was
-slower in STACK.md's measurement (42k vs 50k rows/s at d_sae 1024). Returns curves; never logs.
+slower when measured on this project's 2-core machine (42k vs 50k rows/s at d_sae 1024).
+Returns curves; never logs.
 """
 
 from __future__ import annotations

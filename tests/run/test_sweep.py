@@ -1,4 +1,5 @@
-"""Sweeps on a real local Ray instance: the MLflow tree a sweep leaves behind."""
+"""Sweeps on a real local Ray instance: the MLflow tree a sweep leaves behind, resuming after an
+interruption, another Ray job running beside it; and how a sweep builds its records."""
 
 from __future__ import annotations
 
@@ -7,17 +8,25 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from husai import names
 from husai.cli import EXIT_BAD_INPUT, main
 from husai.config.sweep import load_sweep, sampled_params
+from husai.model.activations import ActivationSet
+from husai.registry.handles import ActivationsHandle
+from husai.registry.sweep_records import open_sweep_run
 from husai.registry.tracking import Tracker
-from husai.registry.trial_records import register_trial_sae
-from husai.run.sweep import DefineSpace, run_sweep
+from husai.registry.trial_records import TrialSource, register_trial_sae
+from husai.run.ray_runtime import PRIVATE_PREFIX, kill_private_ray
+from husai.run.sweep import DefineSpace, best_trial, finish_sweep, run_sweep
 from tests.helpers import SWEEP, ray_processes_left, runs_of_kind, sweep_temp_dir, write_sweep
 
 
@@ -163,3 +172,115 @@ def test_resume_without_an_interrupted_sweep_is_a_clear_error(
     path = write_sweep(tmp_path)
     assert main(["sweep", "--sweep", str(path), "--resume", "yes"]) == EXIT_BAD_INPUT
     assert "--resume: no interrupted sweep 'tiny_sweep'" in capsys.readouterr().err
+
+
+_FOREIGN_RAY = """
+import os, sys
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+import ray
+from ray._private import ray_constants
+ray_constants.ENABLE_RAY_CLUSTER = False
+ray.init(num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1])
+print("up", flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_another_ray_job_on_the_machine_is_neither_counted_nor_touched(
+    tmp_path: Path, isolated_store: str
+) -> None:
+    """Another private Ray instance runs beside the sweep (as another checkout's sweep would):
+    the check counts only the Ray processes this sweep started, and leaves the other alone."""
+    foreign = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FOREIGN_RAY, foreign],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        assert ray_processes_left(foreign, wait_s=0)  # the other job is running
+        space = {"sae.k": {"type": "categorical", "choices": [2, 4]}}
+        out = run_sweep(write_sweep(tmp_path, num_samples=1, search_space=space))
+        assert out.n_recorded == 1
+        own = sweep_temp_dir(Tracker(isolated_store), out.sweep_run_id)
+        assert own != foreign and PRIVATE_PREFIX in own
+        assert ray_processes_left(own) == []  # ours are gone ...
+        assert ray_processes_left(foreign, wait_s=0)  # ... theirs still run
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()  # the other job shuts its Ray down itself
+        proc.wait(timeout=60)
+        kill_private_ray(foreign)  # whatever it left, by its own temp dir
+    assert ray_processes_left(foreign) == []
+
+
+@dataclass
+class TuneResult:
+    """What `finish_sweep` reads of one of Tune's results (a stand-in: this test is about our
+    own record building, not Tune)."""
+
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    error: Exception | None = None
+
+
+def test_best_trial_is_the_best_recorded_one_by_the_first_objective(tmp_path: Path) -> None:
+    obj = "stability/pw_mcc_delta_lcb"
+    results = [
+        {names.TUNE_TRIAL_RUN_ID: "a", obj: 0.1},
+        {names.TUNE_TRIAL_RUN_ID: "b", obj: 0.3},
+        {obj: 0.9},  # stopped before it was recorded: not a candidate
+        {names.TUNE_TRIAL_RUN_ID: "c", obj: float("nan")},
+        {names.TUNE_TRIAL_RUN_ID: "d"},  # no objective (e.g. too few seeds for a bound)
+    ]
+    assert best_trial(load_sweep(write_sweep(tmp_path)), results) == ("b", 0.3)
+    lowest = load_sweep(write_sweep(tmp_path, objective=[{"metric": "recon/fvu", "mode": "min"}]))
+    fvu = [{names.TUNE_TRIAL_RUN_ID: r, "recon/fvu": v} for r, v in (("a", 0.2), ("b", 0.1))]
+    assert best_trial(lowest, fvu) == ("b", 0.1)
+    assert best_trial(lowest, []) is None
+
+
+def test_finishing_a_sweep_records_its_stopped_and_failed_trials(
+    tmp_path: Path, tracker: Tracker
+) -> None:
+    sweep = load_sweep(write_sweep(tmp_path))
+    x = torch.zeros(8, 16)
+    rows = torch.arange(8)
+    acts = ActivationSet("acts", None, None, None, x[:6], x[6:], rows[:6], rows[6:])
+    handle = ActivationsHandle(acts, "", True, "disk", tmp_path)
+    src = TrialSource("acts", "1", "sweep")
+    stopped = TuneResult(
+        {names.TUNE_SEEDS_DONE: 1, names.TUNE_ASHA_METRIC: 0.3, "trial_id": "t1", "node_id": "n1"},
+        {"sae.k": 2, "consistency.lambda.off": True},
+    )
+    failed = TuneResult(
+        {}, {"sae.k": 4, "consistency.lambda.off": False, "consistency.lambda": 0.5},
+        RuntimeError("Traceback ...\nValueError: boom"),
+    )  # fmt: skip
+    run_ctx = open_sweep_run(tracker, sweep, "h", "f", False, 2, "ray-name", "acts", "1")
+    with run_ctx as sweep_run_id:
+        out = finish_sweep(tracker, sweep, False, handle, src, sweep_run_id, [stopped, failed])
+    assert (out.n_trials, out.n_recorded, out.best_trial_run_id, out.sae_version) == (
+        2,
+        0,
+        None,
+        None,
+    )
+    runs = {r.status: r for r in tracker.child_runs(sweep_run_id)}
+    assert set(runs) == {"KILLED", "FAILED"}
+    k = runs["KILLED"]
+    assert k.params[names.PARAM_K] == "2" and k.params[names.PARAM_LAMBDA] == "0.0"
+    assert k.tags[names.TAG_RAY_TRIAL_ID] == "t1" and k.tags[names.TAG_RAY_NODE_ID] == "n1"
+    assert k.metrics == {names.TUNE_SEEDS_DONE: 1.0, names.TUNE_ASHA_METRIC: 0.3}
+    f = runs["FAILED"]
+    assert f.params[names.PARAM_LAMBDA] == "0.5" and f.tags[names.TAG_TRIAL_ERROR] == (
+        "ValueError: boom"
+    )
+    sweep_run = tracker.get_run(sweep_run_id)
+    assert sweep_run.metrics[names.SWEEP_N_TRIALS] == 2
+    assert names.TAG_BEST_TRIAL_RUN_ID not in sweep_run.tags

@@ -75,7 +75,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real tracking server with proxied artifacts, on loopback, lean (STACK.md)."""
+    """A real tracking server with proxied artifacts, on loopback, lean (one worker, no job
+    execution: 2 processes instead of ~15)."""
     port = free_port()
     (tmp_path / "server").mkdir()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
