@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from husai import names
+from husai import console, names
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import PRESETS, resolve, with_activation_source
 from husai.core.errors import InputError
@@ -128,7 +128,6 @@ COMMAND_HELP = {
 
 
 def cmd_train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from husai import console
     from husai.registry.tracking import Tracker
     from husai.run import stages
 
@@ -141,7 +140,6 @@ def cmd_train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from husai import console
     from husai.model.activations import check_hook
     from husai.registry.tracking import Tracker
     from husai.run import stages
@@ -158,33 +156,28 @@ def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
-    from husai import console
-    from husai.registry.trial_records import find_recorded_trial
-    from husai.run.trial_stages import prepare_consistency, run_and_record, trial_inputs
+    from husai.run.trial_stages import trial, trial_inputs
 
     cfg = with_activation_source(cfg, args.activation_key, args.activations_file)
     inputs = trial_inputs(cfg, args.tracking_uri or None)
     tracker = inputs.tracker
-    done = None if args.rerun == "yes" else find_recorded_trial(tracker, cfg, inputs.acts.key)
-    if done is not None:
-        # Same config hash, activations and metric version: training is deterministic, so the
-        # result would be the same run again. Say so instead of duplicating runs and versions.
-        console.print_recorded(done, tracker.get_run_metrics(done))
-        tracker.link_env_run({names.TAG_TRIAL_RUN_ID: done})
-        print(console.ui_hint(tracker.uri))
-        return 0
-    refs, plain = prepare_consistency(cfg, inputs)
-    result, rec = run_and_record(cfg, inputs, refs, plain)
-    tracker.link_env_run({names.TAG_TRIAL_RUN_ID: rec.run_id})
-    representative = (result.representative_seed, result.representative_reason)
-    metrics = tracker.get_run_metrics(rec.run_id)
-    console.print_summary(cfg, inputs.acts, result.seconds, rec, representative, metrics)
+    # The same config hash, activations and metric version are found, not trained again:
+    # training is deterministic, so the result would be the same run again.
+    done = trial(cfg, inputs, rerun=args.rerun == "yes")
+    tracker.link_env_run({names.TAG_TRIAL_RUN_ID: done.run_id})
+    metrics = tracker.get_run_metrics(done.run_id)
+    if done.result is None or done.recorded is None:
+        console.print_recorded(done.run_id, metrics)
+    else:
+        r = done.result
+        representative = (r.representative_seed, r.representative_reason)
+        key = inputs.acts.key
+        console.print_summary(cfg, key, r.seconds, done.recorded, representative, metrics)
     print(console.ui_hint(tracker.uri))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from husai import console
     from husai.registry.tracking import Tracker
     from husai.run.sweep import run_sweep
 
@@ -220,7 +213,6 @@ EXIT_GATE_ERROR = 1
 
 def cmd_gate(args: argparse.Namespace) -> int:
     """Exit 0 on pass, 2 on block, 1 when there is nothing to judge or the policy is bad."""
-    from husai import console
     from husai.registry.gate import load_policy
     from husai.registry.gate_apply import run_gate
     from husai.registry.tracking import Tracker
@@ -238,18 +230,13 @@ def cmd_gate(args: argparse.Namespace) -> int:
             dry_run=args.dry_run == "yes",
         )
     except InputError as e:
-        print(f"husai gate: error: {e}", file=sys.stderr)
+        console.error("gate", e)
         return EXIT_GATE_ERROR
-    print(console.gate_table(out.decision))
     links = {names.TAG_LINK_SAE_VERSION: str(out.decision.version)}
     if out.gate_run_id is not None:
         links[names.TAG_LINK_GATE_RUN] = out.gate_run_id
     tracker.link_env_run(links)
-    if out.gate_run_id is None:
-        print("dry run: nothing recorded, no alias moved")
-    else:
-        moved = f"; alias champion -> version {out.decision.version}" if out.promoted else ""
-        print(f"gate run {out.gate_run_id} in experiment {names.EXPERIMENT_GATES}{moved}")
+    console.print_gate(out)
     return 0 if out.decision.pass_all else EXIT_GATE_BLOCKED
 
 
@@ -267,7 +254,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         )
     except (StepFailed, InputError) as e:
         # 1, not 2: exit 2 means "the gate blocked" (a result); this is a failure.
-        print(f"husai pipeline: error: {e}", file=sys.stderr)
+        console.error("pipeline", e)
         return EXIT_GATE_ERROR
     tracker = Tracker(args.tracking_uri or None)
     links = {names.TAG_LINK_SWEEP_RUN: res.sweep.sweep_run_id}
@@ -288,10 +275,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise InputError(f"--sweep-run: {args.sweep_run!r} is not a sweep run in {tracker.uri}")
     rep = log_sweep_report(tracker, args.sweep_run)
     tracker.link_env_run({names.TAG_LINK_SWEEP_RUN: args.sweep_run})
-    print(
-        f"report for sweep run {args.sweep_run}: {rep.n_trials} trials ({rep.n_finished} "
-        f"finished); logged under {names.ARTIFACT_REPORT}/: {', '.join(rep.files)}"
-    )
+    console.print_report(args.sweep_run, rep.n_trials, rep.n_finished, rep.files)
     return 0
 
 
@@ -302,10 +286,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     tracker = Tracker(args.tracking_uri or None)
     done = export_sae(tracker, args.version, Path(args.out))
     tracker.link_env_run({names.TAG_LINK_SAE_VERSION: str(done.version)})
-    print(
-        f"husai-sae version {done.version} (trial run {done.trial_run_id}) written to "
-        f"{done.out} as an sae-lens SAE; see {done.out / 'README.md'}"
-    )
+    console.print_export(done.version, done.trial_run_id, done.out)
     return 0
 
 
@@ -332,12 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = resolve(Path(args.config) if args.config else None, args.preset)
         return COMMANDS[args.command](cfg, args)
     except InputError as e:
-        print(f"husai {args.command}: error: {e}", file=sys.stderr)
+        console.error(args.command, e)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as e:
-        print(
-            f"husai {args.command}: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr
-        )
+        console.interrupted(args.command, e)
         return EXIT_INTERRUPTED
 
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from husai import names
-from husai.config.experiment import ExperimentConfig
-from husai.model.activations import ActivationSet
-from husai.registry.gate import GateDecision
-from husai.registry.handles import ActivationsHandle, BaseModelHandle, Reference
-from husai.registry.sweep_records import SweepOutcome
-from husai.registry.trial_records import RecordedTrial
-from husai.registry.views import RunView
+
+if TYPE_CHECKING:  # types only: printing an error must not import MLflow, torch or sae-lens
+    from husai.config.experiment import ExperimentConfig
+    from husai.registry.gate import GateDecision
+    from husai.registry.gate_apply import GateOutcome
+    from husai.registry.handles import ActivationsHandle, BaseModelHandle, Reference
+    from husai.registry.sweep_records import SweepOutcome
+    from husai.registry.trial_records import RecordedTrial
+    from husai.registry.views import RunView
 
 
 def fmt(value: float | None, spec: str = ".4f") -> str:
@@ -33,6 +36,15 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
 
 def ui_hint(uri: str) -> str:
     return f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}"
+
+
+def error(command: str, message: object) -> None:
+    """A command's failure, as one line on stderr."""
+    print(f"husai {command}: error: {message}", file=sys.stderr)
+
+
+def interrupted(command: str, why: object) -> None:
+    print(f"husai {command}: interrupted{': ' + str(why) if str(why) else ''}", file=sys.stderr)
 
 
 # --- stages -------------------------------------------------------------------------------------
@@ -76,7 +88,7 @@ def print_plain_recipe(run_id: str | None, recorded: bool = False) -> None:
 # --- trials -------------------------------------------------------------------------------------
 def print_summary(
     cfg: ExperimentConfig,
-    acts: ActivationSet,
+    activation_key: str,
     seconds: float,
     rec: RecordedTrial,
     representative: tuple[int, str],
@@ -85,7 +97,7 @@ def print_summary(
     s = cfg.sae
     print(
         f"trial {s.architecture} k={s.k} d_sae={s.d_sae} lambda={cfg.consistency.lam:g} on "
-        f"{acts.key}, seeds {list(cfg.trial.seeds)}: {seconds:.1f} s; run {rec.run_id}"
+        f"{activation_key}, seeds {list(cfg.trial.seeds)}: {seconds:.1f} s; run {rec.run_id}"
     )
     print_metrics(metrics)
     if rec.sae_version is not None:
@@ -264,6 +276,30 @@ def gate_table(d: GateDecision) -> str:
             )
         )
     return "\n".join(line.rstrip() for line in lines)
+
+
+def print_gate(out: GateOutcome) -> None:
+    """What `husai gate` prints: the decision table, then what was recorded and moved."""
+    print(gate_table(out.decision))
+    if out.gate_run_id is None:
+        print("dry run: nothing recorded, no alias moved")
+    else:
+        moved = f"; alias champion -> version {out.decision.version}" if out.promoted else ""
+        print(f"gate run {out.gate_run_id} in experiment {names.EXPERIMENT_GATES}{moved}")
+
+
+def print_report(sweep_run_id: str, n_trials: int, n_finished: int, files: Sequence[str]) -> None:
+    print(
+        f"report for sweep run {sweep_run_id}: {n_trials} trials ({n_finished} "
+        f"finished); logged under {names.ARTIFACT_REPORT}/: {', '.join(files)}"
+    )
+
+
+def print_export(version: str, trial_run_id: str, out: Path) -> None:
+    print(
+        f"husai-sae version {version} (trial run {trial_run_id}) written to "
+        f"{out} as an sae-lens SAE; see {out / 'README.md'}"
+    )
 
 
 def step_started(name: str) -> None:

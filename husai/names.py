@@ -218,6 +218,7 @@ TUNE_ASHA_METRIC = RECON_FVU  # reported after every seed; stability needs finis
 TUNE_SEEDS_DONE = "seeds_done"  # ASHA's time axis: seeds trained so far (+1 once recorded)
 TUNE_TRIAL_RUN_ID = "trial_run_id"  # the MLflow trial run, in a finished trial's last report
 TUNE_NODE_ID = "node_id"  # Tune's own results carry only the host name, the same for loopback
+TUNE_RAY_TRIAL_ID = "trial_id"  # Tune's own key in every result: the Ray trial id
 
 
 def stability_key(base: str, suffix: str = "") -> str:

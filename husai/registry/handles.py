@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from husai.model.base_model import HookedTransformer
 
 
-@dataclass
+@dataclass(frozen=True)
 class BaseModelHandle:
     """A base model that is registered in MLflow, whether just trained or reused."""
 

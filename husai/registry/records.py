@@ -107,8 +107,7 @@ class ActivationsRecord:
 
 def find_activations_run(tracker: Tracker, key: str) -> str | None:
     """The run that logged the activation set with this key, if any."""
-    runs = tracker.find_runs(names.EXPERIMENT_ACTIVATIONS, {names.PARAM_ACTIVATION_KEY: key})
-    return runs[0] if runs else None
+    return tracker.newest_run(names.EXPERIMENT_ACTIVATIONS, {names.PARAM_ACTIVATION_KEY: key})
 
 
 def record_activations(
@@ -152,8 +151,7 @@ def record_activations(
 # --- reference SAEs ----------------------------------------------------------------------------
 def find_reference_run(tracker: Tracker, cfg: ExperimentConfig, key: str) -> str | None:
     """The run that logged the reference SAE with this key, in the experiment's sweep folder."""
-    runs = tracker.find_runs(names.EXPERIMENT_SWEEP_PREFIX + cfg.name, {names.PARAM_REF_KEY: key})
-    return runs[0] if runs else None
+    return tracker.newest_run(names.EXPERIMENT_SWEEP_PREFIX + cfg.name, {names.PARAM_REF_KEY: key})
 
 
 def record_reference(

@@ -33,7 +33,7 @@ def find_finished_sweep(
     tracker: Tracker, sweep: SweepConfig, fingerprint: str, activation_key: str
 ) -> str | None:
     """A finished sweep run of the same file (and --smoke), activations and metric version."""
-    runs = tracker.find_runs(
+    return tracker.newest_run(
         experiment_of(sweep),
         {names.PARAM_ACTIVATION_KEY: activation_key},
         {
@@ -42,7 +42,6 @@ def find_finished_sweep(
             names.TAG_METRIC_VERSION: str(husai.metric_version),
         },
     )
-    return runs[0] if runs else None
 
 
 def open_sweep_run(

@@ -241,6 +241,13 @@ class Tracker:
     def get_run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
 
+    def newest_run(
+        self, experiment: str, params: Mapping[str, str], tags: Mapping[str, str] | None = None
+    ) -> str | None:
+        """The newest finished run of `experiment` with these params (and tags), if any."""
+        runs = self.find_runs(experiment, params, tags)
+        return runs[0] if runs else None
+
     def find_runs(
         self, experiment: str, params: Mapping[str, str], tags: Mapping[str, str] | None = None
     ) -> list[str]:
@@ -367,6 +374,3 @@ class Tracker:
             test_acc=float(mv.tags.get(names.BASE_TEST_ACC, "nan")),
             generalised=mv.tags.get(names.TAG_GENERALISED) == "true",
         )
-
-    def download_base_weights(self, found: RegisteredBase, dst: Path) -> Path:
-        return self.download(found.run_id, names.ARTIFACT_BASE_WEIGHTS, dst)

@@ -239,7 +239,9 @@ def register_sae(
     """Log an sae-lens folder as a pyfunc on the trial run, registered with alias `candidate`."""
     with tempfile.TemporaryDirectory() as tmp:
         # MLflow names a directory artifact by its basename: make it `sae` for every version.
-        folder = shutil.copytree(sae_dir, Path(tmp) / names.ARTIFACT_SAE)
+        folder = sae_dir
+        if sae_dir.name != names.ARTIFACT_SAE:
+            folder = shutil.copytree(sae_dir, Path(tmp) / names.ARTIFACT_SAE)
         return tracker.register_pyfunc(
             trial_run_id,
             code=HERE / "pyfunc_sae.py",
@@ -284,7 +286,7 @@ def register_trial_sae(tracker: Tracker, trial_run_id: str, description: str) ->
 # --- lookups and stopped trials ----------------------------------------------------------------
 def find_recorded_trial(tracker: Tracker, cfg: ExperimentConfig, activation_key: str) -> str | None:
     """A finished trial run with this exact config, activations and metric version, if any."""
-    runs = tracker.find_runs(
+    return tracker.newest_run(
         names.EXPERIMENT_SWEEP_PREFIX + cfg.name,
         {names.PARAM_ACTIVATION_KEY: activation_key},
         {
@@ -293,7 +295,6 @@ def find_recorded_trial(tracker: Tracker, cfg: ExperimentConfig, activation_key:
             names.TAG_METRIC_VERSION: str(husai.metric_version),
         },
     )
-    return runs[0] if runs else None
 
 
 def find_ray_trial(
@@ -301,7 +302,7 @@ def find_ray_trial(
 ) -> str | None:
     """The trial run a sweep's Tune trial already recorded (a driver killed after the record
     but before Tune saved that the trial finished runs it again on --resume)."""
-    runs = tracker.find_runs(
+    return tracker.newest_run(
         names.EXPERIMENT_SWEEP_PREFIX + cfg.name,
         {},
         {
@@ -311,7 +312,6 @@ def find_ray_trial(
             names.MLFLOW_PARENT_TAG: sweep_run_id,
         },
     )
-    return runs[0] if runs else None
 
 
 def record_stopped_trial(

@@ -4,6 +4,7 @@ model's training curves, a trial's cross-seed heatmap). The sweep's report: `swe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -11,7 +12,8 @@ import numpy as np
 matplotlib.use("Agg")  # headless: no display on clusters or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from husai.model.base_model import BaseCurves  # noqa: E402
+if TYPE_CHECKING:  # the type only: importing the model (torch, TransformerLens) costs seconds
+    from husai.model.base_model import BaseCurves
 
 
 def plot_base_curves(curves: BaseCurves, path: Path, title: str = "") -> Path:

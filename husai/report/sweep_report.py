@@ -143,7 +143,8 @@ def plot_pareto(df: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     fvu, stab = d[names.RECON_FVU].to_numpy(), d[names.STABILITY_PW_MCC].to_numpy()
     ax.scatter(fvu, stab, color="tab:blue", label="trials")
-    for x, y, k, ds, lam in zip(fvu, stab, d["k"], d["d_sae"], d["lambda"], strict=True):
+    recipes = (d[names.PARAM_K], d[names.PARAM_D_SAE], d[names.PARAM_LAMBDA])
+    for x, y, k, ds, lam in zip(fvu, stab, *recipes, strict=True):
         ax.annotate(
             f"k{k} d{ds} λ{lam:.3g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from husai import names
@@ -64,28 +65,31 @@ def check_before_compute(cfg: ExperimentConfig) -> None:
     check_batch(cfg, n_split_rows(cfg)[0])
 
 
+Writer = Callable[[Path], object]  # writes one cache entry into the folder it is given
+
+
 def cached_entry(
     path: Path,
     run_id: str | None,
     tracker: Tracker,
     artifact: str,
-    adopt: Callable[[Path, Path], object],
-    compute: Callable[[Path], object] | None = None,
+    adopt: Callable[[Path], Writer],
+    compute: Callable[[], Writer] | None = None,
 ) -> str:
-    """Make sure the cache folder `path` holds its entry; say where it came from: "disk" (it
-    was there), "mlflow" (downloaded from `run_id`'s `artifact`, then `adopt(fetched, dst)`) or
-    "computed" (`compute(dst)`). Either way the entry is published whole or not at all.
+    """Make sure the cache folder `path` holds its entry; say where it came from: "disk" (it was
+    there), "mlflow" (`run_id`'s `artifact` downloaded, then `adopt(fetched)` checks it and says
+    how to write it) or "computed" (`compute()` does the work and says how to write it). The
+    work and the checks happen first; the entry is then published whole or not at all.
     `compute` None: the caller has checked that the entry exists somewhere."""
     if path.exists():
         return "disk"
     if run_id is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            fetched = tracker.download(run_id, artifact, Path(tmp))
-            publish_dir(path, lambda dst: adopt(fetched, dst))
+            publish_dir(path, adopt(tracker.download(run_id, artifact, Path(tmp))))
         return "mlflow"
     if compute is None:
         raise ValueError(f"{path}: not cached and nothing to compute it with")
-    publish_dir(path, compute)
+    publish_dir(path, compute())
     return "computed"
 
 
@@ -95,7 +99,8 @@ def base_model(cfg: ExperimentConfig, tracker: Tracker, progress: bool = True) -
     found = tracker.find_base_version(cfg.base_hash())
     if found is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            model, task, base = load_base(tracker.download_base_weights(found, Path(tmp)))
+            weights = tracker.download(found.run_id, names.ARTIFACT_BASE_WEIGHTS, Path(tmp))
+            model, task, base = load_base(weights)
         if (task, base) != (cfg.task, cfg.base):
             raise ConfigError(
                 f"husai-base version {found.version} has config hash {cfg.base_hash()} "
@@ -160,10 +165,10 @@ def activations(
         run_id,
         tracker,
         names.ARTIFACT_ACTIVATIONS,
-        compute=lambda dst: save_activations(
-            extract(base.model, cfg.task.p, cfg.activations, key), dst
+        adopt=lambda fetched: partial(save_activations, load_activations(fetched, key)),
+        compute=lambda: partial(
+            save_activations, extract(base.model, cfg.task.p, cfg.activations, key)
         ),
-        adopt=lambda fetched, dst: save_activations(load_activations(fetched, key), dst),
     )
     acts = load_activations(path, key)
     hit = source != "computed"
@@ -193,7 +198,7 @@ def activations_by_key(
         run_id,
         tracker,
         names.ARTIFACT_ACTIVATIONS,
-        adopt=lambda fetched, dst: save_activations(load_activations(fetched, key), dst),
+        adopt=lambda fetched: partial(save_activations, load_activations(fetched, key)),
     )
     return ActivationsHandle(
         acts=load_activations(path, key),
@@ -231,8 +236,8 @@ def reference(
         run_id,
         tracker,
         names.ARTIFACT_SAE,
-        compute=lambda dst: save_sae(train_sae(cfg.sae, cfg.train, acts.train, seed).sae, dst),
-        adopt=lambda fetched, dst: shutil.copytree(fetched, dst, dirs_exist_ok=True),
+        adopt=lambda fetched: partial(shutil.copytree, fetched, dirs_exist_ok=True),
+        compute=lambda: partial(save_sae, train_sae(cfg.sae, cfg.train, acts.train, seed).sae),
     )
     if run_id is None:
         run_id = record_reference(tracker, cfg, acts.key, seed, key, path)

@@ -12,13 +12,11 @@ becomes `husai-sae@candidate`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,12 +43,12 @@ from husai.registry.sweep_records import (
     reused_sweep,
 )
 from husai.registry.tracking import Tracker
-from husai.registry.trial_records import TrialSource, find_ray_trial, record_stopped_trial
+from husai.registry.trial_records import TrialSource, record_stopped_trial
 from husai.registry.views import RunView
 from husai.run import stages
 from husai.run.ray_runtime import kill_private_ray, start_ray, trial_resources
 from husai.run.sweep_progress import TrialLines
-from husai.run.trial_stages import TrialInputs, prepare_consistency, run_and_record
+from husai.run.trial_stages import TrialInputs, trial
 
 
 @dataclass(frozen=True)
@@ -112,22 +110,20 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
         ray_node_id=node,
     )
     inputs = TrialInputs(tracker, acts, src, stages.base_model_of_run(tracker, ctx.base_run_id))
-    run_id = find_ray_trial(tracker, cfg, src.ray_trial_id or "", ctx.sweep_run_id)
-    if run_id is None:
-        refs, plain = prepare_consistency(cfg, inputs, ctx.sweep_run_id)
 
-        def on_seed(recons: list[ReconMetrics]) -> None:
-            fvu = sum(r.fvu for r in recons) / len(recons)
-            tune.report(
-                {
-                    names.TUNE_ASHA_METRIC: fvu,
-                    names.TUNE_SEEDS_DONE: len(recons),
-                    names.TUNE_NODE_ID: node,
-                }
-            )
+    def on_seed(recons: list[ReconMetrics]) -> None:
+        fvu = sum(r.fvu for r in recons) / len(recons)
+        tune.report(
+            {
+                names.TUNE_ASHA_METRIC: fvu,
+                names.TUNE_SEEDS_DONE: len(recons),
+                names.TUNE_NODE_ID: node,
+            }
+        )
 
-        _, rec = run_and_record(cfg, inputs, refs, plain, ctx.sweep_run_id, on_seed)
-        run_id = rec.run_id
+    # A driver killed after this trial was recorded but before Tune saved that it finished:
+    # on --resume Tune runs it again, and `trial` finds the record instead of a second run.
+    run_id = trial(cfg, inputs, ctx.sweep_run_id, on_seed).run_id
     tune.report(
         {
             **tracker.get_run_metrics(run_id),
@@ -199,16 +195,9 @@ def run_sweep(
             base_run_id=base.run_id,
             base_version=base.version,
         )
-        tuner = functools.partial(
-            _tuner,
-            sweep=sweep,
-            ctx=ctx,
-            resume=previous is not None,
-            folder=storage / ray_name,
-            n_seeds=len(cfg0.trial.seeds),
-            n_samples=n_samples,
-        )
-        trials = _fit(tracker, sweep, ctx, ray_address, tuner, n_samples)
+        folder, n_seeds = storage / ray_name, len(cfg0.trial.seeds)
+        resumed = previous is not None
+        trials = _fit(tracker, sweep, ctx, ray_address, resumed, folder, n_seeds, n_samples)
         src = TrialSource(acts.acts.key, base.version, "sweep")
         return finish_sweep(tracker, sweep, smoke, acts, src, sweep_run_id, trials)
 
@@ -251,11 +240,13 @@ def _fit(
     sweep: SweepConfig,
     ctx: SweepContext,
     ray_address: str | None,
-    tuner: Callable[[Any], Any],
+    resume: bool,
+    folder: Path,
+    n_seeds: int,
     n_samples: int,
 ) -> list[Any]:
-    """Start (or join) Ray, run the Tuner `tuner(trainable)` builds to the end, shut Ray down;
-    Tune's results."""
+    """Start (or join) Ray, run the sweep's Tuner (new, or restored from `folder`) to the end,
+    shut Ray down; Tune's results."""
     temp_dir = start_ray(ray_address)
     if temp_dir is not None:  # so that --resume can clean up after a killed driver
         tracker.set_tags(ctx.sweep_run_id, {names.TAG_RAY_TEMP_DIR: temp_dir})
@@ -264,7 +255,7 @@ def _fit(
         # all seeds are trained, so Tune must not demand it in every report.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), trial_resources(sweep))
-        grid = tuner(fn).fit()
+        grid = _tuner(fn, sweep, ctx, resume, folder, n_seeds, n_samples).fit()
         trials = [grid[i] for i in range(len(grid))]
     finally:
         # Stops the private instance we started; on a user's cluster only disconnects.
@@ -369,9 +360,10 @@ def finish_sweep(
                 k: v for k, v in r.items() if k in (names.TUNE_ASHA_METRIC, names.TUNE_SEEDS_DONE)
             }
             cfg = sweep.trial_config(sampled_params(sweep, t.config or {}), smoke)
-            # "trial_id" is Tune's own key in every result.
             trial_src = replace(
-                src, ray_trial_id=r.get("trial_id"), ray_node_id=r.get(names.TUNE_NODE_ID)
+                src,
+                ray_trial_id=r.get(names.TUNE_RAY_TRIAL_ID),
+                ray_node_id=r.get(names.TUNE_NODE_ID),
             )
             error = getattr(t, "error", None)
             why = None if error is None else (str(error).strip().splitlines() or ["error"])[-1]

@@ -3,8 +3,9 @@ a user's file), what a lambda > 0 trial needs first (its reference SAEs and the 
 recipe it is compared with), and one trial run and recorded. `husai trial` and every Ray Tune
 trial of a sweep go through here.
 
-Same shape as `husai.run.stages`: a trial already recorded (same config hash, activations and
-metric version) is found and reused by the callers; otherwise `run_and_record` computes it
+Same shape as `husai.run.stages`: `trial` finds a trial already recorded (by `husai trial`:
+the same config hash, activations and metric version; by a sweep's Ray Tune trial: the run
+that trial itself recorded before its driver was killed), else computes it
 (`husai.measure.trial.run_trial`), prepares its plots and records it
 (`husai.registry.trial_records`).
 """
@@ -31,6 +32,7 @@ from husai.registry.trial_records import (
     SeedRecord,
     TrialRecord,
     TrialSource,
+    find_ray_trial,
     find_recorded_trial,
     record_trial,
     trial_run_name,
@@ -47,6 +49,19 @@ class TrialInputs:
     acts: ActivationSet
     src: TrialSource
     base_model: HookedTransformer | None  # None for a user's own activations: no splicing
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """One trial, found or made: its run, and what was computed (None when it was reused)."""
+
+    run_id: str
+    result: TrialResult | None
+    recorded: RecordedTrial | None
+
+    @property
+    def reused(self) -> bool:
+        return self.result is None
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,31 @@ def trial_inputs(cfg: ExperimentConfig, tracking_uri: str | None) -> TrialInputs
     preflight(cfg, extracted.acts)
     src = TrialSource(extracted.acts.key, base.version, "extracted")
     return TrialInputs(tracker, extracted.acts, src, base.model)
+
+
+def trial(
+    cfg: ExperimentConfig,
+    inputs: TrialInputs,
+    parent_run_id: str | None = None,
+    on_seed: Callable[[list[ReconMetrics]], None] | None = None,
+    rerun: bool = False,
+) -> TrialOutcome:
+    """The trial of `cfg` on `inputs`: found in MLflow unless `rerun`, else trained (after its
+    references and lambda = 0 baseline, for lambda > 0), measured and recorded. A sweep's trial
+    (`inputs.src.ray_trial_id` set) looks only for its own earlier record under `parent_run_id`,
+    the sweep run: trials Optuna proposes twice are trained twice."""
+    tracker, src = inputs.tracker, inputs.src
+    if rerun:
+        done = None
+    elif src.ray_trial_id is not None and parent_run_id is not None:
+        done = find_ray_trial(tracker, cfg, src.ray_trial_id, parent_run_id)
+    else:
+        done = find_recorded_trial(tracker, cfg, inputs.acts.key)
+    if done is not None:
+        return TrialOutcome(done, None, None)
+    refs, plain = prepare_consistency(cfg, inputs, parent_run_id)
+    result, rec = run_and_record(cfg, inputs, refs, plain, parent_run_id, on_seed)
+    return TrialOutcome(rec.run_id, result, rec)
 
 
 def prepare_consistency(
@@ -165,9 +205,9 @@ def run_and_record(
         if cfg.consistency.lam > 0:
             # Seed by seed against the lambda = 0 recipe; {} = unknown: the delta stays absent.
             result.plain_contrastive = {} if plain is None else dict(plain.contrastive)
-        links = None
-        if refs is not None and cfg.consistency.lam > 0:
-            links = ReferenceLinks(refs[0].seed, refs[0].run_id, refs[1].run_id)
+        links = (
+            None if refs is None else ReferenceLinks(refs[0].seed, refs[0].run_id, refs[1].run_id)
+        )
         with tempfile.TemporaryDirectory() as tmp:
             rec = trial_record(cfg, inputs.acts, result, links, Path(tmp))
             return result, record_trial(inputs.tracker, cfg, rec, inputs.src, parent_run_id)

@@ -1,8 +1,9 @@
 """SAE construction from sae-lens training classes, seeded initialisation, sae-lens save/load.
 
-Architectures (docs/design.md, "SAEs"): topk, batchtopk, jumprelu, standard (ReLU + L1) and
-matryoshka_batchtopk, each the sae-lens TrainingSAE of that name. sae-lens does not seed
-initialisation, so `build_sae` does, from its own generator state, leaving the global RNG alone.
+Architectures (docs/design.md, "SAEs and training"): topk, batchtopk, jumprelu, standard
+(ReLU + L1) and matryoshka_batchtopk, each the sae-lens TrainingSAE of that name. sae-lens does
+not seed initialisation, so `build_sae` does, from its own generator state, leaving the global
+RNG alone.
 Weights are written by sae-lens itself (safetensors + cfg.json) and load with
 `sae_lens.SAE.load_from_disk`; the decoder is always W_dec [d_sae, d_in], one row per latent.
 """

@@ -124,26 +124,36 @@ def test_the_cache_lives_where_told(
 
 def test_cached_entry_takes_disk_then_mlflow_then_compute(tracker: Tracker, tmp_path: Path) -> None:
     """The one seam of folder-cached stages, on a plain folder (our own logic, said so here)."""
-    computed: list[Path] = []
+    computed: list[str] = []
 
-    def compute(dst: Path) -> None:
-        computed.append(dst)
-        (dst / "x.txt").write_text("made")
+    def write(text: str) -> stages.Writer:
+        return lambda dst: (dst / "x.txt").write_text(text)
 
-    def adopt(fetched: Path, dst: Path) -> None:
-        shutil.copytree(fetched, dst, dirs_exist_ok=True)
+    def compute() -> stages.Writer:
+        computed.append("work")
+        return write("made")
+
+    def adopt(fetched: Path) -> stages.Writer:
+        return write((fetched / "x.txt").read_text())
 
     path = tmp_path / "cache" / "entry"
     assert stages.cached_entry(path, None, tracker, "entry", adopt, compute) == "computed"
-    assert (path / "x.txt").read_text() == "made" and len(computed) == 1
+    assert (path / "x.txt").read_text() == "made" and computed == ["work"]
     assert stages.cached_entry(path, None, tracker, "entry", adopt, compute) == "disk"
     with tracker.run("husai-test", "holder", {}) as run_id:
         tracker.log_artifacts(run_id, path, "entry")
     shutil.rmtree(path)
     assert stages.cached_entry(path, run_id, tracker, "entry", adopt, compute) == "mlflow"
-    assert (path / "x.txt").read_text() == "made" and len(computed) == 1
+    assert (path / "x.txt").read_text() == "made" and computed == ["work"]
     assert [p.name for p in path.parent.iterdir()] == ["entry"]  # no staging folder left
     shutil.rmtree(path)
+
+    def fails() -> stages.Writer:
+        raise RuntimeError("interrupted mid-compute")
+
+    with pytest.raises(RuntimeError):
+        stages.cached_entry(path, None, tracker, "entry", adopt, fails)
+    assert list(path.parent.iterdir()) == []  # the work runs before any folder is made
     with pytest.raises(ValueError, match="nothing to compute it with"):
         stages.cached_entry(path, None, tracker, "entry", adopt)
 

@@ -1,1 +1,1 @@
-"""Shipped experiment presets (YAML), loaded by `husai.config.load_preset`."""
+"""Shipped experiment presets (YAML), loaded by `husai.config.loading.load_preset`."""
