@@ -158,14 +158,10 @@ def activations(
 ) -> ActivationsHandle:
     """Cached activations for this base model and request, computed and logged on a miss."""
     key = activation_key(base.run_id, base.version, base.config.base_hash(), cfg.activations)
-    path = (cache_dir or cache_root()) / "activations" / key
-    run_id = find_activations_run(tracker, key)
-    source = cached_entry(
-        path,
-        run_id,
+    path, run_id, source = _activation_entry(
+        key,
         tracker,
-        names.ARTIFACT_ACTIVATIONS,
-        adopt=lambda fetched: partial(save_activations, load_activations(fetched, key)),
+        cache_dir,
         compute=lambda: partial(
             save_activations, extract(base.model, cfg.task.p, cfg.activations, key)
         ),
@@ -186,9 +182,27 @@ def activations_by_key(
 ) -> ActivationsHandle:
     """A cached activation set by key, from disk or its MLflow run; nothing is computed, so a
     key that neither has is a one-line ConfigError."""
+    path, run_id, source = _activation_entry(key, tracker, cache_dir)
+    return ActivationsHandle(
+        acts=load_activations(path, key),
+        run_id=run_id or "",
+        cache_hit=True,
+        source=source,
+        path=path,
+    )
+
+
+def _activation_entry(
+    key: str,
+    tracker: Tracker,
+    cache_dir: Path | None,
+    compute: Callable[[], Writer] | None = None,
+) -> tuple[Path, str | None, str]:
+    """(cache folder, the run that logged it if any, where it came from) of activation set
+    `key`; without `compute`, a set that is neither on disk nor in MLflow is a ConfigError."""
     path = (cache_dir or cache_root()) / "activations" / key
     run_id = find_activations_run(tracker, key)
-    if not path.exists() and run_id is None:
+    if compute is None and not path.exists() and run_id is None:
         raise ConfigError(
             f"activations.key: no activation set with key {key!r} in {path.parent} or in the "
             f"MLflow store {tracker.uri}"
@@ -199,14 +213,9 @@ def activations_by_key(
         tracker,
         names.ARTIFACT_ACTIVATIONS,
         adopt=lambda fetched: partial(save_activations, load_activations(fetched, key)),
+        compute=compute,
     )
-    return ActivationsHandle(
-        acts=load_activations(path, key),
-        run_id=run_id or "",
-        cache_hit=True,
-        source=source,
-        path=path,
-    )
+    return path, run_id, source
 
 
 # --- reference SAEs ----------------------------------------------------------------------------
