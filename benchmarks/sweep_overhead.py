@@ -30,7 +30,7 @@ EXPERIMENT = {
         "lr_decay_steps": 20,
         "log_every": 20,
     },
-    "trial": {"seeds": [0, 1, 2], "bootstrap_samples": 200},
+    "trial": {"seeds": [0, 1, 2]},
 }
 
 

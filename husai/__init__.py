@@ -9,4 +9,7 @@ __version__ = "0.1.0"
 
 # Bumped whenever the definition of a metric or gate changes, so that runs measured under
 # different definitions are never compared silently (tagged on every run).
-metric_version = 2  # 2: SAEs never train on the OOD slice (activations.ood_frac); evals added
+# 2: SAEs never train on the OOD slice (activations.ood_frac); evals added.
+# 3: stability against nulls (isotropic, covariance, random base model) with `_excess`; alive-only
+#    stability; jackknife-t intervals over seeds replace percentile bootstraps everywhere.
+metric_version = 3

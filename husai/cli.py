@@ -165,14 +165,13 @@ def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     # training is deterministic, so the result would be the same run again.
     done = trial(cfg, inputs, rerun=args.rerun == "yes")
     tracker.link_env_run({names.TAG_TRIAL_RUN_ID: done.run_id})
-    metrics = tracker.get_run_metrics(done.run_id)
+    run = tracker.get_run(done.run_id)
     if done.result is None or done.recorded is None:
-        console.print_recorded(done.run_id, metrics)
+        console.print_recorded(run)
     else:
         r = done.result
         representative = (r.representative_seed, r.representative_reason)
-        key = inputs.acts.key
-        console.print_summary(cfg, key, r.seconds, done.recorded, representative, metrics)
+        console.print_summary(cfg, inputs.acts.key, r.seconds, done.recorded, representative, run)
     print(console.ui_hint(tracker.uri))
     return 0
 

@@ -69,6 +69,12 @@ def print_acts(handle: ActivationsHandle) -> None:
     )
 
 
+def print_null_acts(handle: ActivationsHandle) -> None:
+    """The activations of the random-base null's model (the untrained base model)."""
+    state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
+    print(f"random-base null activations {handle.acts.key}: {state}; run {handle.run_id}")
+
+
 def print_reference(ref: Reference, what: str) -> None:
     how = "reused" if ref.reused else "trained"
     print(f"{what} SAE (seed {ref.seed}) {how}: run {ref.run_id}")
@@ -92,14 +98,14 @@ def print_summary(
     seconds: float,
     rec: RecordedTrial,
     representative: tuple[int, str],
-    metrics: Mapping[str, float],
+    run: RunView,
 ) -> None:
     s = cfg.sae
     print(
         f"trial {s.architecture} k={s.k} d_sae={s.d_sae} lambda={cfg.consistency.lam:g} on "
         f"{activation_key}, seeds {list(cfg.trial.seeds)}: {seconds:.1f} s; run {rec.run_id}"
     )
-    print_metrics(metrics)
+    print_metrics(run.metrics, run.tags)
     if rec.sae_version is not None:
         print(
             f"  husai-sae version {rec.sae_version} (alias candidate) = seed "
@@ -107,15 +113,15 @@ def print_summary(
         )
 
 
-def print_recorded(run_id: str, metrics: Mapping[str, float]) -> None:
+def print_recorded(run: RunView) -> None:
     print(
-        f"trial already recorded with this config hash and activations: run {run_id} "
+        f"trial already recorded with this config hash and activations: run {run.run_id} "
         "(reused, not retrained; pass --rerun yes to train it again)"
     )
-    print_metrics(metrics)
+    print_metrics(run.metrics, run.tags)
 
 
-def print_metrics(m: Mapping[str, float]) -> None:
+def print_metrics(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
     """What MLflow holds for a trial run; a metric that was not computed prints as absent."""
     g = m.get
     print(
@@ -124,15 +130,7 @@ def print_metrics(m: Mapping[str, float]) -> None:
         f"dead {fmt(g(names.RECON_DEAD_FRAC), '.3f')}  "
         f"loss recovered {fmt(g(names.RECON_LOSS_RECOVERED))}"
     )
-    print("  stability        trained   random  gaussian   step0   delta [95% seed-bootstrap CI]")
-    for base in names.STABILITY_BASES:
-        v = {sfx: g(names.stability_key(base, sfx)) for sfx in names.STABILITY_SUFFIXES}
-        print(
-            f"  {base.removeprefix(names.STABILITY_PREFIX):<16} {fmt(v[''], '8.4f')} "
-            f"{fmt(v['_random'], '8.4f')} {fmt(v['_gaussian'], '8.4f')} "
-            f"{fmt(v['_step0'], '8.4f')} {fmt(v['_delta'], '+8.4f')} "
-            f"[{fmt(v['_delta_lcb'], '+.4f')}, {fmt(v['_delta_ucb'], '+.4f')}]"
-        )
+    print_stability(m, tags)
     if names.CONSISTENCY_ALIGNMENT in m:
         print(
             f"  consistency: alignment to reference {fmt(g(names.CONSISTENCY_ALIGNMENT))}, "
@@ -141,6 +139,35 @@ def print_metrics(m: Mapping[str, float]) -> None:
             f"ev drop vs lambda 0 {fmt(g(names.CONSISTENCY_EV_DROP), '+.4f')}"
         )
     print_evals(m)
+
+
+def print_stability(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    """Stability of the trained SAEs, then of each null beside the excess over the strongest."""
+    g = m.get
+    print("  stability        trained    alive   random    step0  delta vs random [95% CI]")
+    for base in names.STABILITY_BASES:
+        v = {sfx: g(names.stability_key(base, sfx)) for sfx in names.STABILITY_SUFFIXES}
+        print(
+            f"  {base.removeprefix(names.STABILITY_PREFIX):<16}{fmt(v[''], '8.4f')} "
+            f"{fmt(v['_alive'], '8.4f')} {fmt(v['_random'], '8.4f')} {fmt(v['_step0'], '8.4f')} "
+            f"{fmt(v['_delta'], '+8.4f')} [{fmt(v['_delta_lcb'], '+.4f')}, "
+            f"{fmt(v['_delta_ucb'], '+.4f')}]"
+        )
+    n = g(names.TRIAL_N_SEEDS)
+    seeds = "" if n is None else f", {int(n)} seeds"
+    print(f"  nulls          {''.join(f'{x:>12}' for x in names.NULLS)}  excess over the strongest "
+          f"[95% CI{seeds}]")  # fmt: skip
+    for base in names.STABILITY_BASES:
+        nulls = "".join(fmt(g(names.stability_key(base, names.null_suffix(x))), "12.4f")
+                        for x in names.NULLS)  # fmt: skip
+        over = tags.get(names.strongest_null_tag(base.removeprefix(names.STABILITY_PREFIX)))
+        print(
+            f"  {base.removeprefix(names.STABILITY_PREFIX):<14}{nulls}  "
+            f"{fmt(g(names.stability_key(base, '_excess')), '+.4f')} "
+            f"[{fmt(g(names.stability_key(base, '_excess_lcb')), '+.4f')}, "
+            f"{fmt(g(names.stability_key(base, '_excess_ucb')), '+.4f')}]"
+            + ("" if over is None else f" {over}")
+        )
 
 
 def print_evals(m: Mapping[str, float]) -> None:
@@ -205,7 +232,7 @@ def print_sweep_trials(runs: Sequence[RunView], best_run_id: str | None) -> None
         (r for r in runs if r.tags.get(names.TAG_KIND) == names.KIND_TRIAL),
         key=lambda r: r.start_time,
     )
-    head = f"{'arch':<10}{'k':>4}{'d_sae':>7}{'lambda':>9}{'pw_mcc':>9}{'Δ lcb':>9}{'ev':>8}"
+    head = f"{'arch':<10}{'k':>4}{'d_sae':>7}{'lambda':>9}{'pw_mcc':>9}{'exc lcb':>9}{'ev':>8}"
     print(f"   {head}  status")
     for r in trials:
         p, m = r.params, r.metrics
@@ -216,10 +243,11 @@ def print_sweep_trials(runs: Sequence[RunView], best_run_id: str | None) -> None
             f"{p.get(names.PARAM_ARCHITECTURE, '?'):<10}{p.get(names.PARAM_K, '?'):>4}"
             f"{p.get(names.PARAM_D_SAE, '?'):>7}{lam:>9.3g}"
             f"{fmt(m.get(names.STABILITY_PW_MCC), '9.4f')}"
-            f"{fmt(m.get(names.stability_key(names.STABILITY_PW_MCC, '_delta_lcb')), '+9.4f')}"
+            f"{fmt(m.get(names.stability_key(names.STABILITY_PW_MCC, '_excess_lcb')), '+9.4f')}"
             f"{fmt(m.get(names.RECON_EV), '8.4f')}  {status.lower()}"
         )
-    print("   (* best by the sweep's objective; Δ lcb: lower 95% bound of trained - random)")
+    print("   (* best by the sweep's objective; exc lcb: lower 95% bound of trained pw_mcc")
+    print("    minus its strongest null)")
 
 
 def recipe(params: Mapping[str, Any]) -> str:
@@ -258,7 +286,8 @@ def say(line: str) -> None:
 def gate_table(d: GateDecision) -> str:
     """The per-check table (80 columns) and the decision, as `husai gate` prints it."""
     champion = d.champion_version or "none"
-    lines = [f"gate {d.policy} on husai-sae version {d.version} (champion: {champion})"]
+    seeds = "" if d.n_seeds is None else f", {d.n_seeds} seeds"
+    lines = [f"gate {d.policy} on husai-sae version {d.version} (champion: {champion}{seeds})"]
     lines.append(f"  {'check':<32} {'value':>9}  {'rule':<12} {'verdict':<8}")
     for c in d.checks:
         value = "missing" if c.value is None else f"{c.value:.4f}"
@@ -314,6 +343,7 @@ def pipeline_summary(
     sweep: SweepOutcome,
     best_params: Mapping[str, str],
     best_metrics: Mapping[str, float],
+    best_tags: Mapping[str, str],
     decision: GateDecision,
     steps: Sequence[tuple[str, float]],
     tracking_uri: str,
@@ -323,20 +353,25 @@ def pipeline_summary(
     if sweep.best_trial_run_id is None:
         lines.append("no trial finished: nothing to summarise")
         return "\n".join(lines)
-    m, p = best_metrics, best_params
+    m, p, tags = best_metrics, best_params, best_tags
     lines.append(
         f"best recipe: {p.get(names.PARAM_ARCHITECTURE)} k={p.get(names.PARAM_K)} "
         f"d_sae={p.get(names.PARAM_D_SAE)} lambda={float(p.get(names.PARAM_LAMBDA, 'nan')):g}  "
         f"(trial run {sweep.best_trial_run_id[:12]})"
     )
     for base in (names.STABILITY_PW_MCC, names.STABILITY_MMCS):
-        rand = fmt(m.get(names.stability_key(base, "_random")))
-        delta = fmt(m.get(names.stability_key(base, "_delta")), "+.4f")
-        lcb = fmt(m.get(names.stability_key(base, "_delta_lcb")), "+.4f")
-        lines.append(
-            f"  {base.removeprefix(names.STABILITY_PREFIX):<7} {fmt(m.get(base))} vs random "
-            f"{rand}: delta {delta} (95% lcb {lcb})"
+        short = base.removeprefix(names.STABILITY_PREFIX)
+        nulls = "  ".join(
+            f"{x} {fmt(m.get(names.stability_key(base, names.null_suffix(x))))}"
+            for x in names.NULLS
         )
+        lines.append(f"  {short:<7} {fmt(m.get(base))}  nulls: {nulls}")
+        over = tags.get(names.strongest_null_tag(short), "the strongest null")
+        excess = fmt(m.get(names.stability_key(base, "_excess")), "+.4f")
+        lcb = fmt(m.get(names.stability_key(base, "_excess_lcb")), "+.4f")
+        n = m.get(names.TRIAL_N_SEEDS)
+        seeds = "" if n is None else f", {int(n)} seeds"
+        lines.append(f"          excess over {over} {excess} (95% lcb {lcb}{seeds})")
     lines.append(
         f"  recon   ev {fmt(m.get(names.RECON_EV))}  fvu {fmt(m.get(names.RECON_FVU))}  "
         f"l0 {fmt(m.get(names.RECON_L0), '.1f')}  loss recovered "

@@ -35,6 +35,7 @@ TAG_LINK_GATE_RUN = "husai.gate_run_id"
 TAG_LINK_SAE_VERSION = "husai.sae_version"
 KIND_BASE = "base_model"
 KIND_ACTIVATIONS = "activations"
+KIND_NULL_ACTIVATIONS = "null_activations"  # a null's model's activations (random base model)
 
 # --- base model ---------------------------------------------------------------------------------
 BASE_TRAIN_LOSS = "base/train_loss"
@@ -55,6 +56,8 @@ PLOT_BASE_CURVES = "base_curves.png"
 PARAM_ACTIVATION_KEY = "activation_key"
 PARAM_BASE_VERSION = "base_version"
 PARAM_BASE_RUN_ID = "base_run_id"
+PARAM_BASE_HASH = "base_hash"
+PARAM_NULL = "null"
 PARAM_HOOK = "hook"
 PARAM_POSITION = "position"
 PARAM_SPLIT_SEED = "split_seed"
@@ -88,8 +91,60 @@ STABILITY_BASES = (
     STABILITY_SHARED_07,
     "stability/shared_frac_0.9",
 )
-# _gaussian: the second control (i.i.d. Gaussian directions); _delta_ucb: the upper end of the CI.
-STABILITY_SUFFIXES = ("", "_random", "_gaussian", "_delta", "_delta_lcb", "_delta_ucb", "_step0")
+# The nulls each trial is scored against (docs/metrics.md): dictionaries with no learned features.
+NULL_ISOTROPIC = "isotropic"  # i.i.d. Gaussian directions
+NULL_COVARIANCE = "covariance"  # rows drawn from N(0, covariance of the SAE-train rows)
+NULL_RANDOM_BASE = "random_base"  # the recipe trained on a randomly initialised base model
+NULLS = (NULL_ISOTROPIC, NULL_COVARIANCE, NULL_RANDOM_BASE)
+
+
+def null_suffix(null: str) -> str:
+    """`_null_<name>`: a stability metric of one null, e.g. stability/pw_mcc_null_covariance."""
+    if null not in NULLS:
+        raise KeyError(f"not a null: {null!r}")
+    return f"_null_{null}"
+
+
+# _random: untrained sae-lens initialisations (the weak null of `_delta`); _excess: trained minus
+# the strongest null; _lcb/_ucb: the ends of the 95% interval; _alive: alive latents only.
+STABILITY_SUFFIXES = (
+    "",
+    "_random",
+    "_step0",
+    "_delta",
+    "_delta_lcb",
+    "_delta_ucb",
+    "_alive",
+    *(null_suffix(n) for n in NULLS),
+    "_excess",
+    "_excess_lcb",
+    "_excess_ucb",
+)
+# Suffixes metric_version 2 wrote and 3 does not: policies naming them are refused, with the
+# replacement named.
+REMOVED_STABILITY_SUFFIXES = {"_gaussian": null_suffix(NULL_ISOTROPIC)}
+# Which null a metric's excess is measured against: tag husai.strongest_null.<metric short name>.
+TAG_STRONGEST_NULL_PREFIX = "husai.strongest_null."
+NULL_SKIPPED_PREFIX = "husai.null_skipped."  # + null name: why it could not be computed
+TRIAL_N_SEEDS = "trial/n_seeds"  # the seeds every interval of the trial run is computed from
+
+
+def strongest_null_tag(metric: str) -> str:
+    return TAG_STRONGEST_NULL_PREFIX + metric
+
+
+def null_skipped_tag(null: str) -> str:
+    if null not in NULLS:
+        raise KeyError(f"not a null: {null!r}")
+    return NULL_SKIPPED_PREFIX + null
+
+
+def null_seconds_key(null: str) -> str:
+    """What computing one null cost, on the trial run: `null/<name>_seconds`."""
+    if null not in NULLS:
+        raise KeyError(f"not a null: {null!r}")
+    return f"null/{null}_seconds"
+
 
 # --- consistency, stress, external --------------------------------------------------------------
 CONSISTENCY_ALIGNMENT = "consistency/alignment_to_ref"

@@ -41,7 +41,7 @@ TRIAL: dict[str, Any] = {
         "lr_decay_steps": 10,
         "log_every": 5,
     },
-    "trial": {"seeds": [0, 1, 2], "bootstrap_samples": 200},
+    "trial": {"seeds": [0, 1, 2]},
 }
 
 SWEEP: dict[str, Any] = {
@@ -56,13 +56,13 @@ SWEEP: dict[str, Any] = {
             "lr_decay_steps": 5,
             "log_every": 10,
         },
-        "trial": {"seeds": [0, 1, 2], "bootstrap_samples": 100},
+        "trial": {"seeds": [0, 1, 2]},
     },
     "search_space": {
         "sae.k": {"type": "categorical", "choices": [2, 4]},
         "consistency.lambda": {"type": "loguniform", "low": 0.01, "high": 1.0, "zero": True},
     },
-    "objective": [{"metric": "stability/pw_mcc_delta_lcb", "mode": "max"}],
+    "objective": [{"metric": "stability/pw_mcc_excess_lcb", "mode": "max"}],
     "num_samples": 3,
     "asha": {"enabled": False},
 }

@@ -13,7 +13,7 @@ Every model forbids unknown fields, so a misspelled key is an error that names i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -192,18 +192,43 @@ class SAETrainConfig(Strict):
         return self
 
 
+NullName = Literal["isotropic", "covariance", "random_base"]
+REMOVED_TRIAL_FIELDS = ("bootstrap_samples", "bootstrap_seed")
+
+
 class TrialConfig(Strict):
-    """One recipe trained with several seeds, compared against matched random baselines."""
+    """One recipe trained with several seeds, its stability scored against nulls."""
 
     seeds: tuple[int, ...] = Field((0, 1, 2, 3, 4), description="training seeds (at least 2)")
     random_seed_offset: int = Field(
         1_000_000,
         ge=1,
-        description="random-baseline seeds are seed + offset (distinct from training)",
+        description="seeds of the untrained and null dictionaries derive from seed + offset",
     )
-    bootstrap_samples: int = Field(2000, ge=100, description="seed-level bootstrap resamples")
-    bootstrap_seed: int = Field(0, ge=0, description="seed of the bootstrap resampling")
+    nulls: tuple[NullName, ...] = Field(
+        ("isotropic", "covariance", "random_base"),
+        description="nulls the trial is scored against; the excess is over the strongest",
+    )
     register_sae: bool = Field(True, description="register the representative SAE as husai-sae")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in REMOVED_TRIAL_FIELDS:
+                if name in data:
+                    raise ValueError(
+                        f"{name}: removed in metric_version 3 (intervals are now a jackknife "
+                        "over seeds with a t quantile; nothing is resampled): delete it"
+                    )
+        return data
+
+    @field_validator("nulls")
+    @classmethod
+    def _distinct_nulls(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each null at most once, got {list(v)}")
+        return v
 
     @field_validator("seeds")
     @classmethod

@@ -43,7 +43,7 @@ OBJECTIVE_METRICS = {
     *(
         names.stability_key(b, s)
         for b in names.STABILITY_BASES
-        for s in ("", "_delta", "_delta_lcb")
+        for s in ("", "_delta", "_delta_lcb", "_excess", "_excess_lcb", "_alive")
     ),
 }
 

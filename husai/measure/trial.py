@@ -22,12 +22,13 @@ from husai.core.errors import InputError
 from husai.measure.consistency_metrics import ConsistencyMetrics, consistency_metrics
 from husai.measure.evals.runner import EvalResults, run_evals
 from husai.measure.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
+from husai.measure.nulls import Nulls, null_decoders
 from husai.measure.stability import (
     StabilityReport,
-    gaussian_decoders,
     representative,
     stability_metrics,
     stability_report,
+    strongest_nulls,
 )
 from husai.model.activations import ActivationSet, readout_ce
 from husai.model.base_model import HookedTransformer
@@ -46,6 +47,7 @@ class SeedResult:
     sae: SAE[Any]  # the inference SAE as saved and reloaded: what users get
     folder: Path  # sae-lens folder (safetensors + cfg.json)
     recon: ReconMetrics
+    alive: torch.Tensor  # [d_sae] bool: the latent fires on some held-out row
 
     def curves(self) -> dict[str, list[tuple[int, float]]]:
         """Training curves by MLflow key (train/<name>), as (step, value) points."""
@@ -57,6 +59,7 @@ class SeedResult:
 class TrialResult:
     seeds: list[SeedResult]
     stability: StabilityReport  # among the trial's own seeds; references are never compared
+    nulls: Nulls  # what the stability is measured against
     representative_seed: int
     representative_reason: str
     recon_mean: dict[str, float | None]
@@ -77,16 +80,27 @@ class TrialResult:
         evals = self.evals.seed_metrics(seed) if self.evals is not None else {}
         return {**recon, **evals, names.SEED_SECONDS: sr.trained.seconds}
 
-    def trial_metrics(self, n_boot: int, boot_seed: int) -> dict[str, float | None]:
-        """The trial's numbers by MLflow key: recon means, stability against its baselines,
-        consistency (lambda > 0) and the evals' trial-level keys. None: not computed."""
+    def trial_metrics(self) -> dict[str, float | None]:
+        """The trial's numbers by MLflow key: recon means, stability against its nulls, what
+        the nulls cost, consistency (lambda > 0) and the evals' trial-level keys. None: not
+        computed."""
         out: dict[str, float | None] = {names.RECON_KEYS[k]: v for k, v in self.recon_mean.items()}
         out[names.TRIAL_SECONDS] = self.seconds
+        out[names.TRIAL_N_SEEDS] = len(self.seeds)
+        out.update(self.nulls.metrics())
         if self.consistency is not None:
             out.update(self.consistency.keyed())
         if self.evals is not None:
-            out.update(self.evals.trial_metrics(self.plain_contrastive, n_boot, boot_seed))
+            out.update(self.evals.trial_metrics(self.plain_contrastive))
         return {**out, **stability_metrics(self.stability)}
+
+    def tags(self) -> dict[str, str]:
+        """Which null each metric's excess is over; why a null or an eval is absent."""
+        out = {names.strongest_null_tag(m): n for m, n in strongest_nulls(self.stability).items()}
+        out.update(self.nulls.tags())
+        if self.evals is not None:
+            out.update(self.evals.tags())
+        return out
 
 
 def check_batch(cfg: ExperimentConfig, n_train_rows: int) -> None:
@@ -125,13 +139,18 @@ def run_trial(
     progress: bool = True,
     references: tuple[torch.Tensor, torch.Tensor] | None = None,
     on_seed: Callable[[list[ReconMetrics]], None] | None = None,
+    random_base: ActivationSet | None = None,
+    random_base_missing: str = "needs activations extracted from a base model",
 ) -> TrialResult:
-    """Train every seed, measure held-out reconstruction and cross-seed stability.
+    """Train every seed, measure held-out reconstruction and cross-seed stability against the
+    nulls `cfg.trial.nulls` names, run the evals.
 
     With lambda > 0, `references` = the decoders of (reference, control): each seed is pulled
     toward the reference; the control, trained with another seed and never used in training,
-    tells how much of the resulting alignment is copying. `on_seed` sees the held-out metrics of the
-    seeds finished so far, after each seed.
+    tells how much of the resulting alignment is copying. `on_seed` sees the held-out metrics of
+    the seeds finished so far, after each seed. `random_base`: the activations of the randomly
+    initialised base model, for the random-base null (None: it is skipped, for the reason
+    `random_base_missing` gives).
     """
     preflight(cfg, acts)
     lam = cfg.consistency.lam
@@ -153,10 +172,10 @@ def run_trial(
         seed = trained.seed
         folder = save_sae(trained.sae, workdir / f"seed_{seed}")
         sae = load_sae(folder)
-        lr = splice.recovered(reconstruct(sae, acts.eval)[1]) if splice is not None else None
-        seeds.append(
-            SeedResult(seed, trained, sae, folder, recon_metrics(sae, acts.eval, loss_recovered=lr))
-        )
+        latents, x_hat = reconstruct(sae, acts.eval)
+        lr = splice.recovered(x_hat) if splice is not None else None
+        recon = recon_metrics(sae, acts.eval, loss_recovered=lr)
+        seeds.append(SeedResult(seed, trained, sae, folder, recon, (latents != 0).any(dim=0)))
         if on_seed is not None:  # e.g. a Ray Tune report, so ASHA can stop a poor trial early
             on_seed([s.recon for s in seeds])
 
@@ -165,15 +184,14 @@ def run_trial(
         decoder(build_sae(cfg.sae, d_in, SeedStreams.of(s + t.random_seed_offset).init_seed))
         for s in t.seeds
     ]
-    gaussian = gaussian_decoders(len(t.seeds), cfg.sae.d_sae, d_in, seed=2 * t.random_seed_offset)
+    nulls = null_decoders(cfg, acts, random_base, random_base_missing, progress)
     report = stability_report(
         trained=[s.trained.decoder for s in seeds],
         random=random,
         step0=[s.trained.decoder_step0 for s in seeds],
-        gaussian=gaussian,
+        nulls=nulls.decoders,
         d_in=d_in,
-        n_boot=t.bootstrap_samples,
-        seed=t.bootstrap_seed,
+        alive=[s.alive for s in seeds],
     )
     rep = seeds[representative(report.trained["pw_mcc"])].seed
     evals = run_evals(cfg, acts, [(s.seed, s.sae) for s in seeds], base_model, progress)
@@ -185,6 +203,7 @@ def run_trial(
     return TrialResult(
         seeds=seeds,
         stability=report,
+        nulls=nulls,
         representative_seed=rep,
         representative_reason=(
             "medoid: the seed whose decoder has the highest mean pw_mcc to the other seeds"

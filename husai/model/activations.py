@@ -168,6 +168,30 @@ def extract(
     )
 
 
+def random_base_key(base_hash: str, cfg: ActivationsConfig) -> str:
+    """The cache key of the random-base null's activations: the base model of this config hash
+    at its initialisation (the trained model's own starting point), at this hook, position and
+    split. Deterministic from the config alone, so no run id is part of it."""
+    return stable_hash(
+        {
+            "format": CACHE_FORMAT,
+            "null": "random_base",
+            "base_hash": base_hash,
+            "hook": cfg.hook,
+            "position": cfg.position,
+            "split_seed": cfg.split_seed,
+            "eval_frac": cfg.eval_frac,
+            "ood_frac": cfg.ood_frac,
+        }
+    )
+
+
+def extract_random_base(cfg: ExperimentConfig, key: str) -> ActivationSet:
+    """Activations of the randomly initialised base model (`base.init_seed`, never trained) at
+    the experiment's hook and position, split exactly as the trained model's rows are."""
+    return extract(build_model(cfg.task, cfg.base), cfg.task.p, cfg.activations, key)
+
+
 def save_activations(acts: ActivationSet, directory: Path) -> Path:
     """Write one cache entry into `directory` (`husai.core.cache.publish_dir` makes it atomic)."""
     directory.mkdir(parents=True, exist_ok=True)

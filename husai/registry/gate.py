@@ -45,13 +45,23 @@ class Check(BaseModel):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in names.gateable_metrics():
-            raise ValueError(f"unknown metric {v!r} (see docs/metrics.md)")
-        return v
+        if v in names.gateable_metrics():
+            return v
+        for old, new in names.REMOVED_STABILITY_SUFFIXES.items():
+            if v.startswith(names.STABILITY_PREFIX) and v.endswith(old):
+                raise ValueError(
+                    f"{v!r} was removed in metric_version 3; use {v.removesuffix(old) + new!r}"
+                )
+        raise ValueError(f"unknown metric {v!r} (see docs/metrics.md)")
 
     @property
     def short(self) -> str:
         return self.metric.rsplit("/", 1)[-1]
+
+    @property
+    def on_interval(self) -> bool:
+        """A bound of an interval over seeds: only as honest as the seeds behind it."""
+        return self.metric.endswith(("_lcb", "_ucb"))
 
 
 class Policy(BaseModel):
@@ -61,8 +71,14 @@ class Policy(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", description="tag prefix gate.<name>.*")
     description: str = Field("", description="what this policy is for")
+    min_seeds: int = Field(
+        5,
+        ge=3,
+        description="a check on an interval bound (_lcb, _ucb) fails closed for a version whose "
+        "trial has fewer seeds",
+    )
     checks: dict[str, list[Check]] = Field(
-        description="group (random_model, transcoder, ood, external, recon, ...) -> checks"
+        description="group (stability, transcoder, ood, external, recon, ...) -> checks"
     )
 
     @model_validator(mode="after")
@@ -117,6 +133,8 @@ class GateDecision:
     version: str
     champion_version: str | None
     checks: list[CheckResult]
+    n_seeds: int | None = None  # the seeds of the version's trial (None: not recorded)
+    min_seeds: int | None = None  # what the policy asks of a check on an interval
 
     @property
     def pass_all(self) -> bool:
@@ -147,9 +165,12 @@ def evaluate(
     version: str,
     readings: Mapping[str, Reading],
     champion: tuple[str, Mapping[str, Reading]] | None,
+    n_seeds: int | None = None,
 ) -> GateDecision:
     """Judge one version. `readings`: metric -> Reading for the version; `champion`: (version,
-    its readings) or None when there is no champion (margins then have nothing to compare)."""
+    its readings) or None when there is no champion (margins then have nothing to compare);
+    `n_seeds`: the seeds of the version's trial (None: unknown, which fails every check on an
+    interval, as too few seeds do)."""
     results = []
     for check_id, c in policy.items():
         r = readings.get(c.metric, Reading(None, "missing"))
@@ -157,6 +178,13 @@ def evaluate(
         if c.champion_margin is not None and champion is not None:
             champ_value = champion[1].get(c.metric, Reading(None, "missing")).value
         passed, reason = _judge(c, r.value, champ_value, champion is not None)
+        if passed and c.on_interval and (n_seeds is None or n_seeds < policy.min_seeds):
+            seeds = "an unknown number of" if n_seeds is None else str(n_seeds)
+            passed = False
+            reason = (
+                f"{c.metric} is an interval over {seeds} seeds; the policy needs "
+                f">= {policy.min_seeds}: fails closed"
+            )
         results.append(
             CheckResult(
                 check=check_id,
@@ -172,7 +200,14 @@ def evaluate(
                 reason=reason,
             )
         )
-    return GateDecision(policy.name, version, champion[0] if champion else None, results)
+    return GateDecision(
+        policy.name,
+        version,
+        champion[0] if champion else None,
+        results,
+        n_seeds,
+        policy.min_seeds,
+    )
 
 
 def _judge(
@@ -199,7 +234,8 @@ def render_markdown(d: GateDecision) -> str:
         f"# Gate `{d.policy}` on husai-sae version {d.version}",
         "",
         f"Decision: **{'pass' if d.pass_all else 'blocked'}**. Champion at evaluation: "
-        f"{d.champion_version or 'none'}.",
+        f"{d.champion_version or 'none'}. Seeds behind the version's intervals: "
+        f"{'unknown' if d.n_seeds is None else d.n_seeds} (the policy needs {d.min_seeds}).",
         "",
         "| check | metric | value | rule | required | champion | verdict | read from | reason |",
         "|---|---|---|---|---|---|---|---|---|",

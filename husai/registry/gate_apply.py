@@ -43,6 +43,13 @@ class GateOutcome:
     promoted: bool
 
 
+def trial_seeds(tracker: Tracker, mv: VersionView) -> int | None:
+    """How many seeds the version's trial trained: what every interval on it rests on."""
+    trial_id = mv.tags.get(names.TAG_TRIAL_RUN_ID) or mv.run_id
+    n = tracker.get_run_metrics(trial_id).get(names.TRIAL_N_SEEDS)
+    return None if n is None else int(n)
+
+
 def readings(tracker: Tracker, mv: VersionView) -> dict[str, Reading]:
     """Every gateable metric of a model version, with the run it came from."""
     out: dict[str, Reading] = {}
@@ -80,14 +87,14 @@ def run_gate(
 ) -> GateOutcome:
     mv = _version(tracker, version, alias)
     v = str(mv.version)
-    mine = readings(tracker, mv)
+    mine, n_seeds = readings(tracker, mv), trial_seeds(tracker, mv)
     for _ in range(MAX_CHAMPION_RACES):
         champ_mv = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
         was = None if champ_mv is None else str(champ_mv.version)
         champion = None
         if champ_mv is not None and was != v:
             champion = (str(champ_mv.version), readings(tracker, champ_mv))
-        decision = evaluate(policy, v, mine, champion)
+        decision = evaluate(policy, v, mine, champion, n_seeds)
         if dry_run:
             return GateOutcome(decision, None, False)
         if decision.pass_all:

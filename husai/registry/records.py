@@ -148,6 +148,36 @@ def record_activations(
     return rid
 
 
+def record_null_activations(
+    tracker: Tracker, cfg: ExperimentConfig, null: str, rec: ActivationsRecord
+) -> str:
+    """The activations of a null's model (the randomly initialised base model) as their own run
+    in husai-activations, found again by their key like the trained model's."""
+    a = cfg.activations
+    params = {
+        names.PARAM_ACTIVATION_KEY: rec.key,
+        names.PARAM_NULL: null,
+        names.PARAM_BASE_HASH: cfg.base_hash(),
+        names.PARAM_HOOK: a.hook,
+        names.PARAM_POSITION: a.position,
+        names.PARAM_SPLIT_SEED: a.split_seed,
+        names.PARAM_EVAL_FRAC: a.eval_frac,
+        names.PARAM_OOD_FRAC: a.ood_frac,
+        names.PARAM_D_IN: rec.d_in,
+        names.config_param("task", "p"): cfg.task.p,
+    }
+    tags = {
+        **tracker.standard_tags(cfg.base_hash(), names.KIND_NULL_ACTIVATIONS, "extract"),
+        names.TAG_CACHE: "hit" if rec.cache_hit else "miss",
+    }
+    name = f"null-acts-{null}-{a.hook}-{rec.key[:8]}"
+    with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
+        counts = {names.ACT_N_TRAIN: rec.n_train, names.ACT_N_EVAL: rec.n_eval}
+        tracker.log_metrics(rid, {**counts, names.ACT_N_OOD: rec.n_ood})
+        tracker.log_artifacts(rid, rec.folder, names.ARTIFACT_ACTIVATIONS)
+    return rid
+
+
 # --- reference SAEs ----------------------------------------------------------------------------
 def find_reference_run(tracker: Tracker, cfg: ExperimentConfig, key: str) -> str | None:
     """The run that logged the reference SAE with this key, in the experiment's sweep folder."""

@@ -110,10 +110,8 @@ def trial_params(
             for k, v in t.model_dump().items()
             if k not in ("steps", "batch_size", "lr")
         },
-        **{
-            names.config_param("trial", k): getattr(cfg.trial, k)
-            for k in ("random_seed_offset", "bootstrap_samples")
-        },
+        names.config_param("trial", "random_seed_offset"): cfg.trial.random_seed_offset,
+        names.config_param("trial", "nulls"): ",".join(cfg.trial.nulls),
         names.PARAM_OOD_FRAC: cfg.activations.ood_frac,
         **{names.config_param("evals", k): v for k, v in cfg.evals.model_dump().items()},
     }

@@ -1,8 +1,8 @@
 """The report of one sweep, logged to its sweep run under `report/`:
 
 - `stability_vs_k.png`, `stability_vs_d_sae.png`: pw_mcc and mmcs of each finished trial with
-  the seed-bootstrap interval of (trained - random) drawn around the trained value, and the
-  random baseline as a grey band;
+  the 95% interval of its excess over the strongest null drawn around the trained value, and a
+  band per null (untrained initialisations, isotropic, covariance, random base model);
 - `pareto.png`: pw_mcc against held-out FVU, the Pareto front (lower FVU, higher pw_mcc) marked;
 - `lambda_effect.png` (when a trial has lambda > 0): pw_mcc, alignment to the reference and EV
   against lambda;
@@ -34,10 +34,12 @@ from husai.registry.views import RunView  # noqa: E402
 
 TABLE_METRICS = (
     names.STABILITY_PW_MCC,
-    names.stability_key(names.STABILITY_PW_MCC, "_random"),
-    names.stability_key(names.STABILITY_PW_MCC, "_delta_lcb"),
+    *(names.stability_key(names.STABILITY_PW_MCC, names.null_suffix(n)) for n in names.NULLS),
+    names.stability_key(names.STABILITY_PW_MCC, "_excess"),
+    names.stability_key(names.STABILITY_PW_MCC, "_excess_lcb"),
+    names.stability_key(names.STABILITY_PW_MCC, "_alive"),
     names.STABILITY_MMCS,
-    names.stability_key(names.STABILITY_MMCS, "_delta_lcb"),
+    names.stability_key(names.STABILITY_MMCS, "_excess_lcb"),
     names.STABILITY_SHARED_07,
     names.RECON_EV,
     names.RECON_FVU,
@@ -48,11 +50,13 @@ TABLE_METRICS = (
     names.CONSISTENCY_EV_DROP,
     *names.HEADLINE_EVAL_KEYS,
 )
-# What the stability plots need beyond the table: each metric's random value and interval.
+# The bands of the stability plots, weakest first: untrained initialisations, then each null.
+BANDS = (("_random", "untrained init"), *((names.null_suffix(n), n) for n in names.NULLS))
+# What the stability plots need beyond the table: each metric's nulls and excess interval.
 PLOT_ONLY = tuple(
     names.stability_key(b, sfx)
     for b in (names.STABILITY_PW_MCC, names.STABILITY_MMCS)
-    for sfx in ("_random", "_delta_lcb", "_delta_ucb")
+    for sfx in (*(b for b, _ in BANDS), "_excess", "_excess_lcb", "_excess_ucb")
     if names.stability_key(b, sfx) not in TABLE_METRICS
 )
 PARAMS = (names.PARAM_ARCHITECTURE, names.PARAM_K, names.PARAM_D_SAE, names.PARAM_LAMBDA)
@@ -96,30 +100,33 @@ def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     d = _finished(df).sort_values(param)
     for ax, metric in zip(axes, (names.STABILITY_PW_MCC, names.STABILITY_MMCS), strict=True):
-        rand_key = names.stability_key(metric, "_random")
-        rand = d[rand_key]
-        # The interval of (trained - random), drawn around the trained value.
-        lo = d[metric] - (d[metric] - rand - d[names.stability_key(metric, "_delta_lcb")])
-        hi = d[metric] + (d[names.stability_key(metric, "_delta_ucb")] - (d[metric] - rand))
+        excess = d[names.stability_key(metric, "_excess")]
+        # The interval of (trained - strongest null), drawn around the trained value.
+        below = excess - d[names.stability_key(metric, "_excess_lcb")]
+        above = d[names.stability_key(metric, "_excess_ucb")] - excess
         for lam, g in d.groupby(names.PARAM_LAMBDA):
             idx = g.index
             ax.errorbar(
                 g[param],
                 g[metric],
-                yerr=[g[metric] - lo[idx], hi[idx] - g[metric]],
+                yerr=[below[idx].fillna(0), above[idx].fillna(0)],
                 fmt="o",
                 capsize=3,
                 label=f"trained, lambda {lam:.3g}",
             )
-        if len(d):
-            band = d.groupby(param)[rand_key].agg(["min", "max"])
-            ax.fill_between(band.index, band["min"], band["max"], color="grey", alpha=0.3)
-            ax.plot(band.index, band["max"], color="grey", linewidth=1, label="random baseline")
+        for (suffix, label), colour in zip(
+            BANDS, ("0.75", "0.55", "tab:orange", "tab:red"), strict=True
+        ):
+            key = names.stability_key(metric, suffix)
+            band = d.dropna(subset=[key]).groupby(param)[key].agg(["min", "max"])
+            if len(band):
+                ax.fill_between(band.index, band["min"], band["max"], color=colour, alpha=0.3)
+                ax.plot(band.index, band["max"], color=colour, linewidth=1, label=f"null: {label}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(param)
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Stability vs {param} (95% seed-bootstrap intervals)")
+    fig.suptitle(f"Stability vs {param} (bars: 95% interval of the excess over the strongest null)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -49,12 +49,14 @@ class PipelineResult:
     steps: list[Step] = field(default_factory=list)
     best_metrics: Mapping[str, float] = field(default_factory=dict)
     best_params: Mapping[str, str] = field(default_factory=dict)
+    best_tags: Mapping[str, str] = field(default_factory=dict)
 
     def summary(self, tracking_uri: str) -> str:
         return console.pipeline_summary(
             self.sweep,
             self.best_params,
             self.best_metrics,
+            self.best_tags,
             self.gate.decision,
             [(s.name, s.seconds) for s in self.steps],
             tracking_uri,
@@ -119,9 +121,10 @@ def run_pipeline(
     )
     best_metrics: Mapping[str, float] = {}
     best_params: Mapping[str, str] = {}
+    best_tags: Mapping[str, str] = {}
     if outcome.best_trial_run_id is not None:
         best = tracker.get_run(outcome.best_trial_run_id)
-        best_metrics, best_params = best.metrics, best.params
+        best_metrics, best_params, best_tags = best.metrics, best.params, best.tags
     sweep_run = outcome.sweep_run_id
     has_report = tracker.has_artifacts(sweep_run, names.ARTIFACT_REPORT)
     report = _step(
@@ -147,7 +150,7 @@ def run_pipeline(
             + (" (decision already recorded, reused)" if decided else "")
         ),
     )
-    return PipelineResult(outcome, report, gate, steps, best_metrics, best_params)
+    return PipelineResult(outcome, report, gate, steps, best_metrics, best_params, best_tags)
 
 
 def _settled(tracker: Tracker, policy: str, version: str) -> bool:

@@ -30,8 +30,10 @@ from husai.model.activations import (
     activation_key,
     check_hook,
     extract,
+    extract_random_base,
     load_activations,
     n_split_rows,
+    random_base_key,
     save_activations,
 )
 from husai.model.base_model import (
@@ -49,6 +51,7 @@ from husai.registry.records import (
     find_reference_run,
     record_activations,
     record_base_model,
+    record_null_activations,
     record_reference,
 )
 from husai.registry.tracking import Tracker
@@ -169,10 +172,7 @@ def activations(
     acts = load_activations(path, key)
     hit = source != "computed"
     if run_id is None:
-        n_ood = 0 if acts.ood is None else acts.ood.shape[0]
-        rec = ActivationsRecord(
-            acts.key, acts.d_in, acts.train.shape[0], acts.eval.shape[0], n_ood, path, hit
-        )
+        rec = _activations_record(acts, path, hit)
         run_id = record_activations(tracker, cfg, base.version, base.run_id, rec)
     return ActivationsHandle(acts=acts, run_id=run_id, cache_hit=hit, source=source, path=path)
 
@@ -189,6 +189,34 @@ def activations_by_key(
         cache_hit=True,
         source=source,
         path=path,
+    )
+
+
+def random_base_activations(
+    cfg: ExperimentConfig, tracker: Tracker, cache_dir: Path | None = None
+) -> ActivationsHandle:
+    """The random-base null's activations: the base model of this config at its initialisation,
+    at the same hook, position and split. Extracted once per config (no training, so no run id
+    in the key), cached and recorded like the trained model's, reused by every trial."""
+    key = random_base_key(cfg.base_hash(), cfg.activations)
+    path, run_id, source = _activation_entry(
+        key,
+        tracker,
+        cache_dir,
+        compute=lambda: partial(save_activations, extract_random_base(cfg, key)),
+    )
+    acts = load_activations(path, key)
+    hit = source != "computed"
+    if run_id is None:
+        rec = _activations_record(acts, path, hit)
+        run_id = record_null_activations(tracker, cfg, names.NULL_RANDOM_BASE, rec)
+    return ActivationsHandle(acts=acts, run_id=run_id, cache_hit=hit, source=source, path=path)
+
+
+def _activations_record(acts: ActivationSet, path: Path, hit: bool) -> ActivationsRecord:
+    n_ood = 0 if acts.ood is None else acts.ood.shape[0]
+    return ActivationsRecord(
+        acts.key, acts.d_in, acts.train.shape[0], acts.eval.shape[0], n_ood, path, hit
     )
 
 

@@ -63,6 +63,7 @@ class SweepContext:
     cache_dir: str
     base_run_id: str
     base_version: str
+    random_base_key: str | None  # the random-base null's activations (None: not asked for)
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -101,6 +102,10 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"register_sae": False})})
     tracker = Tracker(ctx.tracking_uri)
     acts = stages.activations_by_key(ctx.activation_key, tracker, Path(ctx.cache_dir)).acts
+    random_base = None
+    if ctx.random_base_key is not None:
+        cache = Path(ctx.cache_dir)
+        random_base = stages.activations_by_key(ctx.random_base_key, tracker, cache).acts
     node = ray.get_runtime_context().get_node_id()
     src = TrialSource(
         acts.key,
@@ -109,7 +114,8 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
         ray_trial_id=tune.get_context().get_trial_id(),
         ray_node_id=node,
     )
-    inputs = TrialInputs(tracker, acts, src, stages.base_model_of_run(tracker, ctx.base_run_id))
+    base_model = stages.base_model_of_run(tracker, ctx.base_run_id)
+    inputs = TrialInputs(tracker, acts, src, base_model, random_base)
 
     def on_seed(recons: list[ReconMetrics]) -> None:
         fvu = sum(r.fvu for r in recons) / len(recons)
@@ -165,6 +171,9 @@ def run_sweep(
         done = find_finished_sweep(tracker, sweep, fingerprint, acts.acts.key)
         if done is not None:
             return reused_sweep(tracker, done)
+    random_base = None
+    if names.NULL_RANDOM_BASE in cfg0.trial.nulls:
+        random_base = stages.random_base_activations(cfg0, tracker).acts.key
     n_samples = sweep.smoke.num_samples if smoke else sweep.num_samples
     storage = cache_root() / "ray_results"
     run_ctx: AbstractContextManager[str]
@@ -194,6 +203,7 @@ def run_sweep(
             cache_dir=str(cache_root()),
             base_run_id=base.run_id,
             base_version=base.version,
+            random_base_key=random_base,
         )
         folder, n_seeds = storage / ray_name, len(cfg0.trial.seeds)
         resumed = previous is not None

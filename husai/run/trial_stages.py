@@ -22,7 +22,7 @@ from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
 from husai.measure.metrics import ReconMetrics
 from husai.measure.trial import TrialResult, preflight, run_trial
-from husai.model.activations import ActivationSet, load_user_activations
+from husai.model.activations import ActivationSet, activation_key, load_user_activations
 from husai.model.base_model import HookedTransformer
 from husai.registry.handles import Reference
 from husai.registry.tracking import Tracker
@@ -40,6 +40,8 @@ from husai.registry.trial_records import (
 from husai.report.plots import plot_stability_heatmap
 from husai.run import stages
 
+NO_BASE_MODEL = "needs activations extracted from a base model (a user's own file has none)"
+
 
 @dataclass(frozen=True)
 class TrialInputs:
@@ -49,6 +51,9 @@ class TrialInputs:
     acts: ActivationSet
     src: TrialSource
     base_model: HookedTransformer | None  # None for a user's own activations: no splicing
+    # The random-base null's activations; None: that null is skipped, for this reason.
+    random_base: ActivationSet | None = None
+    random_base_missing: str = NO_BASE_MODEL
 
 
 @dataclass(frozen=True)
@@ -74,24 +79,15 @@ class PlainRecipe:
 
 
 def trial_inputs(cfg: ExperimentConfig, tracking_uri: str | None) -> TrialInputs:
-    """The activations `cfg.activations` names, every check that can run before compute done
-    first: a bad user file or config creates no store and no run."""
+    """The activations `cfg.activations` names (and the random-base null's), every check that
+    can run before compute done first: a bad user file or config creates no store and no run."""
     a = cfg.activations
     if a.file is not None:
         acts = load_user_activations(Path(a.file), a)
         preflight(cfg, acts)
         return TrialInputs(Tracker(tracking_uri), acts, TrialSource(acts.key, None, "file"), None)
     if a.key is not None:
-        tracker = Tracker(tracking_uri)
-        handle = stages.activations_by_key(a.key, tracker)
-        preflight(cfg, handle.acts)
-        base_version, base_model = None, None
-        if handle.run_id:
-            params = tracker.get_run_params(handle.run_id)
-            base_version = params.get(names.PARAM_BASE_VERSION)
-            base_model = stages.base_model_of_run(tracker, params[names.PARAM_BASE_RUN_ID])
-        src = TrialSource(handle.acts.key, base_version, "key")
-        return TrialInputs(tracker, handle.acts, src, base_model)
+        return _inputs_by_key(cfg, a.key, tracking_uri)
     stages.check_before_compute(cfg)  # before the base model is trained
     tracker = Tracker(tracking_uri)
     base = stages.base_model(cfg, tracker)
@@ -101,7 +97,35 @@ def trial_inputs(cfg: ExperimentConfig, tracking_uri: str | None) -> TrialInputs
     console.print_acts(extracted)
     preflight(cfg, extracted.acts)
     src = TrialSource(extracted.acts.key, base.version, "extracted")
-    return TrialInputs(tracker, extracted.acts, src, base.model)
+    return TrialInputs(tracker, extracted.acts, src, base.model, *_random_base(cfg, tracker))
+
+
+def _inputs_by_key(cfg: ExperimentConfig, key: str, tracking_uri: str | None) -> TrialInputs:
+    tracker = Tracker(tracking_uri)
+    handle = stages.activations_by_key(key, tracker)
+    preflight(cfg, handle.acts)
+    if not handle.run_id:
+        src = TrialSource(handle.acts.key, None, "key")
+        why = f"activation set {key} is on disk but no run in this store records its base model"
+        return TrialInputs(tracker, handle.acts, src, None, None, why)
+    params = tracker.get_run_params(handle.run_id)
+    base_run, base_version = params[names.PARAM_BASE_RUN_ID], params[names.PARAM_BASE_VERSION]
+    src = TrialSource(handle.acts.key, base_version, "key")
+    base_model = stages.base_model_of_run(tracker, base_run)
+    # The random-base null is built from the config: only if the config describes these
+    # activations (its base model, hook and split give this very key).
+    if activation_key(base_run, base_version, cfg.base_hash(), cfg.activations) != key:
+        why = f"the config does not describe the base model and split of activation set {key}"
+        return TrialInputs(tracker, handle.acts, src, base_model, None, why)
+    return TrialInputs(tracker, handle.acts, src, base_model, *_random_base(cfg, tracker))
+
+
+def _random_base(cfg: ExperimentConfig, tracker: Tracker) -> tuple[ActivationSet | None, str]:
+    if names.NULL_RANDOM_BASE not in cfg.trial.nulls:
+        return None, "not asked for (trial.nulls)"
+    handle = stages.random_base_activations(cfg, tracker)
+    console.print_null_acts(handle)
+    return handle.acts, ""
 
 
 def trial(
@@ -197,6 +221,8 @@ def run_and_record(
             base_model=inputs.base_model,
             references=decoders,
             on_seed=on_seed,
+            random_base=inputs.random_base,
+            random_base_missing=inputs.random_base_missing,
         )
         if result.consistency is not None and plain is not None and plain.ev is not None:
             ev = result.recon_mean["ev"]
@@ -230,7 +256,6 @@ def trial_record(
         plots / names.PLOT_STABILITY_HEATMAP,
         title=trial_run_name(cfg),
     )
-    t = cfg.trial
     return TrialRecord(
         d_in=acts.d_in,
         hook=acts.hook,
@@ -238,8 +263,8 @@ def trial_record(
             SeedRecord(sr.seed, sr.curves(), result.seed_metrics(sr.seed), sr.folder)
             for sr in result.seeds
         ],
-        metrics=result.trial_metrics(t.bootstrap_samples, t.bootstrap_seed),
-        tags=result.evals.tags() if result.evals is not None else {},
+        metrics=result.trial_metrics(),
+        tags=result.tags(),
         representative_seed=result.representative_seed,
         representative_reason=result.representative_reason,
         plots_dir=plots,

@@ -111,3 +111,13 @@ def test_lambda_zero_hash_ignores_reference_settings() -> None:
     assert a.config_hash() == b.config_hash()
     assert c.config_hash() != d.config_hash()
     assert from_dict({"trial": {"register_sae": False}}).config_hash() == a.config_hash()
+
+
+def test_removed_trial_fields_are_refused_with_why() -> None:
+    with pytest.raises(ConfigError, match="bootstrap_samples: removed in metric_version 3"):
+        from_dict({"trial": {"bootstrap_samples": 200}})
+    with pytest.raises(ConfigError, match="trial.nulls"):
+        from_dict({"trial": {"nulls": ["isotropic", "shuffled"]}})
+    with pytest.raises(ConfigError, match="each null at most once"):
+        from_dict({"trial": {"nulls": ["covariance", "covariance"]}})
+    assert from_dict({}).trial.nulls == ("isotropic", "covariance", "random_base")

@@ -35,10 +35,10 @@ def test_identical_transcoder_and_sae_stability_give_delta_0() -> None:
     m = rng.uniform(0.2, 0.8, size=(5, 5))
     m = (m + m.T) / 2
     np.fill_diagonal(m, np.nan)
-    d = paired_seed_delta(m, m.copy(), n_boot=500, seed=0)
+    d = paired_seed_delta(m, m.copy())
     assert d.delta == 0.0 and d.lcb == 0.0 and d.ucb == 0.0
     # Two seeds: a point estimate, no interval (absent, so a gate fails closed).
-    two = paired_seed_delta(m[:2, :2], m[:2, :2] - 0.1, n_boot=500, seed=0)
+    two = paired_seed_delta(m[:2, :2], m[:2, :2] - 0.1)
     assert two.delta == pytest.approx(0.1) and two.lcb is None and two.ucb is None
 
 

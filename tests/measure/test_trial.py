@@ -43,14 +43,15 @@ def test_trial_result_never_compares_the_reference(tmp_path: Path) -> None:
 
 
 def test_two_seeds_give_no_confidence_interval(tmp_path: Path) -> None:
-    """With 2 seeds a seed bootstrap has nothing to resample: the bounds are absent, so a gate
-    on them fails closed instead of passing on a zero-width interval."""
-    cfg = load(write_cfg(tmp_path, {"trial": {"seeds": [0, 1], "bootstrap_samples": 200}}))
+    """With 2 seeds leaving one out leaves no pair: the bounds are absent, so a gate on them
+    fails closed instead of passing on a zero-width interval."""
+    cfg = load(write_cfg(tmp_path, {"trial": {"seeds": [0, 1]}}))
     acts = load_user_activations(user_acts(tmp_path), cfg.activations)
     result = run_trial(cfg, acts, tmp_path / "w", progress=False)
-    m = finite(result.trial_metrics(200, 0))  # what gets recorded
-    assert "stability/pw_mcc_delta" in m
+    m = finite(result.trial_metrics())  # what gets recorded
+    assert "stability/pw_mcc_delta" in m and "stability/pw_mcc_excess" in m
     assert "stability/pw_mcc_delta_lcb" not in m and "stability/pw_mcc_delta_ucb" not in m
+    assert "stability/pw_mcc_excess_lcb" not in m and m[names.TRIAL_N_SEEDS] == 2
 
 
 def test_a_trial_names_its_numbers_by_their_mlflow_keys(tmp_path: Path) -> None:
@@ -61,9 +62,13 @@ def test_a_trial_names_its_numbers_by_their_mlflow_keys(tmp_path: Path) -> None:
     assert set(seed) >= set(names.RECON_KEYS.values()) | {names.SEED_SECONDS}
     assert seed[names.RECON_LOSS_RECOVERED] is None  # no base model: not computed, never 0
     assert seed[names.RECON_EV] == result.seed_result(1).recon.ev
-    trial = result.trial_metrics(cfg.trial.bootstrap_samples, cfg.trial.bootstrap_seed)
+    trial = result.trial_metrics()
+    rb = names.null_suffix(names.NULL_RANDOM_BASE)  # a user's file: no random base model
     stability = {
-        names.stability_key(b, s) for b in names.STABILITY_BASES for s in names.STABILITY_SUFFIXES
+        names.stability_key(b, s)
+        for b in names.STABILITY_BASES
+        for s in names.STABILITY_SUFFIXES
+        if s != rb
     }
     assert set(trial) >= stability | set(names.RECON_KEYS.values()) | {names.TRIAL_SECONDS}
     assert trial[names.RECON_EV] == sum(s.recon.ev for s in result.seeds) / 3

@@ -25,7 +25,7 @@ from tests.helpers import ROOT
 
 STRICT = ROOT / "gates" / "strict.yaml"
 GOOD = {
-    "stability/pw_mcc_delta_lcb": 0.3,
+    "stability/pw_mcc_excess_lcb": 0.3,
     "stress/transcoder_delta_lcb": 0.01,
     "stress/ood_drop": 0.02,
     "external/probe_delta_lcb": 0.02,
@@ -34,7 +34,7 @@ GOOD = {
 }
 # One failing value per group of the strict policy.
 FAILING = {
-    "random_model": ("stability/pw_mcc_delta_lcb", -0.01),
+    "stability": ("stability/pw_mcc_excess_lcb", -0.01),
     "transcoder": ("stress/transcoder_delta_lcb", -0.02),
     "ood": ("stress/ood_drop", 0.2),
     "external": ("external/probe_delta_lcb", -0.05),
@@ -47,15 +47,15 @@ def readings(metrics: dict[str, float]) -> dict[str, Reading]:
 
 
 def test_all_checks_pass() -> None:
-    d = evaluate(load_policy(STRICT), "1", readings(GOOD), None)
+    d = evaluate(load_policy(STRICT), "1", readings(GOOD), None, 5)
     assert d.pass_all and d.reasons == "all checks passed"
-    assert {c.check for c in d.checks} >= {"random_model.pw_mcc_delta_lcb", "recon.ev"}
+    assert {c.check for c in d.checks} >= {"stability.pw_mcc_excess_lcb", "recon.ev"}
 
 
 @pytest.mark.parametrize("group", sorted(FAILING))
 def test_each_group_failing_alone_blocks(group: str) -> None:
     metric, value = FAILING[group]
-    d = evaluate(load_policy(STRICT), "1", readings({**GOOD, metric: value}), None)
+    d = evaluate(load_policy(STRICT), "1", readings({**GOOD, metric: value}), None, 5)
     assert not d.pass_all
     failed = [c.check for c in d.checks if not c.passed]
     assert len(failed) == 1 and failed[0].startswith(group + "."), failed
@@ -68,7 +68,7 @@ def test_missing_or_non_finite_metric_fails_closed(bad: float | None) -> None:
         del metrics["stress/ood_drop"]
     else:
         metrics["stress/ood_drop"] = bad
-    d = evaluate(load_policy(STRICT), "1", readings(metrics), None)
+    d = evaluate(load_policy(STRICT), "1", readings(metrics), None, 5)
     (c,) = [c for c in d.checks if c.metric == "stress/ood_drop"]
     assert not c.passed and "fails closed" in c.reason and not d.pass_all
 
@@ -85,7 +85,7 @@ def test_optional_checks_report_but_do_not_block() -> None:
             },
         }
     )
-    d = evaluate(policy, "1", readings(GOOD), None)
+    d = evaluate(policy, "1", readings(GOOD), None, 5)
     assert d.pass_all and "ood.ood_drop" in d.reasons
 
 
@@ -93,12 +93,12 @@ def test_champion_margins() -> None:
     policy = load_policy(STRICT)
     champ = ("4", readings({**GOOD, "recon/ev": 0.99}))
     # 0.97 is worse than the champion's 0.99 by more than the 0.01 margin: blocked.
-    d = evaluate(policy, "5", readings(GOOD), champ)
+    d = evaluate(policy, "5", readings(GOOD), champ, 5)
     (c,) = [c for c in d.checks if c.metric == "recon/ev"]
     assert not c.passed and c.champion_value == 0.99 and "champion" in c.reason
     # Within the margin: passes; no champion at all: the margin has nothing to compare with.
-    assert evaluate(policy, "5", readings({**GOOD, "recon/ev": 0.985}), champ).pass_all
-    assert evaluate(policy, "5", readings(GOOD), None).pass_all
+    assert evaluate(policy, "5", readings({**GOOD, "recon/ev": 0.985}), champ, 5).pass_all
+    assert evaluate(policy, "5", readings(GOOD), None, 5).pass_all
 
 
 @pytest.mark.parametrize(
@@ -124,6 +124,31 @@ def test_malformed_policy_is_one_line_naming_the_field(
     assert expect in err and str(path) in err and "\n" not in err
 
 
+@pytest.mark.parametrize("n_seeds", [None, 3, 4])
+def test_a_bound_from_too_few_seeds_fails_closed(n_seeds: int | None) -> None:
+    """Every check on an interval bound fails for a trial with fewer than min_seeds seeds (or an
+    unknown number); checks on point values are judged as usual."""
+    d = evaluate(load_policy(STRICT), "1", readings(GOOD), None, n_seeds)
+    failed = {c.metric for c in d.checks if not c.passed}
+    assert failed == {m for m in GOOD if m.endswith("_lcb")} and not d.pass_all
+    (c,) = [c for c in d.checks if c.metric == "stability/pw_mcc_excess_lcb"]
+    assert "fails closed" in c.reason and "policy needs >= 5" in c.reason
+    assert evaluate(load_policy(STRICT), "1", readings(GOOD), None, 5).pass_all
+    assert d.n_seeds == n_seeds and d.min_seeds == 5
+
+
+def test_a_policy_naming_a_removed_key_is_refused_with_its_replacement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "name: old\nchecks: {s: [{metric: stability/pw_mcc_gaussian, op: '>=', threshold: 0}]}"
+    )
+    assert main(["gate", "--policy", str(path), "--version", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "removed in metric_version 3" in err and "stability/pw_mcc_null_isotropic" in err
+
+
 # --- against the registry -------------------------------------------------------------------
 
 
@@ -135,7 +160,7 @@ def register(
     exp = tracker.experiment_id("husai/gate_test")
     c = tracker.client
     run = c.create_run(exp, tags={names.TAG_KIND: names.KIND_TRIAL})
-    for k, v in trial.items():
+    for k, v in {names.TRIAL_N_SEEDS: 5, **trial}.items():
         c.log_metric(run.info.run_id, k, v)
     child = c.create_run(
         exp,

@@ -249,3 +249,4 @@ def test_quick_preset_generalises_then_is_reused(
     for key in names.HEADLINE_EVAL_KEYS:
         assert key in m, key
     assert not any(k.startswith(names.EVAL_SKIPPED_PREFIX) for k in trial.data.tags)
+    assert not any(k.startswith(names.NULL_SKIPPED_PREFIX) for k in trial.data.tags)

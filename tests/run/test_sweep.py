@@ -70,7 +70,8 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     )
     for t in trials:
         assert names.RECON_EV in t.data.metrics
-        assert "stability/pw_mcc_delta_lcb" in t.data.metrics
+        assert "stability/pw_mcc_excess_lcb" in t.data.metrics
+        assert "stability/pw_mcc_null_random_base" in t.data.metrics
         assert {"k", "d_sae", "lambda"} <= set(t.data.params)
     best = sweep_run.data.tags[names.TAG_BEST_TRIAL_RUN_ID]
     assert best in {t.info.run_id for t in trials}
@@ -230,7 +231,7 @@ class TuneResult:
 
 
 def test_best_trial_is_the_best_recorded_one_by_the_first_objective(tmp_path: Path) -> None:
-    obj = "stability/pw_mcc_delta_lcb"
+    obj = "stability/pw_mcc_excess_lcb"
     results = [
         {names.TUNE_TRIAL_RUN_ID: "a", obj: 0.1},
         {names.TUNE_TRIAL_RUN_ID: "b", obj: 0.3},

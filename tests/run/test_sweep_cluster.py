@@ -164,7 +164,7 @@ def test_sweep_against_a_real_mlflow_server_with_asha_stopping_a_trial(
         assert r.data.metrics[names.TUNE_SEEDS_DONE] < 3
         assert names.RECON_FVU in r.data.metrics
     for r in finished:
-        assert "stability/pw_mcc_delta_lcb" in r.data.metrics
+        assert "stability/pw_mcc_excess_lcb" in r.data.metrics
         assert r.data.tags["mlflow.parentRunId"] == out.sweep_run_id
     # The best trial's SAE went through the server's artifact proxy into the registry.
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)

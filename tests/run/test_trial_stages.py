@@ -47,9 +47,16 @@ def test_trial_on_user_activations(
     for key in ("fvu", "ev", "mse", "l0", "dead_frac"):
         assert names.RECON_KEYS[key] in m
     assert names.RECON_LOSS_RECOVERED not in m  # no base model: absent, never 0
+    rb = names.null_suffix(names.NULL_RANDOM_BASE)
     for base in names.STABILITY_BASES:
         for suffix in names.STABILITY_SUFFIXES:
-            assert names.stability_key(base, suffix) in m, base + suffix
+            # No base model behind a user's file: no random-base null, and the tag says why.
+            assert (names.stability_key(base, suffix) in m) == (suffix != rb), base + suffix
+    assert "base model" in trial.data.tags[names.null_skipped_tag(names.NULL_RANDOM_BASE)]
+    assert m[names.TRIAL_N_SEEDS] == 3
+    for null in (names.NULL_ISOTROPIC, names.NULL_COVARIANCE):
+        assert m[names.null_seconds_key(null)] >= 0
+    assert trial.data.tags[names.strongest_null_tag("pw_mcc")] in names.NULLS
     for param in (
         "architecture",
         "k",

@@ -79,14 +79,14 @@ def compare(
         for s in SEEDS
     ]
     rep = stability_report(
-        [t.decoder for t in ref], random, [t.decoder_step0 for t in ref], random, d_in, 500
+        [t.decoder for t in ref], random, [t.decoder_step0 for t in ref], {}, d_in
     )
     rep_b = stability_report(
-        [t.decoder for t in bat], random, [t.decoder_step0 for t in bat], random, d_in, 500
+        [t.decoder for t in bat], random, [t.decoder_step0 for t in bat], {}, d_in
     )
     for m, st in rep.metrics.items():
-        assert st.delta_lcb is not None and st.delta_ucb is not None
-        assert st.delta_lcb <= rep_b.metrics[m].delta <= st.delta_ucb, m
+        assert st.delta.lcb is not None and st.delta.ucb is not None
+        assert st.delta.lcb <= rep_b.metrics[m].delta.value <= st.delta.ucb, m
     return {
         "curve_max_rel": worst,
         "ev_ref": float(np.mean(ev_r)),

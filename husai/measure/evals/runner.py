@@ -28,7 +28,7 @@ from husai.measure.evals.transcoder import (
     transcoder_stress,
 )
 from husai.measure.metrics import reconstruct
-from husai.measure.stability import seed_mean_ci
+from husai.measure.stability import seed_mean_interval
 from husai.model.activations import ActivationSet, extract_rows, mlp_hooks
 from husai.model.base_model import HookedTransformer
 
@@ -63,11 +63,10 @@ class EvalResults:
             out[names.EXTERNAL_CONTRASTIVE_SCORE] = self.contrastive[seed].score
         return out
 
-    def trial_metrics(
-        self, plain_contrastive: dict[int, float] | None, n_boot: int, boot_seed: int
-    ) -> dict[str, float | None]:
-        """Trial-level keys: means over seeds, seed-bootstrap lower bounds. `plain_contrastive`
-        = the lambda = 0 recipe's score per seed (None: this trial is that recipe)."""
+    def trial_metrics(self, plain_contrastive: dict[int, float] | None) -> dict[str, float | None]:
+        """Trial-level keys: means over seeds, lower bounds of their t-intervals.
+        `plain_contrastive` = the lambda = 0 recipe's score per seed (None: this trial is that
+        recipe)."""
         out: dict[str, float | None] = {}
         if self.transcoder is not None:
             t = self.transcoder
@@ -86,7 +85,7 @@ class EvalResults:
         if self.probing:
             deltas = [r.delta for r in self.probing.values()]
             out[names.EXTERNAL_PROBE_DELTA] = _mean(deltas)
-            out[names.EXTERNAL_PROBE_DELTA_LCB] = seed_mean_ci(deltas, n_boot, boot_seed)[0]
+            out[names.EXTERNAL_PROBE_DELTA_LCB] = seed_mean_interval(deltas).lcb
             out[names.EXTERNAL_PROBE_AUC] = _mean(r.sae_auc for r in self.probing.values())
             out[names.EXTERNAL_PROBE_BASELINE_AUC] = _mean(
                 r.baseline_auc for r in self.probing.values()
@@ -103,9 +102,7 @@ class EvalResults:
             if all(s in base for s in scores):
                 diffs = [scores[s] - base[s] for s in scores]
                 out[names.EXTERNAL_CONTRASTIVE_DELTA] = _mean(diffs)
-                out[names.EXTERNAL_CONTRASTIVE_DELTA_LCB] = seed_mean_ci(diffs, n_boot, boot_seed)[
-                    0
-                ]
+                out[names.EXTERNAL_CONTRASTIVE_DELTA_LCB] = seed_mean_interval(diffs).lcb
         for name, secs in self.seconds.items():
             out[names.eval_seconds_key(name)] = secs
         return out

@@ -3,8 +3,9 @@ to model a computation (MLP input -> MLP output) as when it only reconstructs (M
 
 With the trial's architecture, k, d_sae, training settings and seeds (no consistency term):
 N transcoders MLP in -> MLP out and N SAEs on the MLP input, on the trial's own training rows.
-`transcoder_delta` = pw_mcc(transcoders) - pw_mcc(SAEs); its CI resamples seeds, the same
-draw for both families (seed s of one is paired with seed s of the other).
+`transcoder_delta` = pw_mcc(transcoders) - pw_mcc(SAEs); its interval is a jackknife over seeds
+that leaves the same seed out of both families (seed s of one is paired with seed s of the
+other).
 
 The result depends on the recipe without its consistency lambda, so trials of a sweep that
 differ only in lambda share it: it is cached on disk (`cached_transcoder_stress`) under a hash
@@ -26,7 +27,7 @@ import husai
 from husai.config.experiment import ExperimentConfig
 from husai.core.cache import publish_text
 from husai.core.hashing import stable_hash
-from husai.measure.stability import MIN_SEEDS_FOR_CI, pair_mean, pairwise
+from husai.measure.stability import pair_mean, pair_mean_interval, pairwise
 from husai.sae.train import train_seeds
 
 
@@ -35,7 +36,7 @@ class PairedDelta:
     a: float
     b: float
     delta: float  # a - b
-    lcb: float | None  # None with fewer than MIN_SEEDS_FOR_CI seeds
+    lcb: float | None  # None with fewer than 3 seeds
     ucb: float | None
 
 
@@ -52,24 +53,11 @@ class TranscoderStress:
     cached: bool = False
 
 
-def paired_seed_delta(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> PairedDelta:
+def paired_seed_delta(a: np.ndarray, b: np.ndarray) -> PairedDelta:
     """Pair-mean of a minus pair-mean of b ([n, n] seed-pair matrices over the same seeds),
-    with a seed-level bootstrap that draws the same seeds for both."""
-    n = a.shape[0]
-    all_seeds = list(range(n))
-    va, vb = pair_mean(a, all_seeds), pair_mean(b, all_seeds)
-    if n < MIN_SEEDS_FOR_CI:
-        return PairedDelta(va, vb, va - vb, None, None)
-    rng = np.random.default_rng([seed, 7])
-    boot = []
-    for _ in range(n_boot):
-        idx = np.asarray(rng.integers(0, n, size=n))
-        boot.append(pair_mean(a, idx) - pair_mean(b, idx))
-    arr = np.asarray(boot)
-    arr = arr[np.isfinite(arr)]
-    return PairedDelta(
-        va, vb, va - vb, float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))
-    )
+    with a jackknife-t interval that leaves the same seed out of both."""
+    d = pair_mean_interval(a, b)
+    return PairedDelta(pair_mean(a), pair_mean(b), d.value, d.lcb, d.ucb)
 
 
 def transcoder_stress(
@@ -91,7 +79,7 @@ def transcoder_stress(
     saes = [t.decoder for t in plain]
     t_mat = pairwise(transcoders, int(mlp_out.shape[1]))["pw_mcc"]
     s_mat = pairwise(saes, int(mlp_in.shape[1]))["pw_mcc"]
-    d = paired_seed_delta(t_mat, s_mat, cfg.trial.bootstrap_samples, cfg.trial.bootstrap_seed)
+    d = paired_seed_delta(t_mat, s_mat)
     return TranscoderStress(
         transcoder_pw_mcc=d.a,
         sae_pw_mcc=d.b,
@@ -113,7 +101,6 @@ def stress_key(cfg: ExperimentConfig, activation_key: str, hooks: tuple[str, str
             "sae": cfg.sae,
             "train": cfg.train,
             "seeds": list(t.seeds),
-            "bootstrap": [t.bootstrap_samples, t.bootstrap_seed],
             "metric_version": husai.metric_version,
         }
     )
