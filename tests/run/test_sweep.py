@@ -78,6 +78,8 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
     assert mv.tags[names.TAG_TRIAL_RUN_ID] == best
     assert sweep_run.data.metrics[names.SWEEP_N_TRIALS] == 3
+    # The random-base null's activations: extracted once for the whole sweep, not per trial.
+    assert len(runs_of_kind(tracker, names.KIND_NULL_ACTIVATIONS)) == 1
     # One line per trial on the terminal instead of Ray's boxes of every metric.
     err = capfd.readouterr().err
     assert "trial 3/3 [lambda " in err and "done in" in err and "Trial status" not in err
