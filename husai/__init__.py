@@ -1,8 +1,8 @@
 """HUSAI: are sparse-autoencoder features reproducible across random seeds?
 
 An MLflow-tracked experiment registry: a modular-addition transformer, SAEs trained on its
-activations with many seeds, cross-seed stability against matched random baselines, Ray Tune
-sweeps and a release gate on the MLflow Model Registry. See README.md for how to run it.
+activations with many seeds, cross-seed stability against nulls that learned nothing, Ray
+Tune sweeps and a release gate on the MLflow Model Registry. See README.md for how to run it.
 """
 
 __version__ = "0.1.0"

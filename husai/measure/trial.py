@@ -1,6 +1,6 @@
 """One trial: an SAE recipe trained with N seeds on the same activations, measured on held-out
-rows, its cross-seed stability compared with matched random baselines, every eval run on every
-seed. Returns a TrialResult, which also names its numbers by their MLflow keys
+rows, its cross-seed stability measured against nulls that learned nothing, every eval run on
+every seed. Returns a TrialResult, which also names its numbers by their MLflow keys
 (`trial_metrics`, `seed_metrics`); `husai.run.trial_stages` records it.
 
     python -m husai trial --preset quick

@@ -46,7 +46,7 @@ def plot_stability_heatmap(
     path: Path,
     title: str = "",
 ) -> Path:
-    """Pairwise pw_mcc and mmcs across seeds, trained beside the matched random baseline."""
+    """Pairwise pw_mcc and mmcs across seeds, trained beside the untrained initialisations."""
     panels = [
         ("pw_mcc", trained, "trained"),
         ("pw_mcc", random, "random init"),
