@@ -74,13 +74,20 @@ def activation_key(
             "base_run_id": base_run_id,
             "base_version": base_version,
             "base_hash": base_hash,
-            "hook": cfg.hook,
-            "position": cfg.position,
-            "split_seed": cfg.split_seed,
-            "eval_frac": cfg.eval_frac,
-            "ood_frac": cfg.ood_frac,
+            **_where(cfg),
         }
     )
+
+
+def _where(cfg: ActivationsConfig) -> dict[str, object]:
+    """What of the request changes the rows: the hook, the position and the split."""
+    return {
+        "hook": cfg.hook,
+        "position": cfg.position,
+        "split_seed": cfg.split_seed,
+        "eval_frac": cfg.eval_frac,
+        "ood_frac": cfg.ood_frac,
+    }
 
 
 def ood_mask(p: int, ood_frac: float) -> torch.Tensor:
@@ -173,16 +180,7 @@ def random_base_key(base_hash: str, cfg: ActivationsConfig) -> str:
     at its initialisation (the trained model's own starting point), at this hook, position and
     split. Deterministic from the config alone, so no run id is part of it."""
     return stable_hash(
-        {
-            "format": CACHE_FORMAT,
-            "null": "random_base",
-            "base_hash": base_hash,
-            "hook": cfg.hook,
-            "position": cfg.position,
-            "split_seed": cfg.split_seed,
-            "eval_frac": cfg.eval_frac,
-            "ood_frac": cfg.ood_frac,
-        }
+        {"format": CACHE_FORMAT, "null": "random_base", "base_hash": base_hash, **_where(cfg)}
     )
 
 

@@ -117,35 +117,10 @@ def record_activations(
     base_run_id: str,
     rec: ActivationsRecord,
 ) -> str:
-    a = cfg.activations
-    params = {
-        names.PARAM_ACTIVATION_KEY: rec.key,
-        names.PARAM_BASE_VERSION: base_version,
-        names.PARAM_BASE_RUN_ID: base_run_id,
-        names.PARAM_HOOK: a.hook,
-        names.PARAM_POSITION: a.position,
-        names.PARAM_SPLIT_SEED: a.split_seed,
-        names.PARAM_EVAL_FRAC: a.eval_frac,
-        names.PARAM_OOD_FRAC: a.ood_frac,
-        names.PARAM_D_IN: rec.d_in,
-        names.config_param("task", "p"): cfg.task.p,
-    }
-    tags = {
-        **tracker.standard_tags(cfg.base_hash(), names.KIND_ACTIVATIONS, "extract"),
-        names.TAG_CACHE: "hit" if rec.cache_hit else "miss",
-    }
-    name = f"acts-{a.hook}-{rec.key[:8]}"
-    with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
-        tracker.log_metrics(
-            rid,
-            {
-                names.ACT_N_TRAIN: rec.n_train,
-                names.ACT_N_EVAL: rec.n_eval,
-                names.ACT_N_OOD: rec.n_ood,
-            },
-        )
-        tracker.log_artifacts(rid, rec.folder, names.ARTIFACT_ACTIVATIONS)
-    return rid
+    """A base model's activations as a run in husai-activations, found again by their key."""
+    base = {names.PARAM_BASE_VERSION: base_version, names.PARAM_BASE_RUN_ID: base_run_id}
+    name = f"acts-{cfg.activations.hook}-{rec.key[:8]}"
+    return _record_activation_set(tracker, cfg, names.KIND_ACTIVATIONS, name, base, rec)
 
 
 def record_null_activations(
@@ -153,11 +128,23 @@ def record_null_activations(
 ) -> str:
     """The activations of a null's model (the randomly initialised base model) as their own run
     in husai-activations, found again by their key like the trained model's."""
+    which = {names.PARAM_NULL: null, names.PARAM_BASE_HASH: cfg.base_hash()}
+    name = f"null-acts-{null}-{cfg.activations.hook}-{rec.key[:8]}"
+    return _record_activation_set(tracker, cfg, names.KIND_NULL_ACTIVATIONS, name, which, rec)
+
+
+def _record_activation_set(
+    tracker: Tracker,
+    cfg: ExperimentConfig,
+    kind: str,
+    name: str,
+    source: Mapping[str, object],
+    rec: ActivationsRecord,
+) -> str:
     a = cfg.activations
     params = {
         names.PARAM_ACTIVATION_KEY: rec.key,
-        names.PARAM_NULL: null,
-        names.PARAM_BASE_HASH: cfg.base_hash(),
+        **source,
         names.PARAM_HOOK: a.hook,
         names.PARAM_POSITION: a.position,
         names.PARAM_SPLIT_SEED: a.split_seed,
@@ -167,10 +154,9 @@ def record_null_activations(
         names.config_param("task", "p"): cfg.task.p,
     }
     tags = {
-        **tracker.standard_tags(cfg.base_hash(), names.KIND_NULL_ACTIVATIONS, "extract"),
+        **tracker.standard_tags(cfg.base_hash(), kind, "extract"),
         names.TAG_CACHE: "hit" if rec.cache_hit else "miss",
     }
-    name = f"null-acts-{null}-{a.hook}-{rec.key[:8]}"
     with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
         counts = {names.ACT_N_TRAIN: rec.n_train, names.ACT_N_EVAL: rec.n_eval}
         tracker.log_metrics(rid, {**counts, names.ACT_N_OOD: rec.n_ood})
