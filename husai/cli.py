@@ -62,6 +62,11 @@ def _trial_options(p: argparse.ArgumentParser) -> None:
     _yes_no(
         p, "--rerun", "train again even if this exact trial (config hash + activations) is recorded"
     )
+    _allow_memorised(p)
+
+
+def _allow_memorised(p: argparse.ArgumentParser) -> None:
+    _yes_no(p, "--allow-memorised", "go on with a base model that did not generalise")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == "sweep":
             _sweep_options(p)
+            _allow_memorised(p)
             continue
         if name == "gate":
             _gate_options(p)
@@ -78,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "pipeline":
             _sweep_options(p, resume=False)
             p.add_argument("--policy", type=str, default="gates/default.yaml", help="gate policy")
+            _allow_memorised(p)
             continue
         if name == "report":
             p.add_argument("--sweep-run", type=str, required=True, help="sweep run id")
@@ -159,7 +166,7 @@ def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     from husai.run.trial_stages import trial, trial_inputs
 
     cfg = with_activation_source(cfg, args.activation_key, args.activations_file)
-    inputs = trial_inputs(cfg, args.tracking_uri or None)
+    inputs = trial_inputs(cfg, args.tracking_uri or None, args.allow_memorised == "yes")
     tracker = inputs.tracker
     # The same config hash, activations and metric version are found, not trained again:
     # training is deterministic, so the result would be the same run again.
@@ -187,6 +194,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ray_address=args.ray_address or None,
         resume=args.resume == "yes",
         rerun=args.rerun == "yes",
+        allow_memorised=args.allow_memorised == "yes",
     )
     tracker = Tracker(args.tracking_uri or None)
     links = {names.TAG_LINK_SWEEP_RUN: out.sweep_run_id}
@@ -250,6 +258,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             smoke=args.smoke == "yes",
             tracking_uri=args.tracking_uri or None,
             ray_address=args.ray_address or None,
+            allow_memorised=args.allow_memorised == "yes",
         )
     except (StepFailed, InputError) as e:
         # 1, not 2: exit 2 means "the gate blocked" (a result); this is a failure.

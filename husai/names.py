@@ -147,6 +147,7 @@ def null_seconds_key(null: str) -> str:
 
 
 # --- consistency, stress, external --------------------------------------------------------------
+CONSISTENCY_PREFIX = "consistency/"
 CONSISTENCY_ALIGNMENT = "consistency/alignment_to_ref"
 CONSISTENCY_EV_DROP = "consistency/ev_drop"
 # Controls that tell "more stable" apart from "copies the reference":
@@ -338,15 +339,26 @@ def gate_value_key(metric: str) -> str:
     return f"value/{metric}"
 
 
+# What the gate reads from the registered seed's own run: the artifact itself (its
+# reconstruction, its behaviour out of distribution). Every other key is the recipe's, read
+# from the trial run; neither ever falls back to the other.
+ARTIFACT_LEVEL_KEYS = frozenset(
+    {*RECON_KEYS.values(), STRESS_OOD_DROP, STRESS_OOD_EV, STRESS_OOD_PROBE_DROP}
+)
+# Read from the registry, not from a run: 1 when the SAE's base model generalised, else 0.
+GATE_BASE_GENERALISED = "base/generalised"
+
+
 def gateable_metrics() -> frozenset[str]:
     """Every key a gate policy may name: the trial-run metrics of docs/metrics.md."""
     keys = {stability_key(b, s) for b in STABILITY_BASES for s in STABILITY_SUFFIXES}
-    keys |= set(RECON_KEYS.values())
+    keys |= set(RECON_KEYS.values()) | {GATE_BASE_GENERALISED}
     keys |= {
         v
         for k, v in globals().items()
         if k.startswith(("STRESS_", "EXTERNAL_", "CONSISTENCY_"))
         and isinstance(v, str)
         and "/" in v
+        and not v.endswith("/")  # the group prefixes are not metrics
     }
     return frozenset(keys)

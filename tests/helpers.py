@@ -31,6 +31,9 @@ TINY: dict[str, Any] = {
     "activations": {"eval_frac": 0.25},
 }
 
+# TINY's base model trains 6 steps and never generalises: commands on it must say that is fine.
+MEMORISED_OK = ("--allow-memorised", "yes")
+
 # One small trial: TopK, 3 seeds, 40 steps.
 TRIAL: dict[str, Any] = {
     "sae": {"architecture": "topk", "d_sae": 32, "k": 4},

@@ -313,3 +313,11 @@ def test_every_cited_section_of_the_design_exists() -> None:
         if not any(h.startswith(name) for h in headings)
     ]
     assert missing == []
+
+
+def test_every_gateable_metric_is_a_whole_key() -> None:
+    """The group prefixes in names.py (stress/, external/, consistency/) are not metrics."""
+    from husai import names
+
+    assert all(not k.endswith("/") and "/" in k for k in names.gateable_metrics())
+    assert names.ARTIFACT_LEVEL_KEYS.issubset(names.gateable_metrics())

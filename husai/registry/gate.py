@@ -77,6 +77,11 @@ class Policy(BaseModel):
         description="a check on an interval bound (_lcb, _ucb) fails closed for a version whose "
         "trial has fewer seeds",
     )
+    incomparable_champion: Literal["block", "ignore"] = Field(
+        "block",
+        description="a champion measured on other activations or another metric version: a "
+        "check with a champion margin fails (block) or is judged as if there were none (ignore)",
+    )
     checks: dict[str, list[Check]] = Field(
         description="group (stability, transcoder, ood, external, recon, ...) -> checks"
     )
@@ -110,6 +115,18 @@ class Reading:
 
     value: float | None  # None: not recorded anywhere the gate looks
     source: str  # "run <id>" or "seed run <id>", or "missing"
+    # Why the check does not apply to this version (e.g. a consistency check at lambda 0): it
+    # passes, and says so. None: it applies.
+    not_applicable: str | None = None
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The version holding `champion` when the gate ran, and whether it can be compared."""
+
+    version: str
+    readings: Mapping[str, Reading]
+    incomparable: str | None = None  # why its numbers cannot be compared with the version's
 
 
 @dataclass(frozen=True)
@@ -164,27 +181,27 @@ def evaluate(
     policy: Policy,
     version: str,
     readings: Mapping[str, Reading],
-    champion: tuple[str, Mapping[str, Reading]] | None,
+    champion: Champion | None,
     n_seeds: int | None = None,
 ) -> GateDecision:
-    """Judge one version. `readings`: metric -> Reading for the version; `champion`: (version,
-    its readings) or None when there is no champion (margins then have nothing to compare);
-    `n_seeds`: the seeds of the version's trial (None: unknown, which fails every check on an
-    interval, as too few seeds do)."""
+    """Judge one version. `readings`: metric -> Reading for the version; `champion`: the current
+    champion (None: there is none, and margins have nothing to compare); `n_seeds`: the seeds of
+    the version's trial (None: unknown, which fails every check on an interval, as too few seeds
+    do)."""
     results = []
+    # An incomparable champion's numbers mean nothing here: margins never read them.
+    usable = champion if champion is not None and champion.incomparable is None else None
     for check_id, c in policy.items():
         r = readings.get(c.metric, Reading(None, "missing"))
         champ_value = None
-        if c.champion_margin is not None and champion is not None:
-            champ_value = champion[1].get(c.metric, Reading(None, "missing")).value
-        passed, reason = _judge(c, r.value, champ_value, champion is not None)
-        if passed and c.on_interval and (n_seeds is None or n_seeds < policy.min_seeds):
-            seeds = "an unknown number of" if n_seeds is None else str(n_seeds)
-            passed = False
-            reason = (
-                f"{c.metric} is an interval over {seeds} seeds; the policy needs "
-                f">= {policy.min_seeds}: fails closed"
-            )
+        if c.champion_margin is not None and usable is not None:
+            champ_value = usable.readings.get(c.metric, Reading(None, "missing")).value
+        if r.not_applicable is not None:
+            passed, reason = True, f"not applicable: {r.not_applicable}"
+        else:
+            passed, reason = _judge(c, r.value, champ_value, usable is not None)
+            passed, reason = _seeds(policy, c, n_seeds, passed, reason)
+            passed, reason = _comparable(policy, c, champion, passed, reason)
         results.append(
             CheckResult(
                 check=check_id,
@@ -200,14 +217,40 @@ def evaluate(
                 reason=reason,
             )
         )
-    return GateDecision(
-        policy.name,
-        version,
-        champion[0] if champion else None,
-        results,
-        n_seeds,
-        policy.min_seeds,
-    )
+    champ = None if champion is None else champion.version
+    return GateDecision(policy.name, version, champ, results, n_seeds, policy.min_seeds)
+
+
+def _seeds(
+    policy: Policy, c: Check, n_seeds: int | None, passed: bool, reason: str
+) -> tuple[bool, str]:
+    """A bound from fewer seeds than the policy asks for fails closed."""
+    if passed and c.on_interval and (n_seeds is None or n_seeds < policy.min_seeds):
+        seeds = "an unknown number of" if n_seeds is None else str(n_seeds)
+        return False, (
+            f"{c.metric} is an interval over {seeds} seeds; the policy needs "
+            f">= {policy.min_seeds}: fails closed"
+        )
+    return passed, reason
+
+
+def _comparable(
+    policy: Policy, c: Check, champion: Champion | None, passed: bool, reason: str
+) -> tuple[bool, str]:
+    """A margin against a champion measured on other activations or definitions means nothing:
+    the check fails (policy `incomparable_champion: block`, the default) or ignores it."""
+    if (
+        passed
+        and c.champion_margin is not None
+        and champion is not None
+        and champion.incomparable is not None
+        and policy.incomparable_champion == "block"
+    ):
+        return False, (
+            f"the champion (version {champion.version}) is not comparable: "
+            f"{champion.incomparable}; blocks (incomparable_champion: block)"
+        )
+    return passed, reason
 
 
 def _judge(

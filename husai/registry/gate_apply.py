@@ -2,9 +2,14 @@
 evaluate the policy (`husai.registry.gate.evaluate`), record the decision, move `champion` on a
 pass.
 
-Where a metric is read from: the version's trial run first (trial-level keys), else the child
-run of the seed the version was registered from (the version *is* that seed's SAE). Anything
-else is missing, and a required check on it fails.
+Where a metric is read from: per-artifact keys (`recon/*`, the OOD stress) from the child run of
+the seed the version was registered from (the version *is* that seed's SAE); every other key
+(stability, intervals, evals over seeds) from the version's trial run, the recipe's; whether its
+base model generalised from the registry. Nothing falls back from one place to another: what is
+not where its key belongs is missing, and a required check on it fails. A consistency key on a
+lambda = 0 version, or the base-model check on a user's own activations, does not apply and
+says so. A champion margin is measured only against a champion trained on the same activations
+under the same metric version.
 
 Order of writes, so that an interrupted or concurrent gate never leaves a half-written
 decision: a pass is first re-checked against the champion (if another gate moved it since it
@@ -21,11 +26,19 @@ against each other.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from husai import names
 from husai.core.errors import InputError
-from husai.registry.gate import GateDecision, Policy, Reading, evaluate, render_markdown
+from husai.registry.gate import (
+    Champion,
+    GateDecision,
+    Policy,
+    Reading,
+    evaluate,
+    render_markdown,
+)
 from husai.registry.tracking import Tracker
 from husai.registry.views import VersionView
 
@@ -45,29 +58,60 @@ class GateOutcome:
 
 def trial_seeds(tracker: Tracker, mv: VersionView) -> int | None:
     """How many seeds the version's trial trained: what every interval on it rests on."""
-    trial_id = mv.tags.get(names.TAG_TRIAL_RUN_ID) or mv.run_id
-    n = tracker.get_run_metrics(trial_id).get(names.TRIAL_N_SEEDS)
+    n = tracker.get_run_metrics(_trial_id(mv)).get(names.TRIAL_N_SEEDS)
     return None if n is None else int(n)
 
 
+def _trial_id(mv: VersionView) -> str:
+    return mv.tags.get(names.TAG_TRIAL_RUN_ID) or mv.run_id
+
+
 def readings(tracker: Tracker, mv: VersionView) -> dict[str, Reading]:
-    """Every gateable metric of a model version, with the run it came from."""
-    out: dict[str, Reading] = {}
-    trial_id = mv.tags.get(names.TAG_TRIAL_RUN_ID) or mv.run_id
+    """Every gateable metric of a model version, each from where it belongs."""
+    trial_id = _trial_id(mv)
+    trial = tracker.get_run(trial_id)
     seed = mv.tags.get(names.TAG_SEED)
-    seed_runs = [
-        r
-        for r in tracker.child_runs(trial_id)
-        if seed is not None and r.tags.get(names.TAG_SEED) == seed
-    ]
-    sources = [(tracker.get_run_metrics(trial_id), f"run {trial_id}")]
-    sources += [(dict(r.metrics), f"seed run {r.run_id}") for r in seed_runs[:1]]
-    for key in names.gateable_metrics():
-        for metrics, where in sources:
-            if key in metrics:
-                out[key] = Reading(float(metrics[key]), where)
-                break
+    seed_run = next(
+        (r for r in tracker.child_runs(trial_id) if seed and r.tags.get(names.TAG_SEED) == seed),
+        None,
+    )
+    lam = float(trial.params.get(names.PARAM_LAMBDA, "0") or 0)
+    out: dict[str, Reading] = {}
+    for key in names.gateable_metrics() - {names.GATE_BASE_GENERALISED}:
+        if key.startswith(names.CONSISTENCY_PREFIX) and lam == 0:
+            out[key] = Reading(None, f"run {trial_id}", "lambda = 0: no consistency term")
+        elif key in names.ARTIFACT_LEVEL_KEYS:
+            if seed_run is not None and key in seed_run.metrics:
+                out[key] = Reading(float(seed_run.metrics[key]), f"seed run {seed_run.run_id}")
+        elif key in trial.metrics:
+            out[key] = Reading(float(trial.metrics[key]), f"run {trial_id}")
+    out[names.GATE_BASE_GENERALISED] = _base_generalised(tracker, trial.params)
     return out
+
+
+def _base_generalised(tracker: Tracker, params: Mapping[str, str]) -> Reading:
+    version = params.get(names.PARAM_BASE_VERSION)
+    if version in (None, "none"):
+        return Reading(None, "no base model", "a user's own activations: no base model")
+    base = tracker.model_version(names.BASE_MODEL_NAME, version, None)
+    if base is None:
+        return Reading(None, "missing")
+    generalised = base.tags.get(names.TAG_GENERALISED) == "true"
+    return Reading(float(generalised), f"{names.BASE_MODEL_NAME} version {version}")
+
+
+def champion_of(tracker: Tracker, mv: VersionView, champ: VersionView) -> Champion:
+    """The champion, and why its numbers cannot be set beside the version's (None: they can)."""
+    mine, theirs = tracker.get_run(_trial_id(mv)), tracker.get_run(_trial_id(champ))
+    why = []
+    key_a = mine.params.get(names.PARAM_ACTIVATION_KEY)
+    key_b = theirs.params.get(names.PARAM_ACTIVATION_KEY)
+    if key_a != key_b:
+        why.append(f"activations {key_b} vs {key_a}")
+    mv_a, mv_b = mv.tags.get(names.TAG_METRIC_VERSION), champ.tags.get(names.TAG_METRIC_VERSION)
+    if mv_a != mv_b:
+        why.append(f"metric_version {mv_b} vs {mv_a}")
+    return Champion(champ.version, readings(tracker, champ), "; ".join(why) or None)
 
 
 def _version(tracker: Tracker, version: str | None, alias: str | None) -> VersionView:
@@ -93,7 +137,7 @@ def run_gate(
         was = None if champ_mv is None else str(champ_mv.version)
         champion = None
         if champ_mv is not None and was != v:
-            champion = (str(champ_mv.version), readings(tracker, champ_mv))
+            champion = champion_of(tracker, mv, champ_mv)
         decision = evaluate(policy, v, mine, champion, n_seeds)
         if dry_run:
             return GateOutcome(decision, None, False)

@@ -361,8 +361,15 @@ class Tracker:
 
     def find_base_version(self, config_hash: str) -> RegisteredBase | None:
         """The newest husai-base version tagged with this config hash, if any."""
+        return self._newest_base(f"tags.`{names.TAG_CONFIG_HASH}` = '{config_hash}'")
+
+    def find_base_by_run(self, run_id: str) -> RegisteredBase | None:
+        """The husai-base version registered from this training run, if any."""
+        return self._newest_base(f"run_id = '{run_id}'")
+
+    def _newest_base(self, clause: str) -> RegisteredBase | None:
         versions = self.client.search_model_versions(
-            f"name = '{names.BASE_MODEL_NAME}' and tags.`{names.TAG_CONFIG_HASH}` = '{config_hash}'"
+            f"name = '{names.BASE_MODEL_NAME}' and {clause}"
         )
         if not versions:
             return None
@@ -370,7 +377,7 @@ class Tracker:
         return RegisteredBase(
             version=str(mv.version),
             run_id=str(mv.run_id),
-            config_hash=config_hash,
+            config_hash=mv.tags.get(names.TAG_CONFIG_HASH, ""),
             test_acc=float(mv.tags.get(names.BASE_TEST_ACC, "nan")),
             generalised=mv.tags.get(names.TAG_GENERALISED) == "true",
         )

@@ -86,6 +86,7 @@ def run_pipeline(
     smoke: bool = False,
     tracking_uri: str | None = None,
     ray_address: str | None = None,
+    allow_memorised: bool = False,
 ) -> PipelineResult:
     # Every input is checked before any compute.
     policy = load_policy(policy_path)
@@ -104,6 +105,7 @@ def run_pipeline(
             f"held-out acc {b.test_acc:.4f}"
         ),
     )
+    stages.require_generalised(base.version, base.generalised, base.test_acc, allow_memorised)
     acts = _step(
         steps,
         "activations",

@@ -21,7 +21,7 @@ from pathlib import Path
 from husai import names
 from husai.config.experiment import ExperimentConfig
 from husai.core.cache import publish_dir
-from husai.core.errors import ConfigError
+from husai.core.errors import ConfigError, InputError
 from husai.core.hashing import stable_hash
 from husai.core.paths import cache_root
 from husai.measure.trial import check_batch
@@ -69,6 +69,17 @@ def check_before_compute(cfg: ExperimentConfig) -> None:
 
 
 Writer = Callable[[Path], object]  # writes one cache entry into the folder it is given
+
+
+def require_generalised(version: str, generalised: bool, test_acc: float, allow: bool) -> None:
+    """SAEs on a base model that never learned the task describe nothing worth reproducing:
+    refuse one that did not generalise (one line, exit 2) unless the user says so."""
+    if not generalised and not allow:
+        raise InputError(
+            f"husai-base version {version} did not generalise (held-out accuracy "
+            f"{test_acc:.4f}): SAEs on its activations would describe a model that has not "
+            "learned the task; train it longer or pass --allow-memorised yes"
+        )
 
 
 def cached_entry(

@@ -149,9 +149,11 @@ def run_sweep(
     resume: bool = False,
     rerun: bool = False,
     prepared: tuple[BaseModelHandle, ActivationsHandle] | None = None,
+    allow_memorised: bool = False,
 ) -> SweepOutcome:
     """`prepared`: (base model, activations) a caller already resolved for this sweep's
-    experiment (the pipeline), so they are not looked up and loaded twice."""
+    experiment (the pipeline), so they are not looked up and loaded twice. A base model that
+    did not generalise is refused unless `allow_memorised`."""
     sweep = load_sweep(sweep_path)
     tracker = Tracker(tracking_uri)
     previous = _interrupted_run(tracker, sweep) if resume else None
@@ -166,6 +168,7 @@ def run_sweep(
         base, acts = prepared
     else:
         base = stages.base_model(cfg0, tracker)
+        stages.require_generalised(base.version, base.generalised, base.test_acc, allow_memorised)
         acts = stages.activations(cfg0, base, tracker)
     if previous is None and not rerun:
         done = find_finished_sweep(tracker, sweep, fingerprint, acts.acts.key)

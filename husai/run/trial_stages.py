@@ -78,21 +78,25 @@ class PlainRecipe:
     contrastive: dict[int, float]  # seed -> external/contrastive_score
 
 
-def trial_inputs(cfg: ExperimentConfig, tracking_uri: str | None) -> TrialInputs:
+def trial_inputs(
+    cfg: ExperimentConfig, tracking_uri: str | None, allow_memorised: bool = False
+) -> TrialInputs:
     """The activations `cfg.activations` names (and the random-base null's), every check that
-    can run before compute done first: a bad user file or config creates no store and no run."""
+    can run before compute done first: a bad user file or config creates no store and no run.
+    A base model that did not generalise is refused unless `allow_memorised`."""
     a = cfg.activations
     if a.file is not None:
         acts = load_user_activations(Path(a.file), a)
         preflight(cfg, acts)
         return TrialInputs(Tracker(tracking_uri), acts, TrialSource(acts.key, None, "file"), None)
     if a.key is not None:
-        return _inputs_by_key(cfg, a.key, tracking_uri)
+        return _inputs_by_key(cfg, a.key, tracking_uri, allow_memorised)
     stages.check_before_compute(cfg)  # before the base model is trained
     tracker = Tracker(tracking_uri)
     base = stages.base_model(cfg, tracker)
     tracker.link_env_run(base.links())
     console.print_base(base)
+    stages.require_generalised(base.version, base.generalised, base.test_acc, allow_memorised)
     extracted = stages.activations(cfg, base, tracker)
     console.print_acts(extracted)
     preflight(cfg, extracted.acts)
@@ -100,7 +104,9 @@ def trial_inputs(cfg: ExperimentConfig, tracking_uri: str | None) -> TrialInputs
     return TrialInputs(tracker, extracted.acts, src, base.model, *_random_base(cfg, tracker))
 
 
-def _inputs_by_key(cfg: ExperimentConfig, key: str, tracking_uri: str | None) -> TrialInputs:
+def _inputs_by_key(
+    cfg: ExperimentConfig, key: str, tracking_uri: str | None, allow_memorised: bool
+) -> TrialInputs:
     tracker = Tracker(tracking_uri)
     handle = stages.activations_by_key(key, tracker)
     preflight(cfg, handle.acts)
@@ -110,6 +116,10 @@ def _inputs_by_key(cfg: ExperimentConfig, key: str, tracking_uri: str | None) ->
         return TrialInputs(tracker, handle.acts, src, None, None, why)
     params = tracker.get_run_params(handle.run_id)
     base_run, base_version = params[names.PARAM_BASE_RUN_ID], params[names.PARAM_BASE_VERSION]
+    registered = tracker.find_base_by_run(base_run)
+    if registered is not None:
+        v, gen, acc = registered.version, registered.generalised, registered.test_acc
+        stages.require_generalised(v, gen, acc, allow_memorised)
     src = TrialSource(handle.acts.key, base_version, "key")
     base_model = stages.base_model_of_run(tracker, base_run)
     # The random-base null is built from the config: only if the config describes these

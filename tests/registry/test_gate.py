@@ -18,7 +18,8 @@ import yaml
 
 from husai import names
 from husai.cli import main
-from husai.registry.gate import Policy, Reading, evaluate, load_policy
+from husai.registry.gate import Champion, Policy, Reading, evaluate, load_policy
+from husai.registry.gate_apply import readings as version_readings
 from husai.registry.gate_apply import run_gate
 from husai.registry.tracking import Tracker
 from tests.helpers import ROOT
@@ -31,6 +32,7 @@ GOOD = {
     "external/probe_delta_lcb": 0.02,
     "external/contrastive_delta_lcb": 0.0,
     "recon/ev": 0.97,
+    "base/generalised": 1.0,  # read from the registry by the gate; here for the pure checks
 }
 # One failing value per group of the strict policy.
 FAILING = {
@@ -91,7 +93,7 @@ def test_optional_checks_report_but_do_not_block() -> None:
 
 def test_champion_margins() -> None:
     policy = load_policy(STRICT)
-    champ = ("4", readings({**GOOD, "recon/ev": 0.99}))
+    champ = Champion("4", readings({**GOOD, "recon/ev": 0.99}))
     # 0.97 is worse than the champion's 0.99 by more than the 0.01 margin: blocked.
     d = evaluate(policy, "5", readings(GOOD), champ, 5)
     (c,) = [c for c in d.checks if c.metric == "recon/ev"]
@@ -153,13 +155,23 @@ def test_a_policy_naming_a_removed_key_is_refused_with_its_replacement(
 
 
 def register(
-    tracker: Tracker, trial: dict[str, float], seed: dict[str, float] | None = None
+    tracker: Tracker,
+    metrics: dict[str, float],
+    seed: dict[str, float] | None = None,
+    params: dict[str, str] | None = None,
+    metric_version: str = "3",
 ) -> str:
-    """A trial run with `trial` metrics, a seed-0 child run with `seed` metrics, and a
-    husai-sae version registered from the trial run, tagged as record_trial tags it."""
+    """A trial run and its seed-0 child run holding `metrics` where the gate reads them
+    (per-artifact keys on the seed run, the others on the trial run; `seed` adds seed-run
+    metrics as given), and a husai-sae version registered from it, tagged as record_trial tags
+    it. No SAE behind it: the gate reads metrics and tags, never weights."""
     exp = tracker.experiment_id("husai/gate_test")
     c = tracker.client
     run = c.create_run(exp, tags={names.TAG_KIND: names.KIND_TRIAL})
+    defaults = {names.PARAM_LAMBDA: "0.0", names.PARAM_ACTIVATION_KEY: "acts-1"}
+    for k, v in {**defaults, names.PARAM_BASE_VERSION: "none", **(params or {})}.items():
+        c.log_param(run.info.run_id, k, v)
+    trial = {k: v for k, v in metrics.items() if k not in names.ARTIFACT_LEVEL_KEYS}
     for k, v in {names.TRIAL_N_SEEDS: 5, **trial}.items():
         c.log_metric(run.info.run_id, k, v)
     child = c.create_run(
@@ -170,7 +182,8 @@ def register(
             "mlflow.parentRunId": run.info.run_id,
         },
     )
-    for k, v in (seed or {}).items():
+    per_seed = {k: v for k, v in metrics.items() if k in names.ARTIFACT_LEVEL_KEYS}
+    for k, v in {**per_seed, **(seed or {})}.items():
         c.log_metric(child.info.run_id, k, v)
     for r in (run, child):
         c.set_terminated(r.info.run_id)
@@ -178,11 +191,16 @@ def register(
         c.get_registered_model(names.SAE_MODEL_NAME)
     except Exception:
         c.create_registered_model(names.SAE_MODEL_NAME)
+    tags = {
+        names.TAG_TRIAL_RUN_ID: run.info.run_id,
+        names.TAG_SEED: "0",
+        names.TAG_METRIC_VERSION: metric_version,
+    }
     mv = c.create_model_version(
         names.SAE_MODEL_NAME,
         source=f"{run.info.artifact_uri}/sae_model",
         run_id=run.info.run_id,
-        tags={names.TAG_TRIAL_RUN_ID: run.info.run_id, names.TAG_SEED: "0"},
+        tags=tags,
     )
     return str(mv.version)
 
@@ -239,13 +257,99 @@ def test_pass_promotes_block_keeps_and_reasons_are_written(
     assert len(gate_runs(tracker)) == 3 and champion(tracker) == good
 
 
-def test_metric_only_on_the_versions_seed_run_is_read_from_there(tracker: Tracker) -> None:
-    only_child = {k: v for k, v in GOOD.items() if k != "stress/ood_drop"}
-    v = register(tracker, only_child, seed={"stress/ood_drop": 0.01})
-    out = run_gate(tracker, load_policy(STRICT), version=v, dry_run=True)
-    (c,) = [c for c in out.decision.checks if c.metric == "stress/ood_drop"]
-    assert c.passed and c.value == 0.01 and c.source.startswith("seed run ")
-    assert out.decision.pass_all
+def test_each_key_is_read_from_where_it_belongs_and_nowhere_else(tracker: Tracker) -> None:
+    """Per-artifact keys (recon, OOD) from the registered seed's run, recipe keys from the
+    trial run; a key found only in the other place is missing, never borrowed."""
+    v = register(
+        tracker,
+        {**GOOD, "recon/ev": 0.5},  # the recipe's mean EV, on the trial run: not the artifact's
+        seed={"recon/ev": 0.97, "stability/pw_mcc_excess_lcb": 0.9},
+    )
+    c = tracker.client
+    trial_id = c.get_model_version(names.SAE_MODEL_NAME, v).tags[names.TAG_TRIAL_RUN_ID]
+    c.log_metric(trial_id, "recon/ev", 0.5)
+    found = readings_of(tracker, v)
+    assert found["recon/ev"].value == 0.97 and found["recon/ev"].source.startswith("seed run ")
+    assert found["stability/pw_mcc_excess_lcb"].value == 0.3  # the trial run's, not the seed's
+    w = register(tracker, {"recon/ev": 0.97}, seed={"stability/pw_mcc_excess_lcb": 0.9})
+    assert "stability/pw_mcc_excess_lcb" not in readings_of(tracker, w)
+    out = run_gate(tracker, load_policy(STRICT), version=w, dry_run=True)
+    (stab,) = [c for c in out.decision.checks if c.metric == "stability/pw_mcc_excess_lcb"]
+    assert not stab.passed and "missing" in stab.reason
+
+
+def readings_of(tracker: Tracker, version: str) -> dict[str, Reading]:
+    mv = tracker.model_version(names.SAE_MODEL_NAME, version, None)
+    assert mv is not None
+    return version_readings(tracker, mv)
+
+
+def test_the_base_model_must_have_generalised(tracker: Tracker) -> None:
+    base_exp = tracker.experiment_id(names.EXPERIMENT_BASE)
+    c = tracker.client
+    c.create_registered_model(names.BASE_MODEL_NAME)
+    for generalised in ("true", "false"):
+        run = c.create_run(base_exp)
+        c.set_terminated(run.info.run_id)
+        c.create_model_version(
+            names.BASE_MODEL_NAME,
+            source=f"{run.info.artifact_uri}/model",
+            run_id=run.info.run_id,
+            tags={names.TAG_GENERALISED: generalised},
+        )
+    policy = load_policy(ROOT / "gates" / "default.yaml")
+    for base, verdict in (("1", True), ("2", False)):
+        v = register(tracker, GOOD, params={names.PARAM_BASE_VERSION: base})
+        out = run_gate(tracker, policy, version=v, dry_run=True)
+        (check,) = [c for c in out.decision.checks if c.metric == names.GATE_BASE_GENERALISED]
+        assert check.passed is verdict and check.value == float(verdict)
+        assert out.decision.pass_all is verdict
+    # A user's own activations have no base model: the check does not apply, and says so.
+    v = register(tracker, GOOD)
+    out = run_gate(tracker, policy, version=v, dry_run=True)
+    (check,) = [c for c in out.decision.checks if c.metric == names.GATE_BASE_GENERALISED]
+    assert check.passed and "not applicable" in check.reason and out.decision.pass_all
+
+
+def test_consistency_checks_do_not_apply_at_lambda_0(tracker: Tracker) -> None:
+    policy = Policy.model_validate(
+        {
+            "name": "c",
+            "checks": {
+                "consistency": [{"metric": "consistency/ev_drop", "op": "<=", "threshold": 0.01}]
+            },
+        }
+    )
+    plain = register(tracker, GOOD)
+    out = run_gate(tracker, policy, version=plain, dry_run=True)
+    assert out.decision.pass_all and "lambda = 0" in out.decision.checks[0].reason
+    pulled = register(tracker, GOOD, params={names.PARAM_LAMBDA: "0.5"})
+    out = run_gate(tracker, policy, version=pulled, dry_run=True)
+    assert not out.decision.pass_all and "missing" in out.decision.checks[0].reason
+
+
+@pytest.mark.parametrize("differs", ["activations", "metric_version"])
+def test_a_champion_from_other_activations_or_definitions_is_not_comparable(
+    tracker: Tracker, differs: str
+) -> None:
+    """Strict's champion margins apply only against a champion measured the same way; against
+    another it blocks by default, or (incomparable_champion: ignore) is judged as if absent."""
+    if differs == "activations":
+        old = register(tracker, GOOD, params={names.PARAM_ACTIVATION_KEY: "acts-0"})
+    else:
+        old = register(tracker, GOOD, metric_version="2")
+    tracker.set_alias(names.SAE_MODEL_NAME, names.ALIAS_CHAMPION, old)
+    new = register(tracker, GOOD)
+    strict = load_policy(STRICT)
+    out = run_gate(tracker, strict, version=new, dry_run=True)
+    blocked = [c for c in out.decision.checks if not c.passed]
+    assert {c.metric for c in blocked} == {"stability/pw_mcc_excess_lcb", "recon/ev"}
+    assert all("not comparable" in c.reason for c in blocked)
+    lenient = strict.model_copy(update={"incomparable_champion": "ignore"})
+    assert run_gate(tracker, lenient, version=new, dry_run=True).decision.pass_all
+    same = register(tracker, GOOD, params={names.PARAM_ACTIVATION_KEY: "acts-0"})
+    if differs == "activations":  # the same activations and definitions: margins apply
+        assert run_gate(tracker, strict, version=same, dry_run=True).decision.pass_all
 
 
 def test_unknown_version_and_alias_exit_1(
@@ -292,7 +396,7 @@ def test_two_concurrent_gates_leave_one_champion_and_whole_decisions(
     for v in (a, b):
         tags = version_tags(tracker, v)
         assert tags["gate.strict.pass_all"] == "true"  # written last: the decision is whole
-        assert len([k for k in tags if k.startswith("gate.strict.")]) == 9
+        assert len([k for k in tags if k.startswith("gate.strict.")]) == 10
     runs = gate_runs(tracker)
     assert len(runs) >= 2 and all(r.info.status == "FINISHED" for r in runs)
     assert yaml.safe_load((ROOT / "gates" / "default.yaml").read_text())["name"] == "default"

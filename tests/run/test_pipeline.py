@@ -11,7 +11,15 @@ import husai.run.pipeline
 from husai import names
 from husai.cli import main
 from husai.registry.tracking import Tracker
-from tests.helpers import PNG_MAGIC, ROOT, SWEEP, ray_processes_left, sweep_temp_dir, write_sweep
+from tests.helpers import (
+    MEMORISED_OK,
+    PNG_MAGIC,
+    ROOT,
+    SWEEP,
+    ray_processes_left,
+    sweep_temp_dir,
+    write_sweep,
+)
 
 
 @pytest.mark.slow
@@ -24,7 +32,9 @@ def test_pipeline_smoke_leaves_the_whole_tree_and_reuses_it(
     }
     path = write_sweep(tmp_path, smoke=smoke)
     policy = str(ROOT / "gates" / "default.yaml")
-    code = main(["pipeline", "--sweep", str(path), "--policy", policy, "--smoke", "yes"])
+    code = main(
+        ["pipeline", "--sweep", str(path), "--policy", policy, "--smoke", "yes", *MEMORISED_OK]
+    )
     out = capsys.readouterr().out
     assert code in (0, 2), out  # 2 = the gate blocked: a result, recorded like a pass
     assert "best recipe:" in out and "stages: base model" in out and "mlflow ui" in out
@@ -70,7 +80,12 @@ def test_pipeline_smoke_leaves_the_whole_tree_and_reuses_it(
     assert len(c.search_runs([gate_exp.experiment_id])) == 1
 
     # Again: every step reused and said so; no new trial, sweep or gate run.
-    assert main(["pipeline", "--sweep", str(path), "--policy", policy, "--smoke", "yes"]) == code
+    assert (
+        main(
+            ["pipeline", "--sweep", str(path), "--policy", policy, "--smoke", "yes", *MEMORISED_OK]
+        )
+        == code
+    )
     out = capsys.readouterr().out
     assert "husai-base v1 reused" in out and "cache hit" in out and "reused:" in out
     assert "already on the sweep run" in out and "decision already recorded" in out
@@ -101,7 +116,9 @@ def test_a_failing_step_names_itself_and_keeps_earlier_records(
 
     monkeypatch.setattr(husai.run.pipeline, "run_sweep", broken)
     policy = str(ROOT / "gates" / "default.yaml")
-    code = main(["pipeline", "--sweep", str(write_sweep(tmp_path)), "--policy", policy])
+    code = main(
+        ["pipeline", "--sweep", str(write_sweep(tmp_path)), "--policy", policy, *MEMORISED_OK]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "step 'sweep' failed (RuntimeError: Ray cluster unreachable)" in err
     assert "steps before it are recorded" in err

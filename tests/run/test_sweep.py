@@ -27,7 +27,14 @@ from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, register_trial_sae
 from husai.run.ray_runtime import PRIVATE_PREFIX, kill_private_ray
 from husai.run.sweep import DefineSpace, best_trial, finish_sweep, run_sweep
-from tests.helpers import SWEEP, ray_processes_left, runs_of_kind, sweep_temp_dir, write_sweep
+from tests.helpers import (
+    MEMORISED_OK,
+    SWEEP,
+    ray_processes_left,
+    runs_of_kind,
+    sweep_temp_dir,
+    write_sweep,
+)
 
 
 def test_space_zero_branch_maps_to_lambda_zero(tmp_path: Path) -> None:
@@ -49,7 +56,7 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     # A fractional GPU asked for on a GPU-less cluster: a warning and CPU trials, never PENDING.
     sweep = write_sweep(tmp_path, resources={"cpu": 1, "gpu": 0.25})
     with pytest.warns(UserWarning, match="no GPU"):
-        out = run_sweep(sweep, tracking_uri=isolated_store)
+        out = run_sweep(sweep, tracking_uri=isolated_store, allow_memorised=True)
     assert out.n_trials == 3 and out.n_recorded == 3
     tracker = Tracker(isolated_store)
     # The private local Ray instance this sweep started was shut down.
@@ -87,7 +94,7 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     # The same sweep again: found finished, nothing runs, its best SAE is `candidate` again.
     other = next(t.info.run_id for t in trials if t.info.run_id != best)
     assert register_trial_sae(tracker, other, "another trial") != out.sae_version  # moves alias
-    again = run_sweep(sweep, tracking_uri=isolated_store)
+    again = run_sweep(sweep, tracking_uri=isolated_store, allow_memorised=True)
     assert again.reused and again.sweep_run_id == out.sweep_run_id
     assert again.best_trial_run_id == best and again.sae_version == out.sae_version
     assert len(tracker.client.search_runs([exp.experiment_id])) == len(runs)
@@ -114,6 +121,7 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
             str(path),
             "--tracking-uri",
             isolated_store,
+            *MEMORISED_OK,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -149,7 +157,7 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
     else:  # nothing ran in the driver: the sweep run is left RUNNING, Ray helpers may linger
         assert proc.returncode == -signal.SIGKILL
 
-    out = run_sweep(path, tracking_uri=isolated_store, resume=True)
+    out = run_sweep(path, tracking_uri=isolated_store, resume=True, allow_memorised=True)
     assert out.n_trials == 4  # Ray: every trial once
     trials = finished_trials()
     sweep_runs = [
@@ -208,7 +216,9 @@ def test_another_ray_job_on_the_machine_is_neither_counted_nor_touched(
         assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
         assert ray_processes_left(foreign, wait_s=0)  # the other job is running
         space = {"sae.k": {"type": "categorical", "choices": [2, 4]}}
-        out = run_sweep(write_sweep(tmp_path, num_samples=1, search_space=space))
+        out = run_sweep(
+            write_sweep(tmp_path, num_samples=1, search_space=space), allow_memorised=True
+        )
         assert out.n_recorded == 1
         own = sweep_temp_dir(Tracker(isolated_store), out.sweep_run_id)
         assert own != foreign and PRIVATE_PREFIX in own

@@ -55,7 +55,9 @@ def test_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(
             max_concurrency=2,
             search_space={"sae.k": {"type": "categorical", "choices": [2, 4]}},
         )
-        out = run_sweep(path, tracking_uri=isolated_store, ray_address=cluster.address)
+        out = run_sweep(
+            path, tracking_uri=isolated_store, ray_address=cluster.address, allow_memorised=True
+        )
     finally:
         cluster.shutdown()
     assert out.n_trials == 4 and out.n_recorded == 4
@@ -149,7 +151,7 @@ def test_sweep_against_a_real_mlflow_server_with_asha_stopping_a_trial(
         search_space={"sae.k": {"type": "categorical", "choices": [1, 8]}},
         asha={"enabled": True, "grace_period": 1, "reduction_factor": 2},
     )
-    out = run_sweep(path, tracking_uri=mlflow_server)
+    out = run_sweep(path, tracking_uri=mlflow_server, allow_memorised=True)
     tracker = Tracker(mlflow_server)
     assert ray_processes_left(sweep_temp_dir(tracker, out.sweep_run_id)) == []
     runs = trial_runs(tracker, "husai/tiny_sweep")

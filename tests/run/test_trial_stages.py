@@ -16,7 +16,15 @@ from sae_lens import SAE
 from husai import names
 from husai.cli import EXIT_BAD_INPUT, main
 from husai.registry.tracking import Tracker
-from tests.helpers import TINY, TRIAL, all_runs, user_acts, write_cfg
+from tests.helpers import (
+    MEMORISED_OK,
+    TINY,
+    TRIAL,
+    all_runs,
+    user_acts,
+    write_cfg,
+    write_sweep,
+)
 
 
 def test_trial_on_user_activations(
@@ -127,7 +135,7 @@ def test_trial_on_extracted_activations_has_loss_recovered(
         "base": {**TINY["base"], "max_steps": 300, "lr": 0.01, "eval_every": 50, "d_mlp": 64},
     }
     cfg = write_cfg(tmp_path, base=base)
-    assert main(["trial", "--config", str(cfg)]) == 0
+    assert main(["trial", "--config", str(cfg), *MEMORISED_OK]) == 0
     tracker = Tracker(isolated_store)
     trial = next(
         r for r in all_runs(tracker) if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL
@@ -135,12 +143,26 @@ def test_trial_on_extracted_activations_has_loss_recovered(
     assert names.RECON_LOSS_RECOVERED in trial.data.metrics
     key = trial.data.params["activation_key"]
     # The same activations again, by key: the identical trial is already recorded and reused.
-    assert main(["trial", "--config", str(cfg), "--activation-key", key]) == 0
+    assert main(["trial", "--config", str(cfg), "--activation-key", key, *MEMORISED_OK]) == 0
     assert "already recorded" in capsys.readouterr().out
     kinds = [r.data.tags.get(names.TAG_KIND) for r in all_runs(tracker)]
     assert kinds.count(names.KIND_TRIAL) == 1
     # Forced: trained again from the cached activations, base model found through its run.
-    assert main(["trial", "--config", str(cfg), "--activation-key", key, "--rerun", "yes"]) == 0
+    assert (
+        main(
+            [
+                "trial",
+                "--config",
+                str(cfg),
+                "--activation-key",
+                key,
+                "--rerun",
+                "yes",
+                *MEMORISED_OK,
+            ]
+        )
+        == 0
+    )
     runs = [r for r in all_runs(tracker) if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL]
     assert len(runs) == 2 and all(names.RECON_LOSS_RECOVERED in r.data.metrics for r in runs)
     a, b = ({k: v for k, v in r.data.metrics.items() if "seconds" not in k} for r in runs)
@@ -266,7 +288,7 @@ def test_every_seed_of_a_trial_is_evaluated_and_recorded(
     tmp_path: Path, isolated_store: str
 ) -> None:
     cfg = write_cfg(tmp_path, base={"name": "ev", **_tiny()})
-    assert main(["trial", "--config", str(cfg)]) == 0
+    assert main(["trial", "--config", str(cfg), *MEMORISED_OK]) == 0
     tracker = Tracker(isolated_store)
     runs = all_runs(tracker)
     (trial,) = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL]
@@ -287,7 +309,7 @@ def test_every_seed_of_a_trial_is_evaluated_and_recorded(
     assert names.TAG_TRANSCODER_CACHED not in trial.data.tags
 
     # Trained again: the transcoder stress (independent of lambda) comes from the cache, equal.
-    assert main(["trial", "--config", str(cfg), "--rerun", "yes"]) == 0
+    assert main(["trial", "--config", str(cfg), "--rerun", "yes", *MEMORISED_OK]) == 0
     again = [
         r
         for r in all_runs(tracker)
@@ -321,3 +343,22 @@ def _tiny() -> dict:
     # classes out of distribution too.
     tiny = {k: v for k, v in TINY.items() if k != "name"}
     return {**tiny, "activations": {**tiny["activations"], "ood_frac": 0.4}}
+
+
+def test_a_base_model_that_did_not_generalise_is_refused(
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TINY's base model trains 6 steps and memorises nothing useful: trial and sweep refuse to
+    train SAEs on it (exit 2, one line) unless told to go on."""
+    cfg = write_cfg(tmp_path, base=TINY)
+    assert main(["trial", "--config", str(cfg)]) == EXIT_BAD_INPUT
+    # (The base model's progress bar comes first: it was trained, and is recorded.)
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("husai trial:")]
+    assert len(err) == 1 and "did not generalise" in err[0] and "--allow-memorised yes" in err[0]
+    tracker = Tracker(isolated_store)
+    kinds = [r.data.tags.get(names.TAG_KIND) for r in all_runs(tracker)]
+    assert names.KIND_BASE in kinds and names.KIND_TRIAL not in kinds  # no SAE was trained
+    sweep = write_sweep(tmp_path)
+    assert main(["sweep", "--sweep", str(sweep)]) == EXIT_BAD_INPUT
+    assert "did not generalise" in capsys.readouterr().err
+    assert main(["trial", "--config", str(cfg), *MEMORISED_OK]) == 0
