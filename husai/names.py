@@ -252,6 +252,7 @@ PARAM_LAMBDA = "lambda"
 KIND_SWEEP = "sweep"
 SWEEP_N_TRIALS = "sweep/n_trials"
 SWEEP_N_RECORDED = "sweep/n_trials_recorded"
+SWEEP_N_DUPLICATES = "sweep/n_trials_duplicate"  # proposals of a recipe already recorded: reused
 SWEEP_BEST_VALUE = "sweep/best_objective"
 TAG_BEST_TRIAL_RUN_ID = "husai.best_trial_run_id"
 SWEEP_PARAM_RAY_NAME = "sweep.ray_name"  # Ray Tune experiment folder, for --resume
@@ -275,6 +276,7 @@ TUNE_SEEDS_DONE = "seeds_done"  # ASHA's time axis: seeds trained so far (+1 onc
 TUNE_TRIAL_RUN_ID = "trial_run_id"  # the MLflow trial run, in a finished trial's last report
 TUNE_NODE_ID = "node_id"  # Tune's own results carry only the host name, the same for loopback
 TUNE_RAY_TRIAL_ID = "trial_id"  # Tune's own key in every result: the Ray trial id
+TUNE_DUPLICATE = "duplicate"  # 1: the trial reused another's record of the same recipe
 
 
 def stability_key(base: str, suffix: str = "") -> str:

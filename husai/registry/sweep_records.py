@@ -18,11 +18,12 @@ from husai.registry.trial_records import register_trial_sae
 class SweepOutcome:
     sweep_run_id: str
     n_trials: int
-    n_recorded: int
+    n_recorded: int  # Tune trials with a recorded trial run (their own, or a duplicate's)
     best_trial_run_id: str | None
     best_value: float | None
     sae_version: str | None
     reused: bool = False  # an identical finished sweep was found and nothing ran
+    n_duplicates: int = 0  # trials whose recipe was already recorded: reused, not trained
 
 
 def experiment_of(sweep: SweepConfig) -> str:
@@ -76,13 +77,19 @@ def record_outcome(
     tracker: Tracker,
     sweep: SweepConfig,
     sweep_run_id: str,
-    n_trials: int,
-    n_recorded: int,
+    counts: tuple[int, int, int],
     best: tuple[str, float] | None,
 ) -> SweepOutcome:
-    """Counts and the best trial on the sweep run; the best trial's SAE becomes `candidate`."""
+    """Counts (trials, recorded, duplicates) and the best trial on the sweep run; the best
+    trial's SAE becomes `candidate`."""
+    n_trials, n_recorded, n_duplicates = counts
     tracker.log_metrics(
-        sweep_run_id, {names.SWEEP_N_TRIALS: n_trials, names.SWEEP_N_RECORDED: n_recorded}
+        sweep_run_id,
+        {
+            names.SWEEP_N_TRIALS: n_trials,
+            names.SWEEP_N_RECORDED: n_recorded,
+            names.SWEEP_N_DUPLICATES: n_duplicates,
+        },
     )
     version = None
     if best is not None:
@@ -98,6 +105,7 @@ def record_outcome(
         best_trial_run_id=best[0] if best else None,
         best_value=best[1] if best else None,
         sae_version=version,
+        n_duplicates=n_duplicates,
     )
 
 
@@ -119,4 +127,5 @@ def reused_sweep(tracker: Tracker, sweep_run_id: str) -> SweepOutcome:
         best_value=m.get(names.SWEEP_BEST_VALUE),
         sae_version=version,
         reused=True,
+        n_duplicates=int(m.get(names.SWEEP_N_DUPLICATES, 0)),
     )

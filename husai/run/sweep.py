@@ -64,6 +64,7 @@ class SweepContext:
     base_run_id: str
     base_version: str
     random_base_key: str | None  # the random-base null's activations (None: not asked for)
+    rerun: bool  # train every trial again, even a recipe already recorded
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -127,14 +128,15 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
             }
         )
 
-    # A driver killed after this trial was recorded but before Tune saved that it finished:
-    # on --resume Tune runs it again, and `trial` finds the record instead of a second run.
-    run_id = trial(cfg, inputs, ctx.sweep_run_id, on_seed).run_id
+    # A recipe already recorded (proposed twice, or found by a resumed sweep) is reused: Tune
+    # and Optuna get its recorded numbers, and nothing is trained twice.
+    done = trial(cfg, inputs, ctx.sweep_run_id, on_seed, rerun=ctx.rerun)
     tune.report(
         {
-            **tracker.get_run_metrics(run_id),
+            **tracker.get_run_metrics(done.run_id),
             names.TUNE_SEEDS_DONE: len(cfg.trial.seeds) + 1,
-            names.TUNE_TRIAL_RUN_ID: run_id,
+            names.TUNE_TRIAL_RUN_ID: done.run_id,
+            names.TUNE_DUPLICATE: float(done.duplicate),
             names.TUNE_NODE_ID: node,
         }
     )
@@ -207,6 +209,7 @@ def run_sweep(
             base_run_id=base.run_id,
             base_version=base.version,
             random_base_key=random_base,
+            rerun=rerun,
         )
         folder, n_seeds = storage / ray_name, len(cfg0.trial.seeds)
         resumed = previous is not None
@@ -383,5 +386,7 @@ def finish_sweep(
             a = acts.acts
             record_stopped_trial(tracker, cfg, a.d_in, a.hook, trial_src, sweep_run_id, last, why)
     n_recorded = sum(names.TUNE_TRIAL_RUN_ID in r for r in results)
+    n_duplicates = sum(bool(r.get(names.TUNE_DUPLICATE)) for r in results)
     best = best_trial(sweep, results)
-    return record_outcome(tracker, sweep, sweep_run_id, len(results), n_recorded, best)
+    counts = (len(results), n_recorded, n_duplicates)
+    return record_outcome(tracker, sweep, sweep_run_id, counts, best)

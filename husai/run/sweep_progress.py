@@ -45,7 +45,9 @@ class TrialLines(Callback):
         secs = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
         if names.TUNE_TRIAL_RUN_ID in r:
             value, ev = _finite(r.get(self.objective)), _finite(r.get(names.RECON_EV))
-            console.say(self._line(trial, console.trial_done(secs, self.objective, value, ev)))
+            dup = str(r[names.TUNE_TRIAL_RUN_ID]) if r.get(names.TUNE_DUPLICATE) else None
+            done = console.trial_done(secs, self.objective, value, ev, dup)
+            console.say(self._line(trial, done))
         else:
             done = r.get(names.TUNE_SEEDS_DONE, 0)
             fvu = r.get(names.TUNE_ASHA_METRIC, float("nan"))

@@ -63,6 +63,7 @@ class TrialOutcome:
     run_id: str
     result: TrialResult | None
     recorded: RecordedTrial | None
+    duplicate: bool = False  # a sweep's trial whose recipe another trial had recorded
 
     @property
     def reused(self) -> bool:
@@ -145,19 +146,20 @@ def trial(
     on_seed: Callable[[list[ReconMetrics]], None] | None = None,
     rerun: bool = False,
 ) -> TrialOutcome:
-    """The trial of `cfg` on `inputs`: found in MLflow unless `rerun`, else trained (after its
-    references and lambda = 0 baseline, for lambda > 0), measured and recorded. A sweep's trial
-    (`inputs.src.ray_trial_id` set) looks only for its own earlier record under `parent_run_id`,
-    the sweep run: trials Optuna proposes twice are trained twice."""
+    """The trial of `cfg` on `inputs`: found in MLflow unless `rerun` (the same config hash,
+    activations and metric version: training is deterministic, so it would be the same run
+    again), else trained (after its references and lambda = 0 baseline, for lambda > 0),
+    measured and recorded. A sweep's trial (`inputs.src.ray_trial_id` set) first looks for
+    its own record under `parent_run_id`, the sweep run, which a driver killed between the
+    record and Tune's checkpoint leaves; a recipe Optuna proposes again reuses the record."""
     tracker, src = inputs.tracker, inputs.src
-    if rerun:
-        done = None
-    elif src.ray_trial_id is not None and parent_run_id is not None:
-        done = find_ray_trial(tracker, cfg, src.ray_trial_id, parent_run_id)
-    else:
-        done = find_recorded_trial(tracker, cfg, inputs.acts.key)
+    if src.ray_trial_id is not None and parent_run_id is not None:
+        own = find_ray_trial(tracker, cfg, src.ray_trial_id, parent_run_id)
+        if own is not None:
+            return TrialOutcome(own, None, None)
+    done = None if rerun else find_recorded_trial(tracker, cfg, inputs.acts.key)
     if done is not None:
-        return TrialOutcome(done, None, None)
+        return TrialOutcome(done, None, None, duplicate=src.ray_trial_id is not None)
     refs, plain = prepare_consistency(cfg, inputs, parent_run_id)
     result, rec = run_and_record(cfg, inputs, refs, plain, parent_run_id, on_seed)
     return TrialOutcome(rec.run_id, result, rec)

@@ -297,3 +297,21 @@ def test_finishing_a_sweep_records_its_stopped_and_failed_trials(
     sweep_run = tracker.get_run(sweep_run_id)
     assert sweep_run.metrics[names.SWEEP_N_TRIALS] == 2
     assert names.TAG_BEST_TRIAL_RUN_ID not in sweep_run.tags
+
+
+@pytest.mark.slow
+def test_a_recipe_proposed_twice_is_trained_once(
+    tmp_path: Path, isolated_store: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Optuna can propose a recipe it has seen (here it can propose nothing else): the second
+    proposal reuses the first's record, and Tune still gets its numbers."""
+    space = {"sae.k": {"type": "categorical", "choices": [4]}}
+    path = write_sweep(tmp_path, num_samples=2, search_space=space)
+    out = run_sweep(path, tracking_uri=isolated_store, allow_memorised=True)
+    assert out.n_trials == 2 and out.n_recorded == 2 and out.n_duplicates == 1
+    tracker = Tracker(isolated_store)
+    (only,) = runs_of_kind(tracker, names.KIND_TRIAL, "husai/tiny_sweep")
+    assert out.best_trial_run_id == only.info.run_id
+    sweep_run = tracker.get_run(out.sweep_run_id)
+    assert sweep_run.metrics[names.SWEEP_N_DUPLICATES] == 1
+    assert "the same recipe as run" in capfd.readouterr().err

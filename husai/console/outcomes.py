@@ -1,0 +1,124 @@
+"""The gate's table and decision, the report and export lines, the pipeline's steps and
+summary."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from husai import names
+from husai.console.text import fmt
+
+if TYPE_CHECKING:  # types only: printing an error must not import MLflow, torch or sae-lens
+    from husai.registry.gate import GateDecision
+    from husai.registry.gate_apply import GateOutcome
+    from husai.registry.sweep_records import SweepOutcome
+
+
+def gate_table(d: GateDecision) -> str:
+    """The per-check table (80 columns) and the decision, as `husai gate` prints it."""
+    champion = d.champion_version or "none"
+    seeds = "" if d.n_seeds is None else f", {d.n_seeds} seeds"
+    lines = [f"gate {d.policy} on husai-sae version {d.version} (champion: {champion}{seeds})"]
+    lines.append(f"  {'check':<32} {'value':>9}  {'rule':<12} {'verdict':<8}")
+    for c in d.checks:
+        value = "missing" if c.value is None else f"{c.value:.4f}"
+        verdict = ("pass" if c.passed else "FAIL") + ("" if c.required else " (opt)")
+        lines.append(
+            f"  {c.check:<32} {value:>9}  {c.op + ' ' + format(c.threshold, 'g'):<12} {verdict}"
+        )
+    if d.pass_all:
+        lines.append("decision: PASS -> champion")
+    else:
+        failed = [c.check for c in d.checks if c.required and not c.passed]
+        lines.append(
+            textwrap.fill(
+                f"decision: BLOCKED by {', '.join(failed)}", width=78, subsequent_indent="  "
+            )
+        )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def print_gate(out: GateOutcome) -> None:
+    """What `husai gate` prints: the decision table, then what was recorded and moved."""
+    print(gate_table(out.decision))
+    if out.gate_run_id is None:
+        print("dry run: nothing recorded, no alias moved")
+    else:
+        moved = f"; alias champion -> version {out.decision.version}" if out.promoted else ""
+        print(f"gate run {out.gate_run_id} in experiment {names.EXPERIMENT_GATES}{moved}")
+
+
+def print_report(sweep_run_id: str, n_trials: int, n_finished: int, files: Sequence[str]) -> None:
+    print(
+        f"report for sweep run {sweep_run_id}: {n_trials} trials ({n_finished} "
+        f"finished); logged under {names.ARTIFACT_REPORT}/: {', '.join(files)}"
+    )
+
+
+def print_export(version: str, trial_run_id: str, out: Path) -> None:
+    print(
+        f"husai-sae version {version} (trial run {trial_run_id}) written to "
+        f"{out} as an sae-lens SAE; see {out / 'README.md'}"
+    )
+
+
+def step_started(name: str) -> None:
+    print(f"[{name}] ...", flush=True)
+
+
+def step_done(name: str, how: str, seconds: float) -> None:
+    print(f"[{name}] {how} ({seconds:.1f} s)", flush=True)
+
+
+def pipeline_summary(
+    sweep: SweepOutcome,
+    best_params: Mapping[str, str],
+    best_metrics: Mapping[str, float],
+    best_tags: Mapping[str, str],
+    decision: GateDecision,
+    steps: Sequence[tuple[str, float]],
+    tracking_uri: str,
+) -> str:
+    """What the pipeline found, readable on an 80-column terminal."""
+    lines = ["", "=" * 78]
+    if sweep.best_trial_run_id is None:
+        lines.append("no trial finished: nothing to summarise")
+        return "\n".join(lines)
+    m, p, tags = best_metrics, best_params, best_tags
+    lines.append(
+        f"best recipe: {p.get(names.PARAM_ARCHITECTURE)} k={p.get(names.PARAM_K)} "
+        f"d_sae={p.get(names.PARAM_D_SAE)} lambda={float(p.get(names.PARAM_LAMBDA, 'nan')):g}  "
+        f"(trial run {sweep.best_trial_run_id[:12]})"
+    )
+    for base in (names.STABILITY_PW_MCC, names.STABILITY_MMCS):
+        short = base.removeprefix(names.STABILITY_PREFIX)
+        nulls = "  ".join(
+            f"{x} {fmt(m.get(names.stability_key(base, names.null_suffix(x))))}"
+            for x in names.NULLS
+        )
+        lines.append(f"  {short:<7} {fmt(m.get(base))}  nulls: {nulls}")
+        over = tags.get(names.strongest_null_tag(short), "the strongest null")
+        excess = fmt(m.get(names.stability_key(base, "_excess")), "+.4f")
+        lcb = fmt(m.get(names.stability_key(base, "_excess_lcb")), "+.4f")
+        n = m.get(names.TRIAL_N_SEEDS)
+        seeds = "" if n is None else f", {int(n)} seeds"
+        lines.append(f"          excess over {over} {excess} (95% lcb {lcb}{seeds})")
+    lines.append(
+        f"  recon   ev {fmt(m.get(names.RECON_EV))}  fvu {fmt(m.get(names.RECON_FVU))}  "
+        f"l0 {fmt(m.get(names.RECON_L0), '.1f')}  loss recovered "
+        f"{fmt(m.get(names.RECON_LOSS_RECOVERED))}"
+    )
+    lines.append("")
+    lines.append(gate_table(decision))
+    lines.append("")
+    lines.append("stages: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in steps))
+    lines.append("MLflow UI:")
+    lines.append(f"  mlflow ui --backend-store-uri {tracking_uri}")
+    lines.append(f"  sweep run {sweep.sweep_run_id}: trials, seeds, report/report.html")
+    lines.append(
+        f"  husai-sae v{sweep.sae_version} (candidate); gate runs in {names.EXPERIMENT_GATES}"
+    )
+    return "\n".join(lines)

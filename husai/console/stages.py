@@ -1,0 +1,173 @@
+"""What a stage found or made (base model, activations, references) and a trial's numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from husai import names
+from husai.console.text import fmt
+
+if TYPE_CHECKING:  # types only: printing an error must not import MLflow, torch or sae-lens
+    from husai.config.experiment import ExperimentConfig
+    from husai.registry.handles import ActivationsHandle, BaseModelHandle, Reference
+    from husai.registry.trial_records import RecordedTrial
+    from husai.registry.views import RunView
+
+
+def print_base(handle: BaseModelHandle) -> None:
+    verdict = (
+        "generalised" if handle.generalised else "DID NOT GENERALISE (memorised or undertrained)"
+    )
+    how = "reused (same config hash, no training)" if handle.reused else "trained and registered"
+    print(
+        f"husai-base version {handle.version} {how}: held-out accuracy "
+        f"{handle.test_acc:.4f}, {verdict}; run {handle.run_id}"
+    )
+
+
+def print_acts(handle: ActivationsHandle) -> None:
+    acts = handle.acts
+    state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
+    print(
+        f"activations {acts.key} at {acts.hook} pos {acts.position}: {state}; "
+        f"{acts.train.shape[0]} train + {acts.eval.shape[0]} held-out rows, d_in {acts.d_in}; "
+        f"run {handle.run_id}"
+    )
+
+
+def print_null_acts(handle: ActivationsHandle) -> None:
+    """The activations of the random-base null's model (the untrained base model)."""
+    state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
+    print(f"random-base null activations {handle.acts.key}: {state}; run {handle.run_id}")
+
+
+def print_reference(ref: Reference, what: str) -> None:
+    how = "reused" if ref.reused else "trained"
+    print(f"{what} SAE (seed {ref.seed}) {how}: run {ref.run_id}")
+
+
+def print_plain_recipe(run_id: str | None, recorded: bool = False) -> None:
+    """The lambda = 0 recipe, the baseline of a lambda > 0 trial's deltas: found, about to be
+    trained (`run_id` None), or just recorded."""
+    if run_id is None:
+        print("lambda = 0 recipe not recorded yet: training it first (the baseline of its deltas)")
+    elif recorded:
+        print(f"lambda = 0 recipe recorded: run {run_id}")
+    else:
+        print(f"lambda = 0 recipe found: run {run_id}")
+
+
+# --- trials -------------------------------------------------------------------------------------
+def print_summary(
+    cfg: ExperimentConfig,
+    activation_key: str,
+    seconds: float,
+    rec: RecordedTrial,
+    representative: tuple[int, str],
+    run: RunView,
+) -> None:
+    s = cfg.sae
+    print(
+        f"trial {s.architecture} k={s.k} d_sae={s.d_sae} lambda={cfg.consistency.lam:g} on "
+        f"{activation_key}, seeds {list(cfg.trial.seeds)}: {seconds:.1f} s; run {rec.run_id}"
+    )
+    print_metrics(run.metrics, run.tags)
+    if rec.sae_version is not None:
+        print(
+            f"  husai-sae version {rec.sae_version} (alias candidate) = seed "
+            f"{representative[0]}: {representative[1]}"
+        )
+
+
+def print_recorded(run: RunView) -> None:
+    print(
+        f"trial already recorded with this config hash and activations: run {run.run_id} "
+        "(reused, not retrained; pass --rerun yes to train it again)"
+    )
+    print_metrics(run.metrics, run.tags)
+
+
+def print_metrics(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    """What MLflow holds for a trial run; a metric that was not computed prints as absent."""
+    g = m.get
+    print(
+        f"  held-out recon (mean over seeds): ev {fmt(g(names.RECON_EV))}  "
+        f"fvu {fmt(g(names.RECON_FVU))}  l0 {fmt(g(names.RECON_L0), '.1f')}  "
+        f"dead {fmt(g(names.RECON_DEAD_FRAC), '.3f')}  "
+        f"loss recovered {fmt(g(names.RECON_LOSS_RECOVERED))}"
+    )
+    print_stability(m, tags)
+    if names.CONSISTENCY_ALIGNMENT in m:
+        print(
+            f"  consistency: alignment to reference {fmt(g(names.CONSISTENCY_ALIGNMENT))}, "
+            f"to independent control {fmt(g(names.CONSISTENCY_ALIGNMENT_CONTROL))} "
+            f"(reference vs control {fmt(g(names.CONSISTENCY_REF_CONTROL))}); "
+            f"ev drop vs lambda 0 {fmt(g(names.CONSISTENCY_EV_DROP), '+.4f')}"
+        )
+    print_evals(m)
+
+
+def print_stability(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    """Stability of the trained SAEs, then of each null beside the excess over the strongest."""
+    g = m.get
+    print("  stability        trained    alive   random    step0  delta vs random [95% CI]")
+    for base in names.STABILITY_BASES:
+        v = {sfx: g(names.stability_key(base, sfx)) for sfx in names.STABILITY_SUFFIXES}
+        print(
+            f"  {base.removeprefix(names.STABILITY_PREFIX):<16}{fmt(v[''], '8.4f')} "
+            f"{fmt(v['_alive'], '8.4f')} {fmt(v['_random'], '8.4f')} {fmt(v['_step0'], '8.4f')} "
+            f"{fmt(v['_delta'], '+8.4f')} [{fmt(v['_delta_lcb'], '+.4f')}, "
+            f"{fmt(v['_delta_ucb'], '+.4f')}]"
+        )
+    n = g(names.TRIAL_N_SEEDS)
+    seeds = "" if n is None else f", {int(n)} seeds"
+    print(f"  nulls          {''.join(f'{x:>12}' for x in names.NULLS)}  excess over the strongest "
+          f"[95% CI{seeds}]")  # fmt: skip
+    for base in names.STABILITY_BASES:
+        nulls = "".join(fmt(g(names.stability_key(base, names.null_suffix(x))), "12.4f")
+                        for x in names.NULLS)  # fmt: skip
+        over = tags.get(names.strongest_null_tag(base.removeprefix(names.STABILITY_PREFIX)))
+        print(
+            f"  {base.removeprefix(names.STABILITY_PREFIX):<14}{nulls}  "
+            f"{fmt(g(names.stability_key(base, '_excess')), '+.4f')} "
+            f"[{fmt(g(names.stability_key(base, '_excess_lcb')), '+.4f')}, "
+            f"{fmt(g(names.stability_key(base, '_excess_ucb')), '+.4f')}]"
+            + ("" if over is None else f" {over}")
+        )
+
+
+def print_evals(m: Mapping[str, float]) -> None:
+    """The stress tests and local external evals of a trial run, if it has any."""
+    g = m.get
+    if not any(k.startswith((names.STRESS_PREFIX, names.EXTERNAL_PREFIX)) for k in m):
+        return
+    print(
+        f"  stress: transcoder pw_mcc {fmt(g(names.STRESS_TRANSCODER_PW_MCC))} vs MLP-in SAE "
+        f"{fmt(g(names.STRESS_MLP_IN_SAE_PW_MCC))}: delta "
+        f"{fmt(g(names.STRESS_TRANSCODER_DELTA), '+.4f')} "
+        f"[{fmt(g(names.STRESS_TRANSCODER_DELTA_LCB), '+.4f')}, "
+        f"{fmt(g(names.STRESS_TRANSCODER_DELTA_UCB), '+.4f')}]"
+    )
+    print(
+        f"          ood: ev drop {fmt(g(names.STRESS_OOD_DROP), '+.4f')} (ev on the shifted slice "
+        f"{fmt(g(names.STRESS_OOD_EV))}), probe-AUC drop "
+        f"{fmt(g(names.STRESS_OOD_PROBE_DROP), '+.4f')}"
+    )
+    print(
+        f"  external (local stand-ins): probe AUC {fmt(g(names.EXTERNAL_PROBE_AUC))} vs raw "
+        f"{fmt(g(names.EXTERNAL_PROBE_BASELINE_AUC))}: delta "
+        f"{fmt(g(names.EXTERNAL_PROBE_DELTA), '+.4f')} "
+        f"(lcb {fmt(g(names.EXTERNAL_PROBE_DELTA_LCB), '+.4f')})"
+    )
+    print(
+        f"          contrastive score {fmt(g(names.EXTERNAL_CONTRASTIVE_SCORE))}, delta vs "
+        f"lambda 0 {fmt(g(names.EXTERNAL_CONTRASTIVE_DELTA), '+.4f')} "
+        f"(lcb {fmt(g(names.EXTERNAL_CONTRASTIVE_DELTA_LCB), '+.4f')})"
+    )
+    secs = ", ".join(
+        f"{e} {m[names.eval_seconds_key(e)]:.1f} s"
+        for e in names.EVALS
+        if names.eval_seconds_key(e) in m
+    )
+    print(f"  eval cost: {secs}")
