@@ -153,6 +153,29 @@ CONSISTENCY_EV_DROP = "consistency/ev_drop"
 # Controls that tell "more stable" apart from "copies the reference":
 CONSISTENCY_ALIGNMENT_CONTROL = "consistency/alignment_to_control_ref"
 CONSISTENCY_REF_CONTROL = "consistency/ref_control_pw_mcc"
+# alignment_to_control_ref - ref_control_pw_mcc per seed, with its seed interval: what the pull
+# bought beyond copying the reference (lambda > 0 only)
+CONSISTENCY_INDEPENDENT_GAIN = "consistency/independent_gain"
+CONSISTENCY_INDEPENDENT_GAIN_LCB = "consistency/independent_gain_lcb"
+CONSISTENCY_INDEPENDENT_GAIN_UCB = "consistency/independent_gain_ucb"
+# pw_mcc between SAEs that never saw each other (lambda 0: seed vs seed; lambda > 0: seed vs the
+# control reference) and its excess over the strongest null: what copying cannot inflate, the
+# objective of every sweep that searches lambda
+INDEPENDENT_PW_MCC = "stability/independent_pw_mcc"
+INDEPENDENT_EXCESS = "stability/independent_pw_mcc_excess"
+INDEPENDENT_EXCESS_LCB = "stability/independent_pw_mcc_excess_lcb"
+INDEPENDENT_EXCESS_UCB = "stability/independent_pw_mcc_excess_ucb"
+INDEPENDENT_KEYS = (
+    INDEPENDENT_PW_MCC,
+    INDEPENDENT_EXCESS,
+    INDEPENDENT_EXCESS_LCB,
+    INDEPENDENT_EXCESS_UCB,
+)
+# Objectives a seed-vs-seed comparison of pulled seeds cannot inflate by copying the reference.
+COPY_PROOF_KEYS = frozenset(
+    {*INDEPENDENT_KEYS, CONSISTENCY_INDEPENDENT_GAIN, CONSISTENCY_INDEPENDENT_GAIN_LCB}
+)
+PARAM_CONSISTENCY_SCALE = "consistency.scale"  # s in loss = arch loss + lambda * s * penalty
 KIND_REFERENCE = "reference"
 PARAM_REF_KEY = "ref_key"
 PARAM_REF_SEED = "ref_seed"
@@ -255,6 +278,12 @@ SWEEP_N_RECORDED = "sweep/n_trials_recorded"
 SWEEP_N_DUPLICATES = "sweep/n_trials_duplicate"  # proposals of a recipe already recorded: reused
 SWEEP_BEST_VALUE = "sweep/best_objective"
 TAG_BEST_TRIAL_RUN_ID = "husai.best_trial_run_id"
+# The confirmation: the best recipe retrained on fresh seeds (and split) under the sweep run; its
+# SAE is the candidate and its numbers are what the gate judges.
+KIND_CONFIRM = "confirm"
+TAG_CONFIRMS = "husai.confirms_trial_run_id"  # on the confirmation run: the search trial
+TAG_CONFIRM_RUN_ID = "husai.confirm_run_id"  # on the sweep run: its confirmation
+SWEEP_CONFIRMED_VALUE = "sweep/confirmed_objective"  # the objective, measured on the confirmation
 SWEEP_PARAM_RAY_NAME = "sweep.ray_name"  # Ray Tune experiment folder, for --resume
 SWEEP_PARAM_SMOKE = "sweep.smoke"
 SWEEP_PARAM_NUM_SAMPLES = "sweep.num_samples"
@@ -354,7 +383,7 @@ GATE_BASE_GENERALISED = "base/generalised"
 def gateable_metrics() -> frozenset[str]:
     """Every key a gate policy may name: the trial-run metrics of docs/metrics.md."""
     keys = {stability_key(b, s) for b in STABILITY_BASES for s in STABILITY_SUFFIXES}
-    keys |= set(RECON_KEYS.values()) | {GATE_BASE_GENERALISED}
+    keys |= set(RECON_KEYS.values()) | {GATE_BASE_GENERALISED} | set(INDEPENDENT_KEYS)
     keys |= {
         v
         for k, v in globals().items()

@@ -6,7 +6,7 @@ objective and the search settings. Part of the config layer.
     search_space:
       sae.k: {type: categorical, choices: [8, 16]}
       consistency.lambda: {type: loguniform, low: 0.001, high: 1.0, zero: true}
-    objective: [{metric: stability/pw_mcc_delta_lcb, mode: max}]
+    objective: [{metric: stability/independent_pw_mcc_excess_lcb, mode: max}]
     num_samples: 8
 
 Every search dimension names a config field by its dotted path; the impossible corner k > d_sae
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +46,11 @@ OBJECTIVE_METRICS = {
         for b in names.STABILITY_BASES
         for s in ("", "_delta", "_delta_lcb", "_excess", "_excess_lcb", "_alive")
     ),
+    *names.COPY_PROOF_KEYS,
 }
+# What ASHA can schedule on: the running held-out FVU each seed reports. ev = 1 - FVU ranks
+# trials the same way; any other objective would be pruned by a number it does not optimise.
+ASHA_OBJECTIVES = {names.RECON_FVU, names.RECON_EV}
 
 
 class Dimension(Strict):
@@ -102,15 +107,32 @@ class Resources(Strict):
 
 
 class Asha(Strict):
-    enabled: bool = Field(True, description="stop poor trials early (async successive halving)")
+    enabled: bool = Field(
+        False,
+        description="stop poor trials early (async successive halving) by held-out FVU: only "
+        "for sweeps whose first objective is recon/fvu or recon/ev",
+    )
     grace_period: int = Field(1, ge=1, description="seeds a trial trains before it can be stopped")
     reduction_factor: float = Field(2.0, gt=1, description="halving rate between rungs")
 
 
 class Smoke(Strict):
     num_samples: int = Field(2, ge=1, description="trials in a --smoke run")
+    confirm_seeds: int = Field(3, ge=2, description="confirmation seeds in a --smoke run")
     experiment: dict[str, Any] = Field(
         default_factory=dict, description="overrides merged into the experiment for --smoke"
+    )
+
+
+class Confirm(Strict):
+    """The confirmation stage: the best recipe trained again on fresh seeds (and, by default, a
+    fresh SAE-train / SAE-eval split), so that what is registered and gated is what a new run
+    of the recipe reproduces, not the luckiest of the search."""
+
+    enabled: bool = Field(True, description="retrain the best recipe on fresh seeds after search")
+    n_seeds: int = Field(5, ge=2, description="confirmation seeds, disjoint from every search seed")
+    fresh_split: bool = Field(
+        True, description="draw a new SAE-train / SAE-eval row split for the confirmation"
     )
 
 
@@ -124,6 +146,7 @@ class SweepConfig(Strict):
     seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
     resources: Resources = Field(default_factory=Resources)
     asha: Asha = Field(default_factory=Asha)
+    confirm: Confirm = Field(default_factory=Confirm)
     smoke: Smoke = Field(default_factory=Smoke)
 
     @model_validator(mode="after")
@@ -135,6 +158,12 @@ class SweepConfig(Strict):
             )
         if not 1 <= len(self.objective) <= 2:
             raise ValueError("objective: give one metric, or two for a Pareto search")
+        if self.asha.enabled and self.objective[0].metric not in ASHA_OBJECTIVES:
+            raise ValueError(
+                f"asha.enabled: ASHA stops trials by their running held-out "
+                f"{names.RECON_FVU}, not by {self.objective[0].metric}, so it would prune "
+                "this sweep by a number it does not optimise; set asha.enabled: false"
+            )
         return self
 
     def base_experiment(self, smoke: bool = False) -> ExperimentConfig:
@@ -157,6 +186,60 @@ class SweepConfig(Strict):
         return from_dict(data, f"sweep {self.name}: trial {params}")
 
 
+# How each sweepable field is logged as a trial-run param: the confirmation rebuilds the best
+# recipe from its run, which works for a reused sweep too.
+PARAM_OF = {
+    "sae.k": names.PARAM_K,
+    "sae.d_sae": names.PARAM_D_SAE,
+    "sae.architecture": names.PARAM_ARCHITECTURE,
+    "consistency.lambda": names.PARAM_LAMBDA,
+    "train.lr": names.PARAM_LR,
+}
+
+
+def recipe_from_params(sweep: SweepConfig, params: Mapping[str, str]) -> dict[str, Any]:
+    """The sampled values of a recorded trial, from its run's params (strings)."""
+    out: dict[str, Any] = {}
+    for path in sweep.search_space:
+        raw = params[PARAM_OF[path]]
+        if path == "sae.architecture":
+            out[path] = raw
+        elif path in ("sae.k", "sae.d_sae"):
+            out[path] = int(raw)
+        else:
+            out[path] = float(raw)
+    return out
+
+
+def confirm_seeds(cfg: ExperimentConfig, n: int) -> tuple[int, ...]:
+    """n training seeds disjoint from every seed the search used: its training seeds, the seeds
+    of their untrained and null dictionaries, the reference and control, and with none of the
+    new seeds' own null seeds among them."""
+    t, c = cfg.trial, cfg.consistency
+    used = {*t.seeds, *(s + t.random_seed_offset for s in t.seeds), c.ref_seed, c.control_ref_seed}
+    out: list[int] = []
+    s = max(t.seeds) + 1
+    while len(out) < n:
+        if s not in used and s + t.random_seed_offset not in used | set(out):
+            out.append(s)
+            used.add(s + t.random_seed_offset)
+        s += 1
+    return tuple(out)
+
+
+def confirm_config(sweep: SweepConfig, params: dict[str, Any], smoke: bool) -> ExperimentConfig:
+    """The best recipe again on fresh seeds and (confirm.fresh_split) a fresh SAE-train /
+    SAE-eval split: split_seed + 1. Registration is the confirmation stage's, after it."""
+    cfg = sweep.trial_config(params, smoke)
+    n = sweep.smoke.confirm_seeds if smoke else sweep.confirm.n_seeds
+    data = cfg.model_dump(by_alias=True)
+    data["trial"] = {**data["trial"], "seeds": list(confirm_seeds(cfg, n)), "register_sae": False}
+    if sweep.confirm.fresh_split:
+        split = cfg.activations.split_seed + 1
+        data["activations"] = {**data["activations"], "split_seed": split}
+    return from_dict(data, f"sweep {sweep.name}: confirmation of {params}")
+
+
 def _check_k_vs_d_sae(cfg: SweepConfig, source: str) -> None:
     base = cfg.base_experiment()
     k_hi = (
@@ -174,6 +257,22 @@ def _check_k_vs_d_sae(cfg: SweepConfig, source: str) -> None:
         )
 
 
+def _check_copy_proof(cfg: SweepConfig, source: str) -> None:
+    """With lambda > 0 possible, seed-vs-seed stability rewards copying the reference: every
+    stability objective must be one copying cannot inflate."""
+    lam = cfg.search_space.get("consistency.lambda")
+    lam_hi = lam.values_bound()[1] if lam is not None else cfg.base_experiment().consistency.lam
+    if lam_hi <= 0:
+        return
+    for o in cfg.objective:
+        if o.metric.startswith(names.STABILITY_PREFIX) and o.metric not in names.COPY_PROOF_KEYS:
+            raise ConfigError(
+                f"{source}: objective: {o.metric} compares seeds pulled toward the same "
+                "reference, which copying inflates; with consistency.lambda > 0 use "
+                f"{names.INDEPENDENT_EXCESS_LCB} (or {names.CONSISTENCY_INDEPENDENT_GAIN_LCB})"
+            )
+
+
 def load_sweep(path: str | Path) -> SweepConfig:
     path = Path(path)
     try:
@@ -186,6 +285,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     except ConfigError as e:
         raise ConfigError(f"{path}: experiment: {e}") from None
     _check_k_vs_d_sae(cfg, str(path))
+    _check_copy_proof(cfg, str(path))
     return cfg
 
 

@@ -78,43 +78,43 @@ def pipeline_summary(
     best_params: Mapping[str, str],
     best_metrics: Mapping[str, float],
     best_tags: Mapping[str, str],
+    confirmed_metrics: Mapping[str, float] | None,
+    confirmed_tags: Mapping[str, str],
     decision: GateDecision,
     steps: Sequence[tuple[str, float]],
     tracking_uri: str,
 ) -> str:
-    """What the pipeline found, readable on an 80-column terminal."""
+    """What the pipeline found, readable on an 80-column terminal: the best recipe's numbers
+    in the search and, beside them, on the confirmation's fresh seeds (what the gate judged)."""
     lines = ["", "=" * 78]
     if sweep.best_trial_run_id is None:
         lines.append("no trial finished: nothing to summarise")
         return "\n".join(lines)
-    m, p, tags = best_metrics, best_params, best_tags
+    p = best_params
     lines.append(
         f"best recipe: {p.get(names.PARAM_ARCHITECTURE)} k={p.get(names.PARAM_K)} "
-        f"d_sae={p.get(names.PARAM_D_SAE)} lambda={float(p.get(names.PARAM_LAMBDA, 'nan')):g}  "
-        f"(trial run {sweep.best_trial_run_id[:12]})"
+        f"d_sae={p.get(names.PARAM_D_SAE)} lambda={float(p.get(names.PARAM_LAMBDA, 'nan')):g}"
     )
-    for base in (names.STABILITY_PW_MCC, names.STABILITY_MMCS):
-        short = base.removeprefix(names.STABILITY_PREFIX)
-        nulls = "  ".join(
-            f"{x} {fmt(m.get(names.stability_key(base, names.null_suffix(x))))}"
-            for x in names.NULLS
-        )
-        lines.append(f"  {short:<7} {fmt(m.get(base))}  nulls: {nulls}")
-        over = tags.get(names.strongest_null_tag(short), "the strongest null")
-        excess = fmt(m.get(names.stability_key(base, "_excess")), "+.4f")
-        lcb = fmt(m.get(names.stability_key(base, "_excess_lcb")), "+.4f")
-        n = m.get(names.TRIAL_N_SEEDS)
-        seeds = "" if n is None else f", {int(n)} seeds"
-        lines.append(f"          excess over {over} {excess} (95% lcb {lcb}{seeds})")
-    lines.append(
-        f"  recon   ev {fmt(m.get(names.RECON_EV))}  fvu {fmt(m.get(names.RECON_FVU))}  "
-        f"l0 {fmt(m.get(names.RECON_L0), '.1f')}  loss recovered "
-        f"{fmt(m.get(names.RECON_LOSS_RECOVERED))}"
+    lines.append(f"  search trial run {sweep.best_trial_run_id}")
+    if sweep.confirm_run_id is not None:
+        lines.append(f"  confirmed by run {sweep.confirm_run_id} (fresh seeds and split)")
+    columns = [("search", best_metrics, best_tags)]
+    if confirmed_metrics is not None:
+        columns.append(("confirmed", confirmed_metrics, confirmed_tags))
+    lines.append(f"  {'':<30}" + "".join(f"{name:>12}" for name, _, _ in columns))
+    for label, key, spec in _SUMMARY_ROWS:
+        cells = "".join(fmt(m.get(key), spec).rjust(12) for _, m, _ in columns)
+        lines.append(f"  {label:<30}{cells}")
+    over = (confirmed_tags if confirmed_metrics is not None else best_tags).get(
+        names.strongest_null_tag("pw_mcc"), "the strongest null"
     )
+    lines.append(f"  (excess: pw_mcc minus its strongest null, {over}; lcb: 95% lower bound;")
+    lines.append("   independent: seeds scored only against SAEs they never saw)")
     lines.append("")
     lines.append(gate_table(decision))
     lines.append("")
-    lines.append("stages: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in steps))
+    stages = "stages: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in steps)
+    lines.append(textwrap.fill(stages, width=78, subsequent_indent="  "))
     lines.append("MLflow UI:")
     lines.append(f"  mlflow ui --backend-store-uri {tracking_uri}")
     lines.append(f"  sweep run {sweep.sweep_run_id}: trials, seeds, report/report.html")
@@ -122,3 +122,19 @@ def pipeline_summary(
         f"  husai-sae v{sweep.sae_version} (candidate); gate runs in {names.EXPERIMENT_GATES}"
     )
     return "\n".join(lines)
+
+
+_PW = names.STABILITY_PW_MCC
+_SUMMARY_ROWS = (
+    ("seeds", names.TRIAL_N_SEEDS, ".0f"),
+    ("pw_mcc (seed vs seed)", _PW, ".4f"),
+    ("  excess over strongest null", names.stability_key(_PW, "_excess"), "+.4f"),
+    ("  excess lcb", names.stability_key(_PW, "_excess_lcb"), "+.4f"),
+    ("independent pw_mcc", names.INDEPENDENT_PW_MCC, ".4f"),
+    ("  independent excess lcb", names.INDEPENDENT_EXCESS_LCB, "+.4f"),
+    ("indep. gain lcb (lambda > 0)", names.CONSISTENCY_INDEPENDENT_GAIN_LCB, "+.4f"),
+    ("recon ev", names.RECON_EV, ".4f"),
+    ("recon fvu", names.RECON_FVU, ".4f"),
+    ("recon l0", names.RECON_L0, ".1f"),
+    ("loss recovered", names.RECON_LOSS_RECOVERED, ".4f"),
+)

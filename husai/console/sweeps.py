@@ -30,11 +30,16 @@ def print_sweep(out: SweepOutcome, runs: Sequence[RunView]) -> None:
             "instead of training it again"
         )
     print_sweep_trials(runs, out.best_trial_run_id)
-    if out.best_trial_run_id is not None:
+    if out.best_trial_run_id is None:
+        return
+    print(f"best trial run {out.best_trial_run_id} (objective {fmt(out.best_value, '.4f')})")
+    if out.confirm_run_id is not None:
         print(
-            f"best trial run {out.best_trial_run_id} (objective {out.best_value:.4f}); "
-            f"husai-sae version {out.sae_version} (alias candidate)"
+            f"confirmed on fresh seeds by run {out.confirm_run_id}: objective "
+            f"{fmt(out.confirmed_value, '.4f')} (the search's best is biased up; this is not)"
         )
+    if out.sae_version is not None:
+        print(f"husai-sae version {out.sae_version} (alias candidate)")
 
 
 def print_sweep_trials(runs: Sequence[RunView], best_run_id: str | None) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from husai import names
-from husai.measure.stability import pair_scores, unit_rows
+from husai.measure.stability import Interval, pair_scores, seed_mean_interval, unit_rows
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,11 @@ class ConsistencyMetrics:
     alignment_to_ref: float  # mean over seeds of pw_mcc(seed, reference)
     alignment_to_control: float  # the same against an independent reference never used in training
     ref_control_pw_mcc: float  # pw_mcc(reference, control): what two plain SAEs share
+    to_control: tuple[float, ...]  # per seed: pw_mcc(seed, control)
+    # per seed pw_mcc(seed, control) - pw_mcc(reference, control), mean with a seed t-interval:
+    # what the pull bought beyond copying the reference (0: it copied, > 0: the seeds moved
+    # toward what an independent SAE also finds)
+    independent_gain: Interval
     ev_drop: float | None = None  # ev(lambda = 0 recipe) - ev(this recipe); filled by the caller
 
     def keyed(self) -> dict[str, float | None]:
@@ -28,6 +33,9 @@ class ConsistencyMetrics:
             names.CONSISTENCY_ALIGNMENT: self.alignment_to_ref,
             names.CONSISTENCY_ALIGNMENT_CONTROL: self.alignment_to_control,
             names.CONSISTENCY_REF_CONTROL: self.ref_control_pw_mcc,
+            names.CONSISTENCY_INDEPENDENT_GAIN: self.independent_gain.value,
+            names.CONSISTENCY_INDEPENDENT_GAIN_LCB: self.independent_gain.lcb,
+            names.CONSISTENCY_INDEPENDENT_GAIN_UCB: self.independent_gain.ucb,
             names.CONSISTENCY_EV_DROP: self.ev_drop,
         }
 
@@ -37,8 +45,12 @@ def consistency_metrics(
 ) -> ConsistencyMetrics:
     ref, ctl = unit_rows(reference, d_in), unit_rows(control, d_in)
     units = [unit_rows(w, d_in) for w in decoders]
+    to_control = tuple(pair_scores(u, ctl)["pw_mcc"] for u in units)
+    ref_control = pair_scores(ref, ctl)["pw_mcc"]
     return ConsistencyMetrics(
         alignment_to_ref=float(np.mean([pair_scores(u, ref)["pw_mcc"] for u in units])),
-        alignment_to_control=float(np.mean([pair_scores(u, ctl)["pw_mcc"] for u in units])),
-        ref_control_pw_mcc=pair_scores(ref, ctl)["pw_mcc"],
+        alignment_to_control=float(np.mean(to_control)),
+        ref_control_pw_mcc=ref_control,
+        to_control=to_control,
+        independent_gain=seed_mean_interval([c - ref_control for c in to_control]),
     )

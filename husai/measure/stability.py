@@ -20,7 +20,7 @@ with the data's covariance, the recipe trained on a random model's activations),
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -105,11 +105,16 @@ class Interval:
 def pair_mean_interval(mat: np.ndarray, minus: np.ndarray | None = None) -> Interval:
     """pair_mean(mat) - pair_mean(minus) with a jackknife-over-seeds variance and a t quantile.
     The two matrices are paired by seed index: leaving seed i out leaves it out of both."""
-    n = mat.shape[0]
 
     def theta(idx: Sequence[int]) -> float:
         return pair_mean(mat, idx) - (0.0 if minus is None else pair_mean(minus, idx))
 
+    return jackknife(theta, mat.shape[0])
+
+
+def jackknife(theta: Callable[[Sequence[int]], float], n: int) -> Interval:
+    """theta over all n seeds, with the jackknife-over-seeds variance and a t quantile on n - 1
+    degrees of freedom; no interval below MIN_SEEDS_FOR_CI seeds or for a non-finite value."""
     value = theta(range(n))
     if n < MIN_SEEDS_FOR_CI or not np.isfinite(value):
         return Interval(value, None, None, n)
@@ -213,6 +218,35 @@ def stability_metrics(report: StabilityReport) -> dict[str, float | None]:
         values.update({names.null_suffix(k): v for k, v in st.nulls.items()})
         out.update({names.stability_key(base, sfx): v for sfx, v in values.items()})
     return out
+
+
+def independent_stability(
+    report: StabilityReport, to_control: Sequence[float] | None
+) -> tuple[float, Interval | None]:
+    """pw_mcc measured only between SAEs that never saw each other, and its excess over the
+    strongest null (docs/metrics.md, "Independent stability").
+
+    lambda = 0 (`to_control` None): the seeds are independent; this is the seed-vs-seed pw_mcc.
+    lambda > 0: seeds pulled toward one reference agree with each other partly by copying it, so
+    each seed is scored against the control reference instead (trained like the reference, never
+    used in training): the mean of pw_mcc(seed, control). Copying the reference then scores what
+    reference and control share, no more. The excess subtracts the strongest null's pair mean,
+    jackknifed over the same seed indices."""
+    st = report.metrics["pw_mcc"]
+    if to_control is None:
+        return st.value, st.excess
+    x = np.asarray(to_control, dtype=float)
+    if len(x) != report.n_seeds:
+        raise ValueError(f"{len(x)} control scores for {report.n_seeds} seeds")
+    if st.strongest is None:
+        return float(x.mean()), None
+    null = report.nulls[st.strongest]["pw_mcc"]
+
+    def theta(idx: Sequence[int]) -> float:
+        keep = list(idx)
+        return float(x[keep].mean()) - pair_mean(null, keep)
+
+    return float(x.mean()), jackknife(theta, len(x))
 
 
 def strongest_nulls(report: StabilityReport) -> dict[str, str]:

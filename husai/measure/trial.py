@@ -24,7 +24,9 @@ from husai.measure.evals.runner import EvalResults, run_evals
 from husai.measure.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
 from husai.measure.nulls import Nulls, null_decoders
 from husai.measure.stability import (
+    Interval,
     StabilityReport,
+    independent_stability,
     representative,
     stability_metrics,
     stability_report,
@@ -33,7 +35,7 @@ from husai.measure.stability import (
 from husai.model.activations import ActivationSet, readout_ce
 from husai.model.base_model import HookedTransformer
 from husai.sae.build import SAE, build_sae, decoder, load_sae, save_sae
-from husai.sae.consistency import ConsistencyPenalty
+from husai.sae.consistency import ConsistencyPenalty, loss_scale
 from husai.sae.train import train_seeds
 from husai.sae.types import SeedStreams, TrainedSAE
 
@@ -65,6 +67,7 @@ class TrialResult:
     recon_mean: dict[str, float | None]
     seconds: float
     consistency: ConsistencyMetrics | None = None  # lambda > 0 only
+    consistency_scale: float | None = None  # s of lambda * s * penalty (lambda > 0 only)
     evals: EvalResults | None = None  # stress tests and local external evals (cfg.evals)
     # lambda > 0: the lambda = 0 recipe's contrastive score per seed ({} if unknown);
     # None: this trial is its own baseline.
@@ -90,9 +93,23 @@ class TrialResult:
         out.update(self.nulls.metrics())
         if self.consistency is not None:
             out.update(self.consistency.keyed())
+        out.update(self.independent_metrics())
         if self.evals is not None:
             out.update(self.evals.trial_metrics(self.plain_contrastive))
         return {**out, **stability_metrics(self.stability)}
+
+    def independent_metrics(self) -> dict[str, float | None]:
+        """pw_mcc between SAEs that never saw each other and its excess over the strongest null
+        (stability/independent_pw_mcc*): what copying the reference cannot inflate."""
+        to_control = None if self.consistency is None else self.consistency.to_control
+        value, excess = independent_stability(self.stability, to_control)
+        ex = excess if excess is not None else Interval(float("nan"), None, None, 0)
+        return {
+            names.INDEPENDENT_PW_MCC: value,
+            names.INDEPENDENT_EXCESS: None if excess is None else ex.value,
+            names.INDEPENDENT_EXCESS_LCB: ex.lcb,
+            names.INDEPENDENT_EXCESS_UCB: ex.ucb,
+        }
 
     def tags(self) -> dict[str, str]:
         """Which null each metric's excess is over; why a null or an eval is absent."""
@@ -159,12 +176,13 @@ def run_trial(
     start = time.perf_counter()
     splice = _SpliceCE(base_model, acts) if base_model is not None else None
     seeds = []
-    pulls = None
+    pulls, scale = None, None
     if lam > 0 and references is not None:
         # The penalty keeps per-seed state (its matching): one per seed.
         ref = references[0]
         every = cfg.consistency.assign_every
-        pulls = [(ConsistencyPenalty(ref, every), lam) for _ in cfg.trial.seeds]
+        scale = loss_scale(acts.train)
+        pulls = [(ConsistencyPenalty(ref, every), lam * scale) for _ in cfg.trial.seeds]
     trained_seeds = train_seeds(
         cfg.sae, cfg.train, acts.train, cfg.trial.seeds, progress, consistency=pulls
     )
@@ -211,6 +229,7 @@ def run_trial(
         recon_mean=_mean_recon([s.recon for s in seeds]),
         seconds=time.perf_counter() - start,
         consistency=consistency,
+        consistency_scale=scale,
         evals=evals,
     )
 

@@ -5,7 +5,7 @@ reuse of an identical finished sweep. No Ray here: `husai.run.sweep` hands in pl
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import husai
 from husai import names
@@ -24,6 +24,9 @@ class SweepOutcome:
     sae_version: str | None
     reused: bool = False  # an identical finished sweep was found and nothing ran
     n_duplicates: int = 0  # trials whose recipe was already recorded: reused, not trained
+    # The best recipe retrained on fresh seeds (sweep file `confirm`): its run and objective.
+    confirm_run_id: str | None = None
+    confirmed_value: float | None = None
 
 
 def experiment_of(sweep: SweepConfig) -> str:
@@ -81,7 +84,8 @@ def record_outcome(
     best: tuple[str, float] | None,
 ) -> SweepOutcome:
     """Counts (trials, recorded, duplicates) and the best trial on the sweep run; the best
-    trial's SAE becomes `candidate`."""
+    trial's SAE becomes `candidate`, unless the sweep confirms it first (then the
+    confirmation's does, `record_confirmation`)."""
     n_trials, n_recorded, n_duplicates = counts
     tracker.log_metrics(
         sweep_run_id,
@@ -95,6 +99,7 @@ def record_outcome(
     if best is not None:
         tracker.set_tags(sweep_run_id, {names.TAG_BEST_TRIAL_RUN_ID: best[0]})
         tracker.log_metrics(sweep_run_id, {names.SWEEP_BEST_VALUE: best[1]})
+    if best is not None and not sweep.confirm.enabled:
         version = register_trial_sae(
             tracker, best[0], f"best trial of sweep {sweep.name} (run {sweep_run_id})"
         )
@@ -114,9 +119,13 @@ def reused_sweep(tracker: Tracker, sweep_run_id: str) -> SweepOutcome:
     Its best SAE becomes `candidate` again (another sweep may have moved the alias since)."""
     run = tracker.get_run(sweep_run_id)
     m, best = run.metrics, run.tags.get(names.TAG_BEST_TRIAL_RUN_ID)
+    confirmed = run.tags.get(names.TAG_CONFIRM_RUN_ID)
+    registered = confirmed if confirmed is not None else best
     version = None
-    if best is not None:
-        version = tracker.find_model_version(names.SAE_MODEL_NAME, {names.TAG_TRIAL_RUN_ID: best})
+    if registered is not None:
+        version = tracker.find_model_version(
+            names.SAE_MODEL_NAME, {names.TAG_TRIAL_RUN_ID: registered}
+        )
         if version is not None:
             tracker.set_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE, version)
     return SweepOutcome(
@@ -128,4 +137,33 @@ def reused_sweep(tracker: Tracker, sweep_run_id: str) -> SweepOutcome:
         sae_version=version,
         reused=True,
         n_duplicates=int(m.get(names.SWEEP_N_DUPLICATES, 0)),
+        confirm_run_id=confirmed,
+        confirmed_value=m.get(names.SWEEP_CONFIRMED_VALUE),
+    )
+
+
+def record_confirmation(
+    tracker: Tracker, sweep: SweepConfig, outcome: SweepOutcome, confirm_run_id: str
+) -> SweepOutcome:
+    """The confirmation on the sweep run (tag and objective value); its SAE becomes
+    `candidate` (registered once: a confirmation found again points the alias back at it)."""
+    metric = sweep.objective[0].metric
+    value = tracker.get_run_metrics(confirm_run_id).get(metric)
+    tracker.set_tags(outcome.sweep_run_id, {names.TAG_CONFIRM_RUN_ID: confirm_run_id})
+    if value is not None:
+        tracker.log_metrics(outcome.sweep_run_id, {names.SWEEP_CONFIRMED_VALUE: value})
+    version = tracker.find_model_version(
+        names.SAE_MODEL_NAME, {names.TAG_TRIAL_RUN_ID: confirm_run_id}
+    )
+    if version is None:
+        version = register_trial_sae(
+            tracker,
+            confirm_run_id,
+            f"confirmation (fresh seeds) of trial {outcome.best_trial_run_id}, the best of "
+            f"sweep {sweep.name} (run {outcome.sweep_run_id})",
+        )
+    else:
+        tracker.set_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE, version)
+    return replace(
+        outcome, confirm_run_id=confirm_run_id, confirmed_value=value, sae_version=version
     )

@@ -33,6 +33,8 @@ class TrialSource:
     source: str  # "extracted", "key", "file" or "sweep"
     ray_trial_id: str | None = None  # set when a sweep's Tune trial ran it
     ray_node_id: str | None = None
+    # The search trial this run confirms (kind confirm); None: an ordinary trial.
+    confirms: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class TrialRecord:
     representative_reason: str
     plots_dir: Path  # the stability heatmap
     references: ReferenceLinks | None = None
+    consistency_scale: float | None = None  # s of lambda * s * penalty, logged as a param
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,10 @@ def record_trial(
 def _trial_params_and_tags(
     tracker: Tracker, cfg: ExperimentConfig, rec: TrialRecord, src: TrialSource
 ) -> tuple[dict[str, object], dict[str, str]]:
+    kind = names.KIND_TRIAL if src.confirms is None else names.KIND_CONFIRM
     tags = {
-        **tracker.standard_tags(cfg.config_hash(), names.KIND_TRIAL, "trial"),
+        **tracker.standard_tags(cfg.config_hash(), kind, "trial"),
+        **({} if src.confirms is None else {names.TAG_CONFIRMS: src.confirms}),
         names.TAG_REPRESENTATIVE_SEED: str(rec.representative_seed),
         names.TAG_REPRESENTATIVE_WHY: rec.representative_reason,
         names.TAG_ACTIVATION_SOURCE: src.source,
@@ -185,6 +190,8 @@ def _trial_params_and_tags(
                 names.PARAM_ASSIGN_EVERY: cfg.consistency.assign_every,
             }
         )
+        if rec.consistency_scale is not None:
+            params[names.PARAM_CONSISTENCY_SCALE] = f"{rec.consistency_scale:.6g}"
         tags[names.TAG_REF_RUN_ID] = ref.ref_run_id
     return params, tags
 
@@ -291,6 +298,23 @@ def find_recorded_trial(tracker: Tracker, cfg: ExperimentConfig, activation_key:
             names.TAG_KIND: names.KIND_TRIAL,
             names.TAG_CONFIG_HASH: cfg.config_hash(),
             names.TAG_METRIC_VERSION: str(husai.metric_version),
+        },
+    )
+
+
+def find_confirmation(
+    tracker: Tracker, cfg: ExperimentConfig, search_run_id: str, sweep_run_id: str
+) -> str | None:
+    """The confirmation of `search_run_id` already recorded under the sweep run, if any."""
+    return tracker.newest_run(
+        names.EXPERIMENT_SWEEP_PREFIX + cfg.name,
+        {},
+        {
+            names.TAG_KIND: names.KIND_CONFIRM,
+            names.TAG_CONFIRMS: search_run_id,
+            names.TAG_CONFIG_HASH: cfg.config_hash(),
+            names.TAG_METRIC_VERSION: str(husai.metric_version),
+            names.MLFLOW_PARENT_TAG: sweep_run_id,
         },
     )
 

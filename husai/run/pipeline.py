@@ -1,5 +1,6 @@
-"""The main job, end to end: base model (get or train) -> activations (cached) -> sweep -> best
-trial registered as `candidate` -> report on the sweep run -> release gate -> a summary.
+"""The main job, end to end: base model (get or train) -> activations (cached) -> sweep ->
+confirmation (the best recipe on fresh seeds, registered as `candidate`) -> report on the sweep
+run -> release gate -> a summary with the search's and the confirmation's numbers side by side.
 
     husai pipeline --sweep sweeps/quick.yaml --policy gates/default.yaml [--smoke yes]
     mlflow run . --env-manager local          # the MLproject `main` entry point, the same
@@ -25,6 +26,7 @@ from husai.registry.sweep_records import SweepOutcome, experiment_of
 from husai.registry.tracking import Tracker
 from husai.report.sweep_report import SweepReport, log_sweep_report
 from husai.run import stages
+from husai.run.confirm import confirm_best
 from husai.run.sweep import run_sweep
 
 T = TypeVar("T")
@@ -50,6 +52,8 @@ class PipelineResult:
     best_metrics: Mapping[str, float] = field(default_factory=dict)
     best_params: Mapping[str, str] = field(default_factory=dict)
     best_tags: Mapping[str, str] = field(default_factory=dict)
+    confirmed_metrics: Mapping[str, float] | None = None  # None: the sweep does not confirm
+    confirmed_tags: Mapping[str, str] = field(default_factory=dict)
 
     def summary(self, tracking_uri: str) -> str:
         return console.pipeline_summary(
@@ -57,6 +61,8 @@ class PipelineResult:
             self.best_params,
             self.best_metrics,
             self.best_tags,
+            self.confirmed_metrics,
+            self.confirmed_tags,
             self.gate.decision,
             [(s.name, s.seconds) for s in self.steps],
             tracking_uri,
@@ -115,12 +121,33 @@ def run_pipeline(
     outcome = _step(
         steps,
         "sweep",
-        lambda: run_sweep(sweep_path, smoke, tracker.uri, ray_address, prepared=(base, acts)),
+        lambda: run_sweep(
+            sweep_path, smoke, tracker.uri, ray_address, prepared=(base, acts), confirm=False
+        ),
         lambda s: (
             f"run {s.sweep_run_id} {'reused' if s.reused else 'finished'}: "
             f"{s.n_recorded} of {s.n_trials} trials recorded in full"
         ),
     )
+    if sweep.confirm.enabled:
+        searched = outcome
+        outcome = _step(
+            steps,
+            "confirm",
+            lambda: confirm_best(tracker, sweep, searched, allow_memorised),
+            lambda s: (
+                "no trial to confirm"
+                if s.confirm_run_id is None
+                else f"run {s.confirm_run_id}: {sweep.objective[0].metric} "
+                f"{console.fmt(s.confirmed_value, '+.4f')} "
+                f"(search {console.fmt(s.best_value, '+.4f')})"
+            ),
+        )
+    confirmed_metrics: Mapping[str, float] | None = None
+    confirmed_tags: Mapping[str, str] = {}
+    if outcome.confirm_run_id is not None:
+        confirmed = tracker.get_run(outcome.confirm_run_id)
+        confirmed_metrics, confirmed_tags = confirmed.metrics, confirmed.tags
     best_metrics: Mapping[str, float] = {}
     best_params: Mapping[str, str] = {}
     best_tags: Mapping[str, str] = {}
@@ -152,7 +179,17 @@ def run_pipeline(
             + (" (decision already recorded, reused)" if decided else "")
         ),
     )
-    return PipelineResult(outcome, report, gate, steps, best_metrics, best_params, best_tags)
+    return PipelineResult(
+        outcome,
+        report,
+        gate,
+        steps,
+        best_metrics,
+        best_params,
+        best_tags,
+        confirmed_metrics,
+        confirmed_tags,
+    )
 
 
 def _settled(tracker: Tracker, policy: str, version: str) -> bool:

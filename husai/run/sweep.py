@@ -4,8 +4,9 @@ The driver resolves the base model and activations once, creates the store, the 
 the sweep run (SQLite must not be created by several processes at once), then runs Ray Tune.
 Each trial is one `husai trial` (N seeds, `husai.run.trial_stages`) recorded as a child of the
 sweep run; after each seed it reports the running mean held-out FVU, so ASHA can stop it. At the
-end the best trial (first objective) is tagged on the sweep run and its representative SAE
-becomes `husai-sae@candidate`.
+end the best trial (first objective) is tagged on the sweep run; the confirmation stage
+(`husai.run.confirm`) trains its recipe again on fresh seeds, and that run's representative SAE
+becomes `husai-sae@candidate` (without `confirm`, the best trial's own).
 
     python -m husai sweep --sweep sweeps/quick.yaml [--smoke yes] [--ray-address ADDR]
 """
@@ -46,6 +47,7 @@ from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, record_stopped_trial
 from husai.registry.views import RunView
 from husai.run import stages
+from husai.run.confirm import confirm_best
 from husai.run.ray_runtime import kill_private_ray, start_ray, trial_resources
 from husai.run.sweep_progress import TrialLines
 from husai.run.trial_stages import TrialInputs, trial
@@ -152,10 +154,29 @@ def run_sweep(
     rerun: bool = False,
     prepared: tuple[BaseModelHandle, ActivationsHandle] | None = None,
     allow_memorised: bool = False,
+    confirm: bool = True,
 ) -> SweepOutcome:
     """`prepared`: (base model, activations) a caller already resolved for this sweep's
     experiment (the pipeline), so they are not looked up and loaded twice. A base model that
-    did not generalise is refused unless `allow_memorised`."""
+    did not generalise is refused unless `allow_memorised`. `confirm`: run the confirmation
+    stage after the search (`husai.run.confirm`; the pipeline runs it as its own step)."""
+    out = _search(
+        sweep_path, smoke, tracking_uri, ray_address, resume, rerun, prepared, allow_memorised
+    )
+    sweep, tracker = load_sweep(sweep_path), Tracker(tracking_uri)
+    return confirm_best(tracker, sweep, out, allow_memorised) if confirm else out
+
+
+def _search(
+    sweep_path: Path,
+    smoke: bool,
+    tracking_uri: str | None,
+    ray_address: str | None,
+    resume: bool,
+    rerun: bool,
+    prepared: tuple[BaseModelHandle, ActivationsHandle] | None,
+    allow_memorised: bool = False,
+) -> SweepOutcome:
     sweep = load_sweep(sweep_path)
     tracker = Tracker(tracking_uri)
     previous = _interrupted_run(tracker, sweep) if resume else None

@@ -205,7 +205,8 @@ def plain_recipe(
         return PlainRecipe(tracker.get_run_metrics(run_id).get(names.RECON_EV), scores)
     console.print_plain_recipe(None)
     # Not this Ray trial's own result: without its trial id, a resumed sweep cannot mistake it.
-    base_inputs = replace(inputs, src=replace(inputs.src, ray_trial_id=None))
+    # Nor a confirmation: the lambda = 0 baseline is an ordinary trial.
+    base_inputs = replace(inputs, src=replace(inputs.src, ray_trial_id=None, confirms=None))
     result, rec = run_and_record(plain, base_inputs, parent_run_id=parent_run_id)
     console.print_plain_recipe(rec.run_id, recorded=True)
     scores = (
@@ -281,4 +282,5 @@ def trial_record(
         representative_reason=result.representative_reason,
         plots_dir=plots,
         references=references,
+        consistency_scale=result.consistency_scale,
     )

@@ -4,8 +4,10 @@ toward a frozen reference decoder. What it does to a trial is measured in
 
 penalty = 1 - mean_i cos(W_dec[i], R[pi(i)]), pi a Hungarian matching on |cos| refreshed every
 `assign_every` steps (cubic in d_sae, so not every step); the cosine itself is signed and
-differentiable in W_dec. The loss term is lambda * penalty, added through sae-lens's own
-auxiliary-loss mechanism (see `husai.sae.build.build_sae`).
+differentiable in W_dec. The loss term is lambda * s * penalty, added through sae-lens's own
+auxiliary-loss mechanism (see `husai.sae.build.build_sae`), with s = `loss_scale(rows)`: sae-lens's
+reconstruction loss is a squared error summed over d_in in raw units, so without s the same
+lambda would mean a different weight on every activation scale (docs/metrics.md, "lambda").
 """
 
 from __future__ import annotations
@@ -14,6 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+
+
+def loss_scale(rows: torch.Tensor) -> float:
+    """s: the mean total variance of the SAE-train rows, E||x - mean(x)||^2. Reconstruction
+    loss / s is the fraction of variance left unexplained (what a zero-information SAE scores 1
+    on), so lambda weighs the penalty (in [0, 2]) against FVU: lambda 1 = a full unit of
+    penalty costs as much as all of the variance."""
+    x = rows.detach().double()
+    return float(((x - x.mean(dim=0)) ** 2).sum(dim=1).mean())
 
 
 class ConsistencyPenalty:

@@ -30,7 +30,7 @@ def test_pipeline_smoke_leaves_the_whole_tree_and_reuses_it(
         "num_samples": 2,
         "experiment": {"train": {**SWEEP["experiment"]["train"], "steps": 20}},
     }
-    path = write_sweep(tmp_path, smoke=smoke)
+    path = write_sweep(tmp_path, smoke=smoke, confirm={"enabled": True, "fresh_split": True})
     policy = str(ROOT / "gates" / "default.yaml")
     code = main(
         ["pipeline", "--sweep", str(path), "--policy", policy, "--smoke", "yes", *MEMORISED_OK]
@@ -38,8 +38,14 @@ def test_pipeline_smoke_leaves_the_whole_tree_and_reuses_it(
     out = capsys.readouterr().out
     assert code in (0, 2), out  # 2 = the gate blocked: a result, recorded like a pass
     assert "best recipe:" in out and "stages: base model" in out and "mlflow ui" in out
+    assert "[confirm]" in out
     summary = out[out.index("=" * 78) :].splitlines()
-    assert all(len(line) <= 80 for line in summary if isolated_store not in line), summary
+    long = [line for line in summary if len(line) > 80 and isolated_store not in line]
+    assert long == [], long
+    # Search and confirmation side by side, row by row.
+    assert [line for line in summary if line.split() == ["search", "confirmed"]]
+    (seeds,) = [line for line in summary if line.strip().startswith("seeds ")]
+    assert seeds.split()[1:] == ["3", "3"]  # the smoke confirmation: smoke.confirm_seeds
 
     tracker = Tracker(isolated_store)
     c = tracker.client
@@ -52,7 +58,7 @@ def test_pipeline_smoke_leaves_the_whole_tree_and_reuses_it(
     trials = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_TRIAL]
     seeds = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_SEED]
     assert trials and all(t.data.tags["mlflow.parentRunId"] == sid for t in trials)
-    trial_ids = {t.info.run_id for t in trials}
+    trial_ids = {t.info.run_id for t in runs if t.data.tags[names.TAG_KIND] != names.KIND_SEED}
     assert seeds and all(s.data.tags["mlflow.parentRunId"] in trial_ids for s in seeds)
 
     report = {f.path for f in c.list_artifacts(sid, names.ARTIFACT_REPORT)}
@@ -73,9 +79,25 @@ def test_pipeline_smoke_leaves_the_whole_tree_and_reuses_it(
         assert f"alt='{Path(p).name}'" in page and "data:image/png;base64," in page
     assert "trials.csv" in page and page.count("<tr>") >= len(trials)
 
+    # The candidate is the confirmation's SAE: a run of the best recipe on fresh seeds and a
+    # fresh split, under the sweep run, linked to the search trial it confirms.
+    best = sweep_run.data.tags[names.TAG_BEST_TRIAL_RUN_ID]
+    (confirm,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_CONFIRM]
+    assert confirm.data.tags["mlflow.parentRunId"] == sid
+    assert confirm.data.tags[names.TAG_CONFIRMS] == best
+    assert sweep_run.data.tags[names.TAG_CONFIRM_RUN_ID] == confirm.info.run_id
+    search_params = c.get_run(best).data.params
+    p = confirm.data.params
+    for key in (names.PARAM_K, names.PARAM_D_SAE, names.PARAM_LAMBDA, names.PARAM_ARCHITECTURE):
+        assert p[key] == search_params[key]
+    fresh, searched = p[names.PARAM_SEEDS].split(","), search_params[names.PARAM_SEEDS].split(",")
+    assert not set(fresh) & set(searched)
+    assert p[names.PARAM_ACTIVATION_KEY] != search_params[names.PARAM_ACTIVATION_KEY]  # new split
     mv = c.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
-    assert mv.tags[names.TAG_TRIAL_RUN_ID] == sweep_run.data.tags[names.TAG_BEST_TRIAL_RUN_ID]
+    assert mv.tags[names.TAG_TRIAL_RUN_ID] == confirm.info.run_id
     assert mv.tags["gate.default.pass_all"] in ("true", "false")
+    # The search's best was not registered: only what the gate judges is.
+    assert len(c.search_model_versions(f"name = '{names.SAE_MODEL_NAME}'")) == 1
     gate_exp = c.get_experiment_by_name(names.EXPERIMENT_GATES)
     assert len(c.search_runs([gate_exp.experiment_id])) == 1
 
