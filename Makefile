@@ -30,15 +30,15 @@ demo: $(STAMP)
 	$(BIN)/husai pipeline --sweep sweeps/quick.yaml --policy gates/default.yaml || [ $$? -eq 2 ]
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check husai tests benchmarks
-	$(BIN)/ruff format --check husai tests benchmarks
+	$(BIN)/ruff check husai tests benchmarks scripts
+	$(BIN)/ruff format --check husai tests benchmarks scripts
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 format: $(DEV_STAMP)
-	$(BIN)/ruff check --fix husai tests benchmarks
-	$(BIN)/ruff format husai tests benchmarks
+	$(BIN)/ruff check --fix husai tests benchmarks scripts
+	$(BIN)/ruff format husai tests benchmarks scripts
 
 # The whole suite, slow tests (real training, mlflow run) included: what CI runs.
 test: lint typecheck

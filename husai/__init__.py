@@ -12,4 +12,7 @@ __version__ = "0.1.0"
 # 2: SAEs never train on the OOD slice (activations.ood_frac); evals added.
 # 3: stability against nulls (isotropic, covariance, random base model) with `_excess`; alive-only
 #    stability; jackknife-t intervals over seeds replace percentile bootstraps everywhere.
-metric_version = 3
+# 4: lambda in loss units (lambda * s * penalty, s the train rows' total variance);
+#    independent pw_mcc and its excess, consistency/independent_gain; sweeps confirm their best
+#    recipe on fresh seeds and the gate judges the confirmation.
+metric_version = 4

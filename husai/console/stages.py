@@ -105,6 +105,18 @@ def print_metrics(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
             f"(reference vs control {fmt(g(names.CONSISTENCY_REF_CONTROL))}); "
             f"ev drop vs lambda 0 {fmt(g(names.CONSISTENCY_EV_DROP), '+.4f')}"
         )
+        print(
+            f"  independent gain (beyond copying the reference) "
+            f"{fmt(g(names.CONSISTENCY_INDEPENDENT_GAIN), '+.4f')} "
+            f"[{fmt(g(names.CONSISTENCY_INDEPENDENT_GAIN_LCB), '+.4f')}, "
+            f"{fmt(g(names.CONSISTENCY_INDEPENDENT_GAIN_UCB), '+.4f')}]"
+        )
+    print(
+        f"  independent pw_mcc (only SAEs never seen) {fmt(g(names.INDEPENDENT_PW_MCC))}, "
+        f"excess {fmt(g(names.INDEPENDENT_EXCESS), '+.4f')} "
+        f"[{fmt(g(names.INDEPENDENT_EXCESS_LCB), '+.4f')}, "
+        f"{fmt(g(names.INDEPENDENT_EXCESS_UCB), '+.4f')}]"
+    )
     print_evals(m)
 
 

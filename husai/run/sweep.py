@@ -14,12 +14,11 @@ becomes `husai-sae@candidate` (without `confirm`, the best trial's own).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import warnings
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +39,15 @@ from husai.registry.sweep_records import (
     experiment_of,
     find_finished_sweep,
     open_sweep_run,
-    record_outcome,
     reused_sweep,
 )
 from husai.registry.tracking import Tracker
-from husai.registry.trial_records import TrialSource, record_stopped_trial
+from husai.registry.trial_records import TrialSource
 from husai.registry.views import RunView
 from husai.run import stages
 from husai.run.confirm import confirm_best
 from husai.run.ray_runtime import kill_private_ray, start_ray, trial_resources
+from husai.run.sweep_end import finish_sweep
 from husai.run.sweep_progress import TrialLines
 from husai.run.trial_stages import TrialInputs, trial
 
@@ -359,55 +358,3 @@ def _tuner(
             callbacks=[TrialLines(ctx.sweep_path, n_samples, sweep.objective[0].metric)],
         ),
     )
-
-
-# --- the end -----------------------------------------------------------------------------------
-def best_trial(sweep: SweepConfig, results: list[dict[str, Any]]) -> tuple[str, float] | None:
-    """(trial run id, value) of the best recorded trial by the first objective; None if no
-    trial has a finite value."""
-    obj = sweep.objective[0]
-    scored = [
-        (r[names.TUNE_TRIAL_RUN_ID], float(r[obj.metric]))
-        for r in results
-        if names.TUNE_TRIAL_RUN_ID in r
-        and isinstance(r.get(obj.metric), int | float)
-        and math.isfinite(float(r[obj.metric]))
-    ]
-    if not scored:
-        return None
-    pick = max if obj.mode == "max" else min
-    return pick(scored, key=lambda x: x[1])
-
-
-def finish_sweep(
-    tracker: Tracker,
-    sweep: SweepConfig,
-    smoke: bool,
-    acts: ActivationsHandle,
-    src: TrialSource,
-    sweep_run_id: str,
-    trials: list[Any],
-) -> SweepOutcome:
-    """Record the trials ASHA stopped (or that failed) before they were recorded, then the
-    sweep's outcome. `trials`: Tune's results (anything with `.metrics`, `.config`, `.error`)."""
-    results = [t.metrics or {} for t in trials]
-    for r, t in zip(results, trials, strict=True):
-        if names.TUNE_TRIAL_RUN_ID not in r:
-            last = {
-                k: v for k, v in r.items() if k in (names.TUNE_ASHA_METRIC, names.TUNE_SEEDS_DONE)
-            }
-            cfg = sweep.trial_config(sampled_params(sweep, t.config or {}), smoke)
-            trial_src = replace(
-                src,
-                ray_trial_id=r.get(names.TUNE_RAY_TRIAL_ID),
-                ray_node_id=r.get(names.TUNE_NODE_ID),
-            )
-            error = getattr(t, "error", None)
-            why = None if error is None else (str(error).strip().splitlines() or ["error"])[-1]
-            a = acts.acts
-            record_stopped_trial(tracker, cfg, a.d_in, a.hook, trial_src, sweep_run_id, last, why)
-    n_recorded = sum(names.TUNE_TRIAL_RUN_ID in r for r in results)
-    n_duplicates = sum(bool(r.get(names.TUNE_DUPLICATE)) for r in results)
-    best = best_trial(sweep, results)
-    counts = (len(results), n_recorded, n_duplicates)
-    return record_outcome(tracker, sweep, sweep_run_id, counts, best)

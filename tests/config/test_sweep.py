@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from husai.config.sweep import load_sweep
+from husai.config.sweep import confirm_config, confirm_seeds, load_sweep, recipe_from_params
 from husai.core.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -72,3 +72,74 @@ def test_trial_config_sets_the_sampled_values(tmp_path: Path) -> None:
     cfg = s.trial_config({"sae.k": 8, "sae.d_sae": 256, "consistency.lambda": 0.5}, smoke=True)
     assert (cfg.sae.k, cfg.sae.d_sae, cfg.consistency.lam) == (8, 256, 0.5)
     assert cfg.train.steps == 60 and cfg.name == "quick_sweep"
+
+
+def test_asha_is_refused_for_an_objective_it_does_not_schedule_on(tmp_path: Path) -> None:
+    """ASHA stops trials by their running held-out FVU: on a stability sweep it would prune
+    trials by a number the sweep does not optimise, so the file must turn it off."""
+    text = (
+        "name: t\nexperiment: {preset: quick}\nsearch_space: {}\n"
+        "objective: [{metric: stability/pw_mcc_excess_lcb, mode: max}]\n"
+    )
+    assert not load_sweep(write(tmp_path, text)).asha.enabled  # off by default
+    with pytest.raises(ConfigError, match=r"asha\.enabled: ASHA stops trials by their running"):
+        load_sweep(write(tmp_path, text + "asha: {enabled: true}\n"))
+    ok = load_sweep(write(tmp_path, BASE + "search_space: {}\nasha: {enabled: true}\n"))
+    assert ok.asha.enabled  # recon/ev: what ASHA ranks by
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        "{consistency.lambda: {type: loguniform, low: 0.001, high: 1.0, zero: true}}",
+        "{}\nexperiment: {preset: quick, consistency: {lambda: 0.1}}",
+    ],
+)
+def test_a_lambda_sweep_must_use_an_objective_copying_cannot_inflate(
+    tmp_path: Path, space: str
+) -> None:
+    head = "name: t\n" + ("" if "experiment" in space else "experiment: {preset: quick}\n")
+    for metric, ok in (
+        ("stability/pw_mcc_excess_lcb", False),
+        ("stability/pw_mcc", False),
+        ("stability/independent_pw_mcc_excess_lcb", True),
+        ("consistency/independent_gain_lcb", True),
+        ("recon/ev", True),
+    ):
+        text = head + f"search_space: {space}\nobjective: [{{metric: {metric}, mode: max}}]\n"
+        if ok:
+            load_sweep(write(tmp_path, text))
+        else:
+            with pytest.raises(ConfigError, match=f"objective: {metric} compares seeds pulled"):
+                load_sweep(write(tmp_path, text))
+
+
+def test_confirmation_seeds_are_fresh_and_the_split_too() -> None:
+    s = load_sweep(SWEEPS[0].parent / "quick.yaml")
+    params = {"sae.k": 16, "sae.d_sae": 256, "consistency.lambda": 0.01}
+    search = s.trial_config(params)
+    cfg = confirm_config(s, params, smoke=False)
+    t = search.trial
+    used = {*t.seeds, *(x + t.random_seed_offset for x in t.seeds)}
+    used |= {search.consistency.ref_seed, search.consistency.control_ref_seed}
+    assert len(cfg.trial.seeds) == s.confirm.n_seeds == 5
+    assert not set(cfg.trial.seeds) & used
+    assert cfg.activations.split_seed == search.activations.split_seed + 1
+    assert (cfg.sae, cfg.consistency, cfg.train) == (search.sae, search.consistency, search.train)
+    assert cfg.config_hash() != search.config_hash()
+    assert len(confirm_config(s, params, smoke=True).trial.seeds) == s.smoke.confirm_seeds
+    # Taken: the search seeds 0, 1 and their null seeds 3, 4; then 2 takes 5 for its own null.
+    crowded = search.model_copy(
+        update={"trial": t.model_copy(update={"seeds": (0, 1), "random_seed_offset": 3})}
+    )
+    assert confirm_seeds(crowded, 3) == (2, 6, 7)
+
+
+def test_the_recipe_is_read_back_from_a_trial_runs_params() -> None:
+    s = load_sweep(SWEEPS[0].parent / "quick.yaml")
+    params = {"k": "16", "d_sae": "256", "lambda": "0.0022727", "architecture": "topk"}
+    assert recipe_from_params(s, params) == {
+        "sae.k": 16,
+        "sae.d_sae": 256,
+        "consistency.lambda": 0.0022727,
+    }

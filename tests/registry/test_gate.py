@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import husai
 from husai import names
 from husai.cli import main
 from husai.registry.gate import Champion, Policy, Reading, evaluate, load_policy
@@ -26,21 +27,23 @@ from tests.helpers import ROOT
 
 STRICT = ROOT / "gates" / "strict.yaml"
 GOOD = {
-    "stability/pw_mcc_excess_lcb": 0.3,
+    "stability/independent_pw_mcc_excess_lcb": 0.3,
     "stress/transcoder_delta_lcb": 0.01,
     "stress/ood_drop": 0.02,
     "external/probe_delta_lcb": 0.02,
     "external/contrastive_delta_lcb": 0.0,
     "recon/ev": 0.97,
+    "consistency/independent_gain_lcb": 0.02,
     "base/generalised": 1.0,  # read from the registry by the gate; here for the pure checks
 }
 # One failing value per group of the strict policy.
 FAILING = {
-    "stability": ("stability/pw_mcc_excess_lcb", -0.01),
+    "stability": ("stability/independent_pw_mcc_excess_lcb", -0.01),
     "transcoder": ("stress/transcoder_delta_lcb", -0.02),
     "ood": ("stress/ood_drop", 0.2),
     "external": ("external/probe_delta_lcb", -0.05),
     "recon": ("recon/ev", 0.5),
+    "consistency": ("consistency/independent_gain_lcb", -0.01),
 }
 
 
@@ -51,7 +54,7 @@ def readings(metrics: dict[str, float]) -> dict[str, Reading]:
 def test_all_checks_pass() -> None:
     d = evaluate(load_policy(STRICT), "1", readings(GOOD), None, 5)
     assert d.pass_all and d.reasons == "all checks passed"
-    assert {c.check for c in d.checks} >= {"stability.pw_mcc_excess_lcb", "recon.ev"}
+    assert {c.check for c in d.checks} >= {"stability.independent_pw_mcc_excess_lcb", "recon.ev"}
 
 
 @pytest.mark.parametrize("group", sorted(FAILING))
@@ -133,7 +136,7 @@ def test_a_bound_from_too_few_seeds_fails_closed(n_seeds: int | None) -> None:
     d = evaluate(load_policy(STRICT), "1", readings(GOOD), None, n_seeds)
     failed = {c.metric for c in d.checks if not c.passed}
     assert failed == {m for m in GOOD if m.endswith("_lcb")} and not d.pass_all
-    (c,) = [c for c in d.checks if c.metric == "stability/pw_mcc_excess_lcb"]
+    (c,) = [c for c in d.checks if c.metric == "stability/independent_pw_mcc_excess_lcb"]
     assert "fails closed" in c.reason and "policy needs >= 5" in c.reason
     assert evaluate(load_policy(STRICT), "1", readings(GOOD), None, 5).pass_all
     assert d.n_seeds == n_seeds and d.min_seeds == 5
@@ -159,7 +162,7 @@ def register(
     metrics: dict[str, float],
     seed: dict[str, float] | None = None,
     params: dict[str, str] | None = None,
-    metric_version: str = "3",
+    metric_version: str = str(husai.metric_version),
 ) -> str:
     """A trial run and its seed-0 child run holding `metrics` where the gate reads them
     (per-artifact keys on the seed run, the others on the trial run; `seed` adds seed-run
@@ -263,18 +266,19 @@ def test_each_key_is_read_from_where_it_belongs_and_nowhere_else(tracker: Tracke
     v = register(
         tracker,
         {**GOOD, "recon/ev": 0.5},  # the recipe's mean EV, on the trial run: not the artifact's
-        seed={"recon/ev": 0.97, "stability/pw_mcc_excess_lcb": 0.9},
+        seed={"recon/ev": 0.97, "stability/independent_pw_mcc_excess_lcb": 0.9},
     )
     c = tracker.client
     trial_id = c.get_model_version(names.SAE_MODEL_NAME, v).tags[names.TAG_TRIAL_RUN_ID]
     c.log_metric(trial_id, "recon/ev", 0.5)
     found = readings_of(tracker, v)
     assert found["recon/ev"].value == 0.97 and found["recon/ev"].source.startswith("seed run ")
-    assert found["stability/pw_mcc_excess_lcb"].value == 0.3  # the trial run's, not the seed's
-    w = register(tracker, {"recon/ev": 0.97}, seed={"stability/pw_mcc_excess_lcb": 0.9})
-    assert "stability/pw_mcc_excess_lcb" not in readings_of(tracker, w)
+    stable = names.INDEPENDENT_EXCESS_LCB
+    assert found[stable].value == 0.3  # the trial run's, not the seed's
+    w = register(tracker, {"recon/ev": 0.97}, seed={stable: 0.9})
+    assert stable not in readings_of(tracker, w)
     out = run_gate(tracker, load_policy(STRICT), version=w, dry_run=True)
-    (stab,) = [c for c in out.decision.checks if c.metric == "stability/pw_mcc_excess_lcb"]
+    (stab,) = [c for c in out.decision.checks if c.metric == stable]
     assert not stab.passed and "missing" in stab.reason
 
 
@@ -328,6 +332,22 @@ def test_consistency_checks_do_not_apply_at_lambda_0(tracker: Tracker) -> None:
     assert not out.decision.pass_all and "missing" in out.decision.checks[0].reason
 
 
+def test_a_pull_that_only_copies_the_reference_is_blocked(tracker: Tracker) -> None:
+    """The shipped policy's independent-gain check: a lambda > 0 version whose seeds agree with
+    the control reference no more than the reference itself does (gain lcb < 0: it copied) is
+    blocked; one whose pull moved it toward what an independent SAE finds passes; at lambda 0
+    the check does not apply."""
+    policy = load_policy(ROOT / "gates" / "default.yaml")
+    gain = "consistency/independent_gain_lcb"
+    for lam, value, verdict in (("0.5", -0.03, False), ("0.5", 0.02, True), ("0.0", -0.03, True)):
+        v = register(tracker, {**GOOD, gain: value}, params={names.PARAM_LAMBDA: lam})
+        out = run_gate(tracker, policy, version=v, dry_run=True)
+        (check,) = [c for c in out.decision.checks if c.metric == gain]
+        assert check.passed is verdict and out.decision.pass_all is verdict, check.reason
+        if lam == "0.0":
+            assert "lambda = 0" in check.reason
+
+
 @pytest.mark.parametrize("differs", ["activations", "metric_version"])
 def test_a_champion_from_other_activations_or_definitions_is_not_comparable(
     tracker: Tracker, differs: str
@@ -343,7 +363,7 @@ def test_a_champion_from_other_activations_or_definitions_is_not_comparable(
     strict = load_policy(STRICT)
     out = run_gate(tracker, strict, version=new, dry_run=True)
     blocked = [c for c in out.decision.checks if not c.passed]
-    assert {c.metric for c in blocked} == {"stability/pw_mcc_excess_lcb", "recon/ev"}
+    assert {c.metric for c in blocked} == {"stability/independent_pw_mcc_excess_lcb", "recon/ev"}
     assert all("not comparable" in c.reason for c in blocked)
     lenient = strict.model_copy(update={"incomparable_champion": "ignore"})
     assert run_gate(tracker, lenient, version=new, dry_run=True).decision.pass_all

@@ -26,7 +26,8 @@ from husai.registry.sweep_records import open_sweep_run
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, register_trial_sae
 from husai.run.ray_runtime import PRIVATE_PREFIX, kill_private_ray
-from husai.run.sweep import DefineSpace, best_trial, finish_sweep, run_sweep
+from husai.run.sweep import DefineSpace, run_sweep
+from husai.run.sweep_end import best_trial, finish_sweep
 from tests.helpers import (
     MEMORISED_OK,
     SWEEP,
@@ -54,7 +55,7 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     tmp_path: Path, isolated_store: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # A fractional GPU asked for on a GPU-less cluster: a warning and CPU trials, never PENDING.
-    sweep = write_sweep(tmp_path, resources={"cpu": 1, "gpu": 0.25})
+    sweep = write_sweep(tmp_path, resources={"cpu": 1, "gpu": 0.25}, confirm={"enabled": True})
     with pytest.warns(UserWarning, match="no GPU"):
         out = run_sweep(sweep, tracking_uri=isolated_store, allow_memorised=True)
     assert out.n_trials == 3 and out.n_recorded == 3
@@ -79,11 +80,23 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
         assert names.RECON_EV in t.data.metrics
         assert "stability/pw_mcc_excess_lcb" in t.data.metrics
         assert "stability/pw_mcc_null_random_base" in t.data.metrics
+        assert names.INDEPENDENT_EXCESS_LCB in t.data.metrics  # the objective
         assert {"k", "d_sae", "lambda"} <= set(t.data.params)
+        lam = float(t.data.params["lambda"])
+        assert (names.CONSISTENCY_INDEPENDENT_GAIN_LCB in t.data.metrics) is (lam > 0)
+        assert (names.PARAM_CONSISTENCY_SCALE in t.data.params) is (lam > 0)
+    # A stability sweep runs without ASHA: k = 2 reconstructs worse than k = 4, and no trial
+    # was stopped for it (the file refuses ASHA on a stability objective: tests/config).
+    assert not [r for r in runs if r.data.tags.get(names.TAG_STOPPED_EARLY)]
     best = sweep_run.data.tags[names.TAG_BEST_TRIAL_RUN_ID]
     assert best in {t.info.run_id for t in trials}
+    # `husai sweep` confirms the best recipe on fresh seeds; that run's SAE is the candidate.
+    (confirm,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_CONFIRM]
+    assert confirm.data.tags[names.TAG_CONFIRMS] == best == out.best_trial_run_id
+    assert out.confirm_run_id == confirm.info.run_id
+    assert out.confirmed_value == confirm.data.metrics[names.INDEPENDENT_EXCESS_LCB]
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
-    assert mv.tags[names.TAG_TRIAL_RUN_ID] == best
+    assert mv.tags[names.TAG_TRIAL_RUN_ID] == confirm.info.run_id
     assert sweep_run.data.metrics[names.SWEEP_N_TRIALS] == 3
     # The random-base null's activations: extracted once for the whole sweep, not per trial.
     assert len(runs_of_kind(tracker, names.KIND_NULL_ACTIVATIONS)) == 1
@@ -97,6 +110,7 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     again = run_sweep(sweep, tracking_uri=isolated_store, allow_memorised=True)
     assert again.reused and again.sweep_run_id == out.sweep_run_id
     assert again.best_trial_run_id == best and again.sae_version == out.sae_version
+    assert again.confirm_run_id == out.confirm_run_id
     assert len(tracker.client.search_runs([exp.experiment_id])) == len(runs)
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
     assert str(mv.version) == out.sae_version

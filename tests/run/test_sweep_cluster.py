@@ -149,6 +149,8 @@ def test_sweep_against_a_real_mlflow_server_with_asha_stopping_a_trial(
         num_samples=4,
         experiment=experiment,
         search_space={"sae.k": {"type": "categorical", "choices": [1, 8]}},
+        # ASHA schedules on held-out FVU: only a reconstruction objective may use it.
+        objective=[{"metric": "recon/ev", "mode": "max"}],
         asha={"enabled": True, "grace_period": 1, "reduction_factor": 2},
     )
     out = run_sweep(path, tracking_uri=mlflow_server, allow_memorised=True)
