@@ -416,7 +416,7 @@ def test_two_concurrent_gates_leave_one_champion_and_whole_decisions(
     for v in (a, b):
         tags = version_tags(tracker, v)
         assert tags["gate.strict.pass_all"] == "true"  # written last: the decision is whole
-        assert len([k for k in tags if k.startswith("gate.strict.")]) == 10
+        assert len([k for k in tags if k.startswith("gate.strict.")]) == 11
     runs = gate_runs(tracker)
     assert len(runs) >= 2 and all(r.info.status == "FINISHED" for r in runs)
     assert yaml.safe_load((ROOT / "gates" / "default.yaml").read_text())["name"] == "default"

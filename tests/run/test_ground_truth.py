@@ -112,4 +112,4 @@ def test_a_featureless_low_rank_gaussian_is_blocked_by_the_default_gate(
     capsys.readouterr()
     assert gate("default.yaml") == 2
     out = capsys.readouterr().out
-    assert "BLOCKED by stability.pw_mcc_excess_lcb" in out
+    assert "BLOCKED by stability.independent_pw_mcc_excess_lcb" in out

@@ -98,8 +98,9 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
     assert mv.tags[names.TAG_TRIAL_RUN_ID] == confirm.info.run_id
     assert sweep_run.data.metrics[names.SWEEP_N_TRIALS] == 3
-    # The random-base null's activations: extracted once for the whole sweep, not per trial.
-    assert len(runs_of_kind(tracker, names.KIND_NULL_ACTIVATIONS)) == 1
+    # The random-base null's activations: extracted once for the whole search, not per trial,
+    # and once for the confirmation's fresh split.
+    assert len(runs_of_kind(tracker, names.KIND_NULL_ACTIVATIONS)) == 2
     # One line per trial on the terminal instead of Ray's boxes of every metric.
     err = capfd.readouterr().err
     assert "trial 3/3 [lambda " in err and "done in" in err and "Trial status" not in err
@@ -116,14 +117,18 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     assert str(mv.version) == out.sae_version
 
 
+LR = {"type": "loguniform", "low": 1e-3, "high": 1e-2}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
     tmp_path: Path, isolated_store: str, how: str
 ) -> None:
     experiment = {**SWEEP["experiment"], "train": {**SWEEP["experiment"]["train"], "steps": 400}}
-    # k only: no lambda = 0 baselines, so Ray's trials and MLflow's trial runs correspond 1:1.
-    space = {"sae.k": {"type": "categorical", "choices": [2, 4]}}
+    # No lambda: no lambda = 0 baselines; a continuous lr: no recipe proposed twice (it would
+    # be reused, not trained). So Ray's trials and MLflow's trial runs correspond 1:1.
+    space = {"sae.k": {"type": "categorical", "choices": [2, 4]}, "train.lr": LR}
     path = write_sweep(tmp_path, num_samples=4, experiment=experiment, search_space=space)
     proc = subprocess.Popen(
         [
@@ -257,7 +262,7 @@ class TuneResult:
 
 
 def test_best_trial_is_the_best_recorded_one_by_the_first_objective(tmp_path: Path) -> None:
-    obj = "stability/pw_mcc_excess_lcb"
+    obj = names.INDEPENDENT_EXCESS_LCB  # the helper sweep's objective
     results = [
         {names.TUNE_TRIAL_RUN_ID: "a", obj: 0.1},
         {names.TUNE_TRIAL_RUN_ID: "b", obj: 0.3},

@@ -47,13 +47,14 @@ def test_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(
         node_ids = {n.node_id for n in nodes}
         assert len(node_ids) == 2
         assert {n.node_ip_address for n in nodes} == {"127.0.0.1"}
-        # k only (no lambda = 0 baselines): one MLflow trial run per Ray trial. Two trials at a
-        # time, one CPU each, on nodes of one CPU: they can only run on different nodes.
+        # No lambda (no lambda = 0 baselines) and a continuous lr (no recipe proposed twice and
+        # reused): one MLflow trial run per Ray trial. Two trials at a time, one CPU each, on
+        # nodes of one CPU: they can only run on different nodes.
         path = write_sweep(
             tmp_path,
             num_samples=4,
             max_concurrency=2,
-            search_space={"sae.k": {"type": "categorical", "choices": [2, 4]}},
+            search_space={"sae.k": {"type": "categorical", "choices": [2, 4]}, "train.lr": LR},
         )
         out = run_sweep(
             path, tracking_uri=isolated_store, ray_address=cluster.address, allow_memorised=True
@@ -67,6 +68,9 @@ def test_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(
     assert used == node_ids, (used, node_ids)
     assert len({r.data.tags[names.TAG_RAY_TRIAL_ID] for r in runs}) == 4
     assert ray_processes_left(ray_tmp) == []
+
+
+LR = {"type": "loguniform", "low": 1e-3, "high": 1e-2}  # continuous: no recipe proposed twice
 
 
 def free_port() -> int:
@@ -148,7 +152,7 @@ def test_sweep_against_a_real_mlflow_server_with_asha_stopping_a_trial(
         tmp_path,
         num_samples=4,
         experiment=experiment,
-        search_space={"sae.k": {"type": "categorical", "choices": [1, 8]}},
+        search_space={"sae.k": {"type": "categorical", "choices": [1, 8]}, "train.lr": LR},
         # ASHA schedules on held-out FVU: only a reconstruction objective may use it.
         objective=[{"metric": "recon/ev", "mode": "max"}],
         asha={"enabled": True, "grace_period": 1, "reduction_factor": 2},
@@ -162,11 +166,12 @@ def test_sweep_against_a_real_mlflow_server_with_asha_stopping_a_trial(
     assert out.n_trials == 4 == len(runs), [(r.info.run_name, r.info.status) for r in runs]
     assert stopped, "no trial was stopped early"
     assert out.n_recorded == len(finished) == 4 - len(stopped)
+    best_fvu = min(r.data.metrics[names.RECON_FVU] for r in finished)
     for r in stopped:
         assert r.info.status == "KILLED"
-        assert r.data.params[names.PARAM_K] == "1"  # same param keys as finished trials
+        assert r.data.params[names.PARAM_K] in ("1", "8")  # same param keys as finished trials
         assert r.data.metrics[names.TUNE_SEEDS_DONE] < 3
-        assert names.RECON_FVU in r.data.metrics
+        assert r.data.metrics[names.RECON_FVU] > best_fvu  # stopped for reconstructing worse
     for r in finished:
         assert "stability/pw_mcc_excess_lcb" in r.data.metrics
         assert r.data.tags["mlflow.parentRunId"] == out.sweep_run_id
