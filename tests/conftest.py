@@ -5,7 +5,9 @@ tests/helpers.py."""
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +29,35 @@ def pinned_rngs() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session")
+def store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store, made once: creating one (schema and migrations) takes
+    about 2 s, and most tests need one. Made from a temporary working directory, so that even
+    the Default experiment's artifact location is outside the repository."""
+    folder = tmp_path_factory.mktemp("store_template")
+    here = Path.cwd()
+    os.chdir(folder)
+    try:
+        Tracker("sqlite:///" + str(folder / "mlflow.db")).client.search_experiments()
+    finally:
+        os.chdir(here)
+    return folder / "mlflow.db"
+
+
 @pytest.fixture(autouse=True)
-def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = "sqlite:///" + str(tmp_path / "store" / "mlflow.db")
+def isolated_store(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    store_template: Path,
+) -> str:
+    """Each test's own store: a copy of the empty template, or (marker `fresh_store`) no
+    database at all, for tests that check a bad input creates none."""
+    db = tmp_path / "store" / "mlflow.db"
+    if request.node.get_closest_marker("fresh_store") is None:
+        db.parent.mkdir(parents=True)
+        shutil.copyfile(store_template, db)
+    uri = "sqlite:///" + str(db)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("HUSAI_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

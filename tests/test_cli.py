@@ -16,6 +16,7 @@ def store_path(uri: str) -> Path:
     return Path(uri.removeprefix("sqlite:///"))
 
 
+@pytest.mark.fresh_store
 @pytest.mark.parametrize(
     ("text", "field"),
     [
@@ -36,6 +37,7 @@ def test_bad_config_exits_2_naming_the_field_and_creates_nothing(
     assert not store_path(isolated_store).exists()  # no database, so certainly no run
 
 
+@pytest.mark.fresh_store
 def test_unknown_hook_exits_2_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_store: str
 ) -> None:
@@ -46,6 +48,7 @@ def test_unknown_hook_exits_2_before_training(
     assert not store_path(isolated_store).exists()
 
 
+@pytest.mark.fresh_store
 def test_real_process_exit_code(tmp_path: Path, isolated_store: str) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("task: {p: 1}\n")

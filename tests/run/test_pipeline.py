@@ -115,6 +115,7 @@ def test_pipeline_smoke_leaves_the_whole_tree_and_reuses_it(
     assert len(c.search_runs([gate_exp.experiment_id])) == 1
 
 
+@pytest.mark.fresh_store
 def test_a_bad_policy_fails_before_any_compute(
     tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

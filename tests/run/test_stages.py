@@ -177,6 +177,7 @@ def test_references_are_trained_once_then_reused(tracker: Tracker, tmp_path: Pat
     assert len(runs_of_kind(tracker, names.KIND_REFERENCE)) == 2
 
 
+@pytest.mark.fresh_store
 def test_the_pre_compute_check_fails_before_anything_exists(
     tiny_cfg: ExperimentConfig, isolated_store: str
 ) -> None:
@@ -220,15 +221,16 @@ def test_quick_preset_generalises_then_is_reused(
     assert second_s < first_s / 3, (first_s, second_s)
     assert len(tracker.client.search_model_versions(f"name = '{names.BASE_MODEL_NAME}'")) == 1
 
-    # A quick-preset trial with the demo sweep's budget (TopK k 16, d_sae 512, 3 seeds, 600
-    # steps) on the quick base model, every eval on.
+    # A quick-preset trial (TopK k 16, d_sae 512, 3 seeds: the fewest that give every bound;
+    # 200 steps, a third of the demo sweep's, to keep CI short) on the quick base model, every
+    # eval on.
     cfg = tmp_path / "quick_trial.yaml"
     cfg.write_text(
         yaml.safe_dump(
             {
                 "preset": "quick",
                 "trial": {"seeds": [0, 1, 2]},
-                "train": {"steps": 600, "lr_warmup_steps": 30, "lr_decay_steps": 120},
+                "train": {"steps": 200, "lr_warmup_steps": 10, "lr_decay_steps": 40},
             }
         )
     )

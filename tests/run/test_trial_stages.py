@@ -269,6 +269,7 @@ def test_consistency_trial_records_references_and_controls(
     assert kinds.count(names.KIND_REFERENCE) == 2 and kinds.count(names.KIND_TRIAL) == 3
 
 
+@pytest.mark.fresh_store
 def test_batch_too_large_for_the_extracted_rows_fails_before_training(
     tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
