@@ -22,12 +22,13 @@ def gate_table(d: GateDecision) -> str:
     champion = d.champion_version or "none"
     seeds = "" if d.n_seeds is None else f", {d.n_seeds} seeds"
     lines = [f"gate {d.policy} on husai-sae version {d.version} (champion: {champion}{seeds})"]
-    lines.append(f"  {'check':<32} {'value':>9}  {'rule':<12} {'verdict':<8}")
+    lines.append(f"  {'check':<40} {'value':>9}  {'rule':<12} {'verdict':<8}")
     for c in d.checks:
-        value = "missing" if c.value is None else f"{c.value:.4f}"
+        na = c.reason.startswith("not applicable")
+        value = "n/a" if na else "missing" if c.value is None else f"{c.value:.4f}"
         verdict = ("pass" if c.passed else "FAIL") + ("" if c.required else " (opt)")
         lines.append(
-            f"  {c.check:<32} {value:>9}  {c.op + ' ' + format(c.threshold, 'g'):<12} {verdict}"
+            f"  {c.check:<40} {value:>9}  {c.op + ' ' + format(c.threshold, 'g'):<12} {verdict}"
         )
     if d.pass_all:
         lines.append("decision: PASS -> champion")
@@ -113,8 +114,14 @@ def pipeline_summary(
     lines.append("")
     lines.append(gate_table(decision))
     lines.append("")
-    stages = "stages: " + ", ".join(f"{name} {secs:.0f} s" for name, secs in steps)
-    lines.append(textwrap.fill(stages, width=78, subsequent_indent="  "))
+    line = "stages:"
+    for i, (name, secs) in enumerate(steps):  # wrapped between stages, never inside one
+        item = f" {name} {secs:.0f} s" + ("," if i < len(steps) - 1 else "")
+        if len(line) + len(item) > 78:
+            lines.append(line)
+            line = " "
+        line += item
+    lines.append(line)
     lines.append("MLflow UI:")
     lines.append(f"  mlflow ui --backend-store-uri {tracking_uri}")
     lines.append(f"  sweep run {sweep.sweep_run_id}: trials, seeds, report/report.html")

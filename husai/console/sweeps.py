@@ -20,14 +20,19 @@ def print_sweep(out: SweepOutcome, runs: Sequence[RunView]) -> None:
             f"reusing sweep run {out.sweep_run_id}: it finished with the same sweep file, "
             "activations and metric version (--rerun yes runs it again)"
         )
+    others = (
+        ""
+        if out.n_recorded == out.n_trials
+        else " (the others stopped early by ASHA or failed: see their runs)"
+    )
     print(
-        f"sweep run {out.sweep_run_id}: {out.n_trials} trials, {out.n_recorded} recorded in full "
-        f"(the others stopped early by ASHA or failed: see their runs)"
+        f"sweep run {out.sweep_run_id}: {out.n_trials} trials, {out.n_recorded} recorded in "
+        f"full{others}"
     )
     if out.n_duplicates:
         print(
-            f"  {out.n_duplicates} proposed a recipe already recorded and reused its record "
-            "instead of training it again"
+            f"  {out.n_duplicates} proposed a recipe already recorded: its record was reused, "
+            "not trained again"
         )
     print_sweep_trials(runs, out.best_trial_run_id)
     if out.best_trial_run_id is None:
@@ -35,8 +40,9 @@ def print_sweep(out: SweepOutcome, runs: Sequence[RunView]) -> None:
     print(f"best trial run {out.best_trial_run_id} (objective {fmt(out.best_value, '.4f')})")
     if out.confirm_run_id is not None:
         print(
-            f"confirmed on fresh seeds by run {out.confirm_run_id}: objective "
-            f"{fmt(out.confirmed_value, '.4f')} (the search's best is biased up; this is not)"
+            f"confirmed by run {out.confirm_run_id}: objective "
+            f"{fmt(out.confirmed_value, '.4f')}\n  (fresh seeds and split; the search's best "
+            "is biased upward by the selection)"
         )
     if out.sae_version is not None:
         print(f"husai-sae version {out.sae_version} (alias candidate)")
@@ -48,7 +54,10 @@ def print_sweep_trials(runs: Sequence[RunView], best_run_id: str | None) -> None
         (r for r in runs if r.tags.get(names.TAG_KIND) == names.KIND_TRIAL),
         key=lambda r: r.start_time,
     )
-    head = f"{'arch':<10}{'k':>4}{'d_sae':>7}{'lambda':>9}{'pw_mcc':>9}{'exc lcb':>9}{'ev':>8}"
+    head = (
+        f"{'arch':<10}{'k':>4}{'d_sae':>7}{'lambda':>9}{'pw_mcc':>8}{'ind pw':>8}{'ind lcb':>9}"
+        f"{'ev':>8}"
+    )
     print(f"   {head}  status")
     for r in trials:
         p, m = r.params, r.metrics
@@ -58,12 +67,14 @@ def print_sweep_trials(runs: Sequence[RunView], best_run_id: str | None) -> None
             f" {'*' if r.run_id == best_run_id else ' '} "
             f"{p.get(names.PARAM_ARCHITECTURE, '?'):<10}{p.get(names.PARAM_K, '?'):>4}"
             f"{p.get(names.PARAM_D_SAE, '?'):>7}{lam:>9.3g}"
-            f"{fmt(m.get(names.STABILITY_PW_MCC), '9.4f')}"
-            f"{fmt(m.get(names.stability_key(names.STABILITY_PW_MCC, '_excess_lcb')), '+9.4f')}"
+            f"{fmt(m.get(names.STABILITY_PW_MCC), '8.4f')}"
+            f"{fmt(m.get(names.INDEPENDENT_PW_MCC), '8.4f')}"
+            f"{fmt(m.get(names.INDEPENDENT_EXCESS_LCB), '+9.4f')}"
             f"{fmt(m.get(names.RECON_EV), '8.4f')}  {status.lower()}"
         )
-    print("   (* best by the sweep's objective; exc lcb: lower 95% bound of trained pw_mcc")
-    print("    minus its strongest null)")
+    print("   (* best by the sweep's objective; pw_mcc: seed vs seed; ind pw: against SAEs")
+    print("    never seen, the control reference at lambda > 0; ind lcb: lower 95% bound of")
+    print("    ind pw minus the strongest null)")
 
 
 def recipe(params: Mapping[str, Any]) -> str:
