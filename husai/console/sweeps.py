@@ -55,7 +55,7 @@ def print_sweep_trials(runs: Sequence[RunView], best_run_id: str | None) -> None
         key=lambda r: r.start_time,
     )
     head = (
-        f"{'arch':<10}{'k':>4}{'d_sae':>7}{'lambda':>9}{'pw_mcc':>8}{'ind pw':>8}{'ind lcb':>9}"
+        f"{'arch':<9}{'k':>4}{'d_sae':>7}{'lambda':>9}{'pw_mcc':>8}{'ind pw':>8}{'ind lcb':>9}"
         f"{'ev':>8}"
     )
     print(f"   {head}  status")
@@ -65,7 +65,7 @@ def print_sweep_trials(runs: Sequence[RunView], best_run_id: str | None) -> None
         lam = float(p.get(names.PARAM_LAMBDA, "nan"))
         print(
             f" {'*' if r.run_id == best_run_id else ' '} "
-            f"{p.get(names.PARAM_ARCHITECTURE, '?'):<10}{p.get(names.PARAM_K, '?'):>4}"
+            f"{p.get(names.PARAM_ARCHITECTURE, '?'):<9}{p.get(names.PARAM_K, '?'):>4}"
             f"{p.get(names.PARAM_D_SAE, '?'):>7}{lam:>9.3g}"
             f"{fmt(m.get(names.STABILITY_PW_MCC), '8.4f')}"
             f"{fmt(m.get(names.INDEPENDENT_PW_MCC), '8.4f')}"
