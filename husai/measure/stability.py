@@ -220,9 +220,15 @@ def stability_metrics(report: StabilityReport) -> dict[str, float | None]:
     return out
 
 
+@dataclass(frozen=True)
+class IndependentStability:
+    value: float  # pw_mcc between SAEs that never saw each other
+    excess: Interval | None  # value - the strongest null's pw_mcc (None: no null computed)
+
+
 def independent_stability(
     report: StabilityReport, to_control: Sequence[float] | None
-) -> tuple[float, Interval | None]:
+) -> IndependentStability:
     """pw_mcc measured only between SAEs that never saw each other, and its excess over the
     strongest null (docs/metrics.md, "Independent stability").
 
@@ -234,19 +240,19 @@ def independent_stability(
     jackknifed over the same seed indices."""
     st = report.metrics["pw_mcc"]
     if to_control is None:
-        return st.value, st.excess
+        return IndependentStability(st.value, st.excess)
     x = np.asarray(to_control, dtype=float)
     if len(x) != report.n_seeds:
         raise ValueError(f"{len(x)} control scores for {report.n_seeds} seeds")
     if st.strongest is None:
-        return float(x.mean()), None
+        return IndependentStability(float(x.mean()), None)
     null = report.nulls[st.strongest]["pw_mcc"]
 
     def theta(idx: Sequence[int]) -> float:
         keep = list(idx)
         return float(x[keep].mean()) - pair_mean(null, keep)
 
-    return float(x.mean()), jackknife(theta, len(x))
+    return IndependentStability(float(x.mean()), jackknife(theta, len(x)))
 
 
 def strongest_nulls(report: StabilityReport) -> dict[str, str]:

@@ -24,7 +24,6 @@ from husai.measure.evals.runner import EvalResults, run_evals
 from husai.measure.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
 from husai.measure.nulls import Nulls, null_decoders
 from husai.measure.stability import (
-    Interval,
     StabilityReport,
     independent_stability,
     representative,
@@ -102,13 +101,13 @@ class TrialResult:
         """pw_mcc between SAEs that never saw each other and its excess over the strongest null
         (stability/independent_pw_mcc*): what copying the reference cannot inflate."""
         to_control = None if self.consistency is None else self.consistency.to_control
-        value, excess = independent_stability(self.stability, to_control)
-        ex = excess if excess is not None else Interval(float("nan"), None, None, 0)
+        ind = independent_stability(self.stability, to_control)
+        ex = ind.excess
         return {
-            names.INDEPENDENT_PW_MCC: value,
-            names.INDEPENDENT_EXCESS: None if excess is None else ex.value,
-            names.INDEPENDENT_EXCESS_LCB: ex.lcb,
-            names.INDEPENDENT_EXCESS_UCB: ex.ucb,
+            names.INDEPENDENT_PW_MCC: ind.value,
+            names.INDEPENDENT_EXCESS: None if ex is None else ex.value,
+            names.INDEPENDENT_EXCESS_LCB: None if ex is None else ex.lcb,
+            names.INDEPENDENT_EXCESS_UCB: None if ex is None else ex.ucb,
         }
 
     def tags(self) -> dict[str, str]:

@@ -159,25 +159,24 @@ def run_sweep(
     experiment (the pipeline), so they are not looked up and loaded twice. A base model that
     did not generalise is refused unless `allow_memorised`. `confirm`: run the confirmation
     stage after the search (`husai.run.confirm`; the pipeline runs it as its own step)."""
-    out = _search(
-        sweep_path, smoke, tracking_uri, ray_address, resume, rerun, prepared, allow_memorised
-    )
     sweep, tracker = load_sweep(sweep_path), Tracker(tracking_uri)
+    out = _search(
+        sweep_path, sweep, tracker, smoke, ray_address, resume, rerun, prepared, allow_memorised
+    )
     return confirm_best(tracker, sweep, out, allow_memorised) if confirm else out
 
 
 def _search(
     sweep_path: Path,
+    sweep: SweepConfig,
+    tracker: Tracker,
     smoke: bool,
-    tracking_uri: str | None,
     ray_address: str | None,
     resume: bool,
     rerun: bool,
     prepared: tuple[BaseModelHandle, ActivationsHandle] | None,
     allow_memorised: bool = False,
 ) -> SweepOutcome:
-    sweep = load_sweep(sweep_path)
-    tracker = Tracker(tracking_uri)
     previous = _interrupted_run(tracker, sweep) if resume else None
     if previous is not None:
         smoke = previous.params[names.SWEEP_PARAM_SMOKE] == "True"

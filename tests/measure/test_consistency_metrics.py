@@ -36,9 +36,10 @@ def test_copying_the_reference_gains_nothing_and_inflates_nothing() -> None:
     g = m.independent_gain
     assert g.lcb is not None and g.ucb is not None and g.lcb < 0.01 and abs(g.value) < 0.01
     # Scored against the control instead, the copies are worth what the reference is worth.
-    value, excess = independent_stability(rep, m.to_control)
-    assert value == pytest.approx(m.ref_control_pw_mcc, abs=0.01)
-    assert excess is not None and excess.value < rep.metrics["pw_mcc"].excess.value - 0.2
+    ind = independent_stability(rep, m.to_control)
+    assert ind.value == pytest.approx(m.ref_control_pw_mcc, abs=0.01)
+    assert ind.excess is not None
+    assert ind.excess.value < rep.metrics["pw_mcc"].excess.value - 0.2
 
 
 def test_moving_toward_what_an_independent_sae_finds_is_a_gain() -> None:
@@ -51,8 +52,8 @@ def test_moving_toward_what_an_independent_sae_finds_is_a_gain() -> None:
 def test_at_lambda_0_the_independent_excess_is_the_seed_vs_seed_excess() -> None:
     plain = [noisy(TRUE, 0.3, 30 + i) for i in range(4)]
     rep = report(plain)
-    value, excess = independent_stability(rep, None)
-    assert value == rep.metrics["pw_mcc"].value and excess == rep.metrics["pw_mcc"].excess
+    ind = independent_stability(rep, None)
+    assert ind.value == rep.metrics["pw_mcc"].value and ind.excess == rep.metrics["pw_mcc"].excess
 
 
 def test_control_scores_must_match_the_seeds() -> None:
