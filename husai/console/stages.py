@@ -154,28 +154,48 @@ def print_evals(m: Mapping[str, float]) -> None:
     g = m.get
     if not any(k.startswith((names.STRESS_PREFIX, names.EXTERNAL_PREFIX)) for k in m):
         return
+
+    def ci(value: str, lcb: str, ucb: str) -> str:
+        return f"{fmt(g(value), '+.4f')} [{fmt(g(lcb), '+.4f')}, {fmt(g(ucb), '+.4f')}]"
+
     print(
-        f"  stress: transcoder pw_mcc {fmt(g(names.STRESS_TRANSCODER_PW_MCC))} vs MLP-in SAE "
-        f"{fmt(g(names.STRESS_MLP_IN_SAE_PW_MCC))}: delta "
-        f"{fmt(g(names.STRESS_TRANSCODER_DELTA), '+.4f')} "
-        f"[{fmt(g(names.STRESS_TRANSCODER_DELTA_LCB), '+.4f')}, "
-        f"{fmt(g(names.STRESS_TRANSCODER_DELTA_UCB), '+.4f')}]"
+        f"  stress: transcoder pw_mcc {fmt(g(names.STRESS_TRANSCODER_PW_MCC))} (null "
+        f"{fmt(g(names.STRESS_TRANSCODER_NULL_PW_MCC))}) vs MLP-in SAE "
+        f"{fmt(g(names.STRESS_MLP_IN_SAE_PW_MCC))} (null "
+        f"{fmt(g(names.STRESS_MLP_IN_NULL_PW_MCC))})"
     )
     print(
-        f"          ood: ev drop {fmt(g(names.STRESS_OOD_DROP), '+.4f')} (ev on the shifted slice "
-        f"{fmt(g(names.STRESS_OOD_EV))}), probe-AUC drop "
-        f"{fmt(g(names.STRESS_OOD_PROBE_DROP), '+.4f')}"
+        "          transcoder excess "
+        + ci(
+            names.STRESS_TRANSCODER_EXCESS,
+            names.STRESS_TRANSCODER_EXCESS_LCB,
+            names.STRESS_TRANSCODER_EXCESS_UCB,
+        )
+        + ", excess delta "
+        + ci(
+            names.STRESS_TRANSCODER_EXCESS_DELTA,
+            names.STRESS_TRANSCODER_EXCESS_DELTA_LCB,
+            names.STRESS_TRANSCODER_EXCESS_DELTA_UCB,
+        )
     )
     print(
-        f"  external (local stand-ins): probe AUC {fmt(g(names.EXTERNAL_PROBE_AUC))} vs raw "
-        f"{fmt(g(names.EXTERNAL_PROBE_BASELINE_AUC))}: delta "
-        f"{fmt(g(names.EXTERNAL_PROBE_DELTA), '+.4f')} "
-        f"(lcb {fmt(g(names.EXTERNAL_PROBE_DELTA_LCB), '+.4f')})"
+        f"          ood: FVU ratio {fmt(g(names.STRESS_OOD_FVU_RATIO), '.3f')} (null 95% "
+        f"{fmt(g(names.STRESS_OOD_FVU_RATIO_NULL_Q95), '.3f')}), ev on the shifted slice "
+        f"{fmt(g(names.STRESS_OOD_EV))} (drop {fmt(g(names.STRESS_OOD_DROP), '+.4f')}), "
+        f"probe-AUC drop {fmt(g(names.STRESS_OOD_PROBE_DROP), '+.4f')}"
     )
     print(
-        f"          contrastive score {fmt(g(names.EXTERNAL_CONTRASTIVE_SCORE))}, delta vs "
-        f"lambda 0 {fmt(g(names.EXTERNAL_CONTRASTIVE_DELTA), '+.4f')} "
-        f"(lcb {fmt(g(names.EXTERNAL_CONTRASTIVE_DELTA_LCB), '+.4f')})"
+        f"  external (local stand-ins): probe AUC {fmt(g(names.EXTERNAL_PROBE_AUC))} vs random "
+        f"features {fmt(g(names.EXTERNAL_PROBE_NULL_AUC))}: excess "
+        + ci(*names.PROBE_EXCESS_KEYS)
+        + f"; raw {fmt(g(names.EXTERNAL_PROBE_BASELINE_AUC))}"
+    )
+    print(
+        f"          contrastive {fmt(g(names.EXTERNAL_CONTRASTIVE_SCORE))} vs random features "
+        f"{fmt(g(names.EXTERNAL_CONTRASTIVE_NULL))}: excess "
+        + ci(*names.CONTRASTIVE_EXCESS_KEYS)
+        + "; vs lambda 0 "
+        + (ci(*names.CONTRASTIVE_DELTA_KEYS) if names.EXTERNAL_CONTRASTIVE_DELTA in m else "n/a")
     )
     secs = ", ".join(
         f"{e} {m[names.eval_seconds_key(e)]:.1f} s"

@@ -20,7 +20,8 @@ from husai import names
 from husai.config.experiment import ExperimentConfig
 from husai.core.errors import InputError
 from husai.measure.consistency_metrics import ConsistencyMetrics, consistency_metrics
-from husai.measure.evals.runner import EvalResults, run_evals
+from husai.measure.evals.results import EvalResults
+from husai.measure.evals.runner import run_evals
 from husai.measure.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
 from husai.measure.nulls import Nulls, null_decoders
 from husai.measure.stability import (
@@ -115,7 +116,7 @@ class TrialResult:
         out = {names.strongest_null_tag(m): n for m, n in strongest_nulls(self.stability).items()}
         out.update(self.nulls.tags())
         if self.evals is not None:
-            out.update(self.evals.tags())
+            out.update(self.evals.tags(self.plain_contrastive))
         return out
 
 

@@ -38,9 +38,9 @@ bring with `husai trial --activations-file`). Where you have that model:
 
 - SAEBench (https://github.com/adamkarvonen/SAEBench): install it, load this folder as above
   and pass `[("husai-v{version}", sae)]` as the selected SAEs to an eval's `run_eval` (see its
-  "Custom SAE usage" section; sparse probing is the counterpart of `external/probe_delta`).
+  "Custom SAE usage" section; sparse probing is the counterpart of `external/probe_excess`).
 - CE-Bench (contrastive evaluation): load the SAE the same way and run its contrastive and
-  independence scoring; compare with `external/contrastive_delta`.
+  independence scoring; compare with `external/contrastive_excess`.
 """
 
 

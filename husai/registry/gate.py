@@ -25,6 +25,8 @@ from husai.core.errors import ConfigError
 
 Op = Literal[">=", "<=", ">", "<"]
 HIGHER_IS_BETTER = {">=": True, ">": True, "<=": False, "<": False}
+When = Literal["always", "lambda > 0"]
+LAMBDA_POSITIVE: When = "lambda > 0"
 
 
 class Check(BaseModel):
@@ -41,6 +43,11 @@ class Check(BaseModel):
         ge=0.0,
         description="also no worse than the current champion by more than this (None: no check)",
     )
+    when: When = Field(
+        "always",
+        description="where the check applies: 'lambda > 0' makes it not applicable (passing, "
+        "and saying so) on a version trained without the consistency term",
+    )
 
     @field_validator("metric")
     @classmethod
@@ -53,6 +60,15 @@ class Check(BaseModel):
                     f"{v!r} was removed in metric_version 3; use {v.removesuffix(old) + new!r}"
                 )
         raise ValueError(f"unknown metric {v!r} (see docs/metrics.md)")
+
+    @model_validator(mode="after")
+    def _lambda_only(self) -> Check:
+        if names.lambda_only(self.metric) and self.when != LAMBDA_POSITIVE:
+            raise ValueError(
+                f"when: {self.metric} exists only for lambda > 0 (absent at lambda 0, never 0); "
+                "add `when: lambda > 0`"
+            )
+        return self
 
     @property
     def short(self) -> str:
@@ -183,16 +199,19 @@ def evaluate(
     readings: Mapping[str, Reading],
     champion: Champion | None,
     n_seeds: int | None = None,
+    lam: float | None = None,
 ) -> GateDecision:
     """Judge one version. `readings`: metric -> Reading for the version; `champion`: the current
     champion (None: there is none, and margins have nothing to compare); `n_seeds`: the seeds of
     the version's trial (None: unknown, which fails every check on an interval, as too few seeds
-    do)."""
+    do); `lam`: the version's consistency lambda (None: unknown, so every check applies)."""
     results = []
     # An incomparable champion's numbers mean nothing here: margins never read them.
     usable = champion if champion is not None and champion.incomparable is None else None
     for check_id, c in policy.items():
         r = readings.get(c.metric, Reading(None, "missing"))
+        if c.when == LAMBDA_POSITIVE and lam == 0:
+            r = Reading(r.value, r.source, "lambda = 0: no consistency term (when: lambda > 0)")
         champ_value = None
         if c.champion_margin is not None and usable is not None:
             champ_value = usable.readings.get(c.metric, Reading(None, "missing")).value

@@ -6,10 +6,10 @@ Where a metric is read from: per-artifact keys (`recon/*`, the OOD stress) from 
 the seed the version was registered from (the version *is* that seed's SAE); every other key
 (stability, intervals, evals over seeds) from the version's trial run, the recipe's; whether its
 base model generalised from the registry. Nothing falls back from one place to another: what is
-not where its key belongs is missing, and a required check on it fails. A consistency key on a
-lambda = 0 version, or the base-model check on a user's own activations, does not apply and
-says so. A champion margin is measured only against a champion trained on the same activations
-under the same metric version.
+not where its key belongs is missing, and a required check on it fails. A check marked
+`when: lambda > 0` on a lambda = 0 version, or the base-model check on a user's own
+activations, does not apply and says so. A champion margin is measured only against a champion
+trained on the same activations under the same metric version.
 
 Order of writes, so that an interrupted or concurrent gate never leaves a half-written
 decision: a pass is first re-checked against the champion (if another gate moved it since it
@@ -62,6 +62,12 @@ def trial_seeds(tracker: Tracker, mv: VersionView) -> int | None:
     return None if n is None else int(n)
 
 
+def trial_lambda(tracker: Tracker, mv: VersionView) -> float | None:
+    """The consistency lambda of the version's trial (None: not recorded)."""
+    lam = tracker.get_run_params(_trial_id(mv)).get(names.PARAM_LAMBDA)
+    return None if lam is None else float(lam)
+
+
 def _trial_id(mv: VersionView) -> str:
     return mv.tags.get(names.TAG_TRIAL_RUN_ID) or mv.run_id
 
@@ -75,12 +81,9 @@ def readings(tracker: Tracker, mv: VersionView) -> dict[str, Reading]:
         (r for r in tracker.child_runs(trial_id) if seed and r.tags.get(names.TAG_SEED) == seed),
         None,
     )
-    lam = float(trial.params.get(names.PARAM_LAMBDA, "0") or 0)
     out: dict[str, Reading] = {}
     for key in names.gateable_metrics() - {names.GATE_BASE_GENERALISED}:
-        if key.startswith(names.CONSISTENCY_PREFIX) and lam == 0:
-            out[key] = Reading(None, f"run {trial_id}", "lambda = 0: no consistency term")
-        elif key in names.ARTIFACT_LEVEL_KEYS:
+        if key in names.ARTIFACT_LEVEL_KEYS:
             if seed_run is not None and key in seed_run.metrics:
                 out[key] = Reading(float(seed_run.metrics[key]), f"seed run {seed_run.run_id}")
         elif key in trial.metrics:
@@ -131,14 +134,14 @@ def run_gate(
 ) -> GateOutcome:
     mv = _version(tracker, version, alias)
     v = str(mv.version)
-    mine, n_seeds = readings(tracker, mv), trial_seeds(tracker, mv)
+    mine, n_seeds, lam = readings(tracker, mv), trial_seeds(tracker, mv), trial_lambda(tracker, mv)
     for _ in range(MAX_CHAMPION_RACES):
         champ_mv = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
         was = None if champ_mv is None else str(champ_mv.version)
         champion = None
         if champ_mv is not None and was != v:
             champion = champion_of(tracker, mv, champ_mv)
-        decision = evaluate(policy, v, mine, champion, n_seeds)
+        decision = evaluate(policy, v, mine, champion, n_seeds, lam)
         if dry_run:
             return GateOutcome(decision, None, False)
         if decision.pass_all:

@@ -209,9 +209,7 @@ def plain_recipe(
     base_inputs = replace(inputs, src=replace(inputs.src, ray_trial_id=None, confirms=None))
     result, rec = run_and_record(plain, base_inputs, parent_run_id=parent_run_id)
     console.print_plain_recipe(rec.run_id, recorded=True)
-    scores = (
-        {} if result.evals is None else {s: r.score for s, r in result.evals.contrastive.items()}
-    )
+    scores = {} if result.evals is None else result.evals.contrastive_scores()
     return PlainRecipe(result.recon_mean["ev"], scores)
 
 

@@ -19,6 +19,7 @@ import yaml
 import husai
 from husai import names
 from husai.cli import main
+from husai.core.errors import ConfigError
 from husai.registry.gate import Champion, Policy, Reading, evaluate, load_policy
 from husai.registry.gate_apply import readings as version_readings
 from husai.registry.gate_apply import run_gate
@@ -28,9 +29,13 @@ from tests.helpers import ROOT
 STRICT = ROOT / "gates" / "strict.yaml"
 GOOD = {
     "stability/independent_pw_mcc_excess_lcb": 0.3,
-    "stress/transcoder_delta_lcb": 0.01,
+    "stress/transcoder_excess_lcb": 0.05,
+    "stress/transcoder_excess_delta_lcb": 0.01,
+    "stress/ood_fvu_ratio": 1.2,
+    "stress/ood_ev": 0.95,
     "stress/ood_drop": 0.02,
-    "external/probe_delta_lcb": 0.02,
+    "external/probe_excess_lcb": 0.02,
+    "external/contrastive_excess_lcb": 0.01,
     "external/contrastive_delta_lcb": 0.0,
     "recon/ev": 0.97,
     "consistency/independent_gain_lcb": 0.02,
@@ -39,9 +44,9 @@ GOOD = {
 # One failing value per group of the strict policy.
 FAILING = {
     "stability": ("stability/independent_pw_mcc_excess_lcb", -0.01),
-    "transcoder": ("stress/transcoder_delta_lcb", -0.02),
-    "ood": ("stress/ood_drop", 0.2),
-    "external": ("external/probe_delta_lcb", -0.05),
+    "transcoder": ("stress/transcoder_excess_lcb", -0.02),
+    "ood": ("stress/ood_fvu_ratio", 2.0),
+    "external": ("external/probe_excess_lcb", -0.05),
     "recon": ("recon/ev", 0.5),
     "consistency": ("consistency/independent_gain_lcb", -0.01),
 }
@@ -70,11 +75,11 @@ def test_each_group_failing_alone_blocks(group: str) -> None:
 def test_missing_or_non_finite_metric_fails_closed(bad: float | None) -> None:
     metrics = dict(GOOD)
     if bad is None:
-        del metrics["stress/ood_drop"]
+        del metrics["stress/ood_fvu_ratio"]
     else:
-        metrics["stress/ood_drop"] = bad
+        metrics["stress/ood_fvu_ratio"] = bad
     d = evaluate(load_policy(STRICT), "1", readings(metrics), None, 5)
-    (c,) = [c for c in d.checks if c.metric == "stress/ood_drop"]
+    (c,) = [c for c in d.checks if c.metric == "stress/ood_fvu_ratio"]
     assert not c.passed and "fails closed" in c.reason and not d.pass_all
 
 
@@ -233,13 +238,14 @@ def test_pass_promotes_block_keeps_and_reasons_are_written(
     tags = version_tags(tracker, good)
     assert tags["gate.strict.pass_all"] == "true" and tags["gate.strict.recon.ev"] == "pass"
 
-    bad = register(tracker, {**GOOD, "stress/ood_drop": 0.3})
+    bad = register(tracker, {**GOOD, "stress/ood_fvu_ratio": 3.0})
     assert main(["gate", "--policy", str(STRICT), "--version", bad]) == 2
     assert "BLOCKED" in capsys.readouterr().out
     assert champion(tracker) == good  # the alias stayed where it was
     tags = version_tags(tracker, bad)
-    assert tags["gate.strict.pass_all"] == "false" and tags["gate.strict.ood.ood_drop"] == "fail"
-    assert "stress/ood_drop = 0.3" in tags["gate.strict.reasons"]
+    assert tags["gate.strict.pass_all"] == "false"
+    assert tags["gate.strict.ood.ood_fvu_ratio"] == "fail"
+    assert "stress/ood_fvu_ratio = 3" in tags["gate.strict.reasons"]
 
     runs = gate_runs(tracker)
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
@@ -316,20 +322,35 @@ def test_the_base_model_must_have_generalised(tracker: Tracker) -> None:
 
 
 def test_consistency_checks_do_not_apply_at_lambda_0(tracker: Tracker) -> None:
+    check = {"metric": "consistency/ev_drop", "op": "<=", "threshold": 0.01}
     policy = Policy.model_validate(
-        {
-            "name": "c",
-            "checks": {
-                "consistency": [{"metric": "consistency/ev_drop", "op": "<=", "threshold": 0.01}]
-            },
-        }
+        {"name": "c", "checks": {"consistency": [{**check, "when": "lambda > 0"}]}}
     )
     plain = register(tracker, GOOD)
     out = run_gate(tracker, policy, version=plain, dry_run=True)
     assert out.decision.pass_all and "lambda = 0" in out.decision.checks[0].reason
+    assert "not applicable" in out.decision.checks[0].reason
     pulled = register(tracker, GOOD, params={names.PARAM_LAMBDA: "0.5"})
     out = run_gate(tracker, policy, version=pulled, dry_run=True)
     assert not out.decision.pass_all and "missing" in out.decision.checks[0].reason
+
+
+@pytest.mark.parametrize(
+    "metric", ["consistency/independent_gain_lcb", "external/contrastive_delta_lcb"]
+)
+def test_a_check_on_a_lambda_only_key_must_say_when(tmp_path: Path, metric: str) -> None:
+    """Keys that exist only for lambda > 0 are absent (never 0) at lambda 0: a check on one
+    that does not say `when: lambda > 0` would fail every plain recipe closed, so the policy is
+    refused at load, naming the field."""
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: p\nchecks: {{g: [{{metric: {metric}, op: '>=', threshold: 0}}]}}\n")
+    with pytest.raises(ConfigError, match=r"checks\.g\.0.*when.*lambda > 0"):
+        load_policy(path)
+    path.write_text(
+        f"name: p\nchecks: {{g: [{{metric: {metric}, op: '>=', threshold: 0, "
+        "when: lambda > 0}]}\n"
+    )
+    assert load_policy(path).items()[0][1].when == "lambda > 0"
 
 
 def test_a_pull_that_only_copies_the_reference_is_blocked(tracker: Tracker) -> None:
@@ -416,7 +437,9 @@ def test_two_concurrent_gates_leave_one_champion_and_whole_decisions(
     for v in (a, b):
         tags = version_tags(tracker, v)
         assert tags["gate.strict.pass_all"] == "true"  # written last: the decision is whole
-        assert len([k for k in tags if k.startswith("gate.strict.")]) == 11
+        # One tag per check, then reasons, run_id and pass_all.
+        n_checks = len(load_policy(STRICT).items())
+        assert len([k for k in tags if k.startswith("gate.strict.")]) == n_checks + 3
     runs = gate_runs(tracker)
     assert len(runs) >= 2 and all(r.info.status == "FINISHED" for r in runs)
     assert yaml.safe_load((ROOT / "gates" / "default.yaml").read_text())["name"] == "default"

@@ -298,8 +298,10 @@ def test_every_seed_of_a_trial_is_evaluated_and_recorded(
     m = trial.data.metrics
     for key in names.HEADLINE_EVAL_KEYS:
         assert key in m and np.isfinite(m[key]), key
-    # lambda = 0: the recipe is its own contrastive baseline.
-    assert m[names.EXTERNAL_CONTRASTIVE_DELTA] == 0.0
+    # lambda = 0: the recipe is its own contrastive baseline; the delta is absent, not 0.
+    assert names.EXTERNAL_CONTRASTIVE_DELTA not in m
+    assert "lambda = 0" in trial.data.tags[names.TAG_CONTRASTIVE_DELTA_ABSENT]
+    assert trial.data.tags[names.TAG_PROBE_FREQUENCIES]
     for name in names.EVALS:
         assert m[names.eval_seconds_key(name)] >= 0.0
     for s in seeds:  # not only the representative seed

@@ -1,16 +1,20 @@
-"""CE-Bench-style contrastive eval, local stand-in (docs/design.md, "Evals").
+"""CE-Bench-style contrastive eval, local stand-in (docs/metrics.md, "Contrastive").
 
-Controlled pairs of inputs:
-- contrast pairs (a, b) -> (a, b + 1): the answer c moves by one, so its parity flips (pairs
-  that wrap from c = p - 1 to 0 keep their parity and are skipped);
-- neutral pairs (a, b) -> (a + 1, b - 1): different operands, the same answer c.
-Per latent j (z_j standardised by its spread over the rows):
-- contrastive_j = |mean over contrast pairs of the signed change of z_j| / std_j (signed so that
-  "becomes odd" is positive): how cleanly j tracks the attribute;
-- independence_j = 1 - min(1, mean |change| on neutral pairs / mean |change| on contrast pairs):
+Held-out rows only (the SAE never trained on them). Controlled pairs of rows:
+- contrast pairs for attribute t (`tasks.ATTRIBUTES`: parity of c, c < p/2, c mod 3 = 0): two
+  rows with the same operand a whose answers differ in t and in no other attribute (b moves,
+  so c moves; e.g. c -> c + 3 flips parity but keeps c mod 3 and, away from p/2, the half);
+  ordered from label 0 to label 1;
+- neutral pairs: two rows with the same answer c and different operands: nothing about c moves.
+Per latent j (spread std_j over the held-out rows):
+- contrastive_j = |mean over t's contrast pairs of the change of z_j| / std_j: how cleanly j
+  tracks t;
+- independence_j = 1 - min(1, mean |change| on neutral pairs / mean |change| on t's pairs):
   whether j ignores what should not matter;
-- score_j = contrastive_j * independence_j; the SAE's score is the best latent's.
-`external/contrastive_delta` compares this score with the lambda = 0 recipe's, seed by seed.
+- score_j = contrastive_j * independence_j. An attribute's score is its best latent's; the SAE's
+  score is the mean over attributes.
+`runner` scores the trial's random-feature null with the same code; the excess over it, and the
+delta against the lambda = 0 recipe (lambda > 0 only), are what gates read.
 """
 
 from __future__ import annotations
@@ -19,56 +23,87 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from husai.measure.evals.tasks import answers, attribute_labels
+
 EPS = 1e-8
 
 
 @dataclass(frozen=True)
-class ContrastiveResult:
+class AttributeScore:
+    attribute: str
     score: float
     best_latent: int
     contrastive: float  # of the best latent
     independence: float
-    n_contrast_pairs: int
+    n_pairs: int
+
+
+@dataclass(frozen=True)
+class ContrastiveResult:
+    attributes: list[AttributeScore]  # those with at least one contrast pair
     n_neutral_pairs: int
 
-
-def _pairs(present: np.ndarray, p: int, da: int, db: int) -> tuple[np.ndarray, np.ndarray]:
-    rows = np.arange(p * p)
-    a, b = rows // p, rows % p
-    other = ((a + da) % p) * p + (b + db) % p
-    keep = present[rows] & present[other]
-    return rows[keep], other[keep]
+    @property
+    def score(self) -> float:
+        return float(np.mean([a.score for a in self.attributes]))
 
 
-def contrastive_eval(z_by_row: np.ndarray, present: np.ndarray, p: int) -> ContrastiveResult:
-    """`z_by_row` [p^2, d_sae]: latents of every row; rows with present[r] False are ignored
-    (the shifted slice, or rows the activation set lacks)."""
-    c = (np.arange(p * p) // p + np.arange(p * p) % p) % p
-    x0, x1 = _pairs(present, p, 0, 1)
-    flips = (c[x0] % 2) != (c[x1] % 2)
-    x0, x1 = x0[flips], x1[flips]
-    n0, n1 = _pairs(present, p, 1, -1)
-    if len(x0) == 0 or len(n0) == 0:
-        raise ValueError("contrastive eval: no complete contrast or neutral pairs in these rows")
-    std = z_by_row[present].std(axis=0)
+@dataclass(frozen=True)
+class ContrastPairs:
+    """Row-index pairs into the held-out rows: per attribute (label 0 row, label 1 row), and the
+    neutral pairs. They depend on the rows only, so every seed and the null share them."""
+
+    contrast: dict[str, tuple[np.ndarray, np.ndarray]]
+    neutral: tuple[np.ndarray, np.ndarray]
+
+
+def contrast_pairs(rows: np.ndarray, p: int) -> ContrastPairs:
+    rows = np.asarray(rows)
+    a, c = rows // p, answers(rows, p)
+    labels = attribute_labels(rows, p)
+    i, j = np.triu_indices(len(rows), k=1)
+    same_a = a[i] == a[j]
+    contrast = {}
+    for t, y in labels.items():
+        others_equal = np.ones(len(i), dtype=bool)
+        for u, yu in labels.items():
+            if u != t:
+                others_equal &= yu[i] == yu[j]
+        keep = same_a & others_equal & (y[i] != y[j])
+        lo = np.where(y[i[keep]] == 0, i[keep], j[keep])
+        hi = np.where(y[i[keep]] == 0, j[keep], i[keep])
+        if len(lo):
+            contrast[t] = (lo, hi)
+    neutral = (c[i] == c[j]) & (a[i] != a[j])
+    if not contrast or not neutral.any():
+        raise ValueError("contrastive eval: no contrast or neutral pairs among the held-out rows")
+    return ContrastPairs(contrast, (i[neutral], j[neutral]))
+
+
+def contrastive_eval(z: np.ndarray, pairs: ContrastPairs) -> ContrastiveResult:
+    """`z` [n_held_out, d_sae]: latents of the held-out rows `pairs` index."""
+    std = z.std(axis=0)
     alive = std > EPS
-    sign = np.where(c[x1] % 2 == 1, 1.0, -1.0)[:, None]
-    d_contrast = z_by_row[x1] - z_by_row[x0]
-    d_neutral = z_by_row[n1] - z_by_row[n0]
-    contrastive = np.where(
-        alive, np.abs((sign * d_contrast).mean(axis=0)) / np.where(alive, std, 1.0), 0.0
-    )
-    moved = np.abs(d_contrast).mean(axis=0)
-    independence = np.where(
-        moved > EPS, 1.0 - np.minimum(1.0, np.abs(d_neutral).mean(axis=0) / (moved + EPS)), 0.0
-    )
-    score = contrastive * independence
-    j = int(np.argmax(score))
-    return ContrastiveResult(
-        score=float(score[j]),
-        best_latent=j,
-        contrastive=float(contrastive[j]),
-        independence=float(independence[j]),
-        n_contrast_pairs=len(x0),
-        n_neutral_pairs=len(n0),
-    )
+    n0, n1 = pairs.neutral
+    neutral_move = np.abs(z[n1] - z[n0]).mean(axis=0)
+    out = []
+    for t, (lo, hi) in pairs.contrast.items():
+        d = z[hi] - z[lo]
+        contrastive = np.where(alive, np.abs(d.mean(axis=0)) / np.where(alive, std, 1.0), 0.0)
+        moved = np.abs(d).mean(axis=0)
+        independence = np.where(
+            moved > EPS, 1.0 - np.minimum(1.0, neutral_move / (moved + EPS)), 0.0
+        )
+        score = contrastive * independence
+        best = int(np.argmax(score))
+        out.append(
+            AttributeScore(
+                t,
+                float(score[best]),
+                best,
+                float(contrastive[best]),
+                float(independence[best]),
+                len(lo),
+            )
+        )
+    return ContrastiveResult(out, len(n0))

@@ -1,7 +1,14 @@
-"""OOD stress test (docs/design.md, "Evals"): the trial's SAEs never trained on the shifted slice
-(pairs with both operands in the held-out top range, `activations.ood_frac`). Per seed,
-`ood_drop` = recon/ev on the held-out in-distribution rows - recon/ev on the shifted rows;
-positive means worse out of distribution. Each EV uses its own rows' variance.
+"""OOD stress test (docs/metrics.md, "OOD"): the trial's SAEs never trained on the shifted slice
+(pairs with both operands in the held-out top range, `activations.ood_frac`). Per seed:
+
+- `fvu_ratio` = FVU on the shifted rows / FVU on the held-out in-distribution rows (each FVU
+  over its own rows' variance): how many times worse the SAE reconstructs out of distribution.
+  Relative, so a small EV change on a well-reconstructed set still shows (EV 0.97 -> 0.95 is a
+  ratio of 1.7);
+- its null: the same statistic for `N_NULL_DRAWS` random subsets of the held-out in-distribution
+  rows of the slice's size (FVU of the subset / FVU of all held-out rows). Its 95th percentile
+  `null_q95` is how large the ratio gets from a small slice alone, with no shift;
+- `drop` = EV in - EV out, absolute (kept for continuity with metric_version <= 4).
 """
 
 from __future__ import annotations
@@ -9,22 +16,59 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from husai.measure.metrics import fvu, reconstruct
+from husai.measure.metrics import reconstruct
+
+N_NULL_DRAWS = 200
+NULL_QUANTILE = 0.95
 
 
 @dataclass(frozen=True)
 class OODResult:
-    ev_in: float
-    ev_out: float
+    fvu_in: float
+    fvu_out: float
+    null_q95: float  # of the ratio on random in-distribution subsets of the slice's size
+
+    @property
+    def ev_in(self) -> float:
+        return 1.0 - self.fvu_in
+
+    @property
+    def ev_out(self) -> float:
+        return 1.0 - self.fvu_out
 
     @property
     def drop(self) -> float:
         return self.ev_in - self.ev_out
 
+    @property
+    def fvu_ratio(self) -> float:
+        return self.fvu_out / self.fvu_in if self.fvu_in > 0 else float("nan")
 
-def ood_recon(sae: Any, x_in: torch.Tensor, x_out: torch.Tensor) -> OODResult:
-    ev_in = 1.0 - fvu(x_in, reconstruct(sae, x_in)[1])
-    ev_out = 1.0 - fvu(x_out, reconstruct(sae, x_out)[1])
-    return OODResult(ev_in=ev_in, ev_out=ev_out)
+
+def _fvu_parts(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row squared error and per-row squared deviation from the rows' mean."""
+    x, x_hat = x.double(), x_hat.double()
+    err = ((x - x_hat) ** 2).sum(dim=1).numpy()
+    return err, x.numpy()
+
+
+def _fvu(err: np.ndarray, x: np.ndarray) -> float:
+    total = float(((x - x.mean(axis=0)) ** 2).sum())
+    return float(err.sum()) / total if total > 0 else float("nan")
+
+
+def ood_recon(sae: Any, x_in: torch.Tensor, x_out: torch.Tensor, seed: int = 0) -> OODResult:
+    """`seed`: of the null's subset draws (fixed: the same SAE and rows give the same result)."""
+    err_in, xi = _fvu_parts(x_in, reconstruct(sae, x_in)[1])
+    err_out, xo = _fvu_parts(x_out, reconstruct(sae, x_out)[1])
+    fvu_in, fvu_out = _fvu(err_in, xi), _fvu(err_out, xo)
+    rng = np.random.default_rng(seed)
+    n, m = len(xi), len(xo)
+    ratios = []
+    for _ in range(N_NULL_DRAWS):
+        idx = rng.choice(n, size=m, replace=m > n)
+        ratios.append(_fvu(err_in[idx], xi[idx]) / fvu_in if fvu_in > 0 else np.nan)
+    return OODResult(fvu_in, fvu_out, float(np.quantile(ratios, NULL_QUANTILE)))

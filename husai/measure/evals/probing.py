@@ -1,11 +1,15 @@
-"""SAEBench-style sparse probing, local stand-in (docs/design.md, "Evals").
+"""SAEBench-style sparse probing, local stand-in (docs/metrics.md, "Probing").
 
-Per binary task: the k latents with the largest class-mean difference on the probe-train rows
-(k in `ks`), an L1 logistic regression on those k latents, test AUC on held-out rows. The SAE's
-score for a task is its best AUC over k (SAEBench reports each k; the best is what the gate
-compares). Baseline: a logistic probe on the raw activations, same rows. `probe_delta` =
-mean over tasks of (SAE AUC - baseline AUC). With OOD rows, the chosen probe is also scored on
-them (AUC in distribution - out = the OOD probe drop).
+Per binary task (`tasks`: attributes of c, and Fourier tasks the representation makes linearly
+decodable) and per feature set (the SAE's latents, or the random-feature null's):
+- for each k in `ks`: the k latents with the largest class-mean difference, then an L1 logistic
+  regression on them. k is chosen by stratified `CV_FOLDS`-fold cross-validation on the
+  SAE-train rows (selection and fit inside each fold), never on held-out rows;
+- with the chosen k, refit on all SAE-train rows; the score is the AUC on the held-out rows.
+Beside it, per task and shared by every seed: a logistic probe on the raw activations (the
+`baseline`). `probe_delta` = SAE AUC - raw AUC (mean over tasks); `probe_excess` = SAE AUC -
+random-feature AUC with the same k choices: what the SAE's training added over random
+projections with its own sparsity. With OOD rows, the chosen SAE probe is also scored on them.
 """
 
 from __future__ import annotations
@@ -14,38 +18,51 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import rankdata
+from sklearn import config_context
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+
+CV_FOLDS = 3
 
 
 @dataclass(frozen=True)
 class TaskProbe:
     task: str
-    sae_auc: float  # best over k, held-out rows
+    auc: float  # held-out rows, at the k chosen by CV on SAE-train rows
     best_k: int
-    auc_by_k: dict[int, float]
-    baseline_auc: float
-    ood_auc: float | None  # best-k probe on the shifted slice; None: no slice or one class there
+    cv_auc_by_k: dict[int, float]
+    ood_auc: float | None  # the chosen probe on the shifted slice; None: no slice or one class
 
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One SAE (one seed) on every task."""
+    """One SAE (one seed) on every task: its latents, the random-feature null, the raw probe."""
 
-    tasks: list[TaskProbe]
+    sae: list[TaskProbe]
+    null: list[TaskProbe]
+    baseline: dict[str, float]  # task -> raw-activation probe AUC
 
     @property
     def sae_auc(self) -> float:
-        return float(np.mean([t.sae_auc for t in self.tasks]))
+        return float(np.mean([t.auc for t in self.sae]))
+
+    @property
+    def null_auc(self) -> float:
+        return float(np.mean([t.auc for t in self.null]))
 
     @property
     def baseline_auc(self) -> float:
-        return float(np.mean([t.baseline_auc for t in self.tasks]))
+        return float(np.mean([self.baseline[t.task] for t in self.sae]))
 
     @property
     def delta(self) -> float:
         return self.sae_auc - self.baseline_auc
+
+    @property
+    def excess(self) -> float:
+        return self.sae_auc - self.null_auc
 
     @property
     def ood_drop(self) -> float | None:
@@ -53,7 +70,7 @@ class ProbeResult:
         whose labels take both values there (e.g. c < p/2 is constant on the default slice of
         large operands: its AUC is undefined and it is left out); None if no task qualifies or
         there is no shifted slice."""
-        drops = [t.sae_auc - t.ood_auc for t in self.tasks if t.ood_auc is not None]
+        drops = [t.auc - t.ood_auc for t in self.sae if t.ood_auc is not None]
         return float(np.mean(drops)) if drops else None
 
 
@@ -63,51 +80,76 @@ def top_latents(z: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-diff, kind="stable")[:k]
 
 
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) identity, ties counted half: what
+    sklearn.metrics.roc_auc_score returns, without its per-call validation (probing calls it
+    thousands of times per trial)."""
+    ranks = rankdata(score)
+    pos = y == 1
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def _auc(y: np.ndarray, score: np.ndarray) -> float | None:
-    return float(roc_auc_score(y, score)) if len(np.unique(y)) == 2 else None
+    return roc_auc(y, score) if len(np.unique(y)) == 2 else None
 
 
-def _fit(x: np.ndarray, y: np.ndarray, l1: bool) -> tuple[StandardScaler, LogisticRegression]:
-    scaler = StandardScaler().fit(x)
-    # l1_ratio 1 = L1 (sparse probe), 0 = L2 (baseline); scikit-learn 1.8 deprecated `penalty`.
-    clf = LogisticRegression(
-        l1_ratio=1.0 if l1 else 0.0, solver="liblinear", C=1.0, max_iter=1000, random_state=0
-    )
-    return scaler, clf.fit(scaler.transform(x), y)
+class _Probe:
+    """Top-k selection (`idx`, or every column), scaling and a logistic regression."""
+
+    def __init__(self, z: np.ndarray, y: np.ndarray, idx: np.ndarray | None, l1: bool) -> None:
+        self.idx = np.arange(z.shape[1]) if idx is None else idx
+        self.scaler = StandardScaler().fit(z[:, self.idx])
+        # l1_ratio 1 = L1 (sparse probe), 0 = L2 (raw baseline); sklearn 1.8 deprecated `penalty`.
+        self.clf = LogisticRegression(
+            l1_ratio=1.0 if l1 else 0.0, solver="liblinear", C=1.0, max_iter=1000, random_state=0
+        ).fit(self.scaler.transform(z[:, self.idx]), y)
+
+    def score(self, z: np.ndarray) -> np.ndarray:
+        return np.asarray(self.clf.decision_function(self.scaler.transform(z[:, self.idx])))
+
+
+def usable(y_train: np.ndarray, y_test: np.ndarray) -> bool:
+    """Both classes among the held-out rows, and enough of each among the train rows for CV."""
+    return len(np.unique(y_test)) == 2 and int(np.bincount(y_train, minlength=2).min()) >= CV_FOLDS
 
 
 def probe_task(
     task: str,
     z_train: np.ndarray,
     z_test: np.ndarray,
-    x_train: np.ndarray,
-    x_test: np.ndarray,
     y_train: np.ndarray,
     y_test: np.ndarray,
     ks: Sequence[int],
     z_ood: np.ndarray | None = None,
     y_ood: np.ndarray | None = None,
 ) -> TaskProbe:
-    if len(np.unique(y_train)) < 2 or len(np.unique(y_test)) < 2:
+    if not usable(y_train, y_test):
         raise ValueError(f"probe task {task}: needs both classes in the train and test rows")
-    auc_by_k, probes = {}, {}
-    for k in ks:
-        idx = top_latents(z_train, y_train, min(k, z_train.shape[1]))
-        scaler, clf = _fit(z_train[:, idx], y_train, l1=True)
-        auc = roc_auc_score(y_test, clf.decision_function(scaler.transform(z_test[:, idx])))
-        auc_by_k[k], probes[k] = float(auc), (idx, scaler, clf)
-    best_k = max(auc_by_k, key=lambda k: (auc_by_k[k], -k))
-    scaler_x, clf_x = _fit(x_train, y_train, l1=False)
-    baseline = roc_auc_score(y_test, clf_x.decision_function(scaler_x.transform(x_test)))
-    ood_auc = None
-    if z_ood is not None and y_ood is not None:
-        idx, scaler, clf = probes[best_k]
-        ood_auc = _auc(y_ood, clf.decision_function(scaler.transform(z_ood[:, idx])))
-    return TaskProbe(
-        task=task,
-        sae_auc=auc_by_k[best_k],
-        best_k=best_k,
-        auc_by_k=auc_by_k,
-        baseline_auc=float(baseline),
-        ood_auc=ood_auc,
-    )
+    folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=0)
+    cv: dict[int, list[float]] = {k: [] for k in ks}
+    width = min(max(ks), z_train.shape[1])
+    with config_context(assume_finite=True, skip_parameter_validation=True):
+        for tr, va in folds.split(z_train, y_train):
+            # The top k are a prefix of the top max(ks): one ranking per fold.
+            order = top_latents(z_train[tr], y_train[tr], width)
+            for k in ks:
+                probe = _Probe(z_train[tr], y_train[tr], order[:k], l1=True)
+                cv[k].append(roc_auc(y_train[va], probe.score(z_train[va])))
+        cv_auc = {k: float(np.mean(v)) for k, v in cv.items()}
+        best_k = max(cv_auc, key=lambda k: (cv_auc[k], -k))
+        idx = top_latents(z_train, y_train, min(best_k, z_train.shape[1]))
+        probe = _Probe(z_train, y_train, idx, l1=True)
+        ood = None
+        if z_ood is not None and y_ood is not None:
+            ood = _auc(y_ood, probe.score(z_ood))
+        auc = roc_auc(y_test, probe.score(z_test))
+    return TaskProbe(task, auc, best_k, cv_auc, ood)
+
+
+def raw_probe_auc(
+    x_train: np.ndarray, x_test: np.ndarray, y_train: np.ndarray, y_test: np.ndarray
+) -> float:
+    """The baseline: an L2 logistic probe on every raw activation dimension, held-out AUC."""
+    probe = _Probe(x_train, y_train, None, l1=False)
+    return roc_auc(y_test, probe.score(x_test))

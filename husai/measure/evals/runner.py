@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from husai import names
-from husai.config.experiment import ExperimentConfig
+from husai.config.experiment import TOPK_FAMILY, ExperimentConfig
 from husai.core.paths import cache_root
-from husai.measure.evals.contrastive import ContrastiveResult, contrastive_eval
-from husai.measure.evals.ood import OODResult, ood_recon
-from husai.measure.evals.probing import ProbeResult, probe_task
-from husai.measure.evals.tasks import task_labels
+from husai.measure.evals.contrastive import contrast_pairs, contrastive_eval
+from husai.measure.evals.ood import ood_recon
+from husai.measure.evals.probing import ProbeResult, probe_task, raw_probe_auc, usable
+from husai.measure.evals.random_features import random_features
+from husai.measure.evals.results import ContrastiveScores, EvalResults
+from husai.measure.evals.tasks import key_frequencies, task_labels
 from husai.measure.evals.transcoder import (
     TranscoderStress,
     cached_transcoder_stress,
@@ -28,88 +28,8 @@ from husai.measure.evals.transcoder import (
     transcoder_stress,
 )
 from husai.measure.metrics import reconstruct
-from husai.measure.stability import seed_mean_interval
 from husai.model.activations import ActivationSet, extract_rows, mlp_hooks
 from husai.model.base_model import HookedTransformer
-
-
-@dataclass
-class EvalResults:
-    transcoder: TranscoderStress | None = None
-    ood: dict[int, OODResult] = field(default_factory=dict)
-    probing: dict[int, ProbeResult] = field(default_factory=dict)
-    contrastive: dict[int, ContrastiveResult] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)  # eval -> why it could not run
-
-    def tags(self) -> dict[str, str]:
-        """Why an eval was skipped; that the transcoder stress came from the cache."""
-        out = {names.eval_skipped_tag(k): why for k, why in self.skipped.items()}
-        if self.transcoder is not None and self.transcoder.cached:
-            out[names.TAG_TRANSCODER_CACHED] = "true"
-        return out
-
-    def seed_metrics(self, seed: int) -> dict[str, float | None]:
-        out: dict[str, float | None] = {}
-        if seed in self.ood:
-            out[names.STRESS_OOD_DROP] = self.ood[seed].drop
-            out[names.STRESS_OOD_EV] = self.ood[seed].ev_out
-        if seed in self.probing:
-            pr = self.probing[seed]
-            out[names.EXTERNAL_PROBE_DELTA] = pr.delta
-            out[names.EXTERNAL_PROBE_AUC] = pr.sae_auc
-            out[names.STRESS_OOD_PROBE_DROP] = pr.ood_drop
-        if seed in self.contrastive:
-            out[names.EXTERNAL_CONTRASTIVE_SCORE] = self.contrastive[seed].score
-        return out
-
-    def trial_metrics(self, plain_contrastive: dict[int, float] | None) -> dict[str, float | None]:
-        """Trial-level keys: means over seeds, lower bounds of their t-intervals.
-        `plain_contrastive` = the lambda = 0 recipe's score per seed (None: this trial is that
-        recipe)."""
-        out: dict[str, float | None] = {}
-        if self.transcoder is not None:
-            t = self.transcoder
-            out.update(
-                {
-                    names.STRESS_TRANSCODER_DELTA: t.delta,
-                    names.STRESS_TRANSCODER_DELTA_LCB: t.delta_lcb,
-                    names.STRESS_TRANSCODER_DELTA_UCB: t.delta_ucb,
-                    names.STRESS_TRANSCODER_PW_MCC: t.transcoder_pw_mcc,
-                    names.STRESS_MLP_IN_SAE_PW_MCC: t.sae_pw_mcc,
-                }
-            )
-        if self.ood:
-            out[names.STRESS_OOD_DROP] = _mean(r.drop for r in self.ood.values())
-            out[names.STRESS_OOD_EV] = _mean(r.ev_out for r in self.ood.values())
-        if self.probing:
-            deltas = [r.delta for r in self.probing.values()]
-            out[names.EXTERNAL_PROBE_DELTA] = _mean(deltas)
-            out[names.EXTERNAL_PROBE_DELTA_LCB] = seed_mean_interval(deltas).lcb
-            out[names.EXTERNAL_PROBE_AUC] = _mean(r.sae_auc for r in self.probing.values())
-            out[names.EXTERNAL_PROBE_BASELINE_AUC] = _mean(
-                r.baseline_auc for r in self.probing.values()
-            )
-            drops = [r.ood_drop for r in self.probing.values()]
-            # The same tasks qualify for every seed (labels do not depend on the SAE).
-            out[names.STRESS_OOD_PROBE_DROP] = (
-                None if any(d is None for d in drops) else _mean(d for d in drops if d is not None)
-            )
-        if self.contrastive:
-            scores = {s: r.score for s, r in self.contrastive.items()}
-            out[names.EXTERNAL_CONTRASTIVE_SCORE] = _mean(scores.values())
-            base = scores if plain_contrastive is None else plain_contrastive
-            if all(s in base for s in scores):
-                diffs = [scores[s] - base[s] for s in scores]
-                out[names.EXTERNAL_CONTRASTIVE_DELTA] = _mean(diffs)
-                out[names.EXTERNAL_CONTRASTIVE_DELTA_LCB] = seed_mean_interval(diffs).lcb
-        for name, secs in self.seconds.items():
-            out[names.eval_seconds_key(name)] = secs
-        return out
-
-
-def _mean(values: Any) -> float:
-    return float(np.mean(list(values)))
 
 
 def run_evals(
@@ -137,7 +57,7 @@ def run_evals(
             res.skipped["ood"] = "no shifted slice in these activations (activations.ood_frac)"
         else:
             start = time.perf_counter()
-            res.ood = {seed: ood_recon(sae, acts.eval, acts.ood) for seed, sae in saes}
+            res.ood = {seed: ood_recon(sae, acts.eval, acts.ood, seed) for seed, sae in saes}
             res.seconds["ood"] = time.perf_counter() - start
     for name, on in (("probing", ev.probing), ("contrastive", ev.contrastive)):
         if on and not labelled:
@@ -145,14 +65,14 @@ def run_evals(
     if ev.probing and labelled:
         start = time.perf_counter()
         try:
-            res.probing = {seed: _probe(cfg, acts, sae) for seed, sae in saes}
+            res.probe_frequencies, res.probing = _probe(cfg, acts, saes)
             res.seconds["probing"] = time.perf_counter() - start
         except ValueError as e:  # too few rows for any task: data, not a bug
             res.skipped["probing"] = str(e)
     if ev.contrastive and labelled:
         start = time.perf_counter()
         try:
-            res.contrastive = {seed: _contrastive(acts, sae) for seed, sae in saes}
+            res.contrastive = _contrastive(cfg, acts, saes)
             res.seconds["contrastive"] = time.perf_counter() - start
         except ValueError as e:
             res.skipped["contrastive"] = str(e)
@@ -177,43 +97,65 @@ def _latents(sae: Any, x: Any) -> np.ndarray:
     return reconstruct(sae, x)[0].double().numpy()
 
 
-def _probe(cfg: ExperimentConfig, acts: ActivationSet, sae: Any) -> ProbeResult:
+def _null_features(cfg: ExperimentConfig, acts: ActivationSet, seed: int) -> Any:
+    """The random-feature null of trial seed `seed`, as a function of rows."""
+    mean = acts.train.double().numpy().mean(axis=0)
+    k = cfg.sae.k if cfg.sae.architecture in TOPK_FAMILY else None
+    null_seed = 4 * cfg.trial.random_seed_offset + seed
+
+    def features(x: Any) -> np.ndarray:
+        return random_features(x.double().numpy(), mean, cfg.sae.d_sae, k, null_seed)
+
+    return features
+
+
+def _probe(
+    cfg: ExperimentConfig, acts: ActivationSet, saes: Sequence[tuple[int, Any]]
+) -> tuple[list[int], dict[int, ProbeResult]]:
+    """(the Fourier tasks' frequencies, each seed's probes). Labels, frequencies and the raw
+    baseline depend on the rows only: computed once for every seed."""
     p = int(acts.p or 0)
-    y_tr, y_te = task_labels(acts.train_rows.numpy(), p), task_labels(acts.eval_rows.numpy(), p)
-    z_tr, z_te = _latents(sae, acts.train), _latents(sae, acts.eval)
     x_tr, x_te = acts.train.double().numpy(), acts.eval.double().numpy()
-    z_ood = y_ood = None
+    freqs = key_frequencies(x_tr, acts.train_rows.numpy(), p)
+    y_tr = task_labels(acts.train_rows.numpy(), p, freqs)
+    y_te = task_labels(acts.eval_rows.numpy(), p, freqs)
+    y_ood = None
     if acts.ood is not None and acts.ood_rows is not None:
-        z_ood, y_ood = _latents(sae, acts.ood), task_labels(acts.ood_rows.numpy(), p)
+        y_ood = task_labels(acts.ood_rows.numpy(), p, freqs)
     # A task needs both classes among the probe-train and the held-out rows (tiny p can
     # leave one out); the others still count.
-    tasks = [t for t in y_tr if len(set(y_tr[t])) == 2 and len(set(y_te[t])) == 2]
+    tasks = [t for t in y_tr if usable(y_tr[t], y_te[t])]
     if not tasks:
         raise ValueError("no probing task has both classes in the train and held-out rows")
-    return ProbeResult(
-        [
+    raw = {t: raw_probe_auc(x_tr, x_te, y_tr[t], y_te[t]) for t in tasks}
+    ks = cfg.evals.probe_ks
+
+    def probes(f: Any) -> list[Any]:
+        z_tr, z_te = f(acts.train), f(acts.eval)
+        z_ood = None if acts.ood is None else f(acts.ood)
+        return [
             probe_task(
-                task,
-                z_tr,
-                z_te,
-                x_tr,
-                x_te,
-                y_tr[task],
-                y_te[task],
-                cfg.evals.probe_ks,
-                z_ood,
-                None if y_ood is None else y_ood[task],
+                t, z_tr, z_te, y_tr[t], y_te[t], ks, z_ood, None if y_ood is None else y_ood[t]
             )
-            for task in tasks
+            for t in tasks
         ]
-    )
+
+    out = {}
+    for seed, sae in saes:
+        sae_probes = probes(lambda x, sae=sae: _latents(sae, x))
+        out[seed] = ProbeResult(sae_probes, probes(_null_features(cfg, acts, seed)), raw)
+    return freqs, out
 
 
-def _contrastive(acts: ActivationSet, sae: Any) -> ContrastiveResult:
-    p = int(acts.p or 0)
-    rows = np.concatenate([acts.train_rows.numpy(), acts.eval_rows.numpy()])
-    z = np.concatenate([_latents(sae, acts.train), _latents(sae, acts.eval)])
-    z_by_row = np.zeros((p * p, z.shape[1]))
-    present = np.zeros(p * p, dtype=bool)
-    z_by_row[rows], present[rows] = z, True
-    return contrastive_eval(z_by_row, present, p)
+def _contrastive(
+    cfg: ExperimentConfig, acts: ActivationSet, saes: Sequence[tuple[int, Any]]
+) -> dict[int, ContrastiveScores]:
+    """Held-out rows only: the SAE never trained on them."""
+    pairs = contrast_pairs(acts.eval_rows.numpy(), int(acts.p or 0))
+    return {
+        seed: ContrastiveScores(
+            contrastive_eval(_latents(sae, acts.eval), pairs),
+            contrastive_eval(_null_features(cfg, acts, seed)(acts.eval), pairs),
+        )
+        for seed, sae in saes
+    }

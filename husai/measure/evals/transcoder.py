@@ -3,9 +3,16 @@ to model a computation (MLP input -> MLP output) as when it only reconstructs (M
 
 With the trial's architecture, k, d_sae, training settings and seeds (no consistency term):
 N transcoders MLP in -> MLP out and N SAEs on the MLP input, on the trial's own training rows.
-`transcoder_delta` = pw_mcc(transcoders) - pw_mcc(SAEs); its interval is a jackknife over seeds
-that leaves the same seed out of both families (seed s of one is paired with seed s of the
-other).
+The two families' decoders live in different spaces (MLP output vs MLP input), whose geometry
+alone makes random dictionaries agree to different degrees, so each family is measured against
+its own space-matched null: N covariance-null dictionaries (rows drawn from N(0, Sigma), Sigma
+the covariance of that family's target rows, as in the stability nulls).
+- `transcoder_excess` = pw_mcc(transcoders) - pw_mcc(MLP-out covariance null);
+- `mlp_in_sae_excess` = pw_mcc(SAEs) - pw_mcc(MLP-in covariance null);
+- `transcoder_excess_delta` = the first minus the second: what strict gates read;
+- `transcoder_delta` = pw_mcc(transcoders) - pw_mcc(SAEs), raw (metric_version <= 4).
+Every interval is a jackknife over seeds that leaves the same seed index out of all four
+families (seed s of one is paired with seed s, and null draw s, of the others).
 
 The result depends on the recipe without its consistency lambda, so trials of a sweep that
 differ only in lambda share it: it is cached on disk (`cached_transcoder_stress`) under a hash
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,7 +34,14 @@ import husai
 from husai.config.experiment import ExperimentConfig
 from husai.core.cache import publish_text
 from husai.core.hashing import stable_hash
-from husai.measure.stability import pair_mean, pair_mean_interval, pairwise
+from husai.measure.stability import (
+    Interval,
+    covariance_decoders,
+    jackknife,
+    pair_mean,
+    pair_mean_interval,
+    pairwise,
+)
 from husai.sae.train import train_seeds
 
 
@@ -50,6 +64,18 @@ class TranscoderStress:
     mlp_in_hook: str
     mlp_out_hook: str
     seconds: float  # spent here: ~0 when `cached`
+    # Against each family's space-matched covariance null (None: no interval, < 3 seeds).
+    transcoder_null_pw_mcc: float
+    sae_null_pw_mcc: float
+    transcoder_excess: float
+    transcoder_excess_lcb: float | None
+    transcoder_excess_ucb: float | None
+    sae_excess: float
+    sae_excess_lcb: float | None
+    sae_excess_ucb: float | None
+    excess_delta: float
+    excess_delta_lcb: float | None
+    excess_delta_ucb: float | None
     cached: bool = False
 
 
@@ -77,9 +103,15 @@ def transcoder_stress(
     plain = train_seeds(cfg.sae, cfg.train, mlp_in, seeds, progress, label="MLP-in SAE")
     transcoders = [t.decoder for t in mapped]
     saes = [t.decoder for t in plain]
-    t_mat = pairwise(transcoders, int(mlp_out.shape[1]))["pw_mcc"]
-    s_mat = pairwise(saes, int(mlp_in.shape[1]))["pw_mcc"]
+    d_out, d_in = int(mlp_out.shape[1]), int(mlp_in.shape[1])
+    t_mat = pairwise(transcoders, d_out)["pw_mcc"]
+    s_mat = pairwise(saes, d_in)["pw_mcc"]
+    n, d_sae, seed = len(seeds), cfg.sae.d_sae, 3 * cfg.trial.random_seed_offset
+    tn_mat = pairwise(covariance_decoders(mlp_out, n, d_sae, seed), d_out)["pw_mcc"]
+    sn_mat = pairwise(covariance_decoders(mlp_in, n, d_sae, seed), d_in)["pw_mcc"]
     d = paired_seed_delta(t_mat, s_mat)
+    t_ex, s_ex = pair_mean_interval(t_mat, tn_mat), pair_mean_interval(s_mat, sn_mat)
+    ex_d = excess_delta(t_mat, tn_mat, s_mat, sn_mat)
     return TranscoderStress(
         transcoder_pw_mcc=d.a,
         sae_pw_mcc=d.b,
@@ -89,7 +121,31 @@ def transcoder_stress(
         mlp_in_hook=hooks[0],
         mlp_out_hook=hooks[1],
         seconds=time.perf_counter() - start,
+        transcoder_null_pw_mcc=pair_mean(tn_mat),
+        sae_null_pw_mcc=pair_mean(sn_mat),
+        transcoder_excess=t_ex.value,
+        transcoder_excess_lcb=t_ex.lcb,
+        transcoder_excess_ucb=t_ex.ucb,
+        sae_excess=s_ex.value,
+        sae_excess_lcb=s_ex.lcb,
+        sae_excess_ucb=s_ex.ucb,
+        excess_delta=ex_d.value,
+        excess_delta_lcb=ex_d.lcb,
+        excess_delta_ucb=ex_d.ucb,
     )
+
+
+def excess_delta(t: np.ndarray, t_null: np.ndarray, s: np.ndarray, s_null: np.ndarray) -> Interval:
+    """(pair_mean(t) - pair_mean(t_null)) - (pair_mean(s) - pair_mean(s_null)), jackknifed over
+    the seed index shared by all four [n, n] matrices."""
+
+    def theta(idx: Sequence[int]) -> float:
+        keep = list(idx)
+        return (pair_mean(t, keep) - pair_mean(t_null, keep)) - (
+            pair_mean(s, keep) - pair_mean(s_null, keep)
+        )
+
+    return jackknife(theta, t.shape[0])
 
 
 def stress_key(cfg: ExperimentConfig, activation_key: str, hooks: tuple[str, str]) -> str:

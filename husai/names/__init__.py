@@ -6,6 +6,10 @@ MLflow UI and gates read them. Nothing else in the package spells an MLflow key 
 
 from __future__ import annotations
 
+# The eval keys live in husai/names/evals.py; re-exported so every name is `names.<NAME>`.
+from husai.names import evals as _evals
+from husai.names.evals import *  # noqa: F403
+
 # --- registered models and aliases ------------------------------------------------------------
 BASE_MODEL_NAME = "husai-base"
 SAE_MODEL_NAME = "husai-sae"
@@ -183,65 +187,7 @@ PARAM_REF_RUN_ID = "ref_run_id"
 PARAM_CONTROL_REF_RUN_ID = "control_ref_run_id"
 PARAM_ASSIGN_EVERY = "assign_every"
 TAG_REF_RUN_ID = "husai.ref_run_id"
-# Stress tests and local external evals (docs/metrics.md). The headline keys, then the values
-# they are differences of, so a reader can see what moved. Trial runs carry all; seed runs
-# carry the per-seed ones (SEED_EVAL_KEYS).
-STRESS_PREFIX = "stress/"
-EXTERNAL_PREFIX = "external/"
-STRESS_TRANSCODER_DELTA = "stress/transcoder_delta"
-STRESS_TRANSCODER_DELTA_LCB = "stress/transcoder_delta_lcb"
-STRESS_TRANSCODER_DELTA_UCB = "stress/transcoder_delta_ucb"
-STRESS_TRANSCODER_PW_MCC = "stress/transcoder_pw_mcc"
-STRESS_MLP_IN_SAE_PW_MCC = "stress/mlp_in_sae_pw_mcc"
-STRESS_OOD_DROP = "stress/ood_drop"  # recon/ev in distribution - out of distribution
-STRESS_OOD_EV = "stress/ood_ev"
-STRESS_OOD_PROBE_DROP = "stress/ood_probe_drop"  # probe AUC in distribution - out
-EXTERNAL_PROBE_DELTA = "external/probe_delta"
-EXTERNAL_PROBE_DELTA_LCB = "external/probe_delta_lcb"
-EXTERNAL_PROBE_AUC = "external/probe_auc"
-EXTERNAL_PROBE_BASELINE_AUC = "external/probe_baseline_auc"
-EXTERNAL_CONTRASTIVE_DELTA = "external/contrastive_delta"
-EXTERNAL_CONTRASTIVE_DELTA_LCB = "external/contrastive_delta_lcb"
-EXTERNAL_CONTRASTIVE_SCORE = "external/contrastive_score"
-# The headline stress/external keys (gates and reports read these).
-HEADLINE_EVAL_KEYS = (
-    STRESS_TRANSCODER_DELTA,
-    STRESS_TRANSCODER_DELTA_LCB,
-    STRESS_OOD_DROP,
-    EXTERNAL_PROBE_DELTA,
-    EXTERNAL_PROBE_DELTA_LCB,
-    EXTERNAL_CONTRASTIVE_DELTA,
-    EXTERNAL_CONTRASTIVE_DELTA_LCB,
-)
-SEED_EVAL_KEYS = (
-    STRESS_OOD_DROP,
-    STRESS_OOD_EV,
-    STRESS_OOD_PROBE_DROP,
-    EXTERNAL_PROBE_DELTA,
-    EXTERNAL_PROBE_AUC,
-    EXTERNAL_CONTRASTIVE_SCORE,
-)
-EVALS = ("transcoder", "ood", "probing", "contrastive")
-
-
-def eval_seconds_key(name: str) -> str:
-    """What one eval cost, on the trial run: `eval/<name>_seconds`."""
-    if name not in EVALS:
-        raise KeyError(f"not an eval: {name!r}")
-    return f"eval/{name}_seconds"
-
-
-def eval_skipped_tag(name: str) -> str:
-    """On a trial run whose config asked for an eval these activations cannot support: why."""
-    if name not in EVALS:
-        raise KeyError(f"not an eval: {name!r}")
-    return EVAL_SKIPPED_PREFIX + name
-
-
-EVAL_SKIPPED_PREFIX = "husai.eval_skipped."
-# The transcoder stress depends on the recipe without lambda: trials differing only in lambda
-# share one computation (cached); this tag says the trial reused it.
-TAG_TRANSCODER_CACHED = "husai.transcoder_stress_cached"
+# Stress tests and local external evals: husai/names/evals.py (re-exported at the top).
 
 
 # --- training curves (seed runs, per step) ------------------------------------------------------
@@ -374,7 +320,10 @@ def gate_value_key(metric: str) -> str:
 # reconstruction, its behaviour out of distribution). Every other key is the recipe's, read
 # from the trial run; neither ever falls back to the other.
 ARTIFACT_LEVEL_KEYS = frozenset(
-    {*RECON_KEYS.values(), STRESS_OOD_DROP, STRESS_OOD_EV, STRESS_OOD_PROBE_DROP}
+    {
+        *RECON_KEYS.values(),
+        *_evals.ARTIFACT_LEVEL_EVAL_KEYS,
+    }
 )
 # Read from the registry, not from a run: 1 when the SAE's base model generalised, else 0.
 GATE_BASE_GENERALISED = "base/generalised"

@@ -1,0 +1,143 @@
+"""MLflow names of the stress tests and local external evals (docs/metrics.md, "Evals"):
+metric keys, tags, and the helpers that build per-task keys. Part of `husai.names`, which
+re-exports everything here; import `husai.names`, not this module.
+"""
+
+# Stress tests and local external evals (docs/metrics.md). The headline keys, then the values
+# they are differences of, so a reader can see what moved. Trial runs carry all; seed runs
+# carry the per-seed ones (SEED_EVAL_KEYS).
+STRESS_PREFIX = "stress/"
+EXTERNAL_PREFIX = "external/"
+STRESS_TRANSCODER_DELTA = "stress/transcoder_delta"  # raw pw_mcc difference (continuity)
+STRESS_TRANSCODER_DELTA_LCB = "stress/transcoder_delta_lcb"
+STRESS_TRANSCODER_DELTA_UCB = "stress/transcoder_delta_ucb"
+STRESS_TRANSCODER_PW_MCC = "stress/transcoder_pw_mcc"
+STRESS_MLP_IN_SAE_PW_MCC = "stress/mlp_in_sae_pw_mcc"
+# Each family against its own space-matched covariance null, and the difference of the excesses.
+STRESS_TRANSCODER_NULL_PW_MCC = "stress/transcoder_null_pw_mcc"  # MLP-out space
+STRESS_MLP_IN_NULL_PW_MCC = "stress/mlp_in_null_pw_mcc"  # MLP-in space
+STRESS_TRANSCODER_EXCESS = "stress/transcoder_excess"
+STRESS_TRANSCODER_EXCESS_LCB = "stress/transcoder_excess_lcb"
+STRESS_TRANSCODER_EXCESS_UCB = "stress/transcoder_excess_ucb"
+STRESS_MLP_IN_SAE_EXCESS = "stress/mlp_in_sae_excess"
+STRESS_MLP_IN_SAE_EXCESS_LCB = "stress/mlp_in_sae_excess_lcb"
+STRESS_MLP_IN_SAE_EXCESS_UCB = "stress/mlp_in_sae_excess_ucb"
+STRESS_TRANSCODER_EXCESS_DELTA = "stress/transcoder_excess_delta"
+STRESS_TRANSCODER_EXCESS_DELTA_LCB = "stress/transcoder_excess_delta_lcb"
+STRESS_TRANSCODER_EXCESS_DELTA_UCB = "stress/transcoder_excess_delta_ucb"
+STRESS_OOD_DROP = "stress/ood_drop"  # recon/ev in distribution - out of distribution
+STRESS_OOD_EV = "stress/ood_ev"
+STRESS_OOD_FVU_RATIO = "stress/ood_fvu_ratio"  # FVU out of distribution / FVU in distribution
+# The ratio's null: 95th percentile over random in-distribution subsets of the slice's size.
+STRESS_OOD_FVU_RATIO_NULL_Q95 = "stress/ood_fvu_ratio_null_q95"
+STRESS_OOD_PROBE_DROP = "stress/ood_probe_drop"  # probe AUC in distribution - out
+EXTERNAL_PROBE_DELTA = "external/probe_delta"  # SAE AUC - raw-activation probe AUC
+EXTERNAL_PROBE_DELTA_LCB = "external/probe_delta_lcb"
+EXTERNAL_PROBE_DELTA_UCB = "external/probe_delta_ucb"
+EXTERNAL_PROBE_AUC = "external/probe_auc"
+EXTERNAL_PROBE_BASELINE_AUC = "external/probe_baseline_auc"
+EXTERNAL_PROBE_NULL_AUC = "external/probe_null_auc"  # the random-feature null, same k choices
+EXTERNAL_PROBE_EXCESS = "external/probe_excess"  # SAE AUC - random-feature AUC
+EXTERNAL_PROBE_EXCESS_LCB = "external/probe_excess_lcb"
+EXTERNAL_PROBE_EXCESS_UCB = "external/probe_excess_ucb"
+EXTERNAL_CONTRASTIVE_SCORE = "external/contrastive_score"
+EXTERNAL_CONTRASTIVE_NULL = "external/contrastive_null"  # the random-feature null's score
+EXTERNAL_CONTRASTIVE_EXCESS = "external/contrastive_excess"  # score - null, seed by seed
+EXTERNAL_CONTRASTIVE_EXCESS_LCB = "external/contrastive_excess_lcb"
+EXTERNAL_CONTRASTIVE_EXCESS_UCB = "external/contrastive_excess_ucb"
+# Against the lambda = 0 recipe, seed by seed: lambda > 0 only (absent at lambda 0, and why).
+EXTERNAL_CONTRASTIVE_DELTA = "external/contrastive_delta"
+EXTERNAL_CONTRASTIVE_DELTA_LCB = "external/contrastive_delta_lcb"
+EXTERNAL_CONTRASTIVE_DELTA_UCB = "external/contrastive_delta_ucb"
+# (value, lower bound, upper bound) of the seed t-intervals, in that order.
+PROBE_DELTA_KEYS = (EXTERNAL_PROBE_DELTA, EXTERNAL_PROBE_DELTA_LCB, EXTERNAL_PROBE_DELTA_UCB)
+PROBE_EXCESS_KEYS = (EXTERNAL_PROBE_EXCESS, EXTERNAL_PROBE_EXCESS_LCB, EXTERNAL_PROBE_EXCESS_UCB)
+CONTRASTIVE_EXCESS_KEYS = (
+    EXTERNAL_CONTRASTIVE_EXCESS,
+    EXTERNAL_CONTRASTIVE_EXCESS_LCB,
+    EXTERNAL_CONTRASTIVE_EXCESS_UCB,
+)
+CONTRASTIVE_DELTA_KEYS = (
+    EXTERNAL_CONTRASTIVE_DELTA,
+    EXTERNAL_CONTRASTIVE_DELTA_LCB,
+    EXTERNAL_CONTRASTIVE_DELTA_UCB,
+)
+TAG_CONTRASTIVE_DELTA_ABSENT = "husai.contrastive_delta_absent"
+TAG_PROBE_FREQUENCIES = "husai.probe_key_frequencies"  # the Fourier tasks' f, e.g. "14,23"
+# The headline stress/external keys (gates and reports read these).
+HEADLINE_EVAL_KEYS = (
+    STRESS_TRANSCODER_EXCESS_DELTA,
+    STRESS_TRANSCODER_EXCESS_DELTA_LCB,
+    STRESS_OOD_FVU_RATIO,
+    EXTERNAL_PROBE_EXCESS,
+    EXTERNAL_PROBE_EXCESS_LCB,
+    EXTERNAL_CONTRASTIVE_EXCESS,
+    EXTERNAL_CONTRASTIVE_EXCESS_LCB,
+)
+SEED_EVAL_KEYS = (
+    STRESS_OOD_DROP,
+    STRESS_OOD_EV,
+    STRESS_OOD_FVU_RATIO,
+    STRESS_OOD_FVU_RATIO_NULL_Q95,
+    STRESS_OOD_PROBE_DROP,
+    EXTERNAL_PROBE_DELTA,
+    EXTERNAL_PROBE_AUC,
+    EXTERNAL_PROBE_NULL_AUC,
+    EXTERNAL_PROBE_EXCESS,
+    EXTERNAL_CONTRASTIVE_SCORE,
+    EXTERNAL_CONTRASTIVE_NULL,
+    EXTERNAL_CONTRASTIVE_EXCESS,
+)
+# Per-artifact eval keys: the gate reads them from the registered seed's own run.
+ARTIFACT_LEVEL_EVAL_KEYS = (
+    STRESS_OOD_DROP,
+    STRESS_OOD_EV,
+    STRESS_OOD_FVU_RATIO,
+    STRESS_OOD_FVU_RATIO_NULL_Q95,
+    STRESS_OOD_PROBE_DROP,
+)
+# Keys that exist only for lambda > 0: a gate check on one must say `when: lambda > 0`.
+LAMBDA_ONLY_PREFIXES = ("consistency/", EXTERNAL_CONTRASTIVE_DELTA)
+
+
+def lambda_only(key: str) -> bool:
+    return key.startswith(LAMBDA_ONLY_PREFIXES)
+
+
+def probe_task_key(task: str, which: str) -> str:
+    """Per-task probe AUC on the trial run (mean over seeds), so a reader sees which tasks move
+    the delta: `external/probe_task/<task>/<sae_auc | null_auc | raw_auc>`."""
+    if which not in ("sae_auc", "null_auc", "raw_auc"):
+        raise KeyError(f"not a probe AUC: {which!r}")
+    return f"external/probe_task/{task}/{which}"
+
+
+def contrastive_attribute_key(attribute: str, which: str) -> str:
+    """Per-attribute contrastive score (mean over seeds):
+    `external/contrastive_attribute/<attribute>/<score | null>`."""
+    if which not in ("score", "null"):
+        raise KeyError(f"not a contrastive score: {which!r}")
+    return f"external/contrastive_attribute/{attribute}/{which}"
+
+
+EVALS = ("transcoder", "ood", "probing", "contrastive")
+
+
+def eval_seconds_key(name: str) -> str:
+    """What one eval cost, on the trial run: `eval/<name>_seconds`."""
+    if name not in EVALS:
+        raise KeyError(f"not an eval: {name!r}")
+    return f"eval/{name}_seconds"
+
+
+def eval_skipped_tag(name: str) -> str:
+    """On a trial run whose config asked for an eval these activations cannot support: why."""
+    if name not in EVALS:
+        raise KeyError(f"not an eval: {name!r}")
+    return EVAL_SKIPPED_PREFIX + name
+
+
+EVAL_SKIPPED_PREFIX = "husai.eval_skipped."
+# The transcoder stress depends on the recipe without lambda: trials differing only in lambda
+# share one computation (cached); this tag says the trial reused it.
+TAG_TRANSCODER_CACHED = "husai.transcoder_stress_cached"
