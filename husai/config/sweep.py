@@ -89,7 +89,7 @@ class Dimension(Strict):
 
 
 class Objective(Strict):
-    metric: str = Field(description="a trial metric from names.py, e.g. stability/pw_mcc_delta_lcb")
+    metric: str = Field(description="a trial metric key (docs/metrics.md)")
     mode: Literal["max", "min"] = Field(description="maximise or minimise it")
 
     @model_validator(mode="after")

@@ -31,7 +31,7 @@ from scipy.optimize import linear_sum_assignment
 
 from husai import names
 
-# One source of truth: the metric contract in names.py.
+# One source of truth: the metric contract in husai/names/.
 METRICS = tuple(k.removeprefix(names.STABILITY_PREFIX) for k in names.STABILITY_BASES)
 THRESHOLDS = tuple(float(m.removeprefix("shared_frac_")) for m in METRICS if "frac" in m)
 MIN_SEEDS_FOR_CI = 3  # leaving one of 2 seeds out leaves no pair: no variance to estimate
