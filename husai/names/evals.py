@@ -30,6 +30,9 @@ STRESS_OOD_EV = "stress/ood_ev"
 STRESS_OOD_FVU_RATIO = "stress/ood_fvu_ratio"  # FVU out of distribution / FVU in distribution
 # The ratio's null: 95th percentile over random in-distribution subsets of the slice's size.
 STRESS_OOD_FVU_RATIO_NULL_Q95 = "stress/ood_fvu_ratio_null_q95"
+# The same with mean squared error per row: the slice's own (narrower) spread left out.
+STRESS_OOD_MSE_RATIO = "stress/ood_mse_ratio"
+STRESS_OOD_MSE_RATIO_NULL_Q95 = "stress/ood_mse_ratio_null_q95"
 STRESS_OOD_PROBE_DROP = "stress/ood_probe_drop"  # probe AUC in distribution - out
 EXTERNAL_PROBE_DELTA = "external/probe_delta"  # SAE AUC - raw-activation probe AUC
 EXTERNAL_PROBE_DELTA_LCB = "external/probe_delta_lcb"
@@ -66,9 +69,11 @@ TAG_CONTRASTIVE_DELTA_ABSENT = "husai.contrastive_delta_absent"
 TAG_PROBE_FREQUENCIES = "husai.probe_key_frequencies"  # the Fourier tasks' f, e.g. "14,23"
 # The headline stress/external keys (gates and reports read these).
 HEADLINE_EVAL_KEYS = (
+    STRESS_TRANSCODER_EXCESS_LCB,
     STRESS_TRANSCODER_EXCESS_DELTA,
     STRESS_TRANSCODER_EXCESS_DELTA_LCB,
     STRESS_OOD_FVU_RATIO,
+    STRESS_OOD_EV,
     EXTERNAL_PROBE_EXCESS,
     EXTERNAL_PROBE_EXCESS_LCB,
     EXTERNAL_CONTRASTIVE_EXCESS,
@@ -79,6 +84,8 @@ SEED_EVAL_KEYS = (
     STRESS_OOD_EV,
     STRESS_OOD_FVU_RATIO,
     STRESS_OOD_FVU_RATIO_NULL_Q95,
+    STRESS_OOD_MSE_RATIO,
+    STRESS_OOD_MSE_RATIO_NULL_Q95,
     STRESS_OOD_PROBE_DROP,
     EXTERNAL_PROBE_DELTA,
     EXTERNAL_PROBE_AUC,
@@ -94,6 +101,8 @@ ARTIFACT_LEVEL_EVAL_KEYS = (
     STRESS_OOD_EV,
     STRESS_OOD_FVU_RATIO,
     STRESS_OOD_FVU_RATIO_NULL_Q95,
+    STRESS_OOD_MSE_RATIO,
+    STRESS_OOD_MSE_RATIO_NULL_Q95,
     STRESS_OOD_PROBE_DROP,
 )
 # Keys that exist only for lambda > 0: a gate check on one must say `when: lambda > 0`.
@@ -101,7 +110,24 @@ LAMBDA_ONLY_PREFIXES = ("consistency/", EXTERNAL_CONTRASTIVE_DELTA)
 
 
 def lambda_only(key: str) -> bool:
+    """Whether `key` exists only for lambda > 0 (absent, never 0, at lambda 0)."""
     return key.startswith(LAMBDA_ONLY_PREFIXES)
+
+
+# The feature nulls of probing and contrastive (husai/measure/evals/feature_nulls.py); each
+# seed's SAE is measured against the stronger, and a tag on the trial run says which it was.
+EVAL_NULL_RANDOM_FEATURES = "random_features"
+EVAL_NULL_UNTRAINED_SAE = "untrained_sae"
+EVAL_NULLS = (EVAL_NULL_RANDOM_FEATURES, EVAL_NULL_UNTRAINED_SAE)
+EVAL_NULL_PREFIX = "husai.eval_null."
+
+
+def eval_null_tag(name: str) -> str:
+    """On a trial run: which feature null each seed's probing / contrastive excess is over,
+    e.g. `husai.eval_null.probing` = `0:untrained_sae 1:random_features ...`."""
+    if name not in ("probing", "contrastive"):
+        raise KeyError(f"no feature null for eval {name!r}")
+    return EVAL_NULL_PREFIX + name
 
 
 def probe_task_key(task: str, which: str) -> str:

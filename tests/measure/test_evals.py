@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.measure.evals.contrastive import contrast_pairs, contrastive_eval
+from husai.measure.evals.feature_nulls import random_features
 from husai.measure.evals.ood import ood_recon
 from husai.measure.evals.probing import (
     ProbeResult,
@@ -20,7 +21,6 @@ from husai.measure.evals.probing import (
     raw_probe_auc,
     roc_auc,
 )
-from husai.measure.evals.random_features import random_features
 from husai.measure.evals.tasks import answers, attribute_labels, key_frequencies, task_labels
 from husai.measure.evals.transcoder import excess_delta, paired_seed_delta
 from husai.sae.build import load_sae, save_sae

@@ -4,8 +4,8 @@ that learned the features behind the data (docs/metrics.md, "Evals").
 The data: every (a, b) pair of a small modulus, each row a sparse combination of a known
 dictionary whose atoms carry the answer's attributes (parity, c < p/2, c mod 3 = 0), its
 Fourier components, and nuisance atoms of the operands. A trained TopK SAE finds the atoms;
-untrained SAEs (sae-lens's initialisation: random features) do not. Each eval's numbers go
-through the real gate (`evaluate` with gates/strict.yaml) and only its own group is judged.
+untrained SAEs (sae-lens's initialisation) do not. Each eval's numbers go through the real gate
+(`evaluate` with gates/strict.yaml) and only its own group is judged.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from husai import names
 from husai.config.experiment import ExperimentConfig
 from husai.measure.evals.results import EvalResults
 from husai.measure.evals.runner import run_evals
@@ -148,13 +149,20 @@ def test_probing_and_contrastive_each_separate_trained_from_untrained(
 ) -> None:
     """Each external check on its own: the trained SAEs beat the random-feature null with
     confidence, untrained ones do not."""
-    for key in ("external/probe_excess_lcb", "external/contrastive_excess_lcb"):
+    for key in (names.EXTERNAL_PROBE_EXCESS_LCB, names.EXTERNAL_CONTRASTIVE_EXCESS_LCB):
         t = evals["trained"].trial_metrics(None)[key]
         u = evals["untrained"].trial_metrics(None)[key]
         assert t is not None and u is not None and t > 0 > u, (key, t, u)
     # The contrastive delta needs the lambda = 0 recipe: absent at lambda 0, and says why.
-    assert "external/contrastive_delta" not in evals["trained"].trial_metrics(None)
-    assert "husai.contrastive_delta_absent" in evals["trained"].tags(None)
+    assert names.EXTERNAL_CONTRASTIVE_DELTA not in evals["trained"].trial_metrics(None)
+    tags = evals["trained"].tags(None)
+    assert names.TAG_CONTRASTIVE_DELTA_ABSENT in tags
+    # Each seed says which feature null it was measured against (the stronger of the two).
+    for name in ("probing", "contrastive"):
+        which = dict(w.split(":") for w in tags[names.eval_null_tag(name)].split())
+        assert sorted(int(s) for s in which) == SEEDS and set(which.values()) <= set(
+            names.EVAL_NULLS
+        )
 
 
 def test_ood_ratio_needs_the_ev_floor_beside_it(evals: dict[str, EvalResults]) -> None:
@@ -188,26 +196,45 @@ def _dictionary_pair(n: int, d_in: int, d_out: int, seed: int) -> tuple[torch.Te
     return codes @ atoms_in * 3, codes @ atoms_out * 3
 
 
-def test_transcoder_excess_fails_on_featureless_data_and_passes_on_a_dictionary() -> None:
-    """Transcoders that can only fit a covariance are no more stable than their space's
-    covariance null: strict's transcoder group fails (an over-complete recipe, d_sae 32 on rank
-    8, as the stability ground truth uses). Transcoders and SAEs of matched width on a known
-    dictionary beat their nulls alike: the group passes."""
+def _recipe(d_sae: int, lr: float = 3e-3) -> ExperimentConfig:
+    sae = CFG.sae.model_copy(update={"d_sae": d_sae, "k": 3})
+    return CFG.model_copy(update={"sae": sae, "train": CFG.train.model_copy(update={"lr": lr})})
 
-    def recipe(d_sae: int) -> ExperimentConfig:
-        return CFG.model_copy(update={"sae": CFG.sae.model_copy(update={"d_sae": d_sae, "k": 3})})
 
+def _transcoder_group(t: Any) -> bool:
+    return _group(
+        "transcoder",
+        {
+            names.STRESS_TRANSCODER_EXCESS_LCB: t.transcoder_excess_lcb,
+            names.STRESS_TRANSCODER_EXCESS_DELTA_LCB: t.excess_delta_lcb,
+        },
+    )
+
+
+def test_transcoder_group_fails_recipes_that_learn_nothing_and_passes_one_that_does() -> None:
+    """On a known dictionary, transcoders and MLP-input SAEs of matched width beat their
+    space-matched covariance nulls alike: strict's transcoder group passes. The same recipe with
+    a learning rate too small to move it from its initialisation (untrained) fails; so does an
+    over-complete recipe (d_sae 32 on rank 8, as the stability ground truth uses) on featureless
+    data, where transcoders fit a covariance and nothing else."""
     n, hooks = 1500, ("in", "out")
-    learned = transcoder_stress(recipe(16), *_dictionary_pair(n, 32, 32, 1), hooks)
-    noise = transcoder_stress(recipe(32), _featureless(n, 32, 2), _featureless(n, 32, 3), hooks)
-
-    def metrics(t: Any) -> dict[str, float | None]:
-        return {
-            "stress/transcoder_excess_lcb": t.transcoder_excess_lcb,
-            "stress/transcoder_excess_delta_lcb": t.excess_delta_lcb,
-        }
-
-    assert _group("transcoder", metrics(learned)), learned
-    assert not _group("transcoder", metrics(noise)), noise
+    data = _dictionary_pair(n, 32, 32, 1)
+    learned = transcoder_stress(_recipe(16), *data, hooks)
+    untrained = transcoder_stress(_recipe(16, lr=1e-9), *data, hooks)
+    noise = transcoder_stress(_recipe(32), _featureless(n, 32, 2), _featureless(n, 32, 3), hooks)
+    assert _transcoder_group(learned), learned
     assert learned.transcoder_excess_lcb is not None and learned.transcoder_excess_lcb > 0.2
-    assert noise.transcoder_excess_lcb is not None and noise.transcoder_excess_lcb < 0
+    for nothing in (untrained, noise):
+        assert not _transcoder_group(nothing), nothing
+        assert nothing.transcoder_excess_lcb is not None and nothing.transcoder_excess_lcb < 0
+
+
+def test_transcoder_excess_delta_fails_when_only_the_reconstruction_has_features() -> None:
+    """MLP input from a dictionary, MLP output unrelated noise: the MLP-input SAEs find the
+    dictionary, the transcoders have nothing to map, and the excess delta's lower bound falls
+    far below strict's non-inferiority margin."""
+    n, hooks = 1500, ("in", "out")
+    mlp_in, _ = _dictionary_pair(n, 32, 32, 1)
+    t = transcoder_stress(_recipe(16), mlp_in, _featureless(n, 32, 3), hooks)
+    assert t.excess_delta_lcb is not None and t.excess_delta_lcb < -0.05, t
+    assert not _transcoder_group(t)

@@ -13,8 +13,9 @@ Per latent j (spread std_j over the held-out rows):
   whether j ignores what should not matter;
 - score_j = contrastive_j * independence_j. An attribute's score is its best latent's; the SAE's
   score is the mean over attributes.
-`runner` scores the trial's random-feature null with the same code; the excess over it, and the
-delta against the lambda = 0 recipe (lambda > 0 only), are what gates read.
+`runner` scores the trial's feature nulls (`feature_nulls`) with the same code; the excess over
+the stronger, and the delta against the lambda = 0 recipe (lambda > 0 only), are what gates
+read.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ EPS = 1e-8
 
 @dataclass(frozen=True)
 class AttributeScore:
+    """One attribute of c: its best latent and that latent's two factors."""
+
     attribute: str
     score: float
     best_latent: int
@@ -40,6 +43,8 @@ class AttributeScore:
 
 @dataclass(frozen=True)
 class ContrastiveResult:
+    """One feature set on every attribute that has contrast pairs."""
+
     attributes: list[AttributeScore]  # those with at least one contrast pair
     n_neutral_pairs: int
 
@@ -58,6 +63,8 @@ class ContrastPairs:
 
 
 def contrast_pairs(rows: np.ndarray, p: int) -> ContrastPairs:
+    """The contrast pairs of every attribute and the neutral pairs among `rows` (the held-out
+    rows' pair indices); raises ValueError if no attribute has a pair or no pair keeps c."""
     rows = np.asarray(rows)
     a, c = rows // p, answers(rows, p)
     labels = attribute_labels(rows, p)

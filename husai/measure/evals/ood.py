@@ -8,6 +8,11 @@
 - its null: the same statistic for `N_NULL_DRAWS` random subsets of the held-out in-distribution
   rows of the slice's size (FVU of the subset / FVU of all held-out rows). Its 95th percentile
   `null_q95` is how large the ratio gets from a small slice alone, with no shift;
+- `mse_ratio` and its null: the same with the mean squared error per row, which leaves out each
+  set's own spread. The shifted slice restricts both operands, so its spread can be narrower
+  than the held-out rows' (the subset null keeps the in-distribution spread): where the two
+  ratios differ, the FVU ratio's excess over the MSE ratio is the slice's narrower spread, not
+  larger errors;
 - `drop` = EV in - EV out, absolute (kept for continuity with metric_version <= 4).
 """
 
@@ -27,9 +32,14 @@ NULL_QUANTILE = 0.95
 
 @dataclass(frozen=True)
 class OODResult:
+    """One SAE on the held-out in-distribution rows and on the shifted slice."""
+
     fvu_in: float
     fvu_out: float
-    null_q95: float  # of the ratio on random in-distribution subsets of the slice's size
+    null_q95: float  # of the FVU ratio on random in-distribution subsets of the slice's size
+    mse_in: float
+    mse_out: float
+    mse_null_q95: float  # the same for the MSE ratio
 
     @property
     def ev_in(self) -> float:
@@ -47,9 +57,13 @@ class OODResult:
     def fvu_ratio(self) -> float:
         return self.fvu_out / self.fvu_in if self.fvu_in > 0 else float("nan")
 
+    @property
+    def mse_ratio(self) -> float:
+        return self.mse_out / self.mse_in if self.mse_in > 0 else float("nan")
+
 
 def _fvu_parts(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row squared error and per-row squared deviation from the rows' mean."""
+    """(per-row squared error summed over dimensions, the rows themselves as float64)."""
     x, x_hat = x.double(), x_hat.double()
     err = ((x - x_hat) ** 2).sum(dim=1).numpy()
     return err, x.numpy()
@@ -65,10 +79,19 @@ def ood_recon(sae: Any, x_in: torch.Tensor, x_out: torch.Tensor, seed: int = 0) 
     err_in, xi = _fvu_parts(x_in, reconstruct(sae, x_in)[1])
     err_out, xo = _fvu_parts(x_out, reconstruct(sae, x_out)[1])
     fvu_in, fvu_out = _fvu(err_in, xi), _fvu(err_out, xo)
+    mse_in, mse_out = float(err_in.mean()), float(err_out.mean())
     rng = np.random.default_rng(seed)
     n, m = len(xi), len(xo)
-    ratios = []
+    fvu_ratios, mse_ratios = [], []
     for _ in range(N_NULL_DRAWS):
         idx = rng.choice(n, size=m, replace=m > n)
-        ratios.append(_fvu(err_in[idx], xi[idx]) / fvu_in if fvu_in > 0 else np.nan)
-    return OODResult(fvu_in, fvu_out, float(np.quantile(ratios, NULL_QUANTILE)))
+        fvu_ratios.append(_fvu(err_in[idx], xi[idx]) / fvu_in if fvu_in > 0 else np.nan)
+        mse_ratios.append(float(err_in[idx].mean()) / mse_in if mse_in > 0 else np.nan)
+    return OODResult(
+        fvu_in,
+        fvu_out,
+        float(np.quantile(fvu_ratios, NULL_QUANTILE)),
+        mse_in,
+        mse_out,
+        float(np.quantile(mse_ratios, NULL_QUANTILE)),
+    )

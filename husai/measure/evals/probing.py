@@ -6,10 +6,11 @@ decodable) and per feature set (the SAE's latents, or the random-feature null's)
   regression on them. k is chosen by stratified `CV_FOLDS`-fold cross-validation on the
   SAE-train rows (selection and fit inside each fold), never on held-out rows;
 - with the chosen k, refit on all SAE-train rows; the score is the AUC on the held-out rows.
-Beside it, per task and shared by every seed: a logistic probe on the raw activations (the
-`baseline`). `probe_delta` = SAE AUC - raw AUC (mean over tasks); `probe_excess` = SAE AUC -
-random-feature AUC with the same k choices: what the SAE's training added over random
-projections with its own sparsity. With OOD rows, the chosen SAE probe is also scored on them.
+The feature nulls (`feature_nulls`) are probed with the k the SAE's cross-validation chose for
+each task (no choice of their own). Beside them, per task and shared by every seed: a logistic
+probe on the raw activations (the `baseline`). `probe_delta` = SAE AUC - raw AUC (mean over
+tasks); `probe_excess` = SAE AUC - the stronger null's AUC: what the SAE's training added over
+features that learned nothing. With OOD rows, the chosen SAE probe is also scored on them.
 """
 
 from __future__ import annotations
@@ -29,20 +30,24 @@ CV_FOLDS = 3
 
 @dataclass(frozen=True)
 class TaskProbe:
+    """One feature set probed on one task."""
+
     task: str
-    auc: float  # held-out rows, at the k chosen by CV on SAE-train rows
+    auc: float  # held-out rows, at the k chosen by CV on SAE-train rows (or given)
     best_k: int
-    cv_auc_by_k: dict[int, float]
+    cv_auc_by_k: dict[int, float]  # {} when k was given
     ood_auc: float | None  # the chosen probe on the shifted slice; None: no slice or one class
 
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One SAE (one seed) on every task: its latents, the random-feature null, the raw probe."""
+    """One SAE (one seed) on every task: its latents, the stronger feature null, the raw
+    probe."""
 
     sae: list[TaskProbe]
     null: list[TaskProbe]
     baseline: dict[str, float]  # task -> raw-activation probe AUC
+    null_name: str = ""  # which feature null (names.EVAL_NULLS) was the stronger
 
     @property
     def sae_auc(self) -> float:
@@ -123,21 +128,15 @@ def probe_task(
     ks: Sequence[int],
     z_ood: np.ndarray | None = None,
     y_ood: np.ndarray | None = None,
+    fixed_k: int | None = None,
 ) -> TaskProbe:
+    """`ks`: the candidate k, chosen by CV on the train rows; `fixed_k`: use this k instead
+    (a null probed with the SAE's choice)."""
     if not usable(y_train, y_test):
         raise ValueError(f"probe task {task}: needs both classes in the train and test rows")
-    folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=0)
-    cv: dict[int, list[float]] = {k: [] for k in ks}
-    width = min(max(ks), z_train.shape[1])
     with config_context(assume_finite=True, skip_parameter_validation=True):
-        for tr, va in folds.split(z_train, y_train):
-            # The top k are a prefix of the top max(ks): one ranking per fold.
-            order = top_latents(z_train[tr], y_train[tr], width)
-            for k in ks:
-                probe = _Probe(z_train[tr], y_train[tr], order[:k], l1=True)
-                cv[k].append(roc_auc(y_train[va], probe.score(z_train[va])))
-        cv_auc = {k: float(np.mean(v)) for k, v in cv.items()}
-        best_k = max(cv_auc, key=lambda k: (cv_auc[k], -k))
+        cv_auc = {} if fixed_k is not None else _cv(z_train, y_train, ks)
+        best_k = fixed_k if fixed_k is not None else max(cv_auc, key=lambda k: (cv_auc[k], -k))
         idx = top_latents(z_train, y_train, min(best_k, z_train.shape[1]))
         probe = _Probe(z_train, y_train, idx, l1=True)
         ood = None
@@ -145,6 +144,20 @@ def probe_task(
             ood = _auc(y_ood, probe.score(z_ood))
         auc = roc_auc(y_test, probe.score(z_test))
     return TaskProbe(task, auc, best_k, cv_auc, ood)
+
+
+def _cv(z: np.ndarray, y: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    """Mean held-out-fold AUC per k, selection and fit inside each fold."""
+    folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=0)
+    cv: dict[int, list[float]] = {k: [] for k in ks}
+    width = min(max(ks), z.shape[1])
+    for tr, va in folds.split(z, y):
+        # The top k are a prefix of the top max(ks): one ranking per fold.
+        order = top_latents(z[tr], y[tr], width)
+        for k in ks:
+            probe = _Probe(z[tr], y[tr], order[:k], l1=True)
+            cv[k].append(roc_auc(y[va], probe.score(z[va])))
+    return {k: float(np.mean(v)) for k, v in cv.items()}
 
 
 def raw_probe_auc(

@@ -26,10 +26,11 @@ PLAIN_UNKNOWN = "the lambda = 0 recipe's contrastive scores are not recorded for
 
 @dataclass(frozen=True)
 class ContrastiveScores:
-    """One seed: its SAE's score and its random-feature null's, on the same pairs."""
+    """One seed: its SAE's score and its stronger feature null's, on the same pairs."""
 
     sae: ContrastiveResult
     null: ContrastiveResult
+    null_name: str = ""  # which feature null (names.EVAL_NULLS) was the stronger
 
     @property
     def excess(self) -> float:
@@ -38,6 +39,8 @@ class ContrastiveScores:
 
 @dataclass
 class EvalResults:
+    """Every eval of one trial (absent where switched off or skipped, with the reason)."""
+
     transcoder: TranscoderStress | None = None
     ood: dict[int, OODResult] = field(default_factory=dict)
     probing: dict[int, ProbeResult] = field(default_factory=dict)
@@ -47,6 +50,7 @@ class EvalResults:
     skipped: dict[str, str] = field(default_factory=dict)  # eval -> why it could not run
 
     def contrastive_scores(self) -> dict[int, float]:
+        """Seed -> the SAE's contrastive score (what a lambda > 0 trial compares with)."""
         return {s: r.sae.score for s, r in self.contrastive.items()}
 
     def tags(self, plain_contrastive: dict[int, float] | None) -> dict[str, str]:
@@ -57,12 +61,19 @@ class EvalResults:
             out[names.TAG_TRANSCODER_CACHED] = "true"
         if self.probing and self.probe_frequencies:
             out[names.TAG_PROBE_FREQUENCIES] = ",".join(map(str, self.probe_frequencies))
+        for name, which in (
+            ("probing", {s: r.null_name for s, r in self.probing.items()}),
+            ("contrastive", {s: r.null_name for s, r in self.contrastive.items()}),
+        ):
+            if which:
+                out[names.eval_null_tag(name)] = " ".join(f"{s}:{n}" for s, n in which.items())
         if self.contrastive and self._contrastive_delta(plain_contrastive) is None:
             why = NO_PLAIN_RECIPE if plain_contrastive is None else PLAIN_UNKNOWN
             out[names.TAG_CONTRASTIVE_DELTA_ABSENT] = why
         return out
 
     def seed_metrics(self, seed: int) -> dict[str, float | None]:
+        """One seed's own numbers (its seed run)."""
         out: dict[str, float | None] = {}
         if seed in self.ood:
             o = self.ood[seed]
@@ -70,6 +81,8 @@ class EvalResults:
             out[names.STRESS_OOD_EV] = o.ev_out
             out[names.STRESS_OOD_FVU_RATIO] = o.fvu_ratio
             out[names.STRESS_OOD_FVU_RATIO_NULL_Q95] = o.null_q95
+            out[names.STRESS_OOD_MSE_RATIO] = o.mse_ratio
+            out[names.STRESS_OOD_MSE_RATIO_NULL_Q95] = o.mse_null_q95
         if seed in self.probing:
             pr = self.probing[seed]
             out[names.EXTERNAL_PROBE_DELTA] = pr.delta
@@ -96,6 +109,8 @@ class EvalResults:
             out[names.STRESS_OOD_EV] = _mean(r.ev_out for r in o)
             out[names.STRESS_OOD_FVU_RATIO] = _mean(r.fvu_ratio for r in o)
             out[names.STRESS_OOD_FVU_RATIO_NULL_Q95] = _mean(r.null_q95 for r in o)
+            out[names.STRESS_OOD_MSE_RATIO] = _mean(r.mse_ratio for r in o)
+            out[names.STRESS_OOD_MSE_RATIO_NULL_Q95] = _mean(r.mse_null_q95 for r in o)
         if self.probing:
             out.update(self._probe_metrics())
         if self.contrastive:

@@ -7,18 +7,27 @@ reason; its metrics stay absent, never zero.
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from husai.config.experiment import TOPK_FAMILY, ExperimentConfig
+from husai.config.experiment import ExperimentConfig
 from husai.core.paths import cache_root
 from husai.measure.evals.contrastive import contrast_pairs, contrastive_eval
+from husai.measure.evals.feature_nulls import Features, feature_nulls, latents
 from husai.measure.evals.ood import ood_recon
-from husai.measure.evals.probing import ProbeResult, probe_task, raw_probe_auc, usable
-from husai.measure.evals.random_features import random_features
+from husai.measure.evals.probing import (
+    ProbeResult,
+    TaskProbe,
+    probe_task,
+    raw_probe_auc,
+    usable,
+)
 from husai.measure.evals.results import ContrastiveScores, EvalResults
 from husai.measure.evals.tasks import key_frequencies, task_labels
 from husai.measure.evals.transcoder import (
@@ -27,7 +36,6 @@ from husai.measure.evals.transcoder import (
     stress_key,
     transcoder_stress,
 )
-from husai.measure.metrics import reconstruct
 from husai.model.activations import ActivationSet, extract_rows, mlp_hooks
 from husai.model.base_model import HookedTransformer
 
@@ -62,21 +70,35 @@ def run_evals(
     for name, on in (("probing", ev.probing), ("contrastive", ev.contrastive)):
         if on and not labelled:
             res.skipped[name] = "needs (a, b) pairs behind the rows: activations from a base model"
-    if ev.probing and labelled:
+    if labelled and (ev.probing or ev.contrastive):
+        with tempfile.TemporaryDirectory() as work:
+            nulls = {seed: feature_nulls(cfg, acts.train, seed, Path(work)) for seed, _ in saes}
+            _labelled_evals(cfg, acts, saes, nulls, res)
+    return res
+
+
+def _labelled_evals(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    saes: Sequence[tuple[int, Any]],
+    nulls: Mapping[int, Mapping[str, Features]],
+    res: EvalResults,
+) -> None:
+    """Probing and contrastive, each seed's SAE against the stronger of its feature nulls."""
+    if cfg.evals.probing:
         start = time.perf_counter()
         try:
-            res.probe_frequencies, res.probing = _probe(cfg, acts, saes)
+            res.probe_frequencies, res.probing = _probe(cfg, acts, saes, nulls)
             res.seconds["probing"] = time.perf_counter() - start
         except ValueError as e:  # too few rows for any task: data, not a bug
             res.skipped["probing"] = str(e)
-    if ev.contrastive and labelled:
+    if cfg.evals.contrastive:
         start = time.perf_counter()
         try:
-            res.contrastive = _contrastive(cfg, acts, saes)
+            res.contrastive = _contrastive(acts, saes, nulls)
             res.seconds["contrastive"] = time.perf_counter() - start
         except ValueError as e:
             res.skipped["contrastive"] = str(e)
-    return res
 
 
 def _transcoder(
@@ -93,24 +115,11 @@ def _transcoder(
     return cached_transcoder_stress(cache_root() / "evals" / "transcoder" / f"{key}.json", compute)
 
 
-def _latents(sae: Any, x: Any) -> np.ndarray:
-    return reconstruct(sae, x)[0].double().numpy()
-
-
-def _null_features(cfg: ExperimentConfig, acts: ActivationSet, seed: int) -> Any:
-    """The random-feature null of trial seed `seed`, as a function of rows."""
-    mean = acts.train.double().numpy().mean(axis=0)
-    k = cfg.sae.k if cfg.sae.architecture in TOPK_FAMILY else None
-    null_seed = 4 * cfg.trial.random_seed_offset + seed
-
-    def features(x: Any) -> np.ndarray:
-        return random_features(x.double().numpy(), mean, cfg.sae.d_sae, k, null_seed)
-
-    return features
-
-
 def _probe(
-    cfg: ExperimentConfig, acts: ActivationSet, saes: Sequence[tuple[int, Any]]
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    saes: Sequence[tuple[int, Any]],
+    nulls: Mapping[int, Mapping[str, Features]],
 ) -> tuple[list[int], dict[int, ProbeResult]]:
     """(the Fourier tasks' frequencies, each seed's probes). Labels, frequencies and the raw
     baseline depend on the rows only: computed once for every seed."""
@@ -130,32 +139,46 @@ def _probe(
     raw = {t: raw_probe_auc(x_tr, x_te, y_tr[t], y_te[t]) for t in tasks}
     ks = cfg.evals.probe_ks
 
-    def probes(f: Any) -> list[Any]:
+    def probes(f: Features, chosen: Sequence[TaskProbe] | None = None) -> list[TaskProbe]:
+        """The SAE (`chosen` None: k by CV, also scored on the shifted slice) or a null (with
+        the SAE's k per task)."""
         z_tr, z_te = f(acts.train), f(acts.eval)
-        z_ood = None if acts.ood is None else f(acts.ood)
+        z_ood = None if acts.ood is None or chosen is not None else f(acts.ood)
         return [
             probe_task(
-                t, z_tr, z_te, y_tr[t], y_te[t], ks, z_ood, None if y_ood is None else y_ood[t]
+                t,
+                z_tr,
+                z_te,
+                y_tr[t],
+                y_te[t],
+                ks,
+                z_ood,
+                None if y_ood is None or z_ood is None else y_ood[t],
+                fixed_k=None if chosen is None else chosen[i].best_k,
             )
-            for t in tasks
+            for i, t in enumerate(tasks)
         ]
 
     out = {}
     for seed, sae in saes:
-        sae_probes = probes(lambda x, sae=sae: _latents(sae, x))
-        out[seed] = ProbeResult(sae_probes, probes(_null_features(cfg, acts, seed)), raw)
+        mine = probes(partial(latents, sae))
+        theirs = {name: probes(f, mine) for name, f in nulls[seed].items()}
+        strongest = max(theirs, key=lambda n: (float(np.mean([t.auc for t in theirs[n]])), n))
+        out[seed] = ProbeResult(mine, theirs[strongest], raw, strongest)
     return freqs, out
 
 
 def _contrastive(
-    cfg: ExperimentConfig, acts: ActivationSet, saes: Sequence[tuple[int, Any]]
+    acts: ActivationSet,
+    saes: Sequence[tuple[int, Any]],
+    nulls: Mapping[int, Mapping[str, Features]],
 ) -> dict[int, ContrastiveScores]:
     """Held-out rows only: the SAE never trained on them."""
     pairs = contrast_pairs(acts.eval_rows.numpy(), int(acts.p or 0))
-    return {
-        seed: ContrastiveScores(
-            contrastive_eval(_latents(sae, acts.eval), pairs),
-            contrastive_eval(_null_features(cfg, acts, seed)(acts.eval), pairs),
-        )
-        for seed, sae in saes
-    }
+    out = {}
+    for seed, sae in saes:
+        theirs = {name: contrastive_eval(f(acts.eval), pairs) for name, f in nulls[seed].items()}
+        strongest = max(theirs, key=lambda n: (theirs[n].score, n))
+        mine = contrastive_eval(latents(sae, acts.eval), pairs)
+        out[seed] = ContrastiveScores(mine, theirs[strongest], strongest)
+    return out

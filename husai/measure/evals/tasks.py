@@ -27,15 +27,18 @@ N_KEY_FREQUENCIES = 2
 
 
 def answers(rows: np.ndarray, p: int) -> np.ndarray:
+    """c = (a + b) mod p of each row index."""
     return (rows // p + rows % p) % p
 
 
 def attribute_labels(rows: np.ndarray, p: int) -> dict[str, np.ndarray]:
+    """0/1 labels of each attribute of c (`ATTRIBUTES`)."""
     c = answers(np.asarray(rows), p)
     return {name: fn(c, p).astype(np.int64) for name, fn in ATTRIBUTES.items()}
 
 
 def fourier_labels(rows: np.ndarray, p: int, freqs: Sequence[int]) -> dict[str, np.ndarray]:
+    """0/1 labels: the sign of cos and of sin(2 pi f c / p) for each f in `freqs`."""
     angle = 2 * np.pi * np.outer(answers(np.asarray(rows), p), np.asarray(freqs, dtype=float)) / p
     out = {}
     for i, f in enumerate(freqs):
