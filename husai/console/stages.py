@@ -180,22 +180,30 @@ def print_evals(m: Mapping[str, float]) -> None:
     )
     print(
         f"          ood: FVU ratio {fmt(g(names.STRESS_OOD_FVU_RATIO), '.3f')} (null 95% "
-        f"{fmt(g(names.STRESS_OOD_FVU_RATIO_NULL_Q95), '.3f')}), ev on the shifted slice "
-        f"{fmt(g(names.STRESS_OOD_EV))} (drop {fmt(g(names.STRESS_OOD_DROP), '+.4f')}), "
-        f"probe-AUC drop {fmt(g(names.STRESS_OOD_PROBE_DROP), '+.4f')}"
+        f"{fmt(g(names.STRESS_OOD_FVU_RATIO_NULL_Q95), '.3f')}), MSE ratio "
+        f"{fmt(g(names.STRESS_OOD_MSE_RATIO), '.3f')} (null 95% "
+        f"{fmt(g(names.STRESS_OOD_MSE_RATIO_NULL_Q95), '.3f')})"
     )
     print(
-        f"  external (local stand-ins): probe AUC {fmt(g(names.EXTERNAL_PROBE_AUC))} vs random "
-        f"features {fmt(g(names.EXTERNAL_PROBE_NULL_AUC))}: excess "
+        f"               ev on the shifted slice {fmt(g(names.STRESS_OOD_EV))} (drop "
+        f"{fmt(g(names.STRESS_OOD_DROP), '+.4f')}), probe-AUC drop "
+        f"{fmt(g(names.STRESS_OOD_PROBE_DROP), '+.4f')}"
+    )
+    print(
+        f"  external (local stand-ins): probe AUC {fmt(g(names.EXTERNAL_PROBE_AUC))} vs null "
+        f"{fmt(g(names.EXTERNAL_PROBE_NULL_AUC))}: excess "
         + ci(*names.PROBE_EXCESS_KEYS)
         + f"; raw {fmt(g(names.EXTERNAL_PROBE_BASELINE_AUC))}"
     )
     print(
-        f"          contrastive {fmt(g(names.EXTERNAL_CONTRASTIVE_SCORE))} vs random features "
+        f"          contrastive {fmt(g(names.EXTERNAL_CONTRASTIVE_SCORE))} vs null "
         f"{fmt(g(names.EXTERNAL_CONTRASTIVE_NULL))}: excess "
         + ci(*names.CONTRASTIVE_EXCESS_KEYS)
         + "; vs lambda 0 "
         + (ci(*names.CONTRASTIVE_DELTA_KEYS) if names.EXTERNAL_CONTRASTIVE_DELTA in m else "n/a")
+    )
+    print(
+        "          (null: each seed's stronger feature null, random features or its untrained SAE)"
     )
     secs = ", ".join(
         f"{e} {m[names.eval_seconds_key(e)]:.1f} s"
