@@ -29,9 +29,18 @@ EXIT_INTERRUPTED = 130
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=str, default="", help="experiment YAML (wins over --preset)")
     p.add_argument(
-        "--preset", type=str, default="quick", choices=PRESETS, help="shipped experiment preset"
+        "--config",
+        type=str,
+        default="",
+        help="experiment YAML, merged over --preset (its own `preset:` wins)",
+    )
+    p.add_argument(
+        "--preset",
+        type=str,
+        default="",
+        help=f"shipped experiment preset ({', '.join(PRESETS)}): the base of --config, or the "
+        "whole experiment without one (default: quick)",
     )
     p.add_argument(
         "--tracking-uri",
@@ -318,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_pipeline(args)
         if args.command == "report":
             return cmd_report(args)
-        cfg = resolve(Path(args.config) if args.config else None, args.preset)
+        cfg = resolve(Path(args.config) if args.config else None, args.preset or None)
         return COMMANDS[args.command](cfg, args)
     except InputError as e:
         console.error(args.command, e)

@@ -15,13 +15,36 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from husai.core.hashing import stable_hash
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Every config section: unknown fields refused, floats finite (inf and nan are refused,
+    never discovered mid-training), integers strict (`k: true` is not k = 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        # YAML's true/false would otherwise pass as 1/0 for an int or float field.
+        if isinstance(v, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation in NUMBER_TYPES:
+                raise ValueError(f"expected a number, got {str(v).lower()}")
+        return v
+
+
+NUMBER_TYPES = (int, float, int | None, float | None)
 
 
 def _is_prime(n: int) -> bool:
@@ -106,7 +129,10 @@ class ActivationsConfig(Strict):
         return v
 
     key: str | None = Field(
-        None, description="use an existing cached activation set by its key instead of extracting"
+        None,
+        pattern=r"^[0-9a-f]{16}$",
+        description="use an existing cached activation set by its key (16 hex digits) instead "
+        "of extracting",
     )
     file: str | None = Field(
         None, description="bring your own [n, d_in] activations (.safetensors, .npy or .pt)"

@@ -28,9 +28,25 @@ def format_validation(source: str, err: ValidationError) -> str:
     return f"{source}: {field + ': ' if field else ''}{msg}{more}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so `k: 8` followed by `k: 64` would train k = 64 without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -77,15 +93,22 @@ def from_dict(data: dict[str, Any], source: str = "<config>") -> ExperimentConfi
 def read_yaml_file(path: Path, what: str = "config") -> dict[str, Any]:
     """A YAML mapping from a file; unreadable or malformed files are one-line ConfigErrors."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte {e.start})") from None
     return read_yaml(text, str(path))
 
 
-def load(path: str | Path) -> ExperimentConfig:
-    """Read and validate a config file; every problem is a one-line ConfigError naming the file."""
-    return from_dict(read_yaml_file(Path(path)), str(path))
+def load(path: str | Path, preset: str | None = None) -> ExperimentConfig:
+    """Read and validate a config file; every problem is a one-line ConfigError naming the file.
+    `preset` (e.g. --preset on the command line): the file's values over that preset, unless the
+    file names its own `preset:`, which wins (the file wins over the command line)."""
+    data = read_yaml_file(Path(path))
+    if preset is not None and "preset" not in data:
+        data = {**data, "preset": preset}
+    return from_dict(data, str(path))
 
 
 def load_preset(name: str) -> ExperimentConfig:
@@ -93,9 +116,10 @@ def load_preset(name: str) -> ExperimentConfig:
 
 
 def resolve(config: str | Path | None, preset: str | None) -> ExperimentConfig:
-    """A config file wins over a preset; with neither, the quick preset."""
+    """A config file over a preset (the file's own `preset:`, or `preset`); with neither, the
+    quick preset."""
     if config:
-        return load(config)
+        return load(config, preset)
     return load_preset(preset or "quick")
 
 

@@ -177,13 +177,15 @@ class SweepConfig(Strict):
         blob = json.dumps({"sweep": self.model_dump(mode="json"), "smoke": smoke}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def trial_config(self, params: dict[str, Any], smoke: bool = False) -> ExperimentConfig:
+    def trial_config(
+        self, params: dict[str, Any], smoke: bool = False, source: str | None = None
+    ) -> ExperimentConfig:
         """The experiment of one trial: the base experiment with the sampled values set."""
         data = self.base_experiment(smoke).model_dump()
         for path, value in params.items():
             section, field = SWEEPABLE[path]
             data[section] = {**data[section], field: value}
-        return from_dict(data, f"sweep {self.name}: trial {params}")
+        return from_dict(data, source or f"sweep {self.name}: trial {params}")
 
 
 # How each sweepable field is logged as a trial-run param: the confirmation rebuilds the best
@@ -240,6 +242,48 @@ def confirm_config(sweep: SweepConfig, params: dict[str, Any], smoke: bool) -> E
     return from_dict(data, f"sweep {sweep.name}: confirmation of {params}")
 
 
+INTEGER_FIELDS = ("sae.k", "sae.d_sae")
+CATEGORICAL_FIELDS = ("sae.architecture",)
+
+
+def _check_every_point(cfg: SweepConfig, source: str) -> None:
+    """Each value a dimension can take (every categorical choice, both ends of a range, and 0
+    where `zero` adds it), set alone on the base experiment, must be a valid experiment: a bad
+    choice is refused here, naming the file and the field, before any run or Ray."""
+    if not cfg.search_space:
+        raise ConfigError(f"{source}: search_space: give at least one dimension to search")
+    for path, dim in cfg.search_space.items():
+        where = f"{source}: search_space.{path}"
+        if path in CATEGORICAL_FIELDS and dim.type != "categorical":
+            raise ConfigError(f"{where}: type: {path} takes named values; use type: categorical")
+        if path in INTEGER_FIELDS and dim.type in ("uniform", "loguniform"):
+            raise ConfigError(f"{where}: type: {path} is an integer; use type: int or categorical")
+        if dim.type == "categorical":
+            values = list(dim.choices or ())
+        else:
+            values = [dim.low, dim.high, *([0.0] if dim.zero else [])]
+            if dim.type == "int" and any(v is not None and v != int(v) for v in values):
+                raise ConfigError(f"{where}: low/high: an int range needs whole-number ends")
+            if dim.type == "int":
+                values = [int(v) for v in values if v is not None]
+        for value in values:
+            point = {path: value, **_widest_partner(cfg, path)}
+            cfg.trial_config(point, source=f"{where} = {value!r}")
+
+
+def _widest_partner(cfg: SweepConfig, path: str) -> dict[str, Any]:
+    """k is checked at the largest d_sae the sweep can draw, d_sae at the smallest k: a value
+    is refused for itself, not for a partner the sweep may never pair it with (the impossible
+    corner k > d_sae is `_check_k_vs_d_sae`'s)."""
+    partner, end = {"sae.k": ("sae.d_sae", 1), "sae.d_sae": ("sae.k", 0)}.get(path, (None, 0))
+    if partner is None or partner not in cfg.search_space:
+        return {}
+    try:
+        return {partner: int(cfg.search_space[partner].values_bound()[end])}
+    except (TypeError, ValueError):  # the partner's own values are checked in their turn
+        return {}
+
+
 def _check_k_vs_d_sae(cfg: SweepConfig, source: str) -> None:
     base = cfg.base_experiment()
     k_hi = (
@@ -284,6 +328,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
         cfg.base_experiment(smoke=True)
     except ConfigError as e:
         raise ConfigError(f"{path}: experiment: {e}") from None
+    _check_every_point(cfg, str(path))
     _check_k_vs_d_sae(cfg, str(path))
     _check_copy_proof(cfg, str(path))
     return cfg

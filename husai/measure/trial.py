@@ -8,6 +8,7 @@ every seed. Returns a TrialResult, which also names its numbers by their MLflow 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,6 +131,39 @@ def check_batch(cfg: ExperimentConfig, n_train_rows: int) -> None:
 def preflight(cfg: ExperimentConfig, acts: ActivationSet) -> None:
     """Problems that would only surface mid-trial, raised before any compute or run."""
     check_batch(cfg, int(acts.train.shape[0]))
+    check_memory(cfg, acts.d_in)
+
+
+# Bytes per float32, and copies of each weight matrix while training: the parameter, its
+# gradient and Adam's two moments, for W_enc and W_dec.
+FLOAT32, WEIGHT_COPIES, ACTIVATION_COPIES = 4, 8, 4
+
+
+def training_bytes(cfg: ExperimentConfig, d_in: int) -> int:
+    """A lower estimate of the memory one trial's seed-batched training holds at once: every
+    seed's weights with gradients and Adam state, and a few [batch, d_sae] activations per seed."""
+    n, d_sae, batch = len(cfg.trial.seeds), cfg.sae.d_sae, cfg.train.batch_size
+    weights = WEIGHT_COPIES * d_in * d_sae
+    return FLOAT32 * n * (weights + ACTIVATION_COPIES * batch * d_sae)
+
+
+def machine_bytes() -> int:
+    """Physical memory of this machine (0 where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_memory(cfg: ExperimentConfig, d_in: int) -> None:
+    """Refuse a shape that cannot fit in this machine's memory, before anything is trained."""
+    need, have = training_bytes(cfg, d_in), machine_bytes()
+    if have and need > have:
+        raise InputError(
+            f"sae.d_sae: {cfg.sae.d_sae} latents x d_in {d_in} x {len(cfg.trial.seeds)} seeds "
+            f"need at least {need / 2**30:.1f} GiB to train; this machine has "
+            f"{have / 2**30:.1f} GiB"
+        )
 
 
 class _SpliceCE:

@@ -35,6 +35,8 @@ from husai.model.task import SEQ_LEN, make_modular_data, split_indices
 ACTS_FILE = "acts.safetensors"
 META_FILE = "meta.json"
 CACHE_FORMAT = 2  # bump when the file layout changes; it is part of every key
+# Beyond this, squared errors summed over a row and a batch overflow float32 (3.4e38).
+MAX_ABS_ACTIVATION = 1e15
 
 
 class ActivationCacheError(InputError):
@@ -293,6 +295,12 @@ def _read_user_matrix(path: Path) -> torch.Tensor:
         raise ActivationCacheError(f"{path}: expected a [n, d_in] matrix, got {list(x.shape)}")
     if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
         raise ActivationCacheError(f"{path}: activations must be finite floating-point numbers")
+    largest = float(x.abs().max())
+    if largest > MAX_ABS_ACTIVATION:
+        raise ActivationCacheError(
+            f"{path}: activations reach {largest:.3g}; float32 sums of squares overflow beyond "
+            f"|x| {MAX_ABS_ACTIVATION:g}: rescale them"
+        )
     return x.float().contiguous()
 
 

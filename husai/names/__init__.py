@@ -21,6 +21,10 @@ EXPERIMENT_BASE = "husai-base"
 EXPERIMENT_ACTIVATIONS = "husai-activations"
 EXPERIMENT_GATES = "husai-gates"
 EXPERIMENT_SWEEP_PREFIX = "husai/"
+# MLflow's own experiment tag: which page the UI opens an experiment on. Training runs, not the
+# GenAI trace overview MLflow 3 shows an experiment without it.
+MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_DEVELOPMENT = "custom_model_development"
 
 # --- tags on every run --------------------------------------------------------------------------
 TAG_CONFIG_HASH = "husai.config_hash"

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import husai
+from husai.core.errors import InputError
 from husai.core.paths import project_root
 
 TRACKED_PACKAGES = (
@@ -73,3 +74,14 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[dist] = "missing"
     return out
+
+
+def check_store_folder(uri: str, db: Path) -> None:
+    """The folder of a SQLite store can be made and written, or a one-line InputError says why
+    (before any compute: a store that cannot be written would lose the whole result)."""
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"tracking URI {uri}: cannot create {db.parent} ({e.strerror})") from None
+    if not os.access(db.parent, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise InputError(f"tracking URI {uri}: {db.parent} is not writable")

@@ -30,7 +30,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 import husai
 from husai import names
-from husai.registry.provenance import git_sha, package_versions, resolve_tracking_uri, sqlite_path
+from husai.registry.provenance import (
+    check_store_folder,
+    git_sha,
+    package_versions,
+    resolve_tracking_uri,
+    sqlite_path,
+)
 from husai.registry.views import RegisteredBase, RunView, VersionView
 
 _BATCH = 1000  # MLflow's log_batch limit on metrics per call
@@ -63,7 +69,7 @@ class Tracker:
         self.uri = resolve_tracking_uri(tracking_uri)
         db = sqlite_path(self.uri)
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            check_store_folder(self.uri, db)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # Creating a store logs schema migrations at INFO; errors must stay one line on stderr.
         for name in ("mlflow.store.db.utils", "alembic"):
@@ -84,13 +90,18 @@ class Tracker:
         return None if db is None else db.parent / "artifacts"
 
     def experiment_id(self, name: str) -> str:
+        """The experiment `name`, created if missing, tagged as model development so that the
+        MLflow UI opens it on its runs (not on the GenAI trace overview)."""
+        kind = {names.MLFLOW_EXPERIMENT_KIND: names.EXPERIMENT_KIND_MODEL_DEVELOPMENT}
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if exp.tags.get(names.MLFLOW_EXPERIMENT_KIND) is None:  # made by an older HUSAI
+                self.client.set_experiment_tag(exp.experiment_id, *next(iter(kind.items())))
             return str(exp.experiment_id)
         root = self.artifact_root()
         location = None if root is None else (root / name.replace("/", "_")).as_uri()
         try:
-            return str(self.client.create_experiment(name, artifact_location=location))
+            return str(self.client.create_experiment(name, artifact_location=location, tags=kind))
         except MlflowException:
             # Another process created it between our lookup and create.
             exp = self.client.get_experiment_by_name(name)

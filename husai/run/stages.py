@@ -24,7 +24,7 @@ from husai.core.cache import publish_dir
 from husai.core.errors import ConfigError, InputError
 from husai.core.hashing import stable_hash
 from husai.core.paths import cache_root
-from husai.measure.trial import check_batch
+from husai.measure.trial import check_batch, check_memory
 from husai.model.activations import (
     ActivationSet,
     activation_key,
@@ -63,9 +63,12 @@ from husai.sae.train import train_sae
 def check_before_compute(cfg: ExperimentConfig) -> None:
     """Everything about an experiment that can be checked before the base model is trained:
     the hook exists in the configured model, the split leaves rows on both sides, a batch fits
-    in the SAE-train rows. Raises a one-line InputError; nothing is created."""
+    in the SAE-train rows, the SAEs fit in memory. Raises a one-line InputError; nothing is
+    created."""
     check_hook(cfg)
     check_batch(cfg, n_split_rows(cfg)[0])
+    # Every hook's width is at least d_model: a lower estimate, so nothing that fits is refused.
+    check_memory(cfg, cfg.base.d_model)
 
 
 Writer = Callable[[Path], object]  # writes one cache entry into the folder it is given

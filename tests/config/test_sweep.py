@@ -78,13 +78,15 @@ def test_asha_is_refused_for_an_objective_it_does_not_schedule_on(tmp_path: Path
     """ASHA stops trials by their running held-out FVU: on a stability sweep it would prune
     trials by a number the sweep does not optimise, so the file must turn it off."""
     text = (
-        "name: t\nexperiment: {preset: quick}\nsearch_space: {}\n"
+        "name: t\nexperiment: {preset: quick}\n"
+        "search_space: {sae.k: {type: categorical, choices: [8]}}\n"
         "objective: [{metric: stability/pw_mcc_excess_lcb, mode: max}]\n"
     )
     assert not load_sweep(write(tmp_path, text)).asha.enabled  # off by default
     with pytest.raises(ConfigError, match=r"asha\.enabled: ASHA stops trials by their running"):
         load_sweep(write(tmp_path, text + "asha: {enabled: true}\n"))
-    ok = load_sweep(write(tmp_path, BASE + "search_space: {}\nasha: {enabled: true}\n"))
+    space = "search_space: {sae.k: {type: categorical, choices: [8]}}\n"
+    ok = load_sweep(write(tmp_path, BASE + space + "asha: {enabled: true}\n"))
     assert ok.asha.enabled  # recon/ev: what ASHA ranks by
 
 
@@ -92,7 +94,8 @@ def test_asha_is_refused_for_an_objective_it_does_not_schedule_on(tmp_path: Path
     "space",
     [
         "{consistency.lambda: {type: loguniform, low: 0.001, high: 1.0, zero: true}}",
-        "{}\nexperiment: {preset: quick, consistency: {lambda: 0.1}}",
+        "{sae.k: {type: categorical, choices: [8]}}\n"
+        "experiment: {preset: quick, consistency: {lambda: 0.1}}",
     ],
 )
 def test_a_lambda_sweep_must_use_an_objective_copying_cannot_inflate(
