@@ -72,6 +72,13 @@ def _trial_options(p: argparse.ArgumentParser) -> None:
         p, "--rerun", "train again even if this exact trial (config hash + activations) is recorded"
     )
     _allow_memorised(p)
+    p.add_argument(
+        "--alias",
+        type=str,
+        default="",
+        help="move this husai-sae alias (e.g. candidate) to the trial's registered SAE; by "
+        "default a trial moves none (sweeps and the pipeline move candidate)",
+    )
 
 
 def _allow_memorised(p: argparse.ArgumentParser) -> None:
@@ -188,6 +195,19 @@ def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
         r = done.result
         representative = (r.representative_seed, r.representative_reason)
         console.print_summary(cfg, inputs.acts.key, r.seconds, done.recorded, representative, run)
+    if args.alias:
+        # A plain trial moves no alias by itself: `candidate` is what a sweep (or this flag) names.
+        version = None if done.recorded is None else done.recorded.sae_version
+        if version is None:
+            version = tracker.find_model_version(
+                names.SAE_MODEL_NAME, {names.TAG_TRIAL_RUN_ID: done.run_id}
+            )
+        holds = None
+        if version is not None:
+            tracker.set_alias(names.SAE_MODEL_NAME, args.alias, version)
+            now = tracker.model_version(names.SAE_MODEL_NAME, None, args.alias)
+            holds = None if now is None else str(now.version)
+        console.print_alias(args.alias, version, holds)
     print(console.ui_hint(tracker.uri))
     return 0
 

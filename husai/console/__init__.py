@@ -17,6 +17,7 @@ from husai.console.outcomes import (
 )
 from husai.console.stages import (
     print_acts,
+    print_alias,
     print_base,
     print_evals,
     print_metrics,
@@ -44,6 +45,7 @@ __all__ = [
     "interrupted",
     "pipeline_summary",
     "print_acts",
+    "print_alias",
     "print_base",
     "print_evals",
     "print_export",

@@ -75,9 +75,16 @@ def print_summary(
     print_metrics(run.metrics, run.tags)
     if rec.sae_version is not None:
         print(
-            f"  husai-sae version {rec.sae_version} (alias candidate) = seed "
-            f"{representative[0]}: {representative[1]}"
+            f"  husai-sae version {rec.sae_version} = seed {representative[0]}: {representative[1]}"
         )
+
+
+def print_alias(alias: str, version: str | None, holds: str | None) -> None:
+    """What `--alias` did: `holds` is what the alias names after the write (read back)."""
+    if version is None:
+        print(f"  alias {alias}: no husai-sae version registered from this trial to point at")
+    else:
+        print(f"  alias {alias} -> husai-sae version {holds} (asked for version {version})")
 
 
 def print_recorded(run: RunView) -> None:

@@ -137,7 +137,8 @@ def record_trial(
     parent_run_id: str | None = None,
 ) -> RecordedTrial:
     """Trial run > one child run per seed; the representative SAE registered as `candidate`
-    when the config asks for it (sweeps register only their best trial, at the end)."""
+    when the config asks for it (sweeps register only their best trial, at the end), moving no
+    alias: `husai trial --alias` and the sweeps say which version is the candidate."""
     experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
     name = trial_run_name(cfg)
     params, tags = _trial_params_and_tags(tracker, cfg, rec, src)
@@ -240,8 +241,10 @@ def register_sae(
     d_sae: int,
     tags: Mapping[str, str],
     description: str,
+    alias: str | None = None,
 ) -> str:
-    """Log an sae-lens folder as a pyfunc on the trial run, registered with alias `candidate`."""
+    """Log an sae-lens folder as a pyfunc on the trial run, registered; `alias` (e.g.
+    `candidate`) moved to the new version if given."""
     with tempfile.TemporaryDirectory() as tmp:
         # MLflow names a directory artifact by its basename: make it `sae` for every version.
         folder = sae_dir
@@ -256,12 +259,13 @@ def register_sae(
             artifact_name=names.ARTIFACT_SAE_MODEL,
             tags=tags,
             description=description,
-            alias=names.ALIAS_CANDIDATE,
+            alias=alias,
         )
 
 
 def register_trial_sae(tracker: Tracker, trial_run_id: str, description: str) -> str:
-    """Register a recorded trial's representative SAE (from its seed run) as `candidate`."""
+    """Register a recorded trial's representative SAE (from its seed run) as `candidate`: what
+    a sweep does with its confirmed (or best) recipe."""
     trial = tracker.get_run(trial_run_id)
     tags, params = trial.tags, trial.params
     seed = tags[names.TAG_REPRESENTATIVE_SEED]
@@ -285,6 +289,7 @@ def register_trial_sae(tracker: Tracker, trial_run_id: str, description: str) ->
                 tags[names.TAG_REPRESENTATIVE_WHY],
             ),
             description,
+            alias=names.ALIAS_CANDIDATE,
         )
 
 

@@ -71,7 +71,8 @@ def run_trial_on(tmp_path: Path, rows: torch.Tensor, steps: int) -> Path:
             }
         )
     )
-    assert main(["trial", "--config", str(cfg), "--activations-file", str(path)]) == 0
+    argv = ["trial", "--config", str(cfg), "--activations-file", str(path), "--alias", "candidate"]
+    assert main(argv) == 0
     return path
 
 

@@ -234,9 +234,9 @@ def test_quick_preset_generalises_then_is_reused(
             }
         )
     )
-    assert main(["trial", "--config", str(cfg)]) == 0
+    assert main(["trial", "--config", str(cfg), "--alias", "candidate"]) == 0
     out = capsys.readouterr().out
-    assert "reused" in out and "cache hit" in out and "alias candidate" in out
+    assert "reused" in out and "cache hit" in out and "alias candidate -> husai-sae" in out
     assert "stress: transcoder pw_mcc" in out and "eval cost: transcoder" in out
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
     trial = tracker.client.get_run(mv.tags[names.TAG_TRIAL_RUN_ID])

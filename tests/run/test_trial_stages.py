@@ -35,14 +35,18 @@ def test_trial_on_user_activations(
         main(["trial", "--config", str(cfg), "--activations-file", str(user_acts(tmp_path))]) == 0
     )
     out = capsys.readouterr().out
-    assert "loss recovered absent" in out and "husai-sae version 1 (alias candidate)" in out
-    # Again: the identical trial is found and reused, no second run or version.
-    assert (
-        main(["trial", "--config", str(cfg), "--activations-file", str(user_acts(tmp_path))]) == 0
-    )
-    assert "already recorded" in capsys.readouterr().out
-
+    assert "loss recovered absent" in out and "husai-sae version 1 = seed" in out
+    # A plain trial registers its SAE but moves no alias: `candidate` is a sweep's, or asked for.
     tracker = Tracker(isolated_store)
+    assert tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CANDIDATE) is None
+    # Again: the identical trial is found and reused, no second run or version; --alias points
+    # the alias at the version it registered.
+    acts = str(user_acts(tmp_path))
+    argv = ["trial", "--config", str(cfg), "--activations-file", acts, "--alias", "candidate"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "already recorded" in out and "alias candidate -> husai-sae version 1" in out
+
     assert len(tracker.client.search_model_versions(f"name = '{names.SAE_MODEL_NAME}'")) == 1
     exp = tracker.client.get_experiment_by_name("husai/t")
     runs = tracker.client.search_runs([exp.experiment_id])
@@ -110,6 +114,8 @@ def test_registered_sae_loads_for_a_user(tmp_path: Path, isolated_store: str) ->
                 str(cfg),
                 "--activations-file",
                 str(user_acts(tmp_path, ".safetensors")),
+                "--alias",
+                "candidate",
             ]
         )
         == 0
