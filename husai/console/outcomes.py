@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # types only: printing an error must not import MLflow, torch
 
 def gate_table(d: GateDecision) -> str:
     """The per-check table (80 columns) and the decision, as `husai gate` prints it."""
-    champion = d.champion_version or "none"
+    champion = "this version" if d.is_champion else d.champion_version or "none"
     seeds = "" if d.n_seeds is None else f", {d.n_seeds} seeds"
     lines = [f"gate {d.policy} on husai-sae version {d.version} (champion: {champion}{seeds})"]
     lines.append(f"  {'check':<40} {'value':>9}  {'rule':<12} {'verdict':<8}")
@@ -48,7 +48,12 @@ def print_gate(out: GateOutcome) -> None:
     if out.gate_run_id is None:
         print("dry run: nothing recorded, no alias moved")
     else:
-        moved = f"; alias champion -> version {out.decision.version}" if out.promoted else ""
+        moved = ""
+        if out.promoted:
+            moved = f"; alias champion -> version {out.champion_after} (read back after the write"
+            if out.champion_after != out.decision.version:
+                moved += f": another gate moved it past version {out.decision.version}"
+            moved += ")"
         print(f"gate run {out.gate_run_id} in experiment {names.EXPERIMENT_GATES}{moved}")
 
 

@@ -168,6 +168,7 @@ class GateDecision:
     checks: list[CheckResult]
     n_seeds: int | None = None  # the seeds of the version's trial (None: not recorded)
     min_seeds: int | None = None  # what the policy asks of a check on an interval
+    is_champion: bool = False  # the version already held `champion` when it was judged
 
     @property
     def pass_all(self) -> bool:
@@ -296,7 +297,8 @@ def render_markdown(d: GateDecision) -> str:
         f"# Gate `{d.policy}` on husai-sae version {d.version}",
         "",
         f"Decision: **{'pass' if d.pass_all else 'blocked'}**. Champion at evaluation: "
-        f"{d.champion_version or 'none'}. Seeds behind the version's intervals: "
+        f"{'this version' if d.is_champion else d.champion_version or 'none'}. Seeds behind "
+        "the version's intervals: "
         f"{'unknown' if d.n_seeds is None else d.n_seeds} (the policy needs {d.min_seeds}).",
         "",
         "| check | metric | value | rule | required | champion | verdict | read from | reason |",

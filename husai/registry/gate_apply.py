@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from husai import names
 from husai.core.errors import InputError
@@ -54,6 +54,9 @@ class GateOutcome:
     decision: GateDecision
     gate_run_id: str | None  # None for --dry-run
     promoted: bool
+    # The version `champion` names after this gate's write, read back: with gates racing, the
+    # last alias write wins, and this says which one did.
+    champion_after: str | None = None
 
 
 def trial_seeds(tracker: Tracker, mv: VersionView) -> int | None:
@@ -141,7 +144,7 @@ def run_gate(
         champion = None
         if champ_mv is not None and was != v:
             champion = champion_of(tracker, mv, champ_mv)
-        decision = evaluate(policy, v, mine, champion, n_seeds, lam)
+        decision = replace(evaluate(policy, v, mine, champion, n_seeds, lam), is_champion=was == v)
         if dry_run:
             return GateOutcome(decision, None, False)
         if decision.pass_all:
@@ -151,7 +154,9 @@ def run_gate(
         run_id = _record(tracker, policy, decision)
         if decision.pass_all:
             tracker.set_alias(names.SAE_MODEL_NAME, names.ALIAS_CHAMPION, v)
-        return GateOutcome(decision, run_id, decision.pass_all)
+        after = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
+        holds = None if after is None else str(after.version)
+        return GateOutcome(decision, run_id, decision.pass_all, holds)
     raise GateError(f"the champion kept moving during {MAX_CHAMPION_RACES} evaluations; run again")
 
 

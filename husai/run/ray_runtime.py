@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import warnings
 
@@ -70,4 +71,13 @@ def start_ray(address: str | None) -> str | None:
         log_to_driver=False,
         _temp_dir=temp_dir,
     )
+    # Ray opens its temp dir to everyone (0777); its sockets and logs are the user's alone.
+    os.chmod(temp_dir, 0o700)
     return temp_dir
+
+
+def remove_private_ray_dir(temp_dir: str | None) -> None:
+    """After `ray.shutdown()`: delete the private instance's temp dir (only ever one of ours),
+    so finished sweeps leave nothing in /tmp."""
+    if temp_dir is not None and PRIVATE_PREFIX in os.path.basename(temp_dir):
+        shutil.rmtree(temp_dir, ignore_errors=True)

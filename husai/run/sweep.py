@@ -46,7 +46,12 @@ from husai.registry.trial_records import TrialSource
 from husai.registry.views import RunView
 from husai.run import stages
 from husai.run.confirm import confirm_best
-from husai.run.ray_runtime import kill_private_ray, start_ray, trial_resources
+from husai.run.ray_runtime import (
+    kill_private_ray,
+    remove_private_ray_dir,
+    start_ray,
+    trial_resources,
+)
 from husai.run.sweep_end import finish_sweep
 from husai.run.sweep_progress import TrialLines
 from husai.run.trial_stages import TrialInputs, trial
@@ -295,6 +300,7 @@ def _fit(
     finally:
         # Stops the private instance we started; on a user's cluster only disconnects.
         ray.shutdown()
+        remove_private_ray_dir(temp_dir)
     tracker.end_running_children(ctx.sweep_run_id)
     if grid.num_terminated + grid.num_errors < n_samples:
         # Tune caught a signal, saved its state and returned early: the sweep is unfinished.

@@ -233,8 +233,12 @@ def test_pass_promotes_block_keeps_and_reasons_are_written(
     good = register(tracker, GOOD)
     assert main(["gate", "--policy", str(STRICT), "--version", good]) == 0
     out = capsys.readouterr().out
-    assert "PASS" in out and "recon.ev" in out and "alias champion" in out
+    assert "PASS" in out and "recon.ev" in out
+    assert f"alias champion -> version {good} (read back after the write)" in out
     assert champion(tracker) == good
+    # Judged again while it holds the alias: the table says so, not "champion: none".
+    assert main(["gate", "--policy", str(STRICT), "--version", good, "--dry-run", "yes"]) == 0
+    assert f"version {good} (champion: this version, 5 seeds)" in capsys.readouterr().out
     tags = version_tags(tracker, good)
     assert tags["gate.strict.pass_all"] == "true" and tags["gate.strict.recon.ev"] == "pass"
 

@@ -60,8 +60,10 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
         out = run_sweep(sweep, tracking_uri=isolated_store, allow_memorised=True)
     assert out.n_trials == 3 and out.n_recorded == 3
     tracker = Tracker(isolated_store)
-    # The private local Ray instance this sweep started was shut down.
-    assert ray_processes_left(sweep_temp_dir(tracker, out.sweep_run_id)) == []
+    # The private local Ray instance this sweep started was shut down, its temp dir removed.
+    ray_dir = sweep_temp_dir(tracker, out.sweep_run_id)
+    assert ray_processes_left(ray_dir) == []
+    assert not Path(ray_dir).exists()
 
     exp = tracker.client.get_experiment_by_name("husai/tiny_sweep")
     runs = tracker.client.search_runs([exp.experiment_id])
