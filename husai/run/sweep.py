@@ -294,6 +294,9 @@ def _fit(
         # Per-seed reports carry only the ASHA metric; the objective (stability) exists once
         # all seeds are trained, so Tune must not demand it in every report.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        # Tune's new output engine prints its configuration box and a TensorBoard hint even at
+        # verbose 0; the legacy engine at verbose 0 prints nothing, and TrialLines reports.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), trial_resources(sweep))
         grid = _tuner(fn, sweep, ctx, resume, folder, n_seeds, n_samples).fit()
         trials = [grid[i] for i in range(len(grid))]

@@ -104,8 +104,11 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     # and once for the confirmation's fresh split.
     assert len(runs_of_kind(tracker, names.KIND_NULL_ACTIVATIONS)) == 2
     # One line per trial on the terminal instead of Ray's boxes of every metric.
-    err = capfd.readouterr().err
+    printed = capfd.readouterr()
+    err, both = printed.err, printed.out + printed.err
     assert "trial 3/3 [lambda " in err and "done in" in err and "Trial status" not in err
+    # Nor Tune's configuration box and TensorBoard hint.
+    assert "Configuration for experiment" not in both and "TensorBoard" not in both
 
     # The same sweep again: found finished, nothing runs, its best SAE is `candidate` again.
     other = next(t.info.run_id for t in trials if t.info.run_id != best)
