@@ -171,9 +171,16 @@ def find_reference_run(tracker: Tracker, cfg: ExperimentConfig, key: str) -> str
 
 
 def record_reference(
-    tracker: Tracker, cfg: ExperimentConfig, activation_key: str, seed: int, key: str, folder: Path
+    tracker: Tracker,
+    cfg: ExperimentConfig,
+    activation_key: str,
+    seed: int,
+    key: str,
+    folder: Path,
+    started: float | None = None,
 ) -> str:
-    """A reference SAE as its own run, linked from every trial that uses it."""
+    """A reference SAE as its own run, linked from every trial that uses it; `started`: when
+    its training began (epoch seconds)."""
     s = cfg.sae
     params = {
         names.PARAM_REF_KEY: key,
@@ -186,6 +193,7 @@ def record_reference(
     }
     tags = tracker.standard_tags(cfg.config_hash(), names.KIND_REFERENCE, "trial")
     name = f"reference-{s.architecture}-k{s.k}-d{s.d_sae}-seed{seed}"
-    with tracker.run(names.EXPERIMENT_SWEEP_PREFIX + cfg.name, name, tags, params) as run_id:
+    experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
+    with tracker.run(experiment, name, tags, params, started=started) as run_id:
         tracker.log_artifacts(run_id, folder, names.ARTIFACT_SAE)
     return run_id

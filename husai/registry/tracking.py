@@ -129,13 +129,17 @@ class Tracker:
         tags: Mapping[str, str],
         params: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
+        started: float | None = None,
     ) -> Iterator[str]:
-        """A run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C; never left RUNNING."""
+        """A run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C; never left RUNNING.
+        `started`: when the work it records began (epoch seconds), for work recorded after it
+        ran, so the UI's duration is the work's, not the recording's."""
         all_tags = dict(tags)
         if parent_run_id is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        start_ms = None if started is None else int(started * 1000)
         run = self.client.create_run(
-            self.experiment_id(experiment), run_name=run_name, tags=all_tags
+            self.experiment_id(experiment), run_name=run_name, tags=all_tags, start_time=start_ms
         )
         run_id = run.info.run_id
         with self._until_done(run_id):

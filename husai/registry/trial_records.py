@@ -70,6 +70,7 @@ class TrialRecord:
     plots_dir: Path  # the stability heatmap
     references: ReferenceLinks | None = None
     consistency_scale: float | None = None  # s of lambda * s * penalty, logged as a param
+    started: float | None = None  # epoch seconds when the trial's work began (run start time)
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,10 @@ def record_trial(
     experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
     name = trial_run_name(cfg)
     params, tags = _trial_params_and_tags(tracker, cfg, rec, src)
-    with tracker.run(experiment, name, tags, params, parent_run_id) as trial_id:
+    with tracker.run(experiment, name, tags, params, parent_run_id, rec.started) as trial_id:
         seed_runs = {
-            sr.seed: _record_seed(tracker, cfg, experiment, name, sr, trial_id) for sr in rec.seeds
+            sr.seed: _record_seed(tracker, cfg, experiment, name, sr, trial_id, rec.started)
+            for sr in rec.seeds
         }
         tracker.log_metrics(trial_id, finite(rec.metrics))
         tracker.log_artifacts(trial_id, rec.plots_dir, names.ARTIFACT_PLOTS)
@@ -204,13 +206,16 @@ def _record_seed(
     trial_name: str,
     sr: SeedRecord,
     trial_id: str,
+    started: float | None = None,
 ) -> str:
     tags = {
         **tracker.standard_tags(cfg.config_hash(), names.KIND_SEED, "trial"),
         names.TAG_SEED: str(sr.seed),
     }
     name = f"{trial_name}-seed{sr.seed}"
-    with tracker.run(experiment, name, tags, {names.PARAM_SEED: sr.seed}, trial_id) as seed_id:
+    # Seeds train inside the trial (together, on the seed-batched path): its start is theirs.
+    params = {names.PARAM_SEED: sr.seed}
+    with tracker.run(experiment, name, tags, params, trial_id, started) as seed_id:
         tracker.log_series(seed_id, sr.curves)
         tracker.log_metrics(seed_id, finite(sr.metrics))
         tracker.log_artifacts(seed_id, sr.sae_dir, names.ARTIFACT_SAE)

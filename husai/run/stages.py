@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -282,6 +283,7 @@ def reference(
     key = reference_key(cfg, acts.key, seed)
     path = (cache_dir or cache_root()) / "references" / key
     run_id = find_reference_run(tracker, cfg, key)
+    started = time.time()
     source = cached_entry(
         path,
         run_id,
@@ -291,7 +293,9 @@ def reference(
         compute=lambda: partial(save_sae, train_sae(cfg.sae, cfg.train, acts.train, seed).sae),
     )
     if run_id is None:
-        run_id = record_reference(tracker, cfg, acts.key, seed, key, path)
+        # A reference read from the cache was trained before: its run starts now.
+        begun = started if source == "computed" else None
+        run_id = record_reference(tracker, cfg, acts.key, seed, key, path, begun)
     return Reference(
         seed=seed,
         key=key,

@@ -13,6 +13,7 @@ that trial itself recorded before its driver was killed), else computes it
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -224,6 +225,7 @@ def run_and_record(
     """Train and measure the trial, fill in its deltas against the lambda = 0 recipe, record
     it (under `parent_run_id`, a sweep run, if given)."""
     decoders = None if refs is None else (refs[0].decoder, refs[1].decoder)
+    started = time.time()
     with tempfile.TemporaryDirectory() as work:
         result = run_trial(
             cfg,
@@ -246,7 +248,7 @@ def run_and_record(
             None if refs is None else ReferenceLinks(refs[0].seed, refs[0].run_id, refs[1].run_id)
         )
         with tempfile.TemporaryDirectory() as tmp:
-            rec = trial_record(cfg, inputs.acts, result, links, Path(tmp))
+            rec = replace(trial_record(cfg, inputs.acts, result, links, Path(tmp)), started=started)
             return result, record_trial(inputs.tracker, cfg, rec, inputs.src, parent_run_id)
 
 

@@ -54,6 +54,10 @@ def test_trial_on_user_activations(
     seeds = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_SEED]
     assert len(seeds) == 3
     assert {r.data.tags["mlflow.parentRunId"] for r in seeds} == {trial.info.run_id}
+    # Recorded after the work, the runs still span it: the UI's duration is the training's.
+    took_ms = 1000 * trial.data.metrics[names.TRIAL_SECONDS]
+    for r in (trial, *seeds):
+        assert r.info.end_time - r.info.start_time >= took_ms, r.info.run_name
 
     m, p = trial.data.metrics, trial.data.params
     for key in ("fvu", "ev", "mse", "l0", "dead_frac"):
