@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 #    independent pw_mcc and its excess, consistency/independent_gain; sweeps confirm their best
 #    recipe on fresh seeds and the gate judges the confirmation.
 # 5: every stress test and local external eval against its own null: contrastive on held-out
-#    rows with single-attribute pairs and a random-feature null (its delta absent at lambda 0),
+#    rows with single-attribute pairs and feature nulls (its delta absent at lambda 0),
 #    OOD as an FVU ratio with an in-distribution subset null, the transcoder stress against
 #    space-matched covariance nulls, probing with k chosen by CV on SAE-train rows, Fourier
-#    tasks and a random-feature null; gate checks can say `when: lambda > 0`.
+#    tasks and feature nulls; gate checks can say `when: lambda > 0`.
 metric_version = 5

@@ -204,9 +204,7 @@ def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
             )
         holds = None
         if version is not None:
-            tracker.set_alias(names.SAE_MODEL_NAME, args.alias, version)
-            now = tracker.model_version(names.SAE_MODEL_NAME, None, args.alias)
-            holds = None if now is None else str(now.version)
+            holds = tracker.set_alias(names.SAE_MODEL_NAME, args.alias, version)
         console.print_alias(args.alias, version, holds)
     print(console.ui_hint(tracker.uri))
     return 0

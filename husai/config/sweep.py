@@ -261,11 +261,12 @@ def _check_every_point(cfg: SweepConfig, source: str) -> None:
         if dim.type == "categorical":
             values = list(dim.choices or ())
         else:
+            assert dim.low is not None and dim.high is not None  # Dimension checks a range
             values = [dim.low, dim.high, *([0.0] if dim.zero else [])]
-            if dim.type == "int" and any(v is not None and v != int(v) for v in values):
-                raise ConfigError(f"{where}: low/high: an int range needs whole-number ends")
             if dim.type == "int":
-                values = [int(v) for v in values if v is not None]
+                if any(v != int(v) for v in values):
+                    raise ConfigError(f"{where}: low/high: an int range needs whole-number ends")
+                values = [int(v) for v in values]
         for value in values:
             point = {path: value, **_widest_partner(cfg, path)}
             cfg.trial_config(point, source=f"{where} = {value!r}")

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -34,7 +35,9 @@ from husai.core.hashing import stable_hash
 from husai.core.paths import cache_root
 from husai.measure.stability import covariance_decoders, gaussian_decoders
 from husai.model.activations import ActivationSet
+from husai.sae.build import TrainingSAE, build_sae
 from husai.sae.train import train_seeds
+from husai.sae.types import SeedStreams
 
 DECODERS_FILE = "decoders.safetensors"
 
@@ -85,6 +88,12 @@ def null_decoders(
             )
         out.seconds[name] = time.perf_counter() - start
     return out
+
+
+def untrained_sae(cfg: ExperimentConfig, d_in: int, seed: int) -> TrainingSAE[Any]:
+    """The trial's recipe at initialisation for trial seed `seed`, from seed + random_seed_offset:
+    the `random` baseline of stability and a feature null of the evals."""
+    return build_sae(cfg.sae, d_in, SeedStreams.of(seed + cfg.trial.random_seed_offset).init_seed)
 
 
 def random_base_null_key(cfg: ExperimentConfig, activation_key: str) -> str:

@@ -24,7 +24,7 @@ from husai.measure.consistency_metrics import ConsistencyMetrics, consistency_me
 from husai.measure.evals.results import EvalResults
 from husai.measure.evals.runner import run_evals
 from husai.measure.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
-from husai.measure.nulls import Nulls, null_decoders
+from husai.measure.nulls import Nulls, null_decoders, untrained_sae
 from husai.measure.stability import (
     StabilityReport,
     independent_stability,
@@ -35,10 +35,10 @@ from husai.measure.stability import (
 )
 from husai.model.activations import ActivationSet, readout_ce
 from husai.model.base_model import HookedTransformer
-from husai.sae.build import SAE, build_sae, decoder, load_sae, save_sae
+from husai.sae.build import SAE, decoder, load_sae, save_sae
 from husai.sae.consistency import ConsistencyPenalty, loss_scale
 from husai.sae.train import train_seeds
-from husai.sae.types import SeedStreams, TrainedSAE
+from husai.sae.types import TrainedSAE
 
 RECON_FIELDS = tuple(names.RECON_KEYS)
 
@@ -232,10 +232,7 @@ def run_trial(
             on_seed([s.recon for s in seeds])
 
     d_in, t = acts.d_in, cfg.trial
-    random = [
-        decoder(build_sae(cfg.sae, d_in, SeedStreams.of(s + t.random_seed_offset).init_seed))
-        for s in t.seeds
-    ]
+    random = [decoder(untrained_sae(cfg, d_in, s)) for s in t.seeds]
     nulls = null_decoders(cfg, acts, random_base, random_base_missing, progress)
     report = stability_report(
         trained=[s.trained.decoder for s in seeds],

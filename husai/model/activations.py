@@ -35,7 +35,8 @@ from husai.model.task import SEQ_LEN, make_modular_data, split_indices
 ACTS_FILE = "acts.safetensors"
 META_FILE = "meta.json"
 CACHE_FORMAT = 2  # bump when the file layout changes; it is part of every key
-# Beyond this, squared errors summed over a row and a batch overflow float32 (3.4e38).
+# Below this, squared errors summed over a row and a batch stay well inside float32's range
+# (3.4e38); values near it overflow.
 MAX_ABS_ACTIVATION = 1e15
 
 

@@ -30,7 +30,7 @@ STRESS_OOD_EV = "stress/ood_ev"
 STRESS_OOD_FVU_RATIO = "stress/ood_fvu_ratio"  # FVU out of distribution / FVU in distribution
 # The ratio's null: 95th percentile over random in-distribution subsets of the slice's size.
 STRESS_OOD_FVU_RATIO_NULL_Q95 = "stress/ood_fvu_ratio_null_q95"
-# The same with mean squared error per row: the slice's own (narrower) spread left out.
+# The same with mean squared error per row: each set's own spread left out.
 STRESS_OOD_MSE_RATIO = "stress/ood_mse_ratio"
 STRESS_OOD_MSE_RATIO_NULL_Q95 = "stress/ood_mse_ratio_null_q95"
 STRESS_OOD_PROBE_DROP = "stress/ood_probe_drop"  # probe AUC in distribution - out
@@ -39,12 +39,12 @@ EXTERNAL_PROBE_DELTA_LCB = "external/probe_delta_lcb"
 EXTERNAL_PROBE_DELTA_UCB = "external/probe_delta_ucb"
 EXTERNAL_PROBE_AUC = "external/probe_auc"
 EXTERNAL_PROBE_BASELINE_AUC = "external/probe_baseline_auc"
-EXTERNAL_PROBE_NULL_AUC = "external/probe_null_auc"  # the random-feature null, same k choices
-EXTERNAL_PROBE_EXCESS = "external/probe_excess"  # SAE AUC - random-feature AUC
+EXTERNAL_PROBE_NULL_AUC = "external/probe_null_auc"  # the stronger feature null, the SAE's k
+EXTERNAL_PROBE_EXCESS = "external/probe_excess"  # SAE AUC - the null's AUC
 EXTERNAL_PROBE_EXCESS_LCB = "external/probe_excess_lcb"
 EXTERNAL_PROBE_EXCESS_UCB = "external/probe_excess_ucb"
 EXTERNAL_CONTRASTIVE_SCORE = "external/contrastive_score"
-EXTERNAL_CONTRASTIVE_NULL = "external/contrastive_null"  # the random-feature null's score
+EXTERNAL_CONTRASTIVE_NULL = "external/contrastive_null"  # the stronger feature null's score
 EXTERNAL_CONTRASTIVE_EXCESS = "external/contrastive_excess"  # score - null, seed by seed
 EXTERNAL_CONTRASTIVE_EXCESS_LCB = "external/contrastive_excess_lcb"
 EXTERNAL_CONTRASTIVE_EXCESS_UCB = "external/contrastive_excess_ucb"
@@ -79,22 +79,6 @@ HEADLINE_EVAL_KEYS = (
     EXTERNAL_CONTRASTIVE_EXCESS,
     EXTERNAL_CONTRASTIVE_EXCESS_LCB,
 )
-SEED_EVAL_KEYS = (
-    STRESS_OOD_DROP,
-    STRESS_OOD_EV,
-    STRESS_OOD_FVU_RATIO,
-    STRESS_OOD_FVU_RATIO_NULL_Q95,
-    STRESS_OOD_MSE_RATIO,
-    STRESS_OOD_MSE_RATIO_NULL_Q95,
-    STRESS_OOD_PROBE_DROP,
-    EXTERNAL_PROBE_DELTA,
-    EXTERNAL_PROBE_AUC,
-    EXTERNAL_PROBE_NULL_AUC,
-    EXTERNAL_PROBE_EXCESS,
-    EXTERNAL_CONTRASTIVE_SCORE,
-    EXTERNAL_CONTRASTIVE_NULL,
-    EXTERNAL_CONTRASTIVE_EXCESS,
-)
 # Per-artifact eval keys: the gate reads them from the registered seed's own run.
 ARTIFACT_LEVEL_EVAL_KEYS = (
     STRESS_OOD_DROP,
@@ -104,6 +88,16 @@ ARTIFACT_LEVEL_EVAL_KEYS = (
     STRESS_OOD_MSE_RATIO,
     STRESS_OOD_MSE_RATIO_NULL_Q95,
     STRESS_OOD_PROBE_DROP,
+)
+SEED_EVAL_KEYS = (
+    *ARTIFACT_LEVEL_EVAL_KEYS,
+    EXTERNAL_PROBE_DELTA,
+    EXTERNAL_PROBE_AUC,
+    EXTERNAL_PROBE_NULL_AUC,
+    EXTERNAL_PROBE_EXCESS,
+    EXTERNAL_CONTRASTIVE_SCORE,
+    EXTERNAL_CONTRASTIVE_NULL,
+    EXTERNAL_CONTRASTIVE_EXCESS,
 )
 # Keys that exist only for lambda > 0: a gate check on one must say `when: lambda > 0`.
 LAMBDA_ONLY_PREFIXES = ("consistency/", EXTERNAL_CONTRASTIVE_DELTA)

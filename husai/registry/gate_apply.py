@@ -40,7 +40,7 @@ from husai.registry.gate import (
     render_markdown,
 )
 from husai.registry.tracking import Tracker
-from husai.registry.views import VersionView
+from husai.registry.views import RunView, VersionView
 
 MAX_CHAMPION_RACES = 5
 
@@ -54,20 +54,20 @@ class GateOutcome:
     decision: GateDecision
     gate_run_id: str | None  # None for --dry-run
     promoted: bool
-    # The version `champion` names after this gate's write, read back: with gates racing, the
-    # last alias write wins, and this says which one did.
+    # After a promotion, the version `champion` names when read back: with gates racing, the
+    # last alias write wins, and this says which one did (None without a promotion).
     champion_after: str | None = None
 
 
-def trial_seeds(tracker: Tracker, mv: VersionView) -> int | None:
+def trial_seeds(trial: RunView) -> int | None:
     """How many seeds the version's trial trained: what every interval on it rests on."""
-    n = tracker.get_run_metrics(_trial_id(mv)).get(names.TRIAL_N_SEEDS)
+    n = trial.metrics.get(names.TRIAL_N_SEEDS)
     return None if n is None else int(n)
 
 
-def trial_lambda(tracker: Tracker, mv: VersionView) -> float | None:
+def trial_lambda(trial: RunView) -> float | None:
     """The consistency lambda of the version's trial (None: not recorded)."""
-    lam = tracker.get_run_params(_trial_id(mv)).get(names.PARAM_LAMBDA)
+    lam = trial.params.get(names.PARAM_LAMBDA)
     return None if lam is None else float(lam)
 
 
@@ -75,10 +75,11 @@ def _trial_id(mv: VersionView) -> str:
     return mv.tags.get(names.TAG_TRIAL_RUN_ID) or mv.run_id
 
 
-def readings(tracker: Tracker, mv: VersionView) -> dict[str, Reading]:
-    """Every gateable metric of a model version, each from where it belongs."""
+def readings(tracker: Tracker, mv: VersionView, trial: RunView | None = None) -> dict[str, Reading]:
+    """Every gateable metric of a model version, each from where it belongs (`trial`: its
+    trial run, if already read)."""
     trial_id = _trial_id(mv)
-    trial = tracker.get_run(trial_id)
+    trial = trial if trial is not None else tracker.get_run(trial_id)
     seed = mv.tags.get(names.TAG_SEED)
     seed_run = next(
         (r for r in tracker.child_runs(trial_id) if seed and r.tags.get(names.TAG_SEED) == seed),
@@ -137,7 +138,8 @@ def run_gate(
 ) -> GateOutcome:
     mv = _version(tracker, version, alias)
     v = str(mv.version)
-    mine, n_seeds, lam = readings(tracker, mv), trial_seeds(tracker, mv), trial_lambda(tracker, mv)
+    trial = tracker.get_run(_trial_id(mv))  # read once: metrics, seeds and lambda
+    mine, n_seeds, lam = readings(tracker, mv, trial), trial_seeds(trial), trial_lambda(trial)
     for _ in range(MAX_CHAMPION_RACES):
         champ_mv = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
         was = None if champ_mv is None else str(champ_mv.version)
@@ -152,10 +154,9 @@ def run_gate(
             if (None if now is None else str(now.version)) != was:
                 continue  # another gate promoted meanwhile: judge against it, record nothing yet
         run_id = _record(tracker, policy, decision)
+        holds = None
         if decision.pass_all:
-            tracker.set_alias(names.SAE_MODEL_NAME, names.ALIAS_CHAMPION, v)
-        after = tracker.model_version(names.SAE_MODEL_NAME, None, names.ALIAS_CHAMPION)
-        holds = None if after is None else str(after.version)
+            holds = tracker.set_alias(names.SAE_MODEL_NAME, names.ALIAS_CHAMPION, v)
         return GateOutcome(decision, run_id, decision.pass_all, holds)
     raise GateError(f"the champion kept moving during {MAX_CHAMPION_RACES} evaluations; run again")
 

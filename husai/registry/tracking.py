@@ -90,13 +90,12 @@ class Tracker:
         return None if db is None else db.parent / "artifacts"
 
     def experiment_id(self, name: str) -> str:
-        """The experiment `name`, created if missing, tagged as model development so that the
-        MLflow UI opens it on its runs (not on the GenAI trace overview)."""
+        """Experiment `name` (made if missing), tagged so the MLflow UI opens it on its runs."""
         kind = {names.MLFLOW_EXPERIMENT_KIND: names.EXPERIMENT_KIND_MODEL_DEVELOPMENT}
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
-            if exp.tags.get(names.MLFLOW_EXPERIMENT_KIND) is None:  # made by an older HUSAI
-                self.client.set_experiment_tag(exp.experiment_id, *next(iter(kind.items())))
+            for k, v in kind.items() - exp.tags.items():  # made by an older HUSAI
+                self.client.set_experiment_tag(exp.experiment_id, k, v)
             return str(exp.experiment_id)
         root = self.artifact_root()
         location = None if root is None else (root / name.replace("/", "_")).as_uri()
@@ -365,8 +364,11 @@ class Tracker:
                 (Path(tmp) / name).write_text(text)
             self.client.log_artifacts(run_id, tmp, artifact_path)
 
-    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+    def set_alias(self, model_name: str, alias: str, version: str) -> str | None:
+        """Point `alias` at `version`; what it names read back (concurrent writes: last wins)."""
         self.client.set_registered_model_alias(model_name, alias, version)
+        now = self.model_version(model_name, None, alias)
+        return None if now is None else now.version
 
     def _ensure_registered_model(self, name: str) -> None:
         try:

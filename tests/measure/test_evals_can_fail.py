@@ -165,6 +165,28 @@ def test_probing_and_contrastive_each_separate_trained_from_untrained(
         )
 
 
+def test_the_contrastive_delta_fails_a_pull_that_cost_contrastive_quality(
+    evals: dict[str, EvalResults],
+) -> None:
+    """lambda > 0 only. Standing in for a pull that destroyed the features: the untrained SAEs
+    judged against the trained ones as their lambda = 0 recipe fail strict's delta check; a
+    recipe that kept its contrastive scores passes it; at lambda 0 it does not apply."""
+    plain = evals["trained"].contrastive_scores()
+
+    def verdict(metrics: dict[str, float | None], lam: float) -> tuple[bool, str]:
+        readings = {k: Reading(v, "test") for k, v in metrics.items()}
+        decision = evaluate(STRICT, "1", readings, None, n_seeds=5, lam=lam)
+        (c,) = [c for c in decision.checks if c.metric == names.EXTERNAL_CONTRASTIVE_DELTA_LCB]
+        return c.passed, c.reason
+
+    worse = evals["untrained"].trial_metrics(plain)
+    kept = evals["trained"].trial_metrics(plain)
+    assert not verdict(worse, 0.5)[0], worse[names.EXTERNAL_CONTRASTIVE_DELTA_LCB]
+    assert verdict(kept, 0.5)[0]
+    passed, reason = verdict(evals["trained"].trial_metrics(None), 0.0)
+    assert passed and reason.startswith("not applicable")
+
+
 def test_ood_ratio_needs_the_ev_floor_beside_it(evals: dict[str, EvalResults]) -> None:
     """An SAE that learned nothing has nothing to lose out of distribution: its FVU ratio sits
     near 1, inside the in-distribution null; the EV floor on the slice is what fails it."""

@@ -27,8 +27,8 @@ import torch
 from husai import names
 from husai.config.experiment import TOPK_FAMILY, ExperimentConfig
 from husai.measure.metrics import reconstruct
-from husai.sae.build import build_sae, load_sae, save_sae
-from husai.sae.types import SeedStreams
+from husai.measure.nulls import untrained_sae
+from husai.sae.build import load_sae, save_sae
 
 Features = Callable[[torch.Tensor], np.ndarray]  # rows [n, d_in] -> latents [n, d_sae]
 
@@ -61,10 +61,8 @@ def feature_nulls(
     mean = train.double().numpy().mean(axis=0)
     k = cfg.sae.k if cfg.sae.architecture in TOPK_FAMILY else None
     d_sae, t = cfg.sae.d_sae, cfg.trial
-    init = SeedStreams.of(seed + t.random_seed_offset).init_seed
-    untrained = load_sae(
-        save_sae(build_sae(cfg.sae, int(train.shape[1]), init), workdir / f"untrained_{seed}")
-    )
+    fresh = untrained_sae(cfg, int(train.shape[1]), seed)
+    untrained = load_sae(save_sae(fresh, workdir / f"untrained_{seed}"))
 
     def random(x: torch.Tensor) -> np.ndarray:
         return random_features(x.double().numpy(), mean, d_sae, k, 4 * t.random_seed_offset + seed)

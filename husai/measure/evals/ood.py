@@ -9,10 +9,9 @@
   rows of the slice's size (FVU of the subset / FVU of all held-out rows). Its 95th percentile
   `null_q95` is how large the ratio gets from a small slice alone, with no shift;
 - `mse_ratio` and its null: the same with the mean squared error per row, which leaves out each
-  set's own spread. The shifted slice restricts both operands, so its spread can be narrower
-  than the held-out rows' (the subset null keeps the in-distribution spread): where the two
-  ratios differ, the FVU ratio's excess over the MSE ratio is the slice's narrower spread, not
-  larger errors;
+  set's own spread. The shifted slice restricts both operands, so its spread can differ from
+  the held-out rows' (the subset null keeps the in-distribution spread): where the two ratios
+  differ, the difference is the slice's own spread, not its errors;
 - `drop` = EV in - EV out, absolute (kept for continuity with metric_version <= 4).
 """
 
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from husai.measure.metrics import reconstruct
+from husai.measure.metrics import fvu, reconstruct
 
 N_NULL_DRAWS = 200
 NULL_QUANTILE = 0.95
@@ -62,30 +61,19 @@ class OODResult:
         return self.mse_out / self.mse_in if self.mse_in > 0 else float("nan")
 
 
-def _fvu_parts(x: torch.Tensor, x_hat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(per-row squared error summed over dimensions, the rows themselves as float64)."""
-    x, x_hat = x.double(), x_hat.double()
-    err = ((x - x_hat) ** 2).sum(dim=1).numpy()
-    return err, x.numpy()
-
-
-def _fvu(err: np.ndarray, x: np.ndarray) -> float:
-    total = float(((x - x.mean(axis=0)) ** 2).sum())
-    return float(err.sum()) / total if total > 0 else float("nan")
-
-
 def ood_recon(sae: Any, x_in: torch.Tensor, x_out: torch.Tensor, seed: int = 0) -> OODResult:
     """`seed`: of the null's subset draws (fixed: the same SAE and rows give the same result)."""
-    err_in, xi = _fvu_parts(x_in, reconstruct(sae, x_in)[1])
-    err_out, xo = _fvu_parts(x_out, reconstruct(sae, x_out)[1])
-    fvu_in, fvu_out = _fvu(err_in, xi), _fvu(err_out, xo)
+    xh_in, xh_out = reconstruct(sae, x_in)[1], reconstruct(sae, x_out)[1]
+    fvu_in, fvu_out = fvu(x_in, xh_in), fvu(x_out, xh_out)
+    err_in = ((x_in.double() - xh_in.double()) ** 2).sum(dim=1)  # per row, over dimensions
+    err_out = ((x_out.double() - xh_out.double()) ** 2).sum(dim=1)
     mse_in, mse_out = float(err_in.mean()), float(err_out.mean())
     rng = np.random.default_rng(seed)
-    n, m = len(xi), len(xo)
+    n, m = len(x_in), len(x_out)
     fvu_ratios, mse_ratios = [], []
     for _ in range(N_NULL_DRAWS):
-        idx = rng.choice(n, size=m, replace=m > n)
-        fvu_ratios.append(_fvu(err_in[idx], xi[idx]) / fvu_in if fvu_in > 0 else np.nan)
+        idx = torch.from_numpy(rng.choice(n, size=m, replace=m > n))
+        fvu_ratios.append(fvu(x_in[idx], xh_in[idx]) / fvu_in if fvu_in > 0 else np.nan)
         mse_ratios.append(float(err_in[idx].mean()) / mse_in if mse_in > 0 else np.nan)
     return OODResult(
         fvu_in,

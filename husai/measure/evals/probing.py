@@ -1,7 +1,7 @@
 """SAEBench-style sparse probing, local stand-in (docs/metrics.md, "Probing").
 
 Per binary task (`tasks`: attributes of c, and Fourier tasks the representation makes linearly
-decodable) and per feature set (the SAE's latents, or the random-feature null's):
+decodable) and per feature set (the SAE's latents, or one of its feature nulls'):
 - for each k in `ks`: the k latents with the largest class-mean difference, then an L1 logistic
   regression on them. k is chosen by stratified `CV_FOLDS`-fold cross-validation on the
   SAE-train rows (selection and fit inside each fold), never on held-out rows;
@@ -88,7 +88,7 @@ def top_latents(z: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC by the rank-sum (Mann-Whitney) identity, ties counted half: what
     sklearn.metrics.roc_auc_score returns, without its per-call validation (probing calls it
-    thousands of times per trial)."""
+    hundreds of times per trial)."""
     ranks = rankdata(score)
     pos = y == 1
     n1, n0 = int(pos.sum()), int((~pos).sum())

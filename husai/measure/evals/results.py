@@ -2,7 +2,7 @@
 
 Seed runs carry each seed's own numbers; the trial run carries means over seeds, per-task and
 per-attribute means, and t-intervals over seeds (the seeds are the independent units: each
-seed's SAE and its own random-feature null give one difference). A number that could not be
+seed's SAE and its own stronger feature null give one difference). A number that could not be
 computed is absent, never 0, and a tag says why.
 """
 
@@ -76,13 +76,7 @@ class EvalResults:
         """One seed's own numbers (its seed run)."""
         out: dict[str, float | None] = {}
         if seed in self.ood:
-            o = self.ood[seed]
-            out[names.STRESS_OOD_DROP] = o.drop
-            out[names.STRESS_OOD_EV] = o.ev_out
-            out[names.STRESS_OOD_FVU_RATIO] = o.fvu_ratio
-            out[names.STRESS_OOD_FVU_RATIO_NULL_Q95] = o.null_q95
-            out[names.STRESS_OOD_MSE_RATIO] = o.mse_ratio
-            out[names.STRESS_OOD_MSE_RATIO_NULL_Q95] = o.mse_null_q95
+            out.update(_ood_values(self.ood[seed]))
         if seed in self.probing:
             pr = self.probing[seed]
             out[names.EXTERNAL_PROBE_DELTA] = pr.delta
@@ -104,13 +98,8 @@ class EvalResults:
         if self.transcoder is not None:
             out.update(_transcoder_metrics(self.transcoder))
         if self.ood:
-            o = self.ood.values()
-            out[names.STRESS_OOD_DROP] = _mean(r.drop for r in o)
-            out[names.STRESS_OOD_EV] = _mean(r.ev_out for r in o)
-            out[names.STRESS_OOD_FVU_RATIO] = _mean(r.fvu_ratio for r in o)
-            out[names.STRESS_OOD_FVU_RATIO_NULL_Q95] = _mean(r.null_q95 for r in o)
-            out[names.STRESS_OOD_MSE_RATIO] = _mean(r.mse_ratio for r in o)
-            out[names.STRESS_OOD_MSE_RATIO_NULL_Q95] = _mean(r.mse_null_q95 for r in o)
+            per_seed = [_ood_values(o) for o in self.ood.values()]
+            out.update({k: _mean(v[k] for v in per_seed) for k in per_seed[0]})
         if self.probing:
             out.update(self._probe_metrics())
         if self.contrastive:
@@ -160,6 +149,18 @@ class EvalResults:
             out[key(a.attribute, "score")] = _mean(r.sae.attributes[i].score for r in runs)
             out[key(a.attribute, "null")] = _mean(r.null.attributes[i].score for r in runs)
         return out
+
+
+def _ood_values(o: OODResult) -> dict[str, float]:
+    """One SAE's OOD numbers by key (seed runs; the trial run carries their means)."""
+    return {
+        names.STRESS_OOD_DROP: o.drop,
+        names.STRESS_OOD_EV: o.ev_out,
+        names.STRESS_OOD_FVU_RATIO: o.fvu_ratio,
+        names.STRESS_OOD_FVU_RATIO_NULL_Q95: o.null_q95,
+        names.STRESS_OOD_MSE_RATIO: o.mse_ratio,
+        names.STRESS_OOD_MSE_RATIO_NULL_Q95: o.mse_null_q95,
+    }
 
 
 def _transcoder_metrics(t: TranscoderStress) -> dict[str, float | None]:
