@@ -1,15 +1,20 @@
 """SAE training throughput of a 5-seed trial: seed-batched path vs sae-lens, measured in one run.
 
-TopK, d_in 128, k 32, batch 4096, fp32, d_sae 1024 and 4096, 5 seeds on the same data:
+TopK, k 32, batch 4096, 5 seeds on the same data, at each (d_in, d_sae, precision) asked for:
 - sae-lens's `SAETrainer`, seed after seed (the reference implementation);
-- HUSAI's reference loop (`train_sae`: sae-lens's training step, seed after seed);
+- HUSAI's reference loop (`train_sae`: sae-lens's training step, seed after seed; CPU only);
 - HUSAI's seed-batched path (`train_seeds_batched`: all 5 seeds in one pass).
-Prints rows x seeds per second, the ratio to SAETrainer, the share of this machine's fp32 matmul
-peak (measured in the same run, before and after the workers; the higher is kept) counting the
-dense-equivalent 6 x batch x d_in x d_sae FLOPs per seed per step, and each run's peak RSS.
-Every measurement runs in a fresh worker process, so one run's peak memory hides no other's.
+Prints rows x seeds per second, the ratio batched / SAETrainer, the share of the device's matmul
+peak for that precision (measured in the same run, before and after the measurements; the
+higher is kept) counting the dense-equivalent 6 x batch x d_in x d_sae FLOPs per seed per step,
+and each run's peak memory (RSS on the CPU; allocated GPU memory on CUDA).
+On the CPU every measurement runs in a fresh worker process, so one run's peak memory hides no
+other's; on CUDA they share one process (peak memory is reset between them) to spare a CUDA
+start-up per measurement.
 
     .venv/bin/python benchmarks/sae_throughput.py [--steps 20] [--d-sae 1024 4096]
+    python benchmarks/sae_throughput.py --device cuda --d-in 128 512 --d-sae 4096 16384 \
+        --dtype float32 bfloat16
 """
 
 from __future__ import annotations
@@ -24,21 +29,31 @@ from collections.abc import Iterator
 
 import torch
 
-D_IN, BATCH, K, SEEDS = 128, 4096, 32, (0, 1, 2, 3, 4)
+BATCH, K, SEEDS = 4096, 32, (0, 1, 2, 3, 4)
 MODES = ("sae_lens", "loop", "batched")
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def matmul_peak_gflops(d_sae: int, reps: int = 20) -> float:
-    """Best fp32 GFLOP/s over the matmul shapes of one SAE step."""
-    shapes = [(BATCH, D_IN, d_sae), (BATCH, d_sae, D_IN), (D_IN, BATCH, d_sae)]
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(d_in: int, d_sae: int, device: torch.device, dtype: str) -> float:
+    """Best GFLOP/s over the matmul shapes of one SAE step, at this precision on this device."""
+    shapes = [(BATCH, d_in, d_sae), (BATCH, d_sae, d_in), (d_in, BATCH, d_sae)]
+    reps = 50 if device.type == "cuda" else 20
     best = 0.0
     for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a = torch.randn(m, k, device=device, dtype=TORCH_DTYPES[dtype])
+        b = torch.randn(k, n, device=device, dtype=TORCH_DTYPES[dtype])
         for _ in range(3):
             a @ b
+        _sync(device)
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
+        _sync(device)
         best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9)
     return best
 
@@ -47,30 +62,32 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def worker(mode: str, d_sae: int, steps: int) -> dict[str, float]:
-    """One measurement in this (fresh) process: seconds for `steps` steps of all 5 seeds."""
+def worker(mode: str, d_in: int, d_sae: int, steps: int, device: str, dtype: str) -> dict:
+    """One measurement: seconds for `steps` steps of all 5 seeds, and peak memory in MiB."""
     from sae_lens import SAETrainer
     from sae_lens.config import SAETrainerConfig
 
     from husai.config.experiment import SAEConfig, SAETrainConfig
+    from husai.core import device as devices
     from husai.core.repro import deterministic
     from husai.sae.batched import train_seeds_batched
     from husai.sae.build import build_sae
     from husai.sae.train import train_sae
 
+    dev = devices.activate(device)
     torch.manual_seed(0)
-    data = torch.randn(8 * BATCH, D_IN)
+    data = torch.randn(8 * BATCH, d_in).to(dev)
     sae_cfg = SAEConfig(architecture="topk", d_sae=d_sae, k=K)
     cfg = SAETrainConfig(
         steps=steps, batch_size=BATCH, lr=3e-4, lr_warmup_steps=0, lr_decay_steps=0,
-        log_every=steps,
+        log_every=steps, dtype=dtype,
     )  # fmt: skip
     base_rss = _rss_mib()
 
     def batches(seed: int) -> Iterator[torch.Tensor]:
         g = torch.Generator().manual_seed(seed)
         while True:
-            perm = torch.randperm(len(data), generator=g)
+            perm = torch.randperm(len(data), generator=g).to(dev)
             for i in range(0, len(data) - BATCH + 1, BATCH):
                 yield data[perm[i : i + BATCH]]
 
@@ -83,25 +100,38 @@ def worker(mode: str, d_sae: int, steps: int) -> dict[str, float]:
                 train_sae(sae_cfg, c, data, s)
         else:
             for s in SEEDS:
-                sae = build_sae(sae_cfg, D_IN, s)
+                sae = build_sae(sae_cfg, d_in, s, device=dev)
                 tc = SAETrainerConfig(
                     total_training_samples=n_steps * BATCH, train_batch_size_samples=BATCH,
-                    lr=3e-4, lr_end=3e-4,
+                    lr=3e-4, lr_end=3e-4, device=str(dev), autocast=dtype == "bfloat16",
                 )  # fmt: skip
                 with deterministic():  # the same kernel setting as our paths
                     SAETrainer(cfg=tc, sae=sae, data_provider=batches(s)).fit()
+        _sync(dev)
 
     run(2)  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     t = time.perf_counter()
     run(steps)
     seconds = time.perf_counter() - t
-    return {"seconds": seconds, "rss_mib": _rss_mib(), "base_rss_mib": base_rss}
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+        del data
+        torch.cuda.empty_cache()
+        return {"seconds": seconds, "peak_mib": peak, "base_mib": 0.0}
+    return {"seconds": seconds, "peak_mib": _rss_mib(), "base_mib": base_rss}
 
 
-def measure(mode: str, d_sae: int, steps: int) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--worker", mode, "--d-sae", str(d_sae)]
+def measure(mode: str, d_in: int, d_sae: int, steps: int, device: str, dtype: str) -> dict:
+    if device != "cpu":
+        return worker(mode, d_in, d_sae, steps, device, dtype)
+    cmd = [sys.executable, __file__, "--worker", mode, "--d-in", str(d_in), "--d-sae", str(d_sae)]
     out = subprocess.run(
-        [*cmd, "--steps", str(steps)], capture_output=True, text=True, check=True
+        [*cmd, "--steps", str(steps), "--dtype", dtype],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
 
@@ -109,44 +139,62 @@ def measure(mode: str, d_sae: int, steps: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--d-in", type=int, nargs="+", default=[128])
     parser.add_argument("--d-sae", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=list(TORCH_DTYPES))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.d_sae[0], args.steps)))
+        res = worker(args.worker, args.d_in[0], args.d_sae[0], args.steps, "cpu", args.dtype[0])
+        print(json.dumps(res))
         return
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        from husai.core import device as devices
+
+        devices.activate(args.device)  # deterministic cuBLAS before the first matmul
+    # The loop is sae-lens's own step driven by HUSAI: on a GPU it adds nothing to SAETrainer.
+    modes = MODES if dev.type == "cpu" else ("sae_lens", "batched")
     rows = []
-    for d_sae in args.d_sae:
-        # The peak is measured before and after the workers and the higher kept: a machine
-        # that was busy during one measurement must not make every share look better.
-        before = matmul_peak_gflops(d_sae)
-        res = {m: measure(m, d_sae, args.steps) for m in MODES}
-        rows.append((d_sae, max(before, matmul_peak_gflops(d_sae)), res))
+    for d_in in args.d_in:
+        for d_sae in args.d_sae:
+            for dtype in args.dtype:
+                # The peak is measured before and after and the higher kept: a machine that was
+                # busy during one measurement must not make every share look better.
+                before = matmul_peak_gflops(d_in, d_sae, dev, dtype)
+                res = {m: measure(m, d_in, d_sae, args.steps, args.device, dtype) for m in modes}
+                peak = max(before, matmul_peak_gflops(d_in, d_sae, dev, dtype))
+                rows.append((d_in, d_sae, dtype, peak, res))
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     n_rows = args.steps * BATCH * len(SEEDS)
     print(
-        f"\nTopK k={K}, d_in {D_IN}, batch {BATCH}, {len(SEEDS)} seeds, fp32, "
-        f"{torch.get_num_threads()} threads, {args.steps} timed steps per seed; "
-        "rows x seeds / s (% of matmul peak, dense-equivalent 6*B*d_in*d_sae per seed-step)"
+        f"\n{name}: TopK k={K}, batch {BATCH}, {len(SEEDS)} seeds, {torch.get_num_threads()} "
+        f"CPU threads, {args.steps} timed steps per seed; rows x seeds / s (% of the matmul "
+        "peak at that precision, dense-equivalent 6*B*d_in*d_sae per seed-step)"
     )
+    head = " | ".join(m for m in modes)
     print(
-        "| d_sae | matmul peak GFLOP/s | SAETrainer seed after seed | HUSAI loop seed after seed "
-        "| HUSAI seed-batched | batched / SAETrainer | peak RSS MiB (SAETrainer / loop / batched) |"
+        f"| d_in | d_sae | precision | matmul peak GFLOP/s | {head} | batched / SAETrainer "
+        f"| peak memory MiB ({' / '.join(modes)}) |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for d_sae, peak, res in rows:
+    print("|---" * (6 + len(modes)) + "|")
+    for d_in, d_sae, dtype, peak, res in rows:
 
-        def cell(m: str, peak: float = peak, res: dict = res, d_sae: int = d_sae) -> str:
+        def cell(m: str, peak: float = peak, res: dict = res, flop: int = d_in * d_sae) -> str:
             rate = n_rows / res[m]["seconds"]
-            return f"{rate:,.0f} ({100 * rate * 6 * D_IN * d_sae / 1e9 / peak:.0f}%)"
+            return f"{rate:,.0f} ({100 * rate * 6 * flop / 1e9 / peak:.1f}%)"
 
         ratio = res["sae_lens"]["seconds"] / res["batched"]["seconds"]
-        rss = " / ".join(f"{res[m]['rss_mib']:,.0f}" for m in MODES)
+        mem = " / ".join(f"{res[m]['peak_mib']:,.0f}" for m in modes)
+        cells = " | ".join(cell(m) for m in modes)
         print(
-            f"| {d_sae} | {peak:.0f} | {cell('sae_lens')} | {cell('loop')} | {cell('batched')} "
-            f"| {ratio:.2f}x | {rss} |"
+            f"| {d_in} | {d_sae} | {dtype} | {peak:,.0f} | {cells} | {ratio:.2f}x | {mem} |",
+            flush=True,
         )
-    base = rows[0][2]["batched"]["base_rss_mib"]
-    print(f"(each worker's RSS before training, after imports and data: {base:,.0f} MiB)")
+    if dev.type == "cpu":
+        base = rows[0][4]["batched"]["base_mib"]
+        print(f"(each worker's RSS before training, after imports and data: {base:,.0f} MiB)")
 
 
 if __name__ == "__main__":

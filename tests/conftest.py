@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ import torch
 
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
+from husai.core import device as devices
+from husai.core import repro
 from husai.registry.tracking import Tracker
 from tests.helpers import TINY
 
@@ -27,6 +30,25 @@ def pinned_rngs() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def process_device() -> Iterator[None]:
+    """The process's device (`husai.core.device.activate`) is process state: each test starts
+    and ends on the CPU default, with deterministic kernels, whatever it activated."""
+    yield
+    devices._ACTIVE = None
+    repro.configure(True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` need CUDA; without it they are skipped, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs these)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

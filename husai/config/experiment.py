@@ -192,6 +192,11 @@ class SAEConfig(Strict):
 class SAETrainConfig(Strict):
     """The training loop shared by every seed of a trial."""
 
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="matmul precision of SAE training: bfloat16 runs the encoder/decoder "
+        "products under autocast (for GPUs); parameters and optimizer stay float32",
+    )
     steps: int = Field(1500, ge=1, description="optimizer steps per seed")
     batch_size: int = Field(512, ge=1, description="rows per step")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
@@ -207,6 +212,14 @@ class SAETrainConfig(Strict):
         description="train a trial's seeds together where a batched path exists (topk, "
         "batchtopk; not with the consistency term); false: one after another via sae-lens",
     )
+
+    def identity(self, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The fields that make a result what it is, for cache keys and hashes: float32 (the
+        default) is left out, so keys made before `dtype` existed stay valid."""
+        data = self.model_dump(mode="json", exclude=set(exclude))
+        if data.get("dtype") == "float32":
+            del data["dtype"]
+        return data
 
     @model_validator(mode="after")
     def _schedule(self) -> SAETrainConfig:
@@ -304,6 +317,23 @@ class ConsistencyConfig(Strict):
         return self
 
 
+class RuntimeConfig(Strict):
+    """Where and how the work runs; never part of the recipe (not in `config_hash`): the same
+    recipe on another device is the same experiment, and its runs record where they ran."""
+
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="auto (a Ray trial's assigned GPU, else CUDA if present, else CPU), cpu, "
+        "cuda or cuda:N",
+    )
+    deterministic: bool = Field(
+        True,
+        description="torch deterministic algorithms (and the cuBLAS workspace setting on "
+        "CUDA): bit-identical reruns on the same machine, at some speed on GPU",
+    )
+
+
 class ExperimentConfig(Strict):
     """Everything one experiment needs; sections are filled in by later stages of the pipeline."""
 
@@ -316,6 +346,7 @@ class ExperimentConfig(Strict):
     trial: TrialConfig = Field(default_factory=TrialConfig)
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     evals: EvalsConfig = Field(default_factory=EvalsConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
     def _reference_is_not_a_trial_seed(self) -> ExperimentConfig:
@@ -335,6 +366,8 @@ class ExperimentConfig(Strict):
         """Identity of the experiment's result. Where the activations come from
         (activations.key/file) is left out: runs record it as their activation_key param."""
         data = self.model_dump(mode="json")
+        del data["runtime"]
+        data["train"] = self.train.identity()
         data["activations"] = {
             k: v for k, v in data["activations"].items() if k not in ("key", "file")
         }

@@ -332,7 +332,24 @@ def load_sweep(path: str | Path) -> SweepConfig:
     _check_every_point(cfg, str(path))
     _check_k_vs_d_sae(cfg, str(path))
     _check_copy_proof(cfg, str(path))
+    _check_gpu_share(cfg, str(path))
     return cfg
+
+
+def _check_gpu_share(cfg: SweepConfig, path: str) -> None:
+    """A trial runs on the GPU Ray gives it: asking for CUDA while giving it none would fail
+    every trial on its node, so it is refused here."""
+    device = cfg.base_experiment().runtime.device
+    if device.startswith("cuda") and cfg.resources.gpu == 0:
+        raise ConfigError(
+            f"{path}: resources.gpu: 0, but experiment.runtime.device is {device}: give each "
+            "trial a GPU share (e.g. gpu: 0.25) or use device auto"
+        )
+    if device.startswith("cuda:") and device != "cuda:0":
+        raise ConfigError(
+            f"{path}: experiment.runtime.device: {device}: a trial sees only the GPU Ray "
+            "assigned to it (as cuda:0); use auto or cuda"
+        )
 
 
 def sampled_params(sweep: SweepConfig, config: dict[str, Any]) -> dict[str, Any]:

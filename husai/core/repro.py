@@ -13,10 +13,21 @@ from contextlib import contextmanager
 
 import torch
 
+_ENABLED = True  # runtime.deterministic of this process (husai.core.device.activate sets it)
+
+
+def configure(enabled: bool) -> None:
+    global _ENABLED
+    _ENABLED = enabled
+
 
 @contextmanager
 def deterministic() -> Iterator[None]:
-    """Turn on torch's deterministic algorithms for the block; restore the previous setting."""
+    """Turn on torch's deterministic algorithms for the block (unless this process was
+    configured without them); restore the previous setting."""
+    if not _ENABLED:
+        yield
+        return
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)

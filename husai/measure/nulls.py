@@ -103,7 +103,7 @@ def random_base_null_key(cfg: ExperimentConfig, activation_key: str) -> str:
             "null": names.NULL_RANDOM_BASE,
             "activations": activation_key,
             "sae": cfg.sae,
-            "train": cfg.train,
+            "train": cfg.train.identity(),
             "seeds": list(t.seeds),
             "metric_version": husai.metric_version,
         }

@@ -133,14 +133,16 @@ def extract_rows(
     """Hook -> [p^2, d] activations of every pair at `position`, row r = pair (r // p, r % p)."""
     data = make_modular_data(p)
     chunks: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+    dev = next(model.parameters()).device  # wherever the model is; the rows come back to CPU
     with torch.no_grad():
         for i in range(0, len(data), batch):
             _, cache = model.run_with_cache(
-                data.tokens[i : i + batch], names_filter=hooks, return_type=None
+                data.tokens[i : i + batch].to(dev), names_filter=hooks, return_type=None
             )
             for h in hooks:
                 act = cache[h][:, position % SEQ_LEN]
-                chunks[h].append(act.reshape(act.shape[0], -1).float())  # heads flattened (hook_z)
+                act = act.reshape(act.shape[0], -1).float().cpu()  # heads flattened (hook_z)
+                chunks[h].append(act)
     return {h: torch.cat(c) for h, c in chunks.items()}
 
 

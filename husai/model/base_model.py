@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: TID251 (the owner)
 
 from husai.config.experiment import BaseModelConfig, ExperimentConfig, TaskConfig
+from husai.core import device as devices
 from husai.core.errors import InputError, first_line
 from husai.core.repro import deterministic
 from husai.model.task import READOUT_POSITION, SEQ_LEN, make_modular_data, split_indices
@@ -117,10 +118,15 @@ def _train_base(
     task, base = cfg.task, cfg.base
     data = make_modular_data(task.p)
     train_idx, test_idx = split_indices(len(data), task.train_frac, task.data_seed)
-    x_tr, y_tr = data.tokens[train_idx], data.labels[train_idx]
-    x_te, y_te = data.tokens[test_idx], data.labels[test_idx]
+    # Trained on the process's device; initialised on the CPU (the same weights everywhere)
+    # and returned on the CPU, so what is saved and extracted is the same wherever it trained.
+    dev = devices.active()
+    x_tr, y_tr = data.tokens[train_idx].to(dev), data.labels[train_idx].to(dev)
+    x_te, y_te = data.tokens[test_idx].to(dev), data.labels[test_idx].to(dev)
 
     model = build_model(task, base)
+    if dev.type != "cpu":
+        model = model.to(dev, print_details=False)
     opt = torch.optim.AdamW(
         model.parameters(), lr=base.lr, weight_decay=base.weight_decay, betas=base.betas
     )
@@ -154,6 +160,8 @@ def _train_base(
         if test_acc >= base.target_test_acc:
             break
     bar.close()
+    if dev.type != "cpu":
+        model = model.to("cpu", print_details=False)
     return BaseTrainResult(
         model=model,
         curves=curves,

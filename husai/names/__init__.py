@@ -33,6 +33,8 @@ TAG_METRIC_VERSION = "husai.metric_version"
 TAG_PACKAGE_PREFIX = "husai.pkg."  # + distribution name, e.g. husai.pkg.torch
 TAG_KIND = "husai.kind"  # what the run is: one of the KIND_* values below
 TAG_COMMAND = "husai.command"  # the CLI subcommand that made the run
+TAG_DEVICE = "husai.device"  # where the run computed: cpu, cuda:0 (not part of the config hash)
+TAG_DEVICE_NAME = "husai.device_name"  # the GPU's name, or the CPU's architecture
 # Links on the run that `mlflow run` creates, pointing at the runs the command made or reused:
 TAG_LINK_BASE_RUN = "husai.base_run_id"
 TAG_LINK_BASE_VERSION = "husai.base_version"

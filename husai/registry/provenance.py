@@ -1,5 +1,6 @@
-"""Which MLflow store a command uses, and what every run is tagged with: the git commit and the
-package versions. No MLflow calls here (they are all in `husai.registry.tracking`).
+"""Which MLflow store a command uses, and what every run is tagged with: the git commit, the
+package versions and the device the process computes on. No MLflow calls here (they are all
+in `husai.registry.tracking`).
 
 The default store is `sqlite:///<project>/mlruns/mlflow.db` with artifacts in
 `<project>/mlruns/artifacts`; an explicit `--tracking-uri` or `MLFLOW_TRACKING_URI` points at
@@ -14,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 
 import husai
+from husai import names
+from husai.core import device as devices
 from husai.core.errors import InputError
 from husai.core.paths import project_root
 
@@ -85,3 +88,22 @@ def check_store_folder(uri: str, db: Path) -> None:
         raise InputError(f"tracking URI {uri}: cannot create {db.parent} ({e.strerror})") from None
     if not os.access(db.parent, os.W_OK | os.X_OK) or (db.exists() and not os.access(db, os.W_OK)):
         raise InputError(f"tracking URI {uri}: {db.parent} is not writable")
+
+
+def run_tags(
+    config_hash: str, kind: str, command: str, sha: str, versions: dict[str, str]
+) -> dict[str, str]:
+    """The tags every run gets. The device is where this process computes
+    (`husai.core.device.activate`), e.g. cuda:0 and the GPU's name; it is not part of any
+    config hash: the same recipe elsewhere is the same experiment."""
+    info = devices.active_info()
+    return {
+        names.TAG_CONFIG_HASH: config_hash,
+        names.TAG_GIT_SHA: sha,
+        names.TAG_METRIC_VERSION: str(husai.metric_version),
+        names.TAG_KIND: kind,
+        names.TAG_COMMAND: command,
+        names.TAG_DEVICE: info.device,
+        names.TAG_DEVICE_NAME: info.name,
+        **{names.package_tag(k): v for k, v in versions.items()},
+    }

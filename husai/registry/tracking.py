@@ -28,13 +28,13 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
-import husai
 from husai import names
 from husai.registry.provenance import (
     check_store_folder,
     git_sha,
     package_versions,
     resolve_tracking_uri,
+    run_tags,
     sqlite_path,
 )
 from husai.registry.views import RegisteredBase, RunView, VersionView
@@ -109,16 +109,8 @@ class Tracker:
             return str(exp.experiment_id)
 
     def standard_tags(self, config_hash: str, kind: str, command: str) -> dict[str, str]:
-        tags = {
-            names.TAG_CONFIG_HASH: config_hash,
-            names.TAG_GIT_SHA: self._git_sha,
-            names.TAG_METRIC_VERSION: str(husai.metric_version),
-            names.TAG_KIND: kind,
-            names.TAG_COMMAND: command,
-            MLFLOW_GIT_COMMIT: self._git_sha.removesuffix("-dirty"),
-        }
-        tags.update({names.package_tag(k): v for k, v in self._versions.items()})
-        return tags
+        tags = run_tags(config_hash, kind, command, self._git_sha, self._versions)
+        return {**tags, MLFLOW_GIT_COMMIT: self._git_sha.removesuffix("-dirty")}
 
     @contextmanager
     def run(

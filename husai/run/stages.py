@@ -21,6 +21,7 @@ from pathlib import Path
 
 from husai import names
 from husai.config.experiment import ExperimentConfig
+from husai.core import device as devices
 from husai.core.cache import publish_dir
 from husai.core.errors import ConfigError, InputError
 from husai.core.hashing import stable_hash
@@ -63,9 +64,10 @@ from husai.sae.train import train_sae
 
 def check_before_compute(cfg: ExperimentConfig) -> None:
     """Everything about an experiment that can be checked before the base model is trained:
-    the hook exists in the configured model, the split leaves rows on both sides, a batch fits
-    in the SAE-train rows, the SAEs fit in memory. Raises a one-line InputError; nothing is
-    created."""
+    the device exists (and becomes this process's device), the hook exists in the configured
+    model, the split leaves rows on both sides, a batch fits in the SAE-train rows, the SAEs
+    fit in memory. Raises a one-line InputError; nothing is created."""
+    devices.activate(cfg.runtime.device, cfg.runtime.deterministic)
     check_hook(cfg)
     check_batch(cfg, n_split_rows(cfg)[0])
     # Every hook's width is at least d_model: a lower estimate, so nothing that fits is refused.
@@ -265,7 +267,7 @@ def _activation_entry(
 def reference_key(cfg: ExperimentConfig, activation_key: str, seed: int) -> str:
     # A reference is one seed trained by sae-lens's step, whatever `seed_batched` says: that
     # switch is left out so that references cached before it existed stay valid.
-    train = cfg.train.model_dump(mode="json", exclude={"seed_batched"})
+    train = cfg.train.identity(exclude=("seed_batched",))
     return stable_hash(
         {"activation_key": activation_key, "sae": cfg.sae, "train": train, "seed": seed}
     )

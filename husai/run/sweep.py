@@ -23,14 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from husai import names
+from husai.config.experiment import ExperimentConfig
 from husai.config.sweep import SweepConfig, load_sweep, sampled_params
-from husai.core.errors import ConfigError
+from husai.core import device as devices
+from husai.core.errors import ConfigError, first_line
 from husai.core.paths import cache_root
 from husai.measure.metrics import ReconMetrics
 from husai.registry.handles import ActivationsHandle, BaseModelHandle
@@ -102,10 +103,27 @@ class DefineSpace:
 def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     """One Ray Tune trial: a full HUSAI trial recorded under the sweep run."""
     sweep = load_sweep(ctx.sweep_path)
-    # Torch would start one thread per core in every trial process; trials sharing a machine
-    # then oversubscribe it (two 2-thread trials on 2 cores ran ~20x slower here).
-    torch.set_num_threads(max(1, int(sweep.resources.cpu)))
     cfg = sweep.trial_config(sampled_params(sweep, config), ctx.smoke)
+    rt, share = cfg.runtime, sweep.resources
+    dev = devices.activate(rt.device, rt.deterministic, ray_gpu_ids=ray.get_gpu_ids())
+    # Torch would start one thread per core in every trial process; trials sharing a machine
+    # then oversubscribe it (two 2-thread trials on 2 cores ran ~20x slower here). On a shared
+    # GPU the trial's memory is capped at its share.
+    devices.share(dev, share.gpu, share.cpu)
+    try:
+        _run_trial(config, ctx, cfg)
+    except Exception as e:
+        if dev.type == "cuda" and devices.is_out_of_memory(e):
+            # One line the sweep records on the trial's FAILED run (husai.trial_error).
+            raise RuntimeError(
+                f"out of GPU memory on {devices.describe(dev).name}: the trial's share is "
+                f"resources.gpu = {share.gpu:g} of the card; give it a larger share or a "
+                f"smaller recipe ({first_line(e)})"
+            ) from None
+        raise
+
+
+def _run_trial(config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig) -> None:
     cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"register_sae": False})})
     tracker = Tracker(ctx.tracking_uri)
     acts = stages.activations_by_key(ctx.activation_key, tracker, Path(ctx.cache_dir)).acts

@@ -16,6 +16,10 @@ sum relu(pre_j) W_dec[j] + b_dec (the decoder norm cancels, as it does in sae-le
 gradient through that product is exactly zero, so it is left out). tests/sae/test_batched.py checks
 it against sae-lens's own step at float tolerance. Each seed ends as an ordinary sae-lens SAE
 (the weights are copied into `build_sae`'s module), so saving, loading and metrics are unchanged.
+
+Device: the stacked parameters, Adam's state and every per-step tensor live on the device of
+`acts` (moved there once by `husai.sae.train.train_seeds`); the seeds' sae-lens modules stay on
+the CPU, initialised there, and receive the trained weights at the end.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.core.repro import deterministic
 from husai.sae.batched_sparse import sparse_step
 from husai.sae.build import build_sae, decoder, lr_scheduler
+from husai.sae.devices import on_active_device
 from husai.sae.types import BatchOrder, Consistency, SAECurves, SeedStreams, TrainedSAE
 
 BATCHED_ARCHITECTURES = ("topk", "batchtopk")
@@ -44,9 +49,10 @@ def batched_supported(sae_cfg: SAEConfig) -> bool:
 class _Stack:
     """The S seeds' parameters, stacked, with one Adam and sae-lens's LR schedule."""
 
-    def __init__(self, saes: list[Any], cfg: SAETrainConfig) -> None:
+    def __init__(self, saes: list[Any], cfg: SAETrainConfig, device: torch.device) -> None:
         def stack(name: str) -> torch.Tensor:
-            return torch.stack([getattr(s, name).detach().clone() for s in saes]).contiguous()
+            w = torch.stack([getattr(s, name).detach().clone() for s in saes]).contiguous()
+            return w.to(device)
 
         self.W_enc = stack("W_enc")  # [S, d_in, d_sae]
         self.b_enc = stack("b_enc")  # [S, d_sae]
@@ -82,6 +88,7 @@ def train_seeds_batched(
         raise ValueError(f"no seed-batched path for architecture {sae_cfg.architecture!r}")
     if target is not None and target.shape != acts.shape:
         raise ValueError(f"target shape {tuple(target.shape)} != input {tuple(acts.shape)}")
+    acts, target = on_active_device(acts, target)
     with deterministic():
         return _train(sae_cfg, cfg, acts, seeds, progress, target, label, consistency)
 
@@ -100,7 +107,10 @@ def _train(
     d_in, transcoder = int(acts.shape[1]), target is not None
     saes = [build_sae(sae_cfg, d_in, st.init_seed, transcoder=transcoder) for st in streams]
     w0 = [decoder(sae) for sae in saes]
-    p = _Stack(saes, cfg)
+    dev = acts.device
+    p = _Stack(saes, cfg, dev)
+    dense_grads = dev.type == "cuda"  # see husai.sae.batched_sparse
+    mm_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     orders = [BatchOrder(int(acts.shape[0]), cfg.batch_size, st.data_seed) for st in streams]
     n_seeds, d_sae, k = len(seeds), sae_cfg.d_sae, sae_cfg.k
     aux_coeff = sae_cfg.aux_loss_coefficient
@@ -112,20 +122,31 @@ def _train(
     if coeffs := saes[0].get_coefficients():
         raise ValueError(f"the batched path has no loss coefficients, got {sorted(coeffs)}")
     threshold_lr = getattr(c, "topk_threshold_lr", 0.0)  # BatchTopK's threshold EMA
-    thresholds = torch.zeros(n_seeds, dtype=torch.double)
-    since_fired = torch.zeros(n_seeds, d_sae)
+    thresholds = torch.zeros(n_seeds, dtype=torch.double, device=dev)
+    since_fired = torch.zeros(n_seeds, d_sae, device=dev)
     curves = [SAECurves() for _ in seeds]
     start = time.perf_counter()
     seeds_txt = ",".join(str(s) for s in seeds)
     bar = tqdm(range(cfg.steps), desc=f"{label} seeds {seeds_txt}", disable=not progress)
     for step in bar:
         dead = since_fired > cfg.dead_window
-        idx = torch.stack([o.next() for o in orders])  # [S, B]
+        idx = torch.stack([o.next() for o in orders]).to(dev)  # [S, B]
         x = acts[idx]
         y = x if target is None else target[idx]
         sae_in = x - p.b_dec[:, None, :] if b_dec_in else x
-        out = sparse_step(p.params, sae_in, y, dead, sae_cfg.architecture, k, aux_coeff, b_dec_in)
-        pull = torch.zeros(n_seeds)
+        out = sparse_step(
+            p.params,
+            sae_in,
+            y,
+            dead,
+            sae_cfg.architecture,
+            k,
+            aux_coeff,
+            b_dec_in,
+            dense_grads,
+            mm_dtype,
+        )
+        pull = torch.zeros(n_seeds, device=dev)
         for s, (penalty, lam) in enumerate(consistency or ()):
             # The consistency extension's term (build._ConsistencyMixin), seed by seed.
             with torch.enable_grad():
@@ -166,7 +187,7 @@ def _train(
             sae.W_dec.copy_(p.W_dec[s])
             sae.b_dec.copy_(p.b_dec[s])
             if threshold_lr:
-                sae.topk_threshold = thresholds[s].clone()
+                sae.topk_threshold = thresholds[s].cpu().clone()
         sae.eval()
         # The seeds shared one run: each is credited an equal share of its wall time.
         trained.append(TrainedSAE(streams[s].seed, sae, w0[s], curves[s], seconds / n_seeds))

@@ -6,6 +6,12 @@ cache (large ones) and returns the chosen (row, latent) pairs as compact `Entrie
 the gradients by hand: dL/dpre exists only at the chosen latents, so dW_enc is one sparse
 matrix product and dW_dec comes from `embedding_bag`'s own backward. The math, term by term,
 is sae-lens's TopK / BatchTopK training step; see `husai/sae/batched.py`.
+
+Every tensor is made on the device of the step's inputs. On CUDA the encoder gradient is one
+dense batched matmul instead of the sparse one (`dense_grads`): cuSPARSE's COO product is not
+covered by torch's deterministic mode, and a dense [S, B, d_sae] gradient is cheap on a GPU.
+`mm_dtype` bfloat16 runs the ranking and gradient matmuls in bfloat16 (`train.dtype`); the
+rest stays float32.
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ WHOLE_MAX_ELEMENTS = 1 << 22
 # BatchTopK keeps this many candidates per row (x k) before its batch-wide selection; a row
 # that could hold more of the batch's top values is recomputed in full (exact either way).
 BATCHTOPK_CANDIDATES = 4
+
+
+def _mm(dt: torch.dtype, fn: object, *args: torch.Tensor) -> torch.Tensor:
+    """fn(*args) with its operands in `dt`, the result float32 (no copies at float32)."""
+    out = fn(*(a.to(dt) for a in args))  # type: ignore[operator]
+    return out.float()  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -43,18 +55,19 @@ def _select_chunked(
     m: int,
     dead: torch.Tensor,
     k_aux: int,
+    dt: torch.dtype,
 ) -> tuple[torch.Tensor, ...]:
     """One seed, in row chunks that stay in cache: each row's m best scores (ids, scores) and
     its k_aux best among `dead` latents (ids, scores; empty when k_aux is 0)."""
-    n, d_sae = sae_in.shape[0], w.shape[1]
+    n, d_sae, dev = sae_in.shape[0], w.shape[1], sae_in.device
     chunk = max(1, CHUNK_ELEMENTS // d_sae)
-    ids = torch.empty(n, m, dtype=torch.long)
-    scores = torch.empty(n, m)
-    aux_ids = torch.empty(n, k_aux, dtype=torch.long)
-    aux_scores = torch.empty(n, k_aux)
+    ids = torch.empty(n, m, dtype=torch.long, device=dev)
+    scores = torch.empty(n, m, device=dev)
+    aux_ids = torch.empty(n, k_aux, dtype=torch.long, device=dev)
+    aux_scores = torch.empty(n, k_aux, device=dev)
     dead_idx = dead.nonzero().squeeze(1)
     for i in range(0, n, chunk):
-        sc = torch.addmm(b, sae_in[i : i + chunk], w)
+        sc = _mm(dt, torch.addmm, b, sae_in[i : i + chunk], w)
         torch.topk(sc, m, dim=-1, sorted=False, out=(scores[i : i + chunk], ids[i : i + chunk]))
         if k_aux:
             v, j = sc.index_select(1, dead_idx).topk(k_aux, dim=-1, sorted=False)
@@ -78,10 +91,11 @@ class Entries:
     ) -> Entries:
         """From per-row candidates ids/scores [S, B, m] and which of them are kept (None: all)."""
         n_seeds, bsz, m = ids.shape
-        lat = ids + (torch.arange(n_seeds) * d_sae).view(n_seeds, 1, 1)
-        row = torch.arange(n_seeds * bsz).view(n_seeds, bsz, 1).expand_as(ids)
+        dev = ids.device
+        lat = ids + (torch.arange(n_seeds, device=dev) * d_sae).view(n_seeds, 1, 1)
+        row = torch.arange(n_seeds * bsz, device=dev).view(n_seeds, bsz, 1).expand_as(ids)
         if keep is None:  # TopK: every candidate, without the copy a mask would cost
-            offsets = torch.arange(0, n_seeds * bsz * m, m)
+            offsets = torch.arange(0, n_seeds * bsz * m, m, device=dev)
             return cls(lat.flatten(), row.flatten(), scores.flatten(), offsets)
         counts = keep.sum(-1).flatten()
         offsets = torch.cumsum(counts, 0) - counts
@@ -102,6 +116,7 @@ def select(
     k: int,
     dead: torch.Tensor,
     k_aux: list[int],
+    dt: torch.dtype = torch.float32,
 ) -> tuple[Entries, Entries]:
     """Rank scores = pre * |W_dec| (what sae-lens ranks; w_s, b_s are pre-scaled) and choose:
     the main activation's entries and AuxK's (seed s: its k_aux[s] best dead latents per row).
@@ -111,11 +126,11 @@ def select(
     large ones seed by seed in cache-sized chunks.
     """
     n_seeds, bsz, _ = sae_in.shape
-    d_sae = w_s.shape[2]
+    d_sae, dev = w_s.shape[2], sae_in.device
     m = k if arch == "topk" else min(d_sae, BATCHTOPK_CANDIDATES * k)
     ka = max(k_aux)
     if n_seeds * bsz * d_sae <= WHOLE_MAX_ELEMENTS:
-        sc = torch.baddbmm(b_s[:, None, :], sae_in, w_s)
+        sc = _mm(dt, torch.baddbmm, b_s[:, None, :], sae_in, w_s)
         scores, ids = sc.topk(m, dim=-1, sorted=False)
         masked = torch.where(dead[:, None, :], sc, -torch.inf)
         aux_scores, aux_ids = masked.topk(ka, dim=-1, sorted=False)
@@ -123,19 +138,24 @@ def select(
         aux_keep = torch.isfinite(aux_scores)
     else:
         parts = [
-            _select_chunked(sae_in[s], w_s[s], b_s[s], m, dead[s], k_aux[s]) for s in range(n_seeds)
+            _select_chunked(sae_in[s], w_s[s], b_s[s], m, dead[s], k_aux[s], dt)
+            for s in range(n_seeds)
         ]
         ids = torch.stack([q[0] for q in parts])
         scores = torch.stack([q[1] for q in parts])
         aux_ids = torch.stack([F.pad(q[2], (0, ka - q[2].shape[1])) for q in parts])
         aux_scores = torch.stack([F.pad(q[3], (0, ka - q[3].shape[1])) for q in parts])
-        aux_keep = torch.arange(ka)[None, None, :] < torch.tensor(k_aux)[:, None, None]
+        aux_keep = (
+            torch.arange(ka, device=dev)[None, None, :]
+            < torch.tensor(k_aux, device=dev)[:, None, None]
+        )
         aux_keep = aux_keep.expand_as(aux_ids)
     aux = Entries.of(aux_ids, aux_scores, aux_keep, d_sae).unscale(norm)
     if arch == "topk":
         return Entries.of(ids, scores, None, d_sae).unscale(norm), aux
     rows = [
-        _batch_wide(sae_in[s], w_s[s], b_s[s], ids[s], scores[s].relu(), k) for s in range(n_seeds)
+        _batch_wide(sae_in[s], w_s[s], b_s[s], ids[s], scores[s].relu(), k, dt)
+        for s in range(n_seeds)
     ]
     per_seed = [Entries.of(i[None], v[None], kp[None], d_sae) for i, v, kp in rows]
     main = _concat(per_seed, bsz, d_sae)
@@ -144,7 +164,7 @@ def select(
 
 def _concat(parts: list[Entries], bsz: int, d_sae: int) -> Entries:
     """Seed-by-seed entries (each built as seed 0) as one set, rows and latents made global."""
-    sizes = torch.tensor([len(p.lat) for p in parts])
+    sizes = torch.tensor([len(p.lat) for p in parts], device=parts[0].lat.device)
     start = torch.cumsum(sizes, 0) - sizes
     return Entries(
         lat=torch.cat([p.lat + s * d_sae for s, p in enumerate(parts)]),
@@ -161,41 +181,56 @@ def _batch_wide(
     ids: torch.Tensor,
     scores: torch.Tensor,
     k: int,
+    dt: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """sae-lens BatchTopK for one seed: the batch's k x n largest relu'd scores, as candidates
     (ids, scores) [n, width] and which of them are kept (exactly k x n)."""
     n, m = scores.shape
-    d_sae = w.shape[1]
+    d_sae, dev = w.shape[1], scores.device
     total = k * n
     threshold = scores.flatten().topk(total, sorted=True).values[-1]
     low = scores.min(dim=1).values
     # A row whose smallest candidate is positive and reaches the threshold may hold more of the
     # batch's top values than it kept: its whole row joins the candidates (exact either way).
-    full = (low >= threshold) & (low > 0) if m < d_sae else torch.zeros(n, dtype=torch.bool)
+    if m < d_sae:
+        full = (low >= threshold) & (low > 0)
+    else:
+        full = torch.zeros(n, dtype=torch.bool, device=dev)
     if bool(full.any()):
         rows = full.nonzero().squeeze(1)
-        extra = torch.addmm(b, sae_in[rows], w).relu_()
+        extra = _mm(dt, torch.addmm, b, sae_in[rows], w).relu_()
         # The whole row replaces its candidates; other rows get zero-score fillers, never kept.
-        ids = torch.cat([ids, torch.zeros(n, d_sae - m, dtype=torch.long)], 1)
-        scores = torch.cat([scores, torch.full((n, d_sae - m), -1.0)], 1)
-        ids[rows] = torch.arange(d_sae).expand(len(rows), d_sae)
+        ids = torch.cat([ids, torch.zeros(n, d_sae - m, dtype=torch.long, device=dev)], 1)
+        scores = torch.cat([scores, torch.full((n, d_sae - m), -1.0, device=dev)], 1)
+        ids[rows] = torch.arange(d_sae, device=dev).expand(len(rows), d_sae)
         scores[rows] = extra
-    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    keep = torch.zeros(scores.numel(), dtype=torch.bool, device=dev)
     keep[scores.flatten().topk(total, sorted=False).indices] = True
     return ids, scores, keep.view_as(scores)
 
 
 def _encoder_grads(
-    sae_in: torch.Tensor, lat: torch.Tensor, row: torch.Tensor, g: torch.Tensor, d_sae: int
+    sae_in: torch.Tensor,
+    lat: torch.Tensor,
+    row: torch.Tensor,
+    g: torch.Tensor,
+    d_sae: int,
+    dense: bool = False,
+    dt: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dL/dW_enc [S, d_in, d_sae] and dL/db_enc [S, d_sae] from sparse dL/dpre at (lat, row)."""
     s, bsz, d_in = sae_in.shape
+    if dense:
+        # Row s*B + b, latent s*d_sae + j sit at (s, b, j) of a dense [S, B, d_sae] gradient.
+        flat = torch.zeros(s * bsz * d_sae, device=g.device)
+        g_pre = flat.index_add_(0, row * d_sae + lat % d_sae, g).view(s, bsz, d_sae)
+        return _mm(dt, torch.bmm, sae_in.transpose(1, 2), g_pre), g_pre.sum(1)
     # Indices are built here, in range by construction: skip the invariant check.
     g_mat = torch.sparse_coo_tensor(
         torch.stack([lat, row]), g, (s * d_sae, s * bsz), check_invariants=False
     )
     g_w = torch.sparse.mm(g_mat, sae_in.reshape(s * bsz, d_in)).view(s, d_sae, d_in)
-    g_b = torch.zeros(s * d_sae).index_add_(0, lat, g).view(s, d_sae)
+    g_b = torch.zeros(s * d_sae, device=g.device).index_add_(0, lat, g).view(s, d_sae)
     return g_w.transpose(1, 2).contiguous(), g_b
 
 
@@ -208,16 +243,21 @@ def sparse_step(
     k: int,
     aux_coeff: float,
     b_dec_in: bool,
+    dense_grads: bool = False,
+    mm_dtype: torch.dtype = torch.float32,
 ) -> StepOut:
     """One step's losses and gradients for every seed, sparse after the encoder matmul."""
     w_enc, b_enc, w_dec, b_dec = params
     n_seeds, bsz, d_in = sae_in.shape
+    dev = sae_in.device
     d_sae = w_enc.shape[2]
     k_aux_full = y.shape[-1] // 2  # sae-lens: half the reconstructed width
     norm = w_dec.norm(dim=-1)  # [S, d_sae]
     n_dead = dead.sum(1).tolist()
     k_aux = [min(k_aux_full, n) for n in n_dead]
-    main, aux = select(sae_in, w_enc * norm[:, None, :], b_enc * norm, norm, arch, k, dead, k_aux)
+    main, aux = select(
+        sae_in, w_enc * norm[:, None, :], b_enc * norm, norm, arch, k, dead, k_aux, mm_dtype
+    )
     act = main.pre.relu()
     # One embedding_bag decodes every seed's rows (bags 0..SB-1) and, when some seed has dead
     # latents, their AuxK reconstructions (bags SB..2SB-1); its backward gives the gradients
@@ -236,10 +276,11 @@ def sparse_step(
     resid = dec[:n_rows].detach().view(n_seeds, bsz, d_in) + b_dec[:, None, :] - y
     mse = resid.pow(2).sum(-1).mean(1)
     grad_dec = [2.0 * resid / bsz]
-    aux_loss = torch.zeros(n_seeds)
+    aux_loss = torch.zeros(n_seeds, device=dev)
     if has_aux:
         # AuxK (sae-lens calculate_topk_aux_loss): dead latents predict the residual.
-        scale = torch.tensor([min(n / k_aux_full, 1.0) for n in n_dead]).view(n_seeds, 1, 1)
+        scale = torch.tensor([min(n / k_aux_full, 1.0) for n in n_dead], device=dev)
+        scale = scale.view(n_seeds, 1, 1)
         diff = dec[n_rows:].detach().view(n_seeds, bsz, d_in) + resid  # recons - (y - out)
         aux_loss = aux_coeff * scale.flatten() * diff.pow(2).sum(-1).mean(1)
         grad_dec.append((2.0 * aux_coeff / bsz) * scale * diff)
@@ -248,16 +289,18 @@ def sparse_step(
     if has_aux:
         lat, row = torch.cat([lat, aux.lat]), torch.cat([row, aux.row])
         g_pre = torch.cat([g_pre, g_w[n_main:]])
-    g_wenc, g_benc = _encoder_grads(sae_in, lat, row, g_pre, d_sae)
+    g_wenc, g_benc = _encoder_grads(sae_in, lat, row, g_pre, d_sae, dense_grads, mm_dtype)
     g_bdec = grad_dec[0].sum(1)
     if b_dec_in:  # sae_in = x - b_dec feeds the encoder too
         g_bdec = g_bdec - torch.einsum("sdf,sf->sd", w_enc, g_benc)
     on = act > 0
-    fired = torch.zeros(n_seeds * d_sae).index_add_(0, main.lat, on.float())
-    l0 = torch.zeros(n_rows).index_add_(0, main.row, on.float()).view(n_seeds, bsz).mean(1)
+    fired = torch.zeros(n_seeds * d_sae, device=dev).index_add_(0, main.lat, on.float())
+    l0 = torch.zeros(n_rows, device=dev).index_add_(0, main.row, on.float())
+    l0 = l0.view(n_seeds, bsz).mean(1)
     scaled = torch.where(on, act * norm.flatten()[main.lat], torch.inf)
     seed_of = torch.div(main.row, bsz, rounding_mode="floor")
-    low = torch.full((n_seeds,), torch.inf).scatter_reduce_(0, seed_of, scaled, "amin")
+    low = torch.full((n_seeds,), torch.inf, device=dev)
+    low = low.scatter_reduce_(0, seed_of, scaled, "amin")
     return StepOut(
         mse=mse,
         aux=aux_loss,

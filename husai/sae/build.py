@@ -143,8 +143,11 @@ def build_sae(
     init_seed: int,
     consistency: tuple[ConsistencyPenalty, float] | None = None,
     transcoder: bool = False,
+    device: torch.device | None = None,
 ) -> TrainingSAE[Any]:
-    """The sae-lens training SAE of `cfg.architecture`, initialised from `init_seed` only.
+    """The sae-lens training SAE of `cfg.architecture`, initialised from `init_seed` only,
+    then moved to `device`: the weights are drawn on the CPU wherever it trains, so a seed
+    starts from the same weights on every device.
 
     With `consistency=(penalty, lambda)` the same class gains the consistency loss term; the
     initialisation is unchanged, and the saved SAE is an ordinary one of the architecture.
@@ -163,6 +166,8 @@ def build_sae(
         sae = sae_cls(sae_cfg)
     if consistency is not None:
         sae.consistency_penalty, sae.consistency_lambda = consistency
+    if device is not None and device.type != "cpu":
+        sae = sae.to(device)  # sae-lens's `to` also moves cfg.device, where its buffers go
     return sae
 
 

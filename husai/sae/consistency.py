@@ -40,15 +40,22 @@ class ConsistencyPenalty:
         self._perm: torch.Tensor | None = None
         self._assigned_at = -1
 
+    def _ref_on(self, device: torch.device) -> torch.Tensor:
+        if self.ref.device != device:  # once: the reference follows the decoder it pulls
+            self.ref = self.ref.to(device)
+        return self.ref
+
     def assignment(self, w_dec: torch.Tensor, step: int) -> torch.Tensor:
         """pi: for each latent i the reference row it is matched to (|cos|, one to one)."""
         if self._perm is None or step - self._assigned_at >= self.assign_every:
             with torch.no_grad():
-                c = (F.normalize(w_dec.detach().float(), dim=1) @ self.ref.T).abs().numpy()
+                # The cos matrix on the decoder's device; the Hungarian step on the CPU (scipy).
+                ref = self._ref_on(w_dec.device)
+                c = (F.normalize(w_dec.detach().float(), dim=1) @ ref.T).abs().cpu().numpy()
             rows, cols = linear_sum_assignment(c, maximize=True)
             perm = np.empty(len(rows), dtype=np.int64)
             perm[rows] = cols
-            self._perm = torch.from_numpy(perm)
+            self._perm = torch.from_numpy(perm).to(w_dec.device)
             self._assigned_at = step
         return self._perm
 
@@ -57,6 +64,6 @@ class ConsistencyPenalty:
             raise ValueError(
                 f"decoder {list(w_dec.shape)} and reference {list(self.ref.shape)} differ in shape"
             )
-        matched = self.ref[self.assignment(w_dec, step)]
+        matched = self._ref_on(w_dec.device)[self.assignment(w_dec, step)]
         cos = (F.normalize(w_dec, dim=1) * matched).sum(dim=1)
         return 1.0 - cos.mean()

@@ -6,6 +6,11 @@ that feeds the AuxK loss) so that every architecture's own auxiliary losses are 
 `SAETrainer` because SAETrainer logs nothing without wandb, cannot seed the data order, and was
 slower when measured on this project's 2-core machine (42k vs 50k rows/s at d_sae 1024).
 Returns curves; never logs.
+
+Device: `train_sae` / `train_seeds` move their rows to the process's device
+(`husai.core.device.active()`) once, before the first step; every tensor of the loop is made
+there; the SAE is initialised on the CPU (the same weights on every device) and returned on the
+CPU, so what is saved and measured afterwards does not depend on where it trained.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from husai.sae.build import (
     decoder,
     lr_scheduler,
 )
+from husai.sae.devices import autocast, on_active_device
 from husai.sae.types import BatchOrder, Consistency, SAECurves, SeedStreams, TrainedSAE
 
 
@@ -44,6 +50,7 @@ def train_sae(
     `target` [n, d_out] (row i the target of input row i) it is trained as a transcoder."""
     if target is not None and target.shape[0] != acts.shape[0]:
         raise ValueError(f"target has {target.shape[0]} rows, inputs {acts.shape[0]}")
+    acts, target = on_active_device(acts, target)
     with deterministic():
         return _train(
             sae_cfg, train_cfg, acts, SeedStreams.of(seed), consistency, progress, target, label
@@ -66,6 +73,7 @@ def train_seeds(
     caller asks for it, so a caller that stops early (an ASHA stop) trains no more."""
     if consistency is not None and len(consistency) != len(seeds):
         raise ValueError(f"{len(consistency)} consistency penalties for {len(seeds)} seeds")
+    acts, target = on_active_device(acts, target)
     if train_cfg.seed_batched and batched_supported(sae_cfg):
         yield from train_seeds_batched(
             sae_cfg, train_cfg, acts, seeds, progress, target, label, consistency
@@ -86,22 +94,28 @@ def _train(
     target: torch.Tensor | None,
     label: str = "SAE",
 ) -> TrainedSAE:
+    dev = acts.device
     sae = build_sae(
-        sae_cfg, int(acts.shape[1]), streams.init_seed, consistency, transcoder=target is not None
+        sae_cfg,
+        int(acts.shape[1]),
+        streams.init_seed,
+        consistency,
+        transcoder=target is not None,
+        device=dev,
     )
-    w0 = decoder(sae)
+    w0 = decoder(sae).cpu()
     order = BatchOrder(int(acts.shape[0]), cfg.batch_size, streams.data_seed)
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
     sched = lr_scheduler(opt, cfg)
     coeffs = coefficient_schedulers(sae)
-    since_fired = torch.zeros(sae_cfg.d_sae)
+    since_fired = torch.zeros(sae_cfg.d_sae, device=dev)
     curves = SAECurves()
     sae.train()
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=f"{label} seed {streams.seed}", disable=not progress)
     for step in bar:
         dead = since_fired > cfg.dead_window
-        idx = order.next()
+        idx = order.next().to(dev)
         step_input = TranscoderStepInput(
             sae_in=acts[idx],
             coefficients={k: s.value for k, s in coeffs.items()},
@@ -110,7 +124,8 @@ def _train(
             is_logging_step=False,
             target=None if target is None else target[idx],
         )
-        out = sae.training_forward_pass(step_input)
+        with autocast(dev, cfg):
+            out = sae.training_forward_pass(step_input)
         loss, losses = out.loss, out.losses
         with torch.no_grad():
             fired = (out.feature_acts != 0).any(dim=0)
@@ -137,6 +152,8 @@ def _train(
             curves.add(step, row)
             bar.set_postfix(loss=f"{row[names.CURVE_LOSS]:.4g}", l0=f"{row[names.CURVE_L0]:.1f}")
     sae.eval()
+    if dev.type != "cpu":
+        sae = sae.to("cpu")
     return TrainedSAE(
         seed=streams.seed,
         sae=sae,

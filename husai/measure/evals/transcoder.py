@@ -148,7 +148,7 @@ def stress_key(cfg: ExperimentConfig, activation_key: str, hooks: tuple[str, str
             "activations": activation_key,
             "hooks": list(hooks),
             "sae": cfg.sae,
-            "train": cfg.train,
+            "train": cfg.train.identity(),
             "seeds": list(t.seeds),
             "metric_version": husai.metric_version,
         }
