@@ -62,7 +62,9 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def worker(mode: str, d_in: int, d_sae: int, steps: int, device: str, dtype: str) -> dict:
+def worker(
+    mode: str, d_in: int, d_sae: int, steps: int, device: str, dtype: str, det: bool = True
+) -> dict:
     """One measurement: seconds for `steps` steps of all 5 seeds, and peak memory in MiB."""
     from sae_lens import SAETrainer
     from sae_lens.config import SAETrainerConfig
@@ -74,7 +76,7 @@ def worker(mode: str, d_in: int, d_sae: int, steps: int, device: str, dtype: str
     from husai.sae.build import build_sae
     from husai.sae.train import train_sae
 
-    dev = devices.activate(device)
+    dev = devices.activate(device, deterministic=det)
     torch.manual_seed(0)
     data = torch.randn(8 * BATCH, d_in).to(dev)
     sae_cfg = SAEConfig(architecture="topk", d_sae=d_sae, k=K)
@@ -123,9 +125,11 @@ def worker(mode: str, d_in: int, d_sae: int, steps: int, device: str, dtype: str
     return {"seconds": seconds, "peak_mib": _rss_mib(), "base_mib": base_rss}
 
 
-def measure(mode: str, d_in: int, d_sae: int, steps: int, device: str, dtype: str) -> dict:
+def measure(
+    mode: str, d_in: int, d_sae: int, steps: int, device: str, dtype: str, det: bool
+) -> dict:
     if device != "cpu":
-        return worker(mode, d_in, d_sae, steps, device, dtype)
+        return worker(mode, d_in, d_sae, steps, device, dtype, det)
     cmd = [sys.executable, __file__, "--worker", mode, "--d-in", str(d_in), "--d-sae", str(d_sae)]
     out = subprocess.run(
         [*cmd, "--steps", str(steps), "--dtype", dtype],
@@ -143,6 +147,9 @@ def main() -> None:
     parser.add_argument("--d-sae", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=list(TORCH_DTYPES))
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--no-deterministic", action="store_true", help="torch's default kernels (GPU only)"
+    )
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -153,7 +160,8 @@ def main() -> None:
     if dev.type == "cuda":
         from husai.core import device as devices
 
-        devices.activate(args.device)  # deterministic cuBLAS before the first matmul
+        # Deterministic cuBLAS (or not) before the first matmul.
+        devices.activate(args.device, deterministic=not args.no_deterministic)
     # The loop is sae-lens's own step driven by HUSAI: on a GPU it adds nothing to SAETrainer.
     modes = MODES if dev.type == "cpu" else ("sae_lens", "batched")
     rows = []
@@ -163,14 +171,18 @@ def main() -> None:
                 # The peak is measured before and after and the higher kept: a machine that was
                 # busy during one measurement must not make every share look better.
                 before = matmul_peak_gflops(d_in, d_sae, dev, dtype)
-                res = {m: measure(m, d_in, d_sae, args.steps, args.device, dtype) for m in modes}
+                det = not args.no_deterministic
+                res = {
+                    m: measure(m, d_in, d_sae, args.steps, args.device, dtype, det) for m in modes
+                }
                 peak = max(before, matmul_peak_gflops(d_in, d_sae, dev, dtype))
                 rows.append((d_in, d_sae, dtype, peak, res))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     n_rows = args.steps * BATCH * len(SEEDS)
     print(
         f"\n{name}: TopK k={K}, batch {BATCH}, {len(SEEDS)} seeds, {torch.get_num_threads()} "
-        f"CPU threads, {args.steps} timed steps per seed; rows x seeds / s (% of the matmul "
+        f"CPU threads, deterministic kernels {'off' if args.no_deterministic else 'on'}, "
+        f"{args.steps} timed steps per seed; rows x seeds / s (% of the matmul "
         "peak at that precision, dense-equivalent 6*B*d_in*d_sae per seed-step)"
     )
     head = " | ".join(m for m in modes)

@@ -121,3 +121,8 @@ def share(device: torch.device, gpu_fraction: float, cpu_threads: float) -> None
 
 def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """The most this process has held allocated on a CUDA device, in MiB."""
+    return torch.cuda.max_memory_allocated(device) / 2**20

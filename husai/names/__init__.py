@@ -35,6 +35,7 @@ TAG_KIND = "husai.kind"  # what the run is: one of the KIND_* values below
 TAG_COMMAND = "husai.command"  # the CLI subcommand that made the run
 TAG_DEVICE = "husai.device"  # where the run computed: cpu, cuda:0 (not part of the config hash)
 TAG_DEVICE_NAME = "husai.device_name"  # the GPU's name, or the CPU's architecture
+SYSTEM_PEAK_GPU_MIB = "system/peak_gpu_mem_mib"  # a sweep trial's peak allocated GPU memory
 # Links on the run that `mlflow run` creates, pointing at the runs the command made or reused:
 TAG_LINK_BASE_RUN = "husai.base_run_id"
 TAG_LINK_BASE_VERSION = "husai.base_version"

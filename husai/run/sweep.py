@@ -155,6 +155,11 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig)
     # A recipe already recorded (proposed twice, or found by a resumed sweep) is reused: Tune
     # and Optuna get its recorded numbers, and nothing is trained twice.
     done = trial(cfg, inputs, ctx.sweep_run_id, on_seed, rerun=ctx.rerun)
+    dev = devices.active()
+    if dev.type == "cuda" and not done.reused:
+        # What the trial held at its peak on its GPU share (benchmarks/gpu_sweep.py reads it).
+        peak = devices.peak_memory_mib(dev)
+        tracker.log_metrics(done.run_id, {names.SYSTEM_PEAK_GPU_MIB: peak})
     tune.report(
         {
             **tracker.get_run_metrics(done.run_id),
