@@ -49,6 +49,12 @@ def main() -> None:
     with contextlib.suppress(OutOfTime):
         train_base(cfg, progress=False, on_eval=on_eval)
     device_s = time.perf_counter() - start
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    if reached:
+        print(f"{name}: target reached at step {reached[0][0]} after {reached[0][1]:.1f} s")
+    else:
+        print(f"{name}: step {seen['step']} after {device_s:.1f} s, held-out acc {seen['acc']}")
+    print("timing the CPU ...", flush=True)
 
     devices.activate("cpu")
     short = cfg.model_copy(
@@ -57,8 +63,6 @@ def main() -> None:
     t = time.perf_counter()
     train_base(short, progress=False)
     cpu_rate = args.cpu_steps / (time.perf_counter() - t)
-
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     print(
         f"\npaper preset base model (p {cfg.task.p}, train share {cfg.task.train_frac}, "
         f"budget {cfg.base.max_steps} steps, eval every {cfg.base.eval_every})"

@@ -27,6 +27,7 @@ import yaml
 
 def sweep_file(folder: Path, gpu: float, args: argparse.Namespace) -> Path:
     concurrency = max(1, round(1 / gpu))
+    n_trials = args.baseline_trials if gpu >= 1 and args.baseline_trials else args.trials
     data = {
         "name": f"gpu_share_{gpu:g}".replace(".", "_"),
         "experiment": {
@@ -42,7 +43,7 @@ def sweep_file(folder: Path, gpu: float, args: argparse.Namespace) -> Path:
         },
         "search_space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 3e-3}},
         "objective": [{"metric": "recon/ev", "mode": "max"}],
-        "num_samples": args.trials,
+        "num_samples": n_trials,
         "max_concurrency": concurrency,
         "seed": 0,
         "resources": {"cpu": args.cpu_per_trial, "gpu": gpu},
@@ -60,6 +61,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--d-sae", type=int, default=1024)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument(
+        "--baseline-trials", type=int, default=0, help="trials of the gpu 1 sweep (0: --trials)"
+    )
     ap.add_argument("--cpu-per-trial", type=float, default=2.0)
     ap.add_argument("--shares", type=float, nargs="+", default=[0.25, 1.0])
     args = ap.parse_args()

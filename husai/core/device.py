@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from husai.core import repro
 from husai.core.errors import InputError
@@ -114,7 +115,11 @@ def share(device: torch.device, gpu_fraction: float, cpu_threads: float) -> None
     """A trial's share of a machine: its CPU threads, and on a GPU it shares (`gpu_fraction` <
     1) a cap on its memory, so that one trial running out is its own error (torch's
     OutOfMemoryError), never another trial's."""
-    torch.set_num_threads(max(1, int(cpu_threads)))
+    threads = max(1, int(cpu_threads))
+    torch.set_num_threads(threads)
+    # numpy/scipy's BLAS would start one thread per core in each of the trials sharing the
+    # machine (stability scoring is float64 numpy): held to the trial's CPUs too.
+    threadpool_limits(threads)
     if device.type == "cuda" and 0 < gpu_fraction < 1:
         torch.cuda.set_per_process_memory_fraction(gpu_fraction, device)
 

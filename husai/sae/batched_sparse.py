@@ -25,6 +25,10 @@ import torch.nn.functional as F
 CHUNK_ELEMENTS = 1 << 19
 # Up to this many S x batch x d_sae elements (16 MiB) all seeds are scored in one matmul.
 WHOLE_MAX_ELEMENTS = 1 << 22
+# On a GPU cache-sized chunks mean hundreds of tiny launches per step (measured on an H200:
+# the seed-batched path at d_sae 16384 ran at 0.2x SAETrainer chunked); scores stay whole up to
+# 2 GiB per [S, B, d_sae] tensor, and larger problems go in chunks of that size.
+GPU_WHOLE_MAX_ELEMENTS = 1 << 29
 # BatchTopK keeps this many candidates per row (x k) before its batch-wide selection; a row
 # that could hold more of the batch's top values is recomputed in full (exact either way).
 BATCHTOPK_CANDIDATES = 4
@@ -60,7 +64,8 @@ def _select_chunked(
     """One seed, in row chunks that stay in cache: each row's m best scores (ids, scores) and
     its k_aux best among `dead` latents (ids, scores; empty when k_aux is 0)."""
     n, d_sae, dev = sae_in.shape[0], w.shape[1], sae_in.device
-    chunk = max(1, CHUNK_ELEMENTS // d_sae)
+    budget = GPU_WHOLE_MAX_ELEMENTS if dev.type == "cuda" else CHUNK_ELEMENTS
+    chunk = max(1, budget // d_sae)
     ids = torch.empty(n, m, dtype=torch.long, device=dev)
     scores = torch.empty(n, m, device=dev)
     aux_ids = torch.empty(n, k_aux, dtype=torch.long, device=dev)
@@ -129,11 +134,16 @@ def select(
     d_sae, dev = w_s.shape[2], sae_in.device
     m = k if arch == "topk" else min(d_sae, BATCHTOPK_CANDIDATES * k)
     ka = max(k_aux)
-    if n_seeds * bsz * d_sae <= WHOLE_MAX_ELEMENTS:
+    whole_max = GPU_WHOLE_MAX_ELEMENTS if dev.type == "cuda" else WHOLE_MAX_ELEMENTS
+    if n_seeds * bsz * d_sae <= whole_max:
         sc = _mm(dt, torch.baddbmm, b_s[:, None, :], sae_in, w_s)
         scores, ids = sc.topk(m, dim=-1, sorted=False)
-        masked = torch.where(dead[:, None, :], sc, -torch.inf)
-        aux_scores, aux_ids = masked.topk(ka, dim=-1, sorted=False)
+        if ka:
+            masked = torch.where(dead[:, None, :], sc, -torch.inf)
+            aux_scores, aux_ids = masked.topk(ka, dim=-1, sorted=False)
+        else:  # no dead latent in any seed: no copy of the scores to rank nothing
+            aux_scores = sc.new_empty(n_seeds, bsz, 0)
+            aux_ids = ids.new_empty(n_seeds, bsz, 0)
         # A seed with fewer than ka dead latents got -inf fillers: exactly its k_aux[s] are finite.
         aux_keep = torch.isfinite(aux_scores)
     else:
