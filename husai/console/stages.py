@@ -42,6 +42,12 @@ def print_null_acts(handle: ActivationsHandle) -> None:
     print(f"random-base null activations {handle.acts.key}: {state}; run {handle.run_id}")
 
 
+def print_cache_repair(path: object, problem: str, run_id: str | None) -> None:
+    """A cache entry that failed its check is never used: say what replaces it."""
+    how = f"fetching it again from MLflow run {run_id}" if run_id else "computing it again"
+    print(f"cache entry {path}: {problem}; not used, {how}")
+
+
 def print_reference(ref: Reference, what: str) -> None:
     how = "reused" if ref.reused else "trained"
     print(f"{what} SAE (seed {ref.seed}) {how}: run {ref.run_id}")

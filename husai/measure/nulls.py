@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from safetensors.torch import load_file, save_file
 import husai
 from husai import names
 from husai.config.experiment import ExperimentConfig
-from husai.core.cache import publish_dir
+from husai.core.cache import check_dir, publish_dir
 from husai.core.hashing import stable_hash
 from husai.core.paths import cache_root
 from husai.measure.stability import covariance_decoders, gaussian_decoders
@@ -123,11 +124,15 @@ def cached_decoders(
     """(decoders, whether they came from the cache): the stored ones if `folder` holds them,
     else `compute()` stored all or nothing. A damaged entry is computed again."""
     if folder.exists():
+        problem = check_dir(folder)
         try:
+            if problem is not None:
+                raise OSError(problem)
             tensors = load_file(str(folder / DECODERS_FILE))
             return [tensors[str(i)] for i in range(len(tensors))], True
-        except (OSError, KeyError, SafetensorError):
-            pass
+        except (OSError, KeyError, SafetensorError) as e:
+            # A changed or damaged entry is never used: recomputed and replaced.
+            warnings.warn(f"{folder}: {e}; recomputing it", stacklevel=2)
     decoders = compute()
     tensors = {str(i): d.contiguous() for i, d in enumerate(decoders)}
     shutil.rmtree(folder, ignore_errors=True)  # a damaged entry: the fresh one replaces it

@@ -16,7 +16,7 @@ import hashlib
 import json
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer  # noqa: TID251 (the owner)
 
 from husai.config.experiment import ActivationsConfig, ExperimentConfig
+from husai.core.cache import MANIFEST
 from husai.core.errors import ConfigError, InputError, first_line
 from husai.core.hashing import stable_hash
 from husai.model.base_model import build_model, readout_logits
@@ -60,6 +61,9 @@ class ActivationSet:
     # None for a user's own activations or with activations.ood_frac = 0.
     ood: torch.Tensor | None = None  # [n_ood, d_in]
     ood_rows: torch.Tensor | None = None  # [n_ood] int64
+    # The checksum of the cache entry these rows were loaded from (husai.core.cache); None for
+    # rows never cached or an entry made before checksums.
+    sha256: str | None = None
 
     @property
     def d_in(self) -> int:
@@ -241,6 +245,14 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
         or acts.eval.shape[0] != acts.eval_rows.shape[0]
     ):
         raise ActivationCacheError(f"{acts_path}: row counts do not match their indices")
+    for name in ("train", "eval", "ood"):
+        rows = getattr(acts, name)
+        if rows is not None and not bool(torch.isfinite(rows).all()):
+            # Checked like a user's file: NaN or inf would surface only after training.
+            raise ActivationCacheError(f"{acts_path}: {name} rows hold NaN or inf values")
+    manifest = directory / MANIFEST
+    if manifest.exists():
+        acts = replace(acts, sha256=manifest.read_text().strip())
     return acts
 
 

@@ -8,6 +8,7 @@ computed (None or non-finite) is left out, never logged as 0.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -197,3 +198,16 @@ def record_reference(
     with tracker.run(experiment, name, tags, params, started=started) as run_id:
         tracker.log_artifacts(run_id, folder, names.ARTIFACT_SAE)
     return run_id
+
+
+def log_activations_input(
+    tracker: Tracker, key: str, sha256: str | None, run_ids: Sequence[str]
+) -> None:
+    """The activation set as the runs' MLflow dataset input (the UI's Dataset column): name =
+    its key, digest = its checksum (the key for rows never cached), source = the run that
+    logged it and its artifact."""
+    run = find_activations_run(tracker, key)
+    art = names.ARTIFACT_ACTIVATIONS
+    source = json.dumps({"activation_key": key, "run_id": run, "artifact": art})
+    for run_id in run_ids:
+        tracker.log_dataset_input(run_id, key, sha256 or key, source)

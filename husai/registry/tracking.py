@@ -21,12 +21,13 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, Run, RunStatus, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from husai import names
 from husai.registry.provenance import (
@@ -209,13 +210,16 @@ class Tracker:
         return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
     def link_env_run(self, tags: Mapping[str, str]) -> None:
-        """Under `mlflow run`, point its run at the runs this command made or reused.
-
-        HUSAI's own runs live in its experiments (so later commands find them); the run that
-        `mlflow run` created only carries links, never the records themselves.
-        """
+        """Under `mlflow run`, point its run at the runs this command made or reused (HUSAI's
+        records live in its experiments; the run `mlflow run` made only carries links)."""
         if self.env_run_id is not None:
             self.set_tags(self.env_run_id, tags)
+
+    def log_dataset_input(self, run_id: str, name: str, digest: str, source: str) -> None:
+        """The run's Dataset column: rows it trained on, by name, digest and where they live."""
+        ds = DatasetEntity(name, digest[:32], names.DATASET_SOURCE_TYPE, source)
+        tag = InputTag(MLFLOW_DATASET_CONTEXT, names.DATASET_CONTEXT_TRAIN)
+        self.client.log_inputs(run_id, [DatasetInput(ds, [tag])])
 
     def child_runs(self, parent_run_id: str) -> list[RunView]:
         return [_run_view(r) for r in self._children(parent_run_id)]

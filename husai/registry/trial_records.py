@@ -20,7 +20,7 @@ import pandas as pd
 import husai
 from husai import names
 from husai.config.experiment import ExperimentConfig
-from husai.registry.records import HERE, finite
+from husai.registry.records import HERE, finite, log_activations_input
 from husai.registry.tracking import Tracker
 
 
@@ -148,6 +148,8 @@ def record_trial(
             sr.seed: _record_seed(tracker, cfg, experiment, name, sr, trial_id, rec.started)
             for sr in rec.seeds
         }
+        sha = rec.tags.get(names.TAG_ACTIVATIONS_SHA256)
+        log_activations_input(tracker, src.activation_key, sha, [trial_id, *seed_runs.values()])
         tracker.log_metrics(trial_id, finite(rec.metrics))
         tracker.log_artifacts(trial_id, rec.plots_dir, names.ARTIFACT_PLOTS)
         version = None
@@ -299,9 +301,14 @@ def register_trial_sae(tracker: Tracker, trial_run_id: str, description: str) ->
 
 
 # --- lookups and stopped trials ----------------------------------------------------------------
-def find_recorded_trial(tracker: Tracker, cfg: ExperimentConfig, activation_key: str) -> str | None:
-    """A finished trial run with this exact config, activations and metric version, if any."""
-    return tracker.newest_run(
+def find_recorded_trial(
+    tracker: Tracker, cfg: ExperimentConfig, activation_key: str, sha256: str | None = None
+) -> str | None:
+    """A finished trial run with this exact config, activations and metric version, if any.
+    A run that recorded the checksum of its rows is reused only if it equals `sha256` (the
+    rows at hand): a result computed from a changed copy of the cache is never reused. Runs
+    recorded before checksums carry none and are matched by key alone."""
+    runs = tracker.find_runs(
         names.EXPERIMENT_SWEEP_PREFIX + cfg.name,
         {names.PARAM_ACTIVATION_KEY: activation_key},
         {
@@ -310,6 +317,11 @@ def find_recorded_trial(tracker: Tracker, cfg: ExperimentConfig, activation_key:
             names.TAG_METRIC_VERSION: str(husai.metric_version),
         },
     )
+    for run_id in runs:
+        recorded = tracker.get_run(run_id).tags.get(names.TAG_ACTIVATIONS_SHA256)
+        if recorded is None or recorded == sha256:
+            return run_id
+    return None
 
 
 def find_confirmation(

@@ -19,15 +19,16 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from husai import names
+from husai import console, names
 from husai.config.experiment import ExperimentConfig
 from husai.core import device as devices
-from husai.core.cache import publish_dir
+from husai.core.cache import MANIFEST, NO_CHECKSUM, check_dir, content_sha256, publish_dir
 from husai.core.errors import ConfigError, InputError
 from husai.core.hashing import stable_hash
 from husai.core.paths import cache_root
 from husai.measure.trial import check_batch, check_memory
 from husai.model.activations import (
+    ActivationCacheError,
     ActivationSet,
     activation_key,
     check_hook,
@@ -100,9 +101,23 @@ def cached_entry(
     there), "mlflow" (`run_id`'s `artifact` downloaded, then `adopt(fetched)` checks it and says
     how to write it) or "computed" (`compute()` does the work and says how to write it). The
     work and the checks happen first; the entry is then published whole or not at all.
-    `compute` None: the caller has checked that the entry exists somewhere."""
+    `compute` None: the caller has checked that the entry exists somewhere.
+    An entry on disk is used only if its content matches the checksum written with it; one that
+    does not (or was made before checksums) is fetched again or recomputed, and the console
+    says so."""
     if path.exists():
-        return "disk"
+        problem = check_dir(path)
+        if problem is None:
+            return "disk"
+        if run_id is None and compute is None:
+            # Nothing to replace it with: an entry from before checksums is adopted as it is;
+            # a changed one is refused (ActivationCacheError names it).
+            if problem != NO_CHECKSUM:
+                raise ActivationCacheError(f"{path}: {problem}; no MLflow run holds a copy")
+            (path / MANIFEST).write_text(content_sha256(path) + "\n")
+            return "disk"
+        console.print_cache_repair(path, problem, run_id)
+        shutil.rmtree(path, ignore_errors=True)
     if run_id is not None:
         with tempfile.TemporaryDirectory() as tmp:
             publish_dir(path, adopt(tracker.download(run_id, artifact, Path(tmp))))

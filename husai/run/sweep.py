@@ -330,9 +330,14 @@ def _fit(
     tracker.end_running_children(ctx.sweep_run_id)
     if grid.num_terminated + grid.num_errors < n_samples:
         # Tune caught a signal, saved its state and returned early: the sweep is unfinished.
+        # Counted from MLflow: Tune counts a trial the signal stopped as terminated.
+        recorded = sum(
+            r.status == "FINISHED" and r.tags.get(names.TAG_KIND) == names.KIND_TRIAL
+            for r in tracker.child_runs(ctx.sweep_run_id)
+        )
         raise SweepInterrupted(
-            f"sweep {sweep.name} interrupted after {grid.num_terminated} of {n_samples} "
-            "trials; continue with --resume yes"
+            f"sweep {sweep.name} interrupted with {recorded} of {n_samples} trials recorded; "
+            "continue with --resume yes"
         )
     return trials
 

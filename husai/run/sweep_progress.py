@@ -1,4 +1,5 @@
-"""One line per trial on the terminal while a sweep runs: a Ray Tune callback.
+"""One line per trial on the terminal while a sweep runs, under an overall progress bar: a
+Ray Tune callback.
 
 Ray Tune's own reporter prints every metric of every result in boxes (dozens of stability keys
 per trial); a researcher watching a sweep wants the recipe, how far it got and the objective.
@@ -8,10 +9,12 @@ The full numbers are in MLflow. The lines themselves are `husai.console`'s.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
 from ray.tune import Callback
+from tqdm.auto import tqdm
 
 from husai import console, names
 from husai.config.sweep import load_sweep, sampled_params
@@ -22,7 +25,8 @@ def _finite(x: Any) -> float | None:
 
 
 class TrialLines(Callback):
-    """Prints `trial i/N` start and end lines; picklable (Tune saves callbacks for resume)."""
+    """Prints `trial i/N` start and end lines above a `trials done / N` bar; picklable (Tune
+    saves callbacks for resume; the bar is made again after a restore)."""
 
     def __init__(self, sweep_path: str, n_samples: int, objective: str) -> None:
         self.sweep = load_sweep(sweep_path)  # read once, not at every trial line
@@ -30,6 +34,27 @@ class TrialLines(Callback):
         self.objective = objective
         self.started: dict[str, float] = {}
         self.numbers: dict[str, int] = {}
+        self.ended: set[str] = set()
+        self._bar: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_bar": None}  # a terminal bar is not state
+
+    def _say(self, line: str, ended: Any = None) -> None:
+        """The line above the bar; a trial that ended moves the bar on."""
+        if self._bar is None:
+            self._bar = tqdm(
+                total=self.n_samples, initial=len(self.ended), desc="sweep", unit="trial"
+            )
+        self._bar.write(line, file=sys.stderr)  # where console.say puts them
+        if ended is not None and ended.trial_id not in self.ended:
+            self.ended.add(ended.trial_id)
+            self._bar.update(1)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _line(self, trial: Any, what: str) -> str:
         n = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
@@ -38,7 +63,7 @@ class TrialLines(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started[trial.trial_id] = time.monotonic()
-        console.say(self._line(trial, "started"))
+        self._say(self._line(trial, "started"))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
@@ -47,11 +72,11 @@ class TrialLines(Callback):
             value, ev = _finite(r.get(self.objective)), _finite(r.get(names.RECON_EV))
             dup = str(r[names.TUNE_TRIAL_RUN_ID]) if r.get(names.TUNE_DUPLICATE) else None
             done = console.trial_done(secs, self.objective, value, ev, dup)
-            console.say(self._line(trial, done))
+            self._say(self._line(trial, done), trial)
         else:
             done = r.get(names.TUNE_SEEDS_DONE, 0)
             fvu = r.get(names.TUNE_ASHA_METRIC, float("nan"))
-            console.say(self._line(trial, console.trial_stopped(secs, done, fvu)))
+            self._say(self._line(trial, console.trial_stopped(secs, done, fvu)), trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        console.say(self._line(trial, f"FAILED (see the Ray log under {trial.path})"))
+        self._say(self._line(trial, f"FAILED (see the Ray log under {trial.path})"), trial)

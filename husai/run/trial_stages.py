@@ -158,7 +158,8 @@ def trial(
         own = find_ray_trial(tracker, cfg, src.ray_trial_id, parent_run_id)
         if own is not None:
             return TrialOutcome(own, None, None)
-    done = None if rerun else find_recorded_trial(tracker, cfg, inputs.acts.key)
+    acts = inputs.acts
+    done = None if rerun else find_recorded_trial(tracker, cfg, acts.key, acts.sha256)
     if done is not None:
         return TrialOutcome(done, None, None, duplicate=src.ray_trial_id is not None)
     refs, plain = prepare_consistency(cfg, inputs, parent_run_id)
@@ -195,7 +196,7 @@ def plain_recipe(
         "lambda = 0 recipe",
     )
     tracker = inputs.tracker
-    run_id = find_recorded_trial(tracker, plain, inputs.acts.key)
+    run_id = find_recorded_trial(tracker, plain, inputs.acts.key, inputs.acts.sha256)
     if run_id is not None:
         console.print_plain_recipe(run_id)
         scores = {}
@@ -277,7 +278,10 @@ def trial_record(
             for sr in result.seeds
         ],
         metrics=result.trial_metrics(),
-        tags=result.tags(),
+        tags={
+            **result.tags(),
+            **({names.TAG_ACTIVATIONS_SHA256: acts.sha256} if acts.sha256 else {}),
+        },
         representative_seed=result.representative_seed,
         representative_reason=result.representative_reason,
         plots_dir=plots,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -13,20 +14,26 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
+import husai
 from husai import names
 from husai.cli import main
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
+from husai.core.cache import publish_dir
 from husai.core.errors import InputError
 from husai.model.activations import (
     ActivationCacheError,
+    ActivationSet,
     load_activations,
     load_user_activations,
+    save_activations,
 )
 from husai.model.base_model import readout_logits
 from husai.model.task import make_modular_data
 from husai.registry.tracking import Tracker
+from husai.registry.trial_records import find_recorded_trial
 from husai.run import stages
 from tests.helpers import PNG_MAGIC, runs_of_kind, user_acts
 
@@ -105,12 +112,61 @@ def test_activations_miss_then_hit_from_disk_then_from_mlflow(
         stages.activations_by_key("0123456789abcdef", tracker)
 
 
-def test_a_corrupt_cache_entry_names_its_file(tracker: Tracker, tiny_cfg: ExperimentConfig) -> None:
+def test_a_changed_cache_entry_is_never_used(
+    tracker: Tracker, tiny_cfg: ExperimentConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The failure seen: values altered inside a cached activation file (same shapes) were
+    trained on and recorded under the unchanged key. Now the entry fails its checksum, is
+    fetched again from its MLflow run, and the console says so; a trial recorded from other
+    rows than the ones at hand is not reused."""
     base = stages.base_model(tiny_cfg, tracker, progress=False)
-    h = stages.activations(tiny_cfg, base, tracker)
-    (h.path / "acts.safetensors").write_bytes(b"\x00" * 10)
-    with pytest.raises(ActivationCacheError, match=str(h.path)):
-        stages.activations(tiny_cfg, base, tracker)
+    clean = stages.activations(tiny_cfg, base, tracker)
+    file = clean.path / "acts.safetensors"
+    tensors = load_file(str(file))
+    tensors["train"] = tensors["train"] * 0.5  # same shapes, other values
+    save_file(tensors, str(file))
+    capsys.readouterr()
+    again = stages.activations(tiny_cfg, base, tracker)
+    out = capsys.readouterr().out
+    assert f"cache entry {clean.path}: content does not match its checksum" in out
+    assert f"fetching it again from MLflow run {clean.run_id}" in out
+    assert again.source == "mlflow" and torch.equal(again.acts.train, clean.acts.train)
+    assert again.acts.sha256 == clean.acts.sha256 is not None
+
+    (again.path / "acts.safetensors").write_bytes(b"\x00" * 10)  # damaged beyond reading
+    assert stages.activations(tiny_cfg, base, tracker).source == "mlflow"
+
+
+def test_cache_rows_must_be_finite(tmp_path: Path) -> None:
+    """NaN rows in a cache file crashed after training; now loading refuses them, naming the
+    file (checked like a user's own activations)."""
+    rows = torch.randn(8, 4)
+    rows[2, 1] = float("nan")
+    acts = ActivationSet("k", 5, "h", -1, rows, rows.clone(), torch.arange(8), torch.arange(8))
+    path = publish_dir(tmp_path / "k", partial(save_activations, acts))
+    with pytest.raises(ActivationCacheError, match=r"acts.safetensors: train rows hold NaN"):
+        load_activations(path)
+
+
+def test_a_trial_from_other_rows_is_not_reused(
+    tracker: Tracker, tiny_cfg: ExperimentConfig
+) -> None:
+    """Our own lookup rule on hand-made runs (said so): a run that recorded a checksum of its
+    rows is reused only for those rows; a run from before checksums, by key alone."""
+    experiment = names.EXPERIMENT_SWEEP_PREFIX + tiny_cfg.name
+    tags = {
+        names.TAG_KIND: names.KIND_TRIAL,
+        names.TAG_CONFIG_HASH: tiny_cfg.config_hash(),
+        names.TAG_METRIC_VERSION: str(husai.metric_version),
+    }
+    params = {names.PARAM_ACTIVATION_KEY: "k"}
+    with tracker.run(experiment, "t", {**tags, names.TAG_ACTIVATIONS_SHA256: "aa"}, params) as r:
+        pass
+    assert find_recorded_trial(tracker, tiny_cfg, "k", "aa") == r
+    assert find_recorded_trial(tracker, tiny_cfg, "k", "bb") is None
+    with tracker.run(experiment, "legacy", tags, params) as legacy:
+        pass
+    assert find_recorded_trial(tracker, tiny_cfg, "k", "bb") == legacy
 
 
 def test_the_cache_lives_where_told(

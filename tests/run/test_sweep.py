@@ -107,6 +107,7 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     printed = capfd.readouterr()
     err, both = printed.err, printed.out + printed.err
     assert "trial 3/3 [lambda " in err and "done in" in err and "Trial status" not in err
+    assert "sweep: 100%" in err  # the overall bar under the lines, at its end
     # Nor Tune's configuration box and TensorBoard hint.
     assert "Configuration for experiment" not in both and "TensorBoard" not in both
 
@@ -177,6 +178,8 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
     if how == "SIGINT":  # Tune saves its state, the sweep run ends KILLED, Ray is shut down
         assert proc.returncode == 130, err[-2000:]
         assert "--resume yes" in err
+        # It said "2 of 5 trials" with one finished: the count is read from MLflow.
+        assert f"with {done_before} of 3 trials recorded" in err
         assert ray_processes_left(first_ray) == []
     else:  # nothing ran in the driver: the sweep run is left RUNNING, Ray helpers may linger
         assert proc.returncode == -signal.SIGKILL

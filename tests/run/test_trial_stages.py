@@ -4,6 +4,7 @@ every seed, and errors before any compute."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -320,6 +321,15 @@ def test_every_seed_of_a_trial_is_evaluated_and_recorded(
     per_seed = [s.data.metrics[names.EXTERNAL_PROBE_DELTA] for s in seeds]
     assert m[names.EXTERNAL_PROBE_DELTA] == pytest.approx(np.mean(per_seed))
     assert names.TAG_TRANSCODER_CACHED not in trial.data.tags
+    # The UI's Dataset column: the activation set (name = key, digest = its checksum, source =
+    # the run that logged it) on the trial run and every seed run.
+    key = trial.data.params[names.PARAM_ACTIVATION_KEY]
+    sha = trial.data.tags[names.TAG_ACTIVATIONS_SHA256]
+    (acts_run,) = [r for r in runs if r.data.tags.get(names.TAG_KIND) == names.KIND_ACTIVATIONS]
+    for r in [trial, *seeds]:
+        (ds,) = tracker.client.get_run(r.info.run_id).inputs.dataset_inputs
+        assert (ds.dataset.name, ds.dataset.digest) == (key, sha[:32])
+        assert json.loads(ds.dataset.source)["run_id"] == acts_run.info.run_id
 
     # Trained again: the transcoder stress (independent of lambda) comes from the cache, equal.
     assert main(["trial", "--config", str(cfg), "--rerun", "yes", *MEMORISED_OK]) == 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 
 import husai
 from husai.config.experiment import ExperimentConfig
-from husai.core.cache import publish_text
+from husai.core.cache import publish_text, read_text
 from husai.core.hashing import stable_hash
 from husai.measure.stability import (
     Interval,
@@ -162,11 +163,15 @@ def cached_transcoder_stress(
     """The stored result if `cache_file` holds one, else `compute()` stored atomically."""
     start = time.perf_counter()
     if cache_file.exists():
+        text, problem = read_text(cache_file)
         try:
-            found = TranscoderStress(**json.loads(cache_file.read_text()))
+            if text is None:
+                raise ValueError(problem)
+            found = TranscoderStress(**json.loads(text))
             return replace(found, seconds=time.perf_counter() - start, cached=True)
-        except (ValueError, TypeError):
-            pass  # a damaged entry is recomputed and replaced
+        except (ValueError, TypeError) as e:
+            # A changed or damaged entry is never used: recomputed and replaced.
+            warnings.warn(f"{cache_file}: {e}; recomputing it", stacklevel=2)
     result = compute()
     # Trials in other processes may race on the same entry: each writes its own file first.
     publish_text(cache_file, json.dumps(asdict(result)))
