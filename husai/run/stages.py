@@ -46,6 +46,7 @@ from husai.model.base_model import (
     save_base,
     train_base,
 )
+from husai.registry.claims import claim
 from husai.registry.handles import ActivationsHandle, BaseModelHandle, Reference
 from husai.registry.records import (
     ActivationsRecord,
@@ -130,7 +131,13 @@ def cached_entry(
 
 # --- base model --------------------------------------------------------------------------------
 def base_model(cfg: ExperimentConfig, tracker: Tracker, progress: bool = True) -> BaseModelHandle:
-    """The registered husai-base version with this config's hash, or train and register one."""
+    """The registered husai-base version with this config's hash, or train and register one
+    (first runs of one config started at once train it once: the others wait and reuse it)."""
+    with claim(tracker, "base", cfg.base_hash()):
+        return _base_model(cfg, tracker, progress)
+
+
+def _base_model(cfg: ExperimentConfig, tracker: Tracker, progress: bool) -> BaseModelHandle:
     found = tracker.find_base_version(cfg.base_hash())
     if found is not None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -193,6 +200,13 @@ def activations(
 ) -> ActivationsHandle:
     """Cached activations for this base model and request, computed and logged on a miss."""
     key = activation_key(base.run_id, base.version, base.config.base_hash(), cfg.activations)
+    with claim(tracker, "activations", key):  # concurrent first runs record it once
+        return _activations(cfg, base, tracker, cache_dir, key)
+
+
+def _activations(
+    cfg: ExperimentConfig, base: BaseModelHandle, tracker: Tracker, cache_dir: Path | None, key: str
+) -> ActivationsHandle:
     path, run_id, source = _activation_entry(
         key,
         tracker,

@@ -53,6 +53,7 @@ from husai.run.ray_runtime import (
     start_ray,
     trial_resources,
 )
+from husai.run.sweep_driver import DriverWatch, kill_recorded, refuse_if_alive
 from husai.run.sweep_end import finish_sweep
 from husai.run.sweep_progress import TrialLines
 from husai.run.trial_stages import TrialInputs, trial
@@ -207,6 +208,7 @@ def _search(
 ) -> SweepOutcome:
     previous = _interrupted_run(tracker, sweep) if resume else None
     if previous is not None:
+        refuse_if_alive(previous)
         smoke = previous.params[names.SWEEP_PARAM_SMOKE] == "True"
         _check_unchanged(previous, sweep.fingerprint(smoke), sweep_path)
     fingerprint = sweep.fingerprint(smoke)
@@ -293,7 +295,7 @@ def _ready_to_resume(previous: RunView, storage: Path) -> str:
             f"(no {storage / ray_name}); start the sweep again without --resume"
         )
     left = previous.tags.get(names.TAG_RAY_TEMP_DIR)
-    if left and kill_private_ray(left):
+    if (kill_private_ray(left) if left else 0) + kill_recorded(previous):
         warnings.warn(f"killed what was left of the interrupted sweep's Ray ({left})", stacklevel=3)
     return ray_name
 
@@ -313,6 +315,7 @@ def _fit(
     temp_dir = start_ray(ray_address)
     if temp_dir is not None:  # so that --resume can clean up after a killed driver
         tracker.set_tags(ctx.sweep_run_id, {names.TAG_RAY_TEMP_DIR: temp_dir})
+    watch = DriverWatch(tracker, ctx.sweep_run_id).start()  # so that --resume knows it is alive
     try:
         # Per-seed reports carry only the ASHA metric; the objective (stability) exists once
         # all seeds are trained, so Tune must not demand it in every report.
@@ -324,6 +327,7 @@ def _fit(
         grid = _tuner(fn, sweep, ctx, resume, folder, n_seeds, n_samples).fit()
         trials = [grid[i] for i in range(len(grid))]
     finally:
+        watch.stop()
         # Stops the private instance we started; on a user's cluster only disconnects.
         ray.shutdown()
         remove_private_ray_dir(temp_dir)

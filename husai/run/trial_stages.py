@@ -25,6 +25,7 @@ from husai.measure.metrics import ReconMetrics
 from husai.measure.trial import TrialResult, preflight, run_trial
 from husai.model.activations import ActivationSet, activation_key, load_user_activations
 from husai.model.base_model import HookedTransformer
+from husai.registry.claims import claim
 from husai.registry.handles import Reference
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import (
@@ -159,11 +160,13 @@ def trial(
         if own is not None:
             return TrialOutcome(own, None, None)
     acts = inputs.acts
-    done = None if rerun else find_recorded_trial(tracker, cfg, acts.key, acts.sha256)
-    if done is not None:
-        return TrialOutcome(done, None, None, duplicate=src.ray_trial_id is not None)
-    refs, plain = prepare_consistency(cfg, inputs, parent_run_id)
-    result, rec = run_and_record(cfg, inputs, refs, plain, parent_run_id, on_seed)
+    # Identical trials started at once wait for the first and reuse its record.
+    with claim(tracker, "trial", f"{cfg.config_hash()}-{acts.key}"):
+        done = None if rerun else find_recorded_trial(tracker, cfg, acts.key, acts.sha256)
+        if done is not None:
+            return TrialOutcome(done, None, None, duplicate=src.ray_trial_id is not None)
+        refs, plain = prepare_consistency(cfg, inputs, parent_run_id)
+        result, rec = run_and_record(cfg, inputs, refs, plain, parent_run_id, on_seed)
     return TrialOutcome(rec.run_id, result, rec)
 
 

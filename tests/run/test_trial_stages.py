@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -22,6 +24,7 @@ from tests.helpers import (
     TINY,
     TRIAL,
     all_runs,
+    runs_of_kind,
     user_acts,
     write_cfg,
     write_sweep,
@@ -385,3 +388,27 @@ def test_a_base_model_that_did_not_generalise_is_refused(
     assert main(["sweep", "--sweep", str(sweep)]) == EXIT_BAD_INPUT
     assert "did not generalise" in capsys.readouterr().err
     assert main(["trial", "--config", str(cfg), *MEMORISED_OK]) == 0
+
+
+@pytest.mark.slow
+def test_identical_trials_started_at_once_are_trained_and_recorded_once(
+    tmp_path: Path, isolated_store: str
+) -> None:
+    """The failure seen: 4 identical trials started at once were recorded 4 times, and 3 first
+    runs of one config registered 3 base models. Each piece of work is claimed per content
+    key: the first process does it, the others wait and reuse it."""
+    cfg = write_cfg(tmp_path, base={"name": "same", **TINY}, extra={"evals": {"transcoder": False}})
+    cmd = [sys.executable, "-m", "husai", "trial", "--config", str(cfg), *MEMORISED_OK]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
+    tracker = Tracker(isolated_store)
+    assert len(runs_of_kind(tracker, names.KIND_TRIAL)) == 1
+    assert len(runs_of_kind(tracker, names.KIND_BASE)) == 1
+    assert len(runs_of_kind(tracker, names.KIND_ACTIVATIONS)) == 1
+    versions = tracker.client.search_model_versions(f"name='{names.SAE_MODEL_NAME}'")
+    assert len(versions) == 1
+    assert sum("already recorded" in o for o in outs) == 3, outs

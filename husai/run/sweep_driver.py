@@ -1,0 +1,104 @@
+"""Is a sweep's driver still alive? What did its Ray start? What `--resume` must know before it
+touches anything.
+
+While a sweep runs, its driver records on the sweep run its host and pid, a heartbeat every
+`HEARTBEAT_S` seconds, and the processes its private Ray started (pid and start time, read as
+the driver's descendants: Ray's agents rewrite their command lines, so the temp dir in them
+cannot be relied on). `--resume yes` refuses a sweep whose driver is alive (same host, pid
+running) or whose heartbeat is fresh (another host), and after a SIGKILL kills exactly the
+recorded processes that are still the same processes (a reused pid has another start time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+
+import psutil
+
+from husai import names
+from husai.core.errors import InputError
+from husai.registry.tracking import Tracker
+from husai.registry.views import RunView
+
+HEARTBEAT_S = 20.0
+FRESH_S = 3 * HEARTBEAT_S  # a heartbeat younger than this is a live driver on another host
+
+
+def _descendants() -> str:
+    """`pid:create_time` of every process under this one, comma-separated."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            out.append(f"{p.pid}:{p.create_time():.2f}")
+    return ",".join(out)
+
+
+class DriverWatch:
+    """Records host, pid, heartbeat and Ray's processes on the sweep run, from a daemon thread,
+    until `stop()`."""
+
+    def __init__(self, tracker: Tracker, sweep_run_id: str) -> None:
+        self.tracker, self.run_id = tracker, sweep_run_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="husai-heartbeat", daemon=True)
+
+    def start(self) -> DriverWatch:
+        host = {names.TAG_DRIVER_HOST: socket.gethostname(), names.TAG_DRIVER_PID: str(os.getpid())}
+        self.tracker.set_tags(self.run_id, host)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a missed beat must not stop the sweep
+                self.tracker.set_tags(
+                    self.run_id,
+                    {
+                        names.TAG_DRIVER_HEARTBEAT: f"{time.time():.0f}",
+                        names.TAG_RAY_PIDS: _descendants()[:5000],
+                    },
+                )
+            if self._stop.wait(HEARTBEAT_S):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def refuse_if_alive(previous: RunView, now: float | None = None) -> None:
+    """One-line InputError when the sweep run's driver is still running: resuming it would
+    kill its Ray and lose its work."""
+    tags = previous.tags
+    host, pid = tags.get(names.TAG_DRIVER_HOST), tags.get(names.TAG_DRIVER_PID)
+    beat = float(tags.get(names.TAG_DRIVER_HEARTBEAT, "0"))
+    if host == socket.gethostname() and pid is not None:
+        if psutil.pid_exists(int(pid)) and int(pid) != os.getpid():
+            raise InputError(
+                f"--resume: sweep run {previous.run_id} is still running (driver pid {pid} on "
+                "this host); wait for it or stop it first"
+            )
+        return  # its driver is gone on this host, whatever its last heartbeat says
+    age = (now or time.time()) - beat
+    if host is not None and age < FRESH_S:
+        raise InputError(
+            f"--resume: sweep run {previous.run_id} is still running on {host} (heartbeat "
+            f"{age:.0f} s ago); wait for it or stop it first"
+        )
+
+
+def kill_recorded(previous: RunView) -> int:
+    """Kill the processes the interrupted driver recorded that are still those processes."""
+    killed = 0
+    for item in filter(None, previous.tags.get(names.TAG_RAY_PIDS, "").split(",")):
+        pid, started = item.split(":")
+        with contextlib.suppress(psutil.Error, ValueError):
+            proc = psutil.Process(int(pid))
+            if abs(proc.create_time() - float(started)) < 0.05:
+                proc.kill()
+                killed += 1
+    return killed
