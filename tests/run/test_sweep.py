@@ -132,6 +132,13 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
     tmp_path: Path, isolated_store: str, how: str
 ) -> None:
     experiment = {**SWEEP["experiment"], "train": {**SWEEP["experiment"]["train"], "steps": 400}}
+    # Interruption and resume are about trials, not what they measure: evals off saves CI time.
+    experiment["evals"] = {
+        "transcoder": False,
+        "ood": False,
+        "probing": False,
+        "contrastive": False,
+    }
     # No lambda: no lambda = 0 baselines; a continuous lr: no recipe proposed twice (it would
     # be reused, not trained). So Ray's trials and MLflow's trial runs correspond 1:1.
     space = {"sae.k": {"type": "categorical", "choices": [2, 4]}, "train.lr": LR}
