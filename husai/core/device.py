@@ -120,8 +120,10 @@ def share(device: torch.device, gpu_fraction: float, cpu_threads: float) -> None
     # numpy/scipy's BLAS would start one thread per core in each of the trials sharing the
     # machine (stability scoring is float64 numpy): held to the trial's CPUs too.
     threadpool_limits(threads)
-    if device.type == "cuda" and 0 < gpu_fraction < 1:
-        torch.cuda.set_per_process_memory_fraction(gpu_fraction, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # Ray may reuse the process for trials
+        if 0 < gpu_fraction < 1:
+            torch.cuda.set_per_process_memory_fraction(gpu_fraction, device)
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -12,6 +12,7 @@ is recorded only when the store has none. Trials: `husai.run.trial_stages`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -115,7 +116,7 @@ def cached_entry(
             # a changed one is refused (ActivationCacheError names it).
             if problem != NO_CHECKSUM:
                 raise ActivationCacheError(f"{path}: {problem}; no MLflow run holds a copy")
-            (path / MANIFEST).write_text(content_sha256(path) + "\n")
+            _write_manifest(path)
             return "disk"
         console.print_cache_repair(path, problem, run_id)
         shutil.rmtree(path, ignore_errors=True)
@@ -127,6 +128,15 @@ def cached_entry(
         raise ValueError(f"{path}: not cached and nothing to compute it with")
     publish_dir(path, compute())
     return "computed"
+
+
+def _write_manifest(path: Path) -> None:
+    """Adopt an entry made before checksums: its manifest written whole (temp file + rename)."""
+    digest = content_sha256(path)  # before the temp file exists in the folder
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}-", dir=path)
+    with os.fdopen(fd, "w") as f:
+        f.write(digest + "\n")
+    os.replace(tmp, path / MANIFEST)
 
 
 # --- base model --------------------------------------------------------------------------------
@@ -228,9 +238,11 @@ def activations_by_key(
 ) -> ActivationsHandle:
     """A cached activation set by key, from disk or its MLflow run; nothing is computed, so a
     key that neither has is a one-line ConfigError."""
-    path, run_id, source = _activation_entry(key, tracker, cache_dir)
+    with claim(tracker, "activations", key):  # a repair of the entry is one process's
+        path, run_id, source = _activation_entry(key, tracker, cache_dir)
+        acts = load_activations(path, key)
     return ActivationsHandle(
-        acts=load_activations(path, key),
+        acts=acts,
         run_id=run_id or "",
         cache_hit=True,
         source=source,
@@ -245,6 +257,13 @@ def random_base_activations(
     at the same hook, position and split. Extracted once per config (no training, so no run id
     in the key), cached and recorded like the trained model's, reused by every trial."""
     key = random_base_key(cfg.base_hash(), cfg.activations)
+    with claim(tracker, "activations", key):
+        return _random_base_activations(cfg, tracker, cache_dir, key)
+
+
+def _random_base_activations(
+    cfg: ExperimentConfig, tracker: Tracker, cache_dir: Path | None, key: str
+) -> ActivationsHandle:
     path, run_id, source = _activation_entry(
         key,
         tracker,
@@ -312,6 +331,18 @@ def reference(
     """A reference SAE of the consistency objective: the plain recipe (same sae and train
     settings, lambda 0) trained with `seed`, never one of the trial's seeds; its own run."""
     key = reference_key(cfg, acts.key, seed)
+    with claim(tracker, "reference", key):  # trials sharing a reference train it once
+        return _reference(cfg, acts, seed, tracker, key, cache_dir)
+
+
+def _reference(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    seed: int,
+    tracker: Tracker,
+    key: str,
+    cache_dir: Path | None,
+) -> Reference:
     path = (cache_dir or cache_root()) / "references" / key
     run_id = find_reference_run(tracker, cfg, key)
     started = time.time()

@@ -109,7 +109,7 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     dev = devices.activate(rt.device, rt.deterministic, ray_gpu_ids=ray.get_gpu_ids())
     # Torch would start one thread per core in every trial process; trials sharing a machine
     # then oversubscribe it (two 2-thread trials on 2 cores ran ~20x slower here). On a shared
-    # GPU the trial's memory is capped at its share.
+    # GPU the trial's memory is capped at its share (and its peak reset: Ray reuses actors).
     devices.share(dev, share.gpu, share.cpu)
     try:
         _run_trial(config, ctx, cfg)
@@ -295,8 +295,8 @@ def _ready_to_resume(previous: RunView, storage: Path) -> str:
             f"(no {storage / ray_name}); start the sweep again without --resume"
         )
     left = previous.tags.get(names.TAG_RAY_TEMP_DIR)
-    if (kill_private_ray(left) if left else 0) + kill_recorded(previous):
-        warnings.warn(f"killed what was left of the interrupted sweep's Ray ({left})", stacklevel=3)
+    if killed := (kill_private_ray(left) if left else 0) + kill_recorded(previous):
+        warnings.warn(f"killed {killed} leftover processes of the interrupted sweep", stacklevel=3)
     return ray_name
 
 
@@ -315,10 +315,10 @@ def _fit(
     temp_dir = start_ray(ray_address)
     if temp_dir is not None:  # so that --resume can clean up after a killed driver
         tracker.set_tags(ctx.sweep_run_id, {names.TAG_RAY_TEMP_DIR: temp_dir})
-    watch = DriverWatch(tracker, ctx.sweep_run_id).start()  # so that --resume knows it is alive
+    watch = DriverWatch(tracker, ctx.sweep_run_id)  # so that --resume knows it is alive
     try:
-        # Per-seed reports carry only the ASHA metric; the objective (stability) exists once
-        # all seeds are trained, so Tune must not demand it in every report.
+        watch.start()
+        # Per-seed reports carry only the ASHA metric: Tune must not demand the objective.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         # Tune's new output engine prints its configuration box and a TensorBoard hint even at
         # verbose 0; the legacy engine at verbose 0 prints nothing, and TrialLines reports.

@@ -28,13 +28,30 @@ HEARTBEAT_S = 20.0
 FRESH_S = 3 * HEARTBEAT_S  # a heartbeat younger than this is a live driver on another host
 
 
-def _descendants() -> str:
-    """`pid:create_time` of every process under this one, comma-separated."""
-    out = []
+def _descendants(limit: int = 5000) -> str:
+    """`pid:create_time` of every process under this one, comma-separated, whole entries only
+    up to `limit` characters (an MLflow tag's room)."""
+    out: list[str] = []
     for p in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            out.append(f"{p.pid}:{p.create_time():.2f}")
+            item = f"{p.pid}:{p.create_time():.2f}"
+            if sum(len(x) + 1 for x in out) + len(item) > limit:
+                break
+            out.append(item)
     return ",".join(out)
+
+
+def _me() -> str:
+    """This process as `pid:create_time`: a pid alone may be reused by another process."""
+    return f"{os.getpid()}:{psutil.Process().create_time():.2f}"
+
+
+def _alive(item: str) -> bool:
+    """Whether `pid:create_time` is still that same process."""
+    with contextlib.suppress(psutil.Error, ValueError):
+        pid, started = item.split(":")
+        return abs(psutil.Process(int(pid)).create_time() - float(started)) < 0.05
+    return False
 
 
 class DriverWatch:
@@ -47,7 +64,7 @@ class DriverWatch:
         self._thread = threading.Thread(target=self._beat, name="husai-heartbeat", daemon=True)
 
     def start(self) -> DriverWatch:
-        host = {names.TAG_DRIVER_HOST: socket.gethostname(), names.TAG_DRIVER_PID: str(os.getpid())}
+        host = {names.TAG_DRIVER_HOST: socket.gethostname(), names.TAG_DRIVER_PID: _me()}
         self.tracker.set_tags(self.run_id, host)
         self._thread.start()
         return self
@@ -59,7 +76,7 @@ class DriverWatch:
                     self.run_id,
                     {
                         names.TAG_DRIVER_HEARTBEAT: f"{time.time():.0f}",
-                        names.TAG_RAY_PIDS: _descendants()[:5000],
+                        names.TAG_RAY_PIDS: _descendants(),
                     },
                 )
             if self._stop.wait(HEARTBEAT_S):
@@ -67,7 +84,8 @@ class DriverWatch:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
 
 def refuse_if_alive(previous: RunView, now: float | None = None) -> None:
@@ -77,10 +95,10 @@ def refuse_if_alive(previous: RunView, now: float | None = None) -> None:
     host, pid = tags.get(names.TAG_DRIVER_HOST), tags.get(names.TAG_DRIVER_PID)
     beat = float(tags.get(names.TAG_DRIVER_HEARTBEAT, "0"))
     if host == socket.gethostname() and pid is not None:
-        if psutil.pid_exists(int(pid)) and int(pid) != os.getpid():
+        if _alive(pid) and pid != _me():
             raise InputError(
-                f"--resume: sweep run {previous.run_id} is still running (driver pid {pid} on "
-                "this host); wait for it or stop it first"
+                f"--resume: sweep run {previous.run_id} is still running (driver pid "
+                f"{pid.split(':')[0]} on this host); wait for it or stop it first"
             )
         return  # its driver is gone on this host, whatever its last heartbeat says
     age = (now or time.time()) - beat
@@ -92,13 +110,14 @@ def refuse_if_alive(previous: RunView, now: float | None = None) -> None:
 
 
 def kill_recorded(previous: RunView) -> int:
-    """Kill the processes the interrupted driver recorded that are still those processes."""
+    """Kill the processes the interrupted driver recorded (on this host only) that are still
+    those processes."""
+    if previous.tags.get(names.TAG_DRIVER_HOST) != socket.gethostname():
+        return 0
     killed = 0
     for item in filter(None, previous.tags.get(names.TAG_RAY_PIDS, "").split(",")):
-        pid, started = item.split(":")
-        with contextlib.suppress(psutil.Error, ValueError):
-            proc = psutil.Process(int(pid))
-            if abs(proc.create_time() - float(started)) < 0.05:
-                proc.kill()
+        if _alive(item):
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(int(item.split(":")[0])).kill()
                 killed += 1
     return killed

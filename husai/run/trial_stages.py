@@ -21,6 +21,7 @@ from pathlib import Path
 from husai import console, names
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
+from husai.core import device as devices
 from husai.measure.metrics import ReconMetrics
 from husai.measure.trial import TrialResult, preflight, run_trial
 from husai.model.activations import ActivationSet, activation_key, load_user_activations
@@ -87,6 +88,7 @@ def trial_inputs(
     """The activations `cfg.activations` names (and the random-base null's), every check that
     can run before compute done first: a bad user file or config creates no store and no run.
     A base model that did not generalise is refused unless `allow_memorised`."""
+    devices.activate(cfg.runtime.device, cfg.runtime.deterministic)  # whatever the rows' source
     a = cfg.activations
     if a.file is not None:
         acts = load_user_activations(Path(a.file), a)
@@ -199,23 +201,25 @@ def plain_recipe(
         "lambda = 0 recipe",
     )
     tracker = inputs.tracker
-    run_id = find_recorded_trial(tracker, plain, inputs.acts.key, inputs.acts.sha256)
-    if run_id is not None:
-        console.print_plain_recipe(run_id)
-        scores = {}
-        for seed_run in tracker.child_runs(run_id):
-            value = seed_run.metrics.get(names.EXTERNAL_CONTRASTIVE_SCORE)
-            if value is not None and names.TAG_SEED in seed_run.tags:
-                scores[int(seed_run.tags[names.TAG_SEED])] = value
-        return PlainRecipe(tracker.get_run_metrics(run_id).get(names.RECON_EV), scores)
-    console.print_plain_recipe(None)
-    # Not this Ray trial's own result: without its trial id, a resumed sweep cannot mistake it.
-    # Nor a confirmation: the lambda = 0 baseline is an ordinary trial.
-    base_inputs = replace(inputs, src=replace(inputs.src, ray_trial_id=None, confirms=None))
-    result, rec = run_and_record(plain, base_inputs, parent_run_id=parent_run_id)
-    console.print_plain_recipe(rec.run_id, recorded=True)
-    scores = {} if result.evals is None else result.evals.contrastive_scores()
-    return PlainRecipe(result.recon_mean["ev"], scores)
+    # Two lambda > 0 trials sharing this baseline (or it, run on its own) train it once.
+    with claim(tracker, "trial", f"{plain.config_hash()}-{inputs.acts.key}"):
+        run_id = find_recorded_trial(tracker, plain, inputs.acts.key, inputs.acts.sha256)
+        if run_id is not None:
+            console.print_plain_recipe(run_id)
+            scores = {}
+            for seed_run in tracker.child_runs(run_id):
+                value = seed_run.metrics.get(names.EXTERNAL_CONTRASTIVE_SCORE)
+                if value is not None and names.TAG_SEED in seed_run.tags:
+                    scores[int(seed_run.tags[names.TAG_SEED])] = value
+            return PlainRecipe(tracker.get_run_metrics(run_id).get(names.RECON_EV), scores)
+        console.print_plain_recipe(None)
+        # Not this Ray trial's own result: without its trial id, a resumed sweep cannot mistake it.
+        # Nor a confirmation: the lambda = 0 baseline is an ordinary trial.
+        base_inputs = replace(inputs, src=replace(inputs.src, ray_trial_id=None, confirms=None))
+        result, rec = run_and_record(plain, base_inputs, parent_run_id=parent_run_id)
+        console.print_plain_recipe(rec.run_id, recorded=True)
+        scores = {} if result.evals is None else result.evals.contrastive_scores()
+        return PlainRecipe(result.recon_mean["ev"], scores)
 
 
 def run_and_record(

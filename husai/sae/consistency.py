@@ -51,7 +51,9 @@ class ConsistencyPenalty:
             with torch.no_grad():
                 # The cos matrix on the decoder's device; the Hungarian step on the CPU (scipy).
                 ref = self._ref_on(w_dec.device)
-                c = (F.normalize(w_dec.detach().float(), dim=1) @ ref.T).abs().cpu().numpy()
+                cos = (F.normalize(w_dec.detach().float(), dim=1) @ ref.T).abs()
+                # float(): under bfloat16 autocast the product is bfloat16, which numpy lacks.
+                c = cos.float().cpu().numpy()
             rows, cols = linear_sum_assignment(c, maximize=True)
             perm = np.empty(len(rows), dtype=np.int64)
             perm[rows] = cols

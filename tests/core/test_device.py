@@ -27,7 +27,7 @@ from husai.model.base_model import train_base
 from husai.registry.tracking import Tracker
 from husai.sae.consistency import ConsistencyPenalty
 from husai.sae.train import train_seeds
-from tests.helpers import TINY, sparse_data, store_path, write_cfg, write_sweep
+from tests.helpers import TINY, sparse_data, store_path, user_acts, write_cfg, write_sweep
 
 NO_CUDA = not torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -204,3 +204,30 @@ def test_a_trial_over_its_gpu_share_gets_an_out_of_memory_error() -> None:
         assert devices.is_out_of_memory(err.value)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, dev)
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
+@pytest.mark.fresh_store
+def test_cuda_without_a_gpu_is_refused_for_a_users_own_rows_too(
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_cfg(tmp_path, {"runtime": {"device": "cuda"}})
+    rows = user_acts(tmp_path)
+    assert main(["trial", "--config", str(cfg), "--activations-file", str(rows)]) == (
+        EXIT_BAD_INPUT
+    )
+    assert "runtime.device: cuda asked for" in capsys.readouterr().err
+    assert not store_path(isolated_store).exists()
+
+
+def test_the_consistency_term_trains_under_bfloat16() -> None:
+    """Its matching reads the cos matrix into numpy, which has no bfloat16."""
+    x = sparse_data(256)
+    cfg = SAEConfig(architecture="jumprelu", d_sae=32, k=4)
+    train = SAETrainConfig(
+        steps=6, batch_size=32, lr_warmup_steps=0, lr_decay_steps=0, dtype="bfloat16",
+        seed_batched=False,
+    )  # fmt: skip
+    ref = torch.nn.functional.normalize(torch.randn(32, x.shape[1]), dim=1)
+    (t,) = train_seeds(cfg, train, x, [0], consistency=[(ConsistencyPenalty(ref, 2), 0.1)])
+    assert torch.isfinite(t.decoder).all()

@@ -49,7 +49,7 @@ def test_resume_refuses_a_sweep_whose_driver_is_alive(
     tags = {
         names.TAG_KIND: names.KIND_SWEEP,
         names.TAG_DRIVER_HOST: socket.gethostname(),
-        names.TAG_DRIVER_PID: str(sleeper.pid),
+        names.TAG_DRIVER_PID: f"{sleeper.pid}:{sleeper.create_time():.2f}",
     }
     run = tracker.client.create_run(exp, run_name="sweep-tiny_sweep", tags=tags)  # left RUNNING
     assert main(["sweep", "--sweep", str(path), "--resume", "yes"]) == EXIT_BAD_INPUT
@@ -74,16 +74,24 @@ def test_a_dead_driver_on_this_host_is_resumable_whatever_its_heartbeat(
 ) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
-    here = {names.TAG_DRIVER_HOST: socket.gethostname(), names.TAG_DRIVER_PID: str(dead.pid)}
+    gone = f"{dead.pid}:{time.time() - 10:.2f}"
+    here = {names.TAG_DRIVER_HOST: socket.gethostname(), names.TAG_DRIVER_PID: gone}
+    refuse_if_alive(_view({**here, names.TAG_DRIVER_HEARTBEAT: f"{time.time():.0f}"}))
+    # A pid now held by another process (same pid, another start time) is not the driver.
+    reused = f"{sleeper.pid}:{sleeper.create_time() - 100:.2f}"
+    here = {names.TAG_DRIVER_HOST: socket.gethostname(), names.TAG_DRIVER_PID: reused}
     refuse_if_alive(_view({**here, names.TAG_DRIVER_HEARTBEAT: f"{time.time():.0f}"}))
 
 
 def test_recorded_processes_are_killed_only_if_still_the_same(sleeper: psutil.Process) -> None:
+    here = {names.TAG_DRIVER_HOST: socket.gethostname()}
     wrong_start = f"{sleeper.pid}:{sleeper.create_time() - 100:.2f}"  # a reused pid
-    assert kill_recorded(_view({names.TAG_RAY_PIDS: wrong_start})) == 0
-    assert sleeper.is_running()
+    assert kill_recorded(_view({**here, names.TAG_RAY_PIDS: wrong_start})) == 0
     same = f"{sleeper.pid}:{sleeper.create_time():.2f}"
-    assert kill_recorded(_view({names.TAG_RAY_PIDS: same})) == 1
+    elsewhere = {names.TAG_DRIVER_HOST: "other-host", names.TAG_RAY_PIDS: same}
+    assert kill_recorded(_view(elsewhere)) == 0  # another host's pids mean nothing here
+    assert sleeper.is_running()
+    assert kill_recorded(_view({**here, names.TAG_RAY_PIDS: same})) == 1
     sleeper.wait(timeout=5)
     assert not sleeper.is_running()
 
