@@ -5,8 +5,8 @@ concurrency. Every case runs the real CLI or stage against its own temporary MLf
   compute means exit 2, one line on stderr, and no MLflow database created (so no run).
 - Faults: a changed cache entry (values altered, same shapes), a truncated one, NaN rows, a
   stale staging folder, `--resume` against a sweep whose driver is alive.
-- Concurrency: 4 identical `husai trial` processes started at once; a duplicate is any trial
-  run, base model or activation set beyond the first.
+- Concurrency: 4 identical `husai trial` processes started at once on a new store; a duplicate
+  is any trial run, base model or activation set beyond the first.
 
     .venv/bin/python benchmarks/reliability.py
 """
@@ -182,8 +182,8 @@ def faults(tmp: Path) -> list[tuple[str, bool]]:
     return out
 
 
-def concurrency(tmp: Path) -> tuple[int, int]:
-    """(rounds, duplicates): 4 identical trials at once, one round."""
+def concurrency(tmp: Path) -> tuple[int, int, int]:
+    """(rounds, duplicates, processes that failed): 4 identical trials at once, one round."""
     from husai.registry.tracking import Tracker
 
     folder = tmp / "conc"
@@ -192,9 +192,7 @@ def concurrency(tmp: Path) -> tuple[int, int]:
     cfg.write_text(yaml.safe_dump({**TINY, "name": "same"}))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
            "HUSAI_CACHE_DIR": str(folder / "cache")}  # fmt: skip
-    # An existing store, as after `make demo` (4 first commands racing to create a new store can
-    # collide in MLflow's schema migrations: not yet claimed, see the CHANGELOG).
-    Tracker(env["MLFLOW_TRACKING_URI"]).client.search_experiments()
+    # A new store: the 4 commands also race to create it (MLflow's schema migrations).
     cmd = [sys.executable, "-m", "husai", "trial", "--config", str(cfg), "--allow-memorised", "yes"]
     procs = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -206,7 +204,7 @@ def concurrency(tmp: Path) -> tuple[int, int]:
     exps = [e.experiment_id for e in tracker.client.search_experiments()]
     kinds = [r.data.tags.get("husai.kind") for r in tracker.client.search_runs(exps)]
     dups = sum(max(0, kinds.count(k) - 1) for k in ("trial", "base_model", "activations"))
-    return 1, dups
+    return 1, dups, sum(p.returncode != 0 for p in procs)
 
 
 def main() -> None:
@@ -214,11 +212,12 @@ def main() -> None:
         tmp = Path(d)
         bad = bad_inputs(tmp)
         injected = faults(tmp)
-        rounds, dups = concurrency(tmp)
+        rounds, dups, failed = concurrency(tmp)
     for what, refused, made in bad:
         print(f"  bad input: {what:<30} refused before compute: {refused}  runs written: {made}")
     for what, ok in injected:
         print(f"  fault: {what:<40} survived: {ok}")
+    print(f"  concurrency: {rounds} round(s) of 4 identical trials, processes failed: {failed}")
     print(
         "\n| bad inputs tried | refused before compute | runs written | faults injected "
         "| survived | concurrency rounds | duplicates |"

@@ -9,8 +9,11 @@ another store or a tracking server.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -107,3 +110,17 @@ def run_tags(
         names.TAG_DEVICE_NAME: info.name,
         **{names.package_tag(k): v for k, v in versions.items()},
     }
+
+
+@contextlib.contextmanager
+def creating_store(db: Path) -> Iterator[None]:
+    """An exclusive lock beside a SQLite store while it is created (`<db>.claims/store.lock`):
+    MLflow's schema migrations are not safe to run twice at once on one new file."""
+    folder = db.parent / f"{db.name}.claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,9 +1,8 @@
 """Every MLflow call HUSAI makes: the store, runs, params, metrics, artifacts, registry, aliases.
 
 Stages hand this module what to record (through `husai.registry.records`); what it reads back
-comes as frozen views (`husai.registry.views`), never as MLflow entities. Runs are created
-through an explicit `MlflowClient`, so several runs can be open in one process (sweep > trial >
-seed) without MLflow's global active-run stack. Where the store is: `husai.registry.provenance`.
+comes as frozen views (`husai.registry.views`). Runs go through an explicit `MlflowClient`, so
+several can be open in one process (sweep > trial > seed) without MLflow's active-run stack.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, 
 from husai import names
 from husai.registry.provenance import (
     check_store_folder,
+    creating_store,
     git_sha,
     package_versions,
     resolve_tracking_uri,
@@ -72,15 +72,17 @@ class Tracker:
         if db is not None:
             check_store_folder(self.uri, db)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        # Creating a store logs schema migrations at INFO; errors must stay one line on stderr.
+        # A new store logs its schema migrations at INFO; errors must stay one line on stderr.
         for name in ("mlflow.store.db.utils", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
         # The fluent API (pyfunc.log_model, artifact downloads) reads the global URI.
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        # `mlflow run` hands its run to the command through MLFLOW_RUN_ID; take it once, here, so
-        # that it becomes this command's main run and no other start_run adopts it by accident.
+        # MlflowClient opens (and creates) the store: under a lock, since commands creating one
+        # new SQLite store at once collide in MLflow's schema migrations.
+        with creating_store(db) if db is not None else contextlib.nullcontext():
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        # `mlflow run` hands its run over in MLFLOW_RUN_ID: taken once, so no start_run adopts it.
         self.env_run_id: str | None = os.environ.pop("MLFLOW_RUN_ID", None)
         self._git_sha = git_sha()
         self._versions = package_versions()
@@ -210,8 +212,7 @@ class Tracker:
         return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
     def link_env_run(self, tags: Mapping[str, str]) -> None:
-        """Under `mlflow run`, point its run at the runs this command made or reused (HUSAI's
-        records live in its experiments; the run `mlflow run` made only carries links)."""
+        """Under `mlflow run`, point its run at the runs this command made or reused."""
         if self.env_run_id is not None:
             self.set_tags(self.env_run_id, tags)
 
@@ -286,12 +287,9 @@ class Tracker:
         description: str,
         alias: str | None = None,
     ) -> str:
-        """Log a models-from-code pyfunc on `run_id` and register it as a new version.
-
-        A bare folder of safetensors cannot be registered (it leaves an empty registered model
-        behind); a pyfunc wrapping it can,
-        and loads with mlflow.pyfunc.load_model("models:/<name>/<version>"). Nothing is pickled.
-        """
+        """Log a models-from-code pyfunc on `run_id` and register it as a new version (a bare
+        safetensors folder cannot be registered; a pyfunc can, loads with
+        mlflow.pyfunc.load_model("models:/<name>/<version>") and pickles nothing)."""
         status = self.client.get_run(run_id).info.status
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore")
