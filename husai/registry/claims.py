@@ -12,12 +12,10 @@ work started at the same time may still be done twice (README, "MLflow").
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from husai.registry.provenance import sqlite_path
+from husai.registry.provenance import exclusive_lock, sqlite_path
 from husai.registry.tracking import Tracker
 
 
@@ -28,11 +26,5 @@ def claim(tracker: Tracker, kind: str, key: str) -> Iterator[None]:
     if db is None:
         yield
         return
-    folder = db.parent / f"{db.name}.claims"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / f"{kind}-{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_lock(db, f"{kind}-{key}"):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock

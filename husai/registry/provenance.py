@@ -113,14 +113,20 @@ def run_tags(
 
 
 @contextlib.contextmanager
-def creating_store(db: Path) -> Iterator[None]:
-    """An exclusive lock beside a SQLite store while it is created (`<db>.claims/store.lock`):
-    MLflow's schema migrations are not safe to run twice at once on one new file."""
+def exclusive_lock(db: Path, name: str) -> Iterator[None]:
+    """An exclusive `flock` on `<db>.claims/<name>.lock` beside a SQLite store for the block;
+    the kernel releases it even if its holder is killed."""
     folder = db.parent / f"{db.name}.claims"
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / "store.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        os.close(fd)  # closing releases the lock
+
+
+def creating_store(db: Path) -> contextlib.AbstractContextManager[None]:
+    """Held while a store is opened: MLflow's schema migrations are not safe to run twice at
+    once on one new file."""
+    return exclusive_lock(db, "store")

@@ -63,11 +63,14 @@ def test_ray_assignment_decides_a_trials_device(monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
 @pytest.mark.fresh_store
+@pytest.mark.parametrize("own_rows", [False, True])
 def test_cuda_without_a_gpu_exits_2_before_any_run(
-    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str], own_rows: bool
 ) -> None:
+    """Whatever the rows' source: extracted, or a user's own file."""
     cfg = write_cfg(tmp_path, {"runtime": {"device": "cuda"}})
-    assert main(["trial", "--config", str(cfg)]) == EXIT_BAD_INPUT
+    extra = ["--activations-file", str(user_acts(tmp_path))] if own_rows else []
+    assert main(["trial", "--config", str(cfg), *extra]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "runtime.device: cuda asked for, but this machine has no CUDA GPU" in err
     assert len(err.strip().splitlines()) == 1
@@ -204,20 +207,6 @@ def test_a_trial_over_its_gpu_share_gets_an_out_of_memory_error() -> None:
         assert devices.is_out_of_memory(err.value)
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, dev)
-
-
-@pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
-@pytest.mark.fresh_store
-def test_cuda_without_a_gpu_is_refused_for_a_users_own_rows_too(
-    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    cfg = write_cfg(tmp_path, {"runtime": {"device": "cuda"}})
-    rows = user_acts(tmp_path)
-    assert main(["trial", "--config", str(cfg), "--activations-file", str(rows)]) == (
-        EXIT_BAD_INPUT
-    )
-    assert "runtime.device: cuda asked for" in capsys.readouterr().err
-    assert not store_path(isolated_store).exists()
 
 
 def test_the_consistency_term_trains_under_bfloat16() -> None:
