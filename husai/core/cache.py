@@ -46,6 +46,22 @@ def check_dir(folder: Path) -> str | None:
     return None
 
 
+def manifest_of(folder: Path) -> str | None:
+    """The checksum written with a folder entry (None for one made before checksums)."""
+    manifest = folder / MANIFEST
+    return manifest.read_text().strip() if manifest.exists() else None
+
+
+def check_copy(folder: Path, recorded: str | None) -> str | None:
+    """None when a copy of an entry (fetched from MLflow) matches the checksum recorded for it
+    (`recorded`, else the manifest that travelled with it; a copy with neither was made before
+    checksums and passes), else what is wrong with it."""
+    expected = recorded or manifest_of(folder)
+    if expected is not None and content_sha256(folder) != expected:
+        return "the copy does not match the checksum recorded with it"
+    return None
+
+
 def publish_dir(dst: Path, fill: Callable[[Path], object]) -> Path:
     """Fill a staging folder beside `dst`, write its checksum, then rename it into place."""
     dst.parent.mkdir(parents=True, exist_ok=True)

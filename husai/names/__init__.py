@@ -21,6 +21,12 @@ EXPERIMENT_BASE = "husai-base"
 EXPERIMENT_ACTIVATIONS = "husai-activations"
 EXPERIMENT_GATES = "husai-gates"
 EXPERIMENT_SWEEP_PREFIX = "husai/"
+# Claims on work in progress, where the store is a tracking server (husai.registry.claims):
+# a RUNNING run per claim, deleted when released.
+EXPERIMENT_CLAIMS = "husai-claims"
+TAG_CLAIM = "husai.claim"  # <kind>-<content key>: what the run claims
+TAG_CLAIM_HOLDER = "husai.claim_holder"  # host:pid of the process holding it
+TAG_CLAIM_HEARTBEAT = "husai.claim_heartbeat"  # epoch seconds, refreshed while it is held
 # MLflow's own experiment tag: which page the UI opens an experiment on. Training runs, not the
 # GenAI trace overview MLflow 3 shows an experiment without it.
 MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -34,6 +40,9 @@ TAG_PACKAGE_PREFIX = "husai.pkg."  # + distribution name, e.g. husai.pkg.torch
 TAG_KIND = "husai.kind"  # what the run is: one of the KIND_* values below
 TAG_COMMAND = "husai.command"  # the CLI subcommand that made the run
 TAG_ACTIVATIONS_SHA256 = "husai.activations_sha256"  # the checksum of the rows a trial used
+# On a run that logged a cache entry (activations, reference SAE): the sha256 of the entry's
+# files, checked on every copy fetched from the run's artifacts.
+TAG_CONTENT_SHA256 = "husai.content_sha256"
 DATASET_SOURCE_TYPE = "husai_activations"  # a trial's Dataset input: an activation set's run
 DATASET_CONTEXT_TRAIN = "train"
 TAG_DEVICE = "husai.device"  # where the run computed: cpu, cuda:0 (not part of the config hash)

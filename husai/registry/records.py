@@ -104,6 +104,7 @@ class ActivationsRecord:
     n_ood: int
     folder: Path  # the cache entry itself, logged whole
     cache_hit: bool
+    sha256: str | None = None  # the entry's checksum, checked on every copy fetched from the run
 
 
 def find_activations_run(tracker: Tracker, key: str) -> str | None:
@@ -157,6 +158,7 @@ def _record_activation_set(
     tags = {
         **tracker.standard_tags(cfg.base_hash(), kind, "extract"),
         names.TAG_CACHE: "hit" if rec.cache_hit else "miss",
+        **({names.TAG_CONTENT_SHA256: rec.sha256} if rec.sha256 else {}),
     }
     with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
         counts = {names.ACT_N_TRAIN: rec.n_train, names.ACT_N_EVAL: rec.n_eval}
@@ -179,9 +181,10 @@ def record_reference(
     key: str,
     folder: Path,
     started: float | None = None,
+    sha256: str | None = None,
 ) -> str:
     """A reference SAE as its own run, linked from every trial that uses it; `started`: when
-    its training began (epoch seconds)."""
+    its training began (epoch seconds); `sha256`: the cache entry's checksum."""
     s = cfg.sae
     params = {
         names.PARAM_REF_KEY: key,
@@ -193,6 +196,8 @@ def record_reference(
         names.PARAM_STEPS: cfg.train.steps,
     }
     tags = tracker.standard_tags(cfg.config_hash(), names.KIND_REFERENCE, "trial")
+    if sha256:
+        tags[names.TAG_CONTENT_SHA256] = sha256
     name = f"reference-{s.architecture}-k{s.k}-d{s.d_sae}-seed{seed}"
     experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
     with tracker.run(experiment, name, tags, params, started=started) as run_id:

@@ -167,3 +167,15 @@ def record_confirmation(
     return replace(
         outcome, confirm_run_id=confirm_run_id, confirmed_value=value, sae_version=version
     )
+
+
+def recorded_trial_count(tracker: Tracker, sweep_run_id: str) -> int:
+    """How many of a sweep's Tune trials have a FINISHED trial run, counted from MLflow (Tune
+    counts a trial a signal stopped as terminated) by Tune trial id: a lambda > 0 trial's
+    lambda = 0 baseline is a trial run of no Tune trial."""
+    ids = {
+        r.tags.get(names.TAG_RAY_TRIAL_ID)
+        for r in tracker.child_runs(sweep_run_id)
+        if r.status == "FINISHED" and r.tags.get(names.TAG_KIND) == names.KIND_TRIAL
+    }
+    return len(ids - {None})

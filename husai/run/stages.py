@@ -23,7 +23,15 @@ from pathlib import Path
 from husai import console, names
 from husai.config.experiment import ExperimentConfig
 from husai.core import device as devices
-from husai.core.cache import MANIFEST, NO_CHECKSUM, check_dir, content_sha256, publish_dir
+from husai.core.cache import (
+    MANIFEST,
+    NO_CHECKSUM,
+    check_copy,
+    check_dir,
+    content_sha256,
+    manifest_of,
+    publish_dir,
+)
 from husai.core.errors import ConfigError, InputError
 from husai.core.hashing import stable_hash
 from husai.core.paths import cache_root
@@ -106,7 +114,10 @@ def cached_entry(
     `compute` None: the caller has checked that the entry exists somewhere.
     An entry on disk is used only if its content matches the checksum written with it; one that
     does not (or was made before checksums) is fetched again or recomputed, and the console
-    says so."""
+    says so. A copy fetched from MLflow is used only if it matches the checksum recorded on its
+    run (`husai.content_sha256`); one that does not is recomputed (and, when the result equals
+    the record, logged back to the run), or refused when there is nothing to compute it from."""
+    recorded: str | None = None
     if path.exists():
         problem = check_dir(path)
         if problem is None:
@@ -121,12 +132,23 @@ def cached_entry(
         console.print_cache_repair(path, problem, run_id)
         shutil.rmtree(path, ignore_errors=True)
     if run_id is not None:
+        recorded = tracker.get_run(run_id).tags.get(names.TAG_CONTENT_SHA256)
         with tempfile.TemporaryDirectory() as tmp:
-            publish_dir(path, adopt(tracker.download(run_id, artifact, Path(tmp))))
-        return "mlflow"
+            fetched = tracker.download(run_id, artifact, Path(tmp))
+            problem = check_copy(fetched, recorded)
+            if problem is None:
+                publish_dir(path, adopt(fetched))
+                return "mlflow"
+        where = f"MLflow run {run_id}, artifact {artifact}"
+        if compute is None:
+            raise ActivationCacheError(f"{where}: {problem}; nothing to compute it from")
+        console.print_cache_repair(where, problem, None)  # never adopted: computed again
     if compute is None:
         raise ValueError(f"{path}: not cached and nothing to compute it with")
     publish_dir(path, compute())
+    if run_id is not None and recorded is not None and manifest_of(path) == recorded:
+        # Computed again exactly as recorded: the run's copy is mended for the next reader.
+        tracker.log_artifacts(run_id, path, artifact)
     return "computed"
 
 
@@ -280,9 +302,8 @@ def _random_base_activations(
 
 def _activations_record(acts: ActivationSet, path: Path, hit: bool) -> ActivationsRecord:
     n_ood = 0 if acts.ood is None else acts.ood.shape[0]
-    return ActivationsRecord(
-        acts.key, acts.d_in, acts.train.shape[0], acts.eval.shape[0], n_ood, path, hit
-    )
+    n_train, n_eval = acts.train.shape[0], acts.eval.shape[0]
+    return ActivationsRecord(acts.key, acts.d_in, n_train, n_eval, n_ood, path, hit, acts.sha256)
 
 
 def _activation_entry(
@@ -357,7 +378,7 @@ def _reference(
     if run_id is None:
         # A reference read from the cache was trained before: its run starts now.
         begun = started if source == "computed" else None
-        run_id = record_reference(tracker, cfg, acts.key, seed, key, path, begun)
+        run_id = record_reference(tracker, cfg, acts.key, seed, key, path, begun, manifest_of(path))
     return Reference(
         seed=seed,
         key=key,

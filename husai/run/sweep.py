@@ -40,6 +40,7 @@ from husai.registry.sweep_records import (
     experiment_of,
     find_finished_sweep,
     open_sweep_run,
+    recorded_trial_count,
     reused_sweep,
 )
 from husai.registry.tracking import Tracker
@@ -334,11 +335,7 @@ def _fit(
     tracker.end_running_children(ctx.sweep_run_id)
     if grid.num_terminated + grid.num_errors < n_samples:
         # Tune caught a signal, saved its state and returned early: the sweep is unfinished.
-        # Counted from MLflow: Tune counts a trial the signal stopped as terminated.
-        recorded = sum(
-            r.status == "FINISHED" and r.tags.get(names.TAG_KIND) == names.KIND_TRIAL
-            for r in tracker.child_runs(ctx.sweep_run_id)
-        )
+        recorded = recorded_trial_count(tracker, ctx.sweep_run_id)
         raise SweepInterrupted(
             f"sweep {sweep.name} interrupted with {recorded} of {n_samples} trials recorded; "
             "continue with --resume yes"

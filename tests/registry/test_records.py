@@ -11,6 +11,7 @@ import husai
 from husai import names
 from husai.config.loading import from_dict
 from husai.registry.records import ActivationsRecord, finite, record_activations
+from husai.registry.sweep_records import recorded_trial_count
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import (
     ReferenceLinks,
@@ -158,3 +159,22 @@ def test_views_are_frozen(tracker: Tracker, kind: str) -> None:
     with pytest.raises(AttributeError):
         view.status = "RUNNING"  # type: ignore[misc]
     assert tracker.run_kind(rid) == kind
+
+
+def test_recorded_trials_of_an_interrupted_sweep_are_counted_by_tune_trial(
+    tracker: Tracker,
+) -> None:
+    """Hand-made runs (our own counting rule, said so): a finished trial counts once per Tune
+    trial; a killed one does not; a lambda = 0 baseline (a trial run of no Tune trial) does not."""
+    kind = {names.TAG_KIND: names.KIND_TRIAL}
+    with tracker.run("husai/s", "sweep", {names.TAG_KIND: names.KIND_SWEEP}) as sweep:
+        with tracker.run("husai/s", "t1", {**kind, names.TAG_RAY_TRIAL_ID: "a"}, None, sweep):
+            pass
+        with tracker.run("husai/s", "baseline", kind, None, sweep):
+            pass
+        with (
+            pytest.raises(KeyboardInterrupt),
+            tracker.run("husai/s", "t2", {**kind, names.TAG_RAY_TRIAL_ID: "b"}, None, sweep),
+        ):
+            raise KeyboardInterrupt
+        assert recorded_trial_count(tracker, sweep) == 1

@@ -21,7 +21,7 @@ from husai import names
 from husai.cli import main
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
-from husai.core.cache import publish_dir
+from husai.core.cache import check_copy, manifest_of, publish_dir
 from husai.core.errors import InputError
 from husai.model.activations import (
     ActivationCacheError,
@@ -136,6 +136,24 @@ def test_a_changed_cache_entry_is_never_used(
     (again.path / "acts.safetensors").write_bytes(b"\x00" * 10)  # damaged beyond reading
     assert stages.activations(tiny_cfg, base, tracker).source == "mlflow"
 
+    # The run's own copy altered in the artifact store: checked against the checksum recorded
+    # on the run, not adopted; computed again (equal to the record, so the run is mended).
+    recorded = tracker.get_run(clean.run_id).tags[names.TAG_CONTENT_SHA256]
+    assert recorded == clean.acts.sha256
+    artifact_uri = tracker.client.get_run(clean.run_id).info.artifact_uri
+    stored = Path(artifact_uri.removeprefix("file://")) / names.ARTIFACT_ACTIVATIONS
+    stored_file = stored / "acts.safetensors"
+    save_file({**load_file(str(stored_file)), "train": tensors["train"]}, str(stored_file))
+    shutil.rmtree(clean.path)
+    with pytest.raises(ActivationCacheError, match=f"MLflow run {clean.run_id}, artifact"):
+        stages.activations_by_key(clean.acts.key, tracker)  # nothing to compute it from
+    capsys.readouterr()
+    mended = stages.activations(tiny_cfg, base, tracker)
+    out = capsys.readouterr().out
+    assert "the copy does not match the checksum recorded with it" in out
+    assert mended.source == "computed" and torch.equal(mended.acts.train, clean.acts.train)
+    assert mended.run_id == clean.run_id and check_copy(stored, recorded) is None
+
 
 def test_cache_rows_must_be_finite(tmp_path: Path) -> None:
     """NaN rows in a cache file crashed after training; now loading refuses them, naming the
@@ -225,6 +243,9 @@ def test_references_are_trained_once_then_reused(tracker: Tracker, tmp_path: Pat
     acts = load_user_activations(user_acts(tmp_path), cfg.activations)
     first = stages.reference(cfg, acts, 100, tracker)
     assert not first.reused and first.decoder.shape == (32, 16)
+    entry = tmp_path / "cache" / "references" / first.key  # the isolated cache (conftest)
+    tag = tracker.get_run(first.run_id).tags[names.TAG_CONTENT_SHA256]
+    assert tag == manifest_of(entry)
     again = stages.reference(cfg, acts, 100, tracker)
     assert again.reused and again.run_id == first.run_id
     assert torch.equal(again.decoder, first.decoder)

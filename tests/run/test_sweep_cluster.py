@@ -4,18 +4,9 @@ real `mlflow server` on 127.0.0.1, both started and stopped by the tests (by pid
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from ray._private import ray_constants
 from ray.cluster_utils import Cluster
@@ -71,74 +62,6 @@ def test_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(
 
 
 LR = {"type": "loguniform", "low": 1e-3, "high": 1e-2}  # continuous: no recipe proposed twice
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """A real tracking server with proxied artifacts, on loopback, lean (one worker, no job
-    execution: 2 processes instead of ~15)."""
-    port = free_port()
-    (tmp_path / "server").mkdir()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            "sqlite:///" + str(tmp_path / "server" / "mlflow.db"),
-            "--artifacts-destination",
-            str(tmp_path / "server" / "artifacts"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: stopped as one below
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(
-                "mlflow server did not start: " + proc.stderr.read().decode()[-2000:]
-            )  # type: ignore[union-attr]
-        time.sleep(0.5)
-    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    try:
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        deadline = time.monotonic() + 15
-        while any(psutil.pid_exists(p) for p in family) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = [p for p in family if psutil.pid_exists(p)]
-        assert left == [], f"mlflow server processes left: {left}"
 
 
 @pytest.mark.slow
