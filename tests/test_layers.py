@@ -39,8 +39,13 @@ OWNERS = {
     ),
     "transformer_lens": ("husai.model.base_model", "husai.model.activations"),
     "sae_lens": ("husai.sae.build",),
-    "ray": ("husai.run.sweep", "husai.run.ray_runtime", "husai.run.sweep_progress"),
-    "optuna": ("husai.run.sweep",),
+    "ray": (
+        "husai.run.sweep",
+        "husai.run.sweep_search",
+        "husai.run.ray_runtime",
+        "husai.run.sweep_progress",
+    ),
+    "optuna": ("husai.run.sweep_search",),
     "matplotlib": ("husai.report",),
 }
 # Imports inside functions hide arrows; allowed only where import time was measured to matter.

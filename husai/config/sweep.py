@@ -18,130 +18,47 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from itertools import product
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
 from husai import names
 from husai.config.experiment import ExperimentConfig, Strict
 from husai.config.loading import deep_merge, format_validation, from_dict, read_yaml_file
+from husai.config.sweep_parts import (
+    ASHA_OBJECTIVES,
+    SWEEPABLE,
+    Asha,
+    Confirm,
+    Dimension,
+    Objective,
+    Resources,
+    Smoke,
+)
 from husai.core.errors import ConfigError
-
-# Sweepable fields: dotted path -> how it appears in the experiment dict.
-SWEEPABLE = {
-    "sae.k": ("sae", "k"),
-    "sae.d_sae": ("sae", "d_sae"),
-    "sae.architecture": ("sae", "architecture"),
-    "consistency.lambda": ("consistency", "lam"),
-    "train.lr": ("train", "lr"),
-}
-OBJECTIVE_METRICS = {
-    names.RECON_EV,
-    names.RECON_FVU,
-    names.RECON_L0,
-    names.RECON_DEAD_FRAC,
-    *(
-        names.stability_key(b, s)
-        for b in names.STABILITY_BASES
-        for s in ("", "_delta", "_delta_lcb", "_excess", "_excess_lcb", "_alive")
-    ),
-    *names.COPY_PROOF_KEYS,
-}
-# What ASHA can schedule on: the running held-out FVU each seed reports. ev = 1 - FVU ranks
-# trials the same way; any other objective would be pruned by a number it does not optimise.
-ASHA_OBJECTIVES = {names.RECON_FVU, names.RECON_EV}
-
-
-class Dimension(Strict):
-    """One search dimension."""
-
-    type: Literal["categorical", "int", "uniform", "loguniform"] = Field(
-        description="categorical choices, an int range, or a float range (linear or log)"
-    )
-    choices: tuple[Any, ...] | None = Field(None, description="values of a categorical dimension")
-    low: float | None = Field(None, description="lower end of a range")
-    high: float | None = Field(None, description="upper end of a range")
-    zero: bool = Field(False, description="loguniform only: also try exactly 0 (lambda off)")
-
-    @model_validator(mode="after")
-    def _shape(self) -> Dimension:
-        if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("choices: a categorical dimension needs at least one choice")
-        else:
-            if self.low is None or self.high is None or not self.low < self.high:
-                raise ValueError("low/high: a range needs low < high")
-            if self.type == "loguniform" and self.low <= 0:
-                raise ValueError("low: loguniform needs low > 0 (use zero: true to add 0)")
-        if self.zero and self.type != "loguniform":
-            raise ValueError("zero: only for loguniform dimensions")
-        return self
-
-    def values_bound(self) -> tuple[float, float]:
-        """(min, max) this dimension can produce, for up-front checks."""
-        if self.type == "categorical":
-            assert self.choices is not None
-            nums = [float(c) for c in self.choices]
-            return min(nums), max(nums)
-        assert self.low is not None and self.high is not None
-        return (0.0 if self.zero else self.low), self.high
-
-
-class Objective(Strict):
-    metric: str = Field(description="a trial metric key (docs/metrics.md)")
-    mode: Literal["max", "min"] = Field(description="maximise or minimise it")
-
-    @model_validator(mode="after")
-    def _known(self) -> Objective:
-        if self.metric not in OBJECTIVE_METRICS:
-            raise ValueError(f"metric: {self.metric!r} is not a trial metric HUSAI reports")
-        return self
-
-
-class Resources(Strict):
-    cpu: float = Field(1.0, gt=0, description="CPUs per trial")
-    gpu: float = Field(
-        0.0, ge=0, description="GPUs per trial, fractional allowed (0.25 = 4 per GPU)"
-    )
-
-
-class Asha(Strict):
-    enabled: bool = Field(
-        False,
-        description="stop poor trials early (async successive halving) by held-out FVU: only "
-        "for sweeps whose first objective is recon/fvu or recon/ev",
-    )
-    grace_period: int = Field(1, ge=1, description="seeds a trial trains before it can be stopped")
-    reduction_factor: float = Field(2.0, gt=1, description="halving rate between rungs")
-
-
-class Smoke(Strict):
-    num_samples: int = Field(2, ge=1, description="trials in a --smoke run")
-    confirm_seeds: int = Field(3, ge=2, description="confirmation seeds in a --smoke run")
-    experiment: dict[str, Any] = Field(
-        default_factory=dict, description="overrides merged into the experiment for --smoke"
-    )
-
-
-class Confirm(Strict):
-    """The confirmation stage: the best recipe trained again on fresh seeds (and, by default, a
-    fresh SAE-train / SAE-eval split), so that what is registered and gated is what a new run
-    of the recipe reproduces, not the luckiest of the search."""
-
-    enabled: bool = Field(True, description="retrain the best recipe on fresh seeds after search")
-    n_seeds: int = Field(5, ge=2, description="confirmation seeds, disjoint from every search seed")
-    fresh_split: bool = Field(
-        True, description="draw a new SAE-train / SAE-eval row split for the confirmation"
-    )
 
 
 class SweepConfig(Strict):
     name: str = Field(min_length=1, description="sweep name; runs land in experiment husai/<name>")
     experiment: dict[str, Any] = Field(description="the experiment config every trial starts from")
-    search_space: dict[str, Dimension] = Field(description="dotted config path -> dimension")
+    search_space: dict[str, Dimension] = Field(
+        default_factory=dict, description="dotted config path -> dimension"
+    )
+    grids: tuple[dict[str, tuple[Any, ...]], ...] = Field(
+        (),
+        description="sub-grids, each a mapping of dotted path -> values run in every "
+        "combination (a k sweep at one d_sae plus a d_sae sweep at one k); a point in two "
+        "sub-grids runs once",
+    )
     objective: tuple[Objective, ...] = Field(description="one metric, or two for a Pareto search")
-    num_samples: int = Field(8, ge=1, description="trials to run")
+    num_samples: int = Field(
+        8,
+        ge=1,
+        description="trials to run; with grids, draws of the sampled dimensions per grid point "
+        "(default 1)",
+    )
     max_concurrency: int = Field(1, ge=1, description="trials running at once")
     seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
     resources: Resources = Field(default_factory=Resources)
@@ -156,6 +73,7 @@ class SweepConfig(Strict):
             raise ValueError(
                 f"search_space: cannot sweep {unknown[0]!r}; sweepable: {', '.join(SWEEPABLE)}"
             )
+        self._check_grids()
         if not 1 <= len(self.objective) <= 2:
             raise ValueError("objective: give one metric, or two for a Pareto search")
         if self.asha.enabled and self.objective[0].metric not in ASHA_OBJECTIVES:
@@ -166,6 +84,71 @@ class SweepConfig(Strict):
             )
         return self
 
+    def _check_grids(self) -> None:
+        for i, grid in enumerate(self.grids):
+            where = f"grids[{i}]"
+            if not grid:
+                raise ValueError(f"{where}: a sub-grid needs at least one path")
+            for path, values in grid.items():
+                if path not in SWEEPABLE:
+                    raise ValueError(
+                        f"{where}: cannot sweep {path!r}; sweepable: {', '.join(SWEEPABLE)}"
+                    )
+                if path in self.search_space:
+                    raise ValueError(f"{where}.{path}: also in search_space; give it once")
+                if not values:
+                    raise ValueError(f"{where}.{path}: give at least one value")
+        if not self.is_grid():
+            return
+        for path, dim in self.sampled_space().items():
+            if dim.zero:
+                raise ValueError(
+                    f"search_space.{path}.zero: not with grid dimensions (they run on Tune's "
+                    "grid and random search, not Optuna); put 0 among a grid's values instead"
+                )
+        if not self.sampled_space() and self.per_point() > 1:
+            raise ValueError(
+                "num_samples: a sweep of grid points only runs each point once; leave "
+                "num_samples out (it counts random draws per point when dimensions are sampled)"
+            )
+
+    def is_grid(self) -> bool:
+        return bool(self.grids) or any(d.type == "grid" for d in self.search_space.values())
+
+    def sampled_space(self) -> dict[str, Dimension]:
+        """The dimensions drawn at random (Optuna, or Tune's random search in a grid sweep)."""
+        return {p: d for p, d in self.search_space.items() if d.type != "grid"}
+
+    def swept_paths(self) -> list[str]:
+        """Every config path a trial can differ in: grid and sampled, in file order."""
+        paths = list(self.search_space)
+        for grid in self.grids:
+            paths += [p for p in grid if p not in paths]
+        return paths
+
+    def per_point(self) -> int:
+        """Trials per grid point: `num_samples` if the file gives it, else 1."""
+        return self.num_samples if "num_samples" in self.model_fields_set else 1
+
+    def grid_points(self, smoke: bool = False) -> list[dict[str, Any]]:
+        """Every grid point once, in file order: the product of the search space's grid
+        dimensions, crossed with each sub-grid's product. --smoke: the first few points."""
+        dims = {p: d.choices or () for p, d in self.search_space.items() if d.type == "grid"}
+        crossed = [dict(zip(dims, v, strict=True)) for v in product(*dims.values())]
+        subs = [dict(zip(g, v, strict=True)) for g in self.grids for v in product(*g.values())]
+        points: dict[str, dict[str, Any]] = {}
+        for a in crossed:
+            for b in subs or [{}]:
+                point = {**a, **b}
+                points.setdefault(json.dumps(point, sort_keys=True), point)
+        out = list(points.values())
+        return out[: self.smoke.num_samples] if smoke else out
+
+    def n_trials(self, smoke: bool = False) -> int:
+        if self.is_grid():
+            return len(self.grid_points(smoke)) * (1 if smoke else self.per_point())
+        return self.smoke.num_samples if smoke else self.num_samples
+
     def base_experiment(self, smoke: bool = False) -> ExperimentConfig:
         data = deep_merge(self.experiment, self.smoke.experiment) if smoke else self.experiment
         # Every run of a sweep lands in husai/<sweep name>, whatever the experiment calls itself.
@@ -174,7 +157,9 @@ class SweepConfig(Strict):
     def fingerprint(self, smoke: bool) -> str:
         """What makes two sweeps the same run: the whole file (resolved) and --smoke. The
         activations and metric version are matched separately, on the sweep run."""
-        blob = json.dumps({"sweep": self.model_dump(mode="json"), "smoke": smoke}, sort_keys=True)
+        # Without grids the file dumps as it did before they existed: old fingerprints hold.
+        dump = self.model_dump(mode="json", exclude=None if self.grids else {"grids"})
+        blob = json.dumps({"sweep": dump, "smoke": smoke}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def trial_config(
@@ -202,7 +187,7 @@ PARAM_OF = {
 def recipe_from_params(sweep: SweepConfig, params: Mapping[str, str]) -> dict[str, Any]:
     """The sampled values of a recorded trial, from its run's params (strings)."""
     out: dict[str, Any] = {}
-    for path in sweep.search_space:
+    for path in sweep.swept_paths():
         raw = params[PARAM_OF[path]]
         if path == "sae.architecture":
             out[path] = raw
@@ -250,15 +235,19 @@ def _check_every_point(cfg: SweepConfig, source: str) -> None:
     """Each value a dimension can take (every categorical choice, both ends of a range, and 0
     where `zero` adds it), set alone on the base experiment, must be a valid experiment: a bad
     choice is refused here, naming the file and the field, before any run or Ray."""
-    if not cfg.search_space:
+    if not cfg.search_space and not cfg.grids:
         raise ConfigError(f"{source}: search_space: give at least one dimension to search")
-    for path, dim in cfg.search_space.items():
+    for i, point in enumerate(cfg.grid_points()):
+        # A grid point is a whole recipe: checked whole, so k > d_sae in one is caught here.
+        fixed = {**_widest_partners(cfg, point), **point}
+        cfg.trial_config(fixed, source=f"{source}: grid point {i + 1} {point}")
+    for path, dim in cfg.sampled_space().items():
         where = f"{source}: search_space.{path}"
         if path in CATEGORICAL_FIELDS and dim.type != "categorical":
             raise ConfigError(f"{where}: type: {path} takes named values; use type: categorical")
         if path in INTEGER_FIELDS and dim.type in ("uniform", "loguniform"):
             raise ConfigError(f"{where}: type: {path} is an integer; use type: int or categorical")
-        if dim.type == "categorical":
+        if dim.type in ("grid", "categorical"):
             values = list(dim.choices or ())
         else:
             assert dim.low is not None and dim.high is not None  # Dimension checks a range
@@ -272,41 +261,63 @@ def _check_every_point(cfg: SweepConfig, source: str) -> None:
             cfg.trial_config(point, source=f"{where} = {value!r}")
 
 
+def _bound(cfg: SweepConfig, path: str, end: int) -> float | None:
+    """The smallest (`end` 0) or largest (1) value `path` can take in the sweep: over its
+    sampled range and every grid point that sets it; None if the sweep never varies it."""
+    values = [float(pt[path]) for pt in cfg.grid_points() if path in pt]
+    if path in cfg.sampled_space():
+        values += list(cfg.search_space[path].values_bound())
+    return (max(values) if end else min(values)) if values else None
+
+
 def _widest_partner(cfg: SweepConfig, path: str) -> dict[str, Any]:
     """k is checked at the largest d_sae the sweep can draw, d_sae at the smallest k: a value
     is refused for itself, not for a partner the sweep may never pair it with (the impossible
     corner k > d_sae is `_check_k_vs_d_sae`'s)."""
     partner, end = {"sae.k": ("sae.d_sae", 1), "sae.d_sae": ("sae.k", 0)}.get(path, (None, 0))
-    if partner is None or partner not in cfg.search_space:
+    if partner is None:
         return {}
     try:
-        return {partner: int(cfg.search_space[partner].values_bound()[end])}
+        bound = _bound(cfg, partner, end)
+        return {} if bound is None else {partner: int(bound)}
     except (TypeError, ValueError):  # the partner's own values are checked in their turn
         return {}
 
 
+def _widest_partners(cfg: SweepConfig, point: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in point:
+        out.update(_widest_partner(cfg, path))
+    return out
+
+
 def _check_k_vs_d_sae(cfg: SweepConfig, source: str) -> None:
+    """No trial may draw k > d_sae: at each grid point (or once, without grids), the largest
+    k it can draw against the smallest d_sae."""
     base = cfg.base_experiment()
-    k_hi = (
-        cfg.search_space["sae.k"].values_bound()[1] if "sae.k" in cfg.search_space else base.sae.k
-    )
-    d_lo = (
-        cfg.search_space["sae.d_sae"].values_bound()[0]
-        if "sae.d_sae" in cfg.search_space
-        else base.sae.d_sae
-    )
-    if k_hi > d_lo:
-        raise ConfigError(
-            f"{source}: search_space: sae.k can reach {k_hi:g} but sae.d_sae can be as small as "
-            f"{d_lo:g}; k > d_sae trials are impossible, narrow one of the ranges"
-        )
+    sampled = cfg.sampled_space()
+    for point in cfg.grid_points() or [{}]:
+
+        def end(path: str, which: int, default: float, point: dict[str, Any] = point) -> float:
+            if path in point:
+                return float(point[path])
+            return sampled[path].values_bound()[which] if path in sampled else default
+
+        k_hi, d_lo = end("sae.k", 1, base.sae.k), end("sae.d_sae", 0, base.sae.d_sae)
+        if k_hi > d_lo:
+            at = f" at grid point {point}" if point else ""
+            raise ConfigError(
+                f"{source}: search_space: sae.k can reach {k_hi:g} but sae.d_sae can be as "
+                f"small as {d_lo:g}{at}; k > d_sae trials are impossible, narrow one of the ranges"
+            )
 
 
 def _check_copy_proof(cfg: SweepConfig, source: str) -> None:
     """With lambda > 0 possible, seed-vs-seed stability rewards copying the reference: every
     stability objective must be one copying cannot inflate."""
-    lam = cfg.search_space.get("consistency.lambda")
-    lam_hi = lam.values_bound()[1] if lam is not None else cfg.base_experiment().consistency.lam
+    lam_hi = _bound(cfg, "consistency.lambda", 1)
+    if lam_hi is None:
+        lam_hi = cfg.base_experiment().consistency.lam
     if lam_hi <= 0:
         return
     for o in cfg.objective:
@@ -352,8 +363,12 @@ def _check_gpu_share(cfg: SweepConfig, path: str) -> None:
         )
 
 
+GRID_KEY = "grid"  # a grid sweep's Tune config: the grid point under this key
+
+
 def sampled_params(sweep: SweepConfig, config: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for path, dim in sweep.search_space.items():
+    """A Tune trial's config as dotted path -> value: its grid point and sampled values."""
+    out = dict(config.get(GRID_KEY, {}))
+    for path, dim in sweep.sampled_space().items():
         out[path] = 0.0 if dim.zero and config.get(f"{path}.off") else config[path]
     return out

@@ -64,7 +64,7 @@ def open_sweep_run(
         names.SWEEP_PARAM_RAY_NAME: ray_name,
         names.SWEEP_PARAM_SMOKE: smoke,
         names.SWEEP_PARAM_NUM_SAMPLES: n_samples,
-        names.SWEEP_PARAM_SEARCH_SPACE: ",".join(sweep.search_space),
+        names.SWEEP_PARAM_SEARCH_SPACE: ",".join(sweep.swept_paths()),
         names.SWEEP_PARAM_OBJECTIVE: ",".join(f"{o.metric}:{o.mode}" for o in sweep.objective),
         names.PARAM_ACTIVATION_KEY: activation_key,
         names.PARAM_BASE_VERSION: base_version,

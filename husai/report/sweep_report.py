@@ -99,9 +99,24 @@ def _finished(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "finished"] if len(df) else df
 
 
+PARTNER = {names.PARAM_K: names.PARAM_D_SAE, names.PARAM_D_SAE: names.PARAM_K}
+
+
+def _slice(d: pd.DataFrame, param: str) -> tuple[pd.DataFrame, str]:
+    """Trials to draw against `param`: where its partner (d_sae for k, k for d_sae) also
+    varies, only the partner value with the most distinct `param` values (an ablation grid's
+    k sweep at one d_sae); and how to say so in the title."""
+    partner = PARTNER.get(param)
+    if partner is None or partner not in d or d[partner].nunique() < 2:
+        return d, ""
+    at = d.groupby(partner)[param].nunique().idxmax()
+    return d[d[partner] == at], f" at {partner} {at:g}"
+
+
 def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    d = _finished(df).sort_values(param)
+    d, at = _slice(_finished(df), param)
+    d = d.sort_values(param)
     for ax, metric in zip(axes, (names.STABILITY_PW_MCC, names.STABILITY_MMCS), strict=True):
         excess = d[names.stability_key(metric, "_excess")]
         # The interval of (trained - strongest null), drawn around the trained value.
@@ -129,7 +144,9 @@ def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:
         ax.set_xlabel(param)
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Stability vs {param} (bars: 95% interval of the excess over the strongest null)")
+    fig.suptitle(
+        f"Stability vs {param}{at} (bars: 95% interval of the excess over the strongest null)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -13,7 +13,6 @@ becomes `husai-sae@candidate` (without `confirm`, the best trial's own).
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import warnings
@@ -24,8 +23,6 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from husai import names
 from husai.config.experiment import ExperimentConfig
@@ -57,6 +54,7 @@ from husai.run.ray_runtime import (
 from husai.run.sweep_driver import DriverWatch, kill_recorded, refuse_if_alive
 from husai.run.sweep_end import finish_sweep
 from husai.run.sweep_progress import TrialLines
+from husai.run.sweep_search import make_tuner
 from husai.run.trial_stages import TrialInputs, trial
 
 
@@ -78,27 +76,6 @@ class SweepContext:
 
 class SweepInterrupted(KeyboardInterrupt):
     """Ray Tune stopped on a signal and saved its state; `--resume yes` continues the sweep."""
-
-
-class DefineSpace:
-    """Optuna define-by-run space (a class, so Ray can pickle it into its checkpoints); a
-    `zero` dimension first decides whether it is off (exactly 0)."""
-
-    def __init__(self, sweep: SweepConfig) -> None:
-        self.dims = dict(sweep.search_space)
-
-    def __call__(self, trial: Any) -> None:
-        for path, dim in self.dims.items():
-            if dim.type == "categorical":
-                trial.suggest_categorical(path, list(dim.choices or ()))
-            elif dim.type == "int":
-                trial.suggest_int(path, int(dim.low or 0), int(dim.high or 0))
-            elif dim.type == "uniform":
-                trial.suggest_float(path, dim.low, dim.high)
-            else:
-                if dim.zero and trial.suggest_categorical(f"{path}.off", [True, False]):
-                    continue
-                trial.suggest_float(path, dim.low, dim.high, log=True)
 
 
 # --- one trial, in a Ray worker ----------------------------------------------------------------
@@ -229,7 +206,7 @@ def _search(
     random_base = None
     if names.NULL_RANDOM_BASE in cfg0.trial.nulls:
         random_base = stages.random_base_activations(cfg0, tracker).acts.key
-    n_samples = sweep.smoke.num_samples if smoke else sweep.num_samples
+    n_samples = sweep.n_trials(smoke)
     storage = cache_root() / "ray_results"
     run_ctx: AbstractContextManager[str]
     if previous is not None:
@@ -325,7 +302,8 @@ def _fit(
         # verbose 0; the legacy engine at verbose 0 prints nothing, and TrialLines reports.
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), trial_resources(sweep))
-        grid = _tuner(fn, sweep, ctx, resume, folder, n_seeds, n_samples).fit()
+        lines = TrialLines(ctx.sweep_path, n_samples, sweep.objective[0].metric)
+        grid = make_tuner(fn, sweep, ctx.smoke, resume, folder, n_seeds, lines).fit()
         trials = [grid[i] for i in range(len(grid))]
     finally:
         watch.stop()
@@ -341,57 +319,3 @@ def _fit(
             "continue with --resume yes"
         )
     return trials
-
-
-def _tuner(
-    fn: Any,
-    sweep: SweepConfig,
-    ctx: SweepContext,
-    resume: bool,
-    folder: Path,
-    n_seeds: int,
-    n_samples: int,
-) -> Any:
-    """The Tuner of a new sweep (Optuna search, ASHA on the per-seed FVU), or the interrupted
-    one restored from its folder with its unfinished and errored trials."""
-    if resume:
-        return tune.Tuner.restore(
-            str(folder), trainable=fn, resume_unfinished=True, resume_errored=True
-        )
-    # A trial ASHA stopped has no objective value; Optuna records it as failed, which is right,
-    # but Ray also warns once per such trial that None "could not be cast to float".
-    logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
-    search = OptunaSearch(
-        space=DefineSpace(sweep),
-        metric=[o.metric for o in sweep.objective],  # a list: Optuna takes no per-seed values
-        mode=[o.mode for o in sweep.objective],
-        seed=sweep.seed,
-    )
-    scheduler = (
-        ASHAScheduler(
-            time_attr=names.TUNE_SEEDS_DONE,
-            metric=names.TUNE_ASHA_METRIC,
-            mode="min",
-            max_t=n_seeds + 1,
-            grace_period=min(sweep.asha.grace_period, n_seeds),
-            reduction_factor=sweep.asha.reduction_factor,
-        )
-        if sweep.asha.enabled
-        else None
-    )
-    return tune.Tuner(
-        fn,
-        tune_config=tune.TuneConfig(
-            search_alg=search,
-            scheduler=scheduler,
-            num_samples=n_samples,
-            max_concurrent_trials=sweep.max_concurrency,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=folder.name,
-            storage_path=str(folder.parent),
-            verbose=0,  # Ray's boxes of every metric drown the sweep; TrialLines says enough
-            callbacks=[TrialLines(ctx.sweep_path, n_samples, sweep.objective[0].metric)],
-        ),
-    )

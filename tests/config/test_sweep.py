@@ -146,3 +146,59 @@ def test_the_recipe_is_read_back_from_a_trial_runs_params() -> None:
         "sae.d_sae": 256,
         "consistency.lambda": 0.0022727,
     }
+
+
+def test_grid_points_run_each_combination_once(tmp_path: Path) -> None:
+    """The ablation as one file: sub-grids, their shared point once, file order kept."""
+    s = load_sweep(SWEEPS[0].parent / "ablation_grid.yaml")
+    points = [(p["sae.k"], p["sae.d_sae"]) for p in s.grid_points()]
+    assert points == [(8, 128), (16, 128), (32, 128), (64, 128), (32, 64), (32, 256), (32, 512)]
+    assert s.n_trials() == 7 and s.n_trials(smoke=True) == 2
+    assert s.swept_paths() == ["sae.k", "sae.d_sae"]
+    # Grid dimensions in the search space cross each other and each sub-grid; a sampled
+    # dimension beside them is drawn num_samples times per point.
+    mixed = load_sweep(
+        write(
+            tmp_path,
+            BASE + "search_space:\n"
+            "  sae.k: {type: grid, choices: [8, 16]}\n"
+            "  train.lr: {type: loguniform, low: 0.0001, high: 0.01}\n"
+            "grids: [{sae.d_sae: [64]}, {sae.d_sae: [128], sae.architecture: [topk, batchtopk]}]\n"
+            "num_samples: 2\n",
+        )
+    )
+    assert len(mixed.grid_points()) == 2 * (1 + 2) and mixed.n_trials() == 12
+    assert mixed.grid_points()[0] == {"sae.k": 8, "sae.d_sae": 64}
+    assert set(mixed.sampled_space()) == {"train.lr"}
+    assert mixed.swept_paths() == ["sae.k", "train.lr", "sae.d_sae", "sae.architecture"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        ("grids: [{sae.kk: [8]}]", "s.yaml: grids[0]: cannot sweep 'sae.kk'"),
+        ("grids: [{sae.k: []}]", "grids[0].sae.k: give at least one value"),
+        ("grids: [{}]", "grids[0]: a sub-grid needs at least one path"),
+        (
+            "search_space: {sae.k: {type: grid, choices: [8]}}\ngrids: [{sae.k: [16]}]",
+            "grids[0].sae.k: also in search_space",
+        ),
+        ("grids: [{sae.k: [8]}]\nnum_samples: 3", "num_samples: a sweep of grid points only"),
+        (
+            "grids: [{sae.k: [8]}]\n"
+            "search_space: {consistency.lambda: {type: loguniform, low: 0.1, high: 1, zero: true}}",
+            "search_space.consistency.lambda.zero: not with grid dimensions",
+        ),
+        # Checked point by point, as whole recipes, naming the point.
+        ("grids: [{sae.k: [8, 64], sae.d_sae: [32]}]", "grid point 2 {'sae.k': 64, 'sae.d_sae'"),
+        ("grids: [{sae.architecture: [topk, nope]}]", "grid point 2 {'sae.architecture': 'nope'}"),
+        (
+            "grids: [{sae.d_sae: [16, 512]}]\n"
+            "search_space: {sae.k: {type: categorical, choices: [8, 32]}}",
+            "sae.k can reach 32 but sae.d_sae can be as small as 16 at grid point",
+        ),
+    ],
+)
+def test_grid_errors_name_the_field_or_point(tmp_path: Path, extra: str, expect: str) -> None:
+    with pytest.raises(ConfigError, match=expect.replace(".", r"\.").replace("[", r"\[")):
+        load_sweep(write(tmp_path, BASE + extra))

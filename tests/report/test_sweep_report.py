@@ -7,11 +7,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from husai import names
 from husai.registry.views import RunView
 from husai.report.plots import plot_stability_heatmap
-from husai.report.sweep_report import markdown_table, pareto_front, trials_table
+from husai.report.sweep_report import _slice, markdown_table, pareto_front, trials_table
 from tests.helpers import PNG_MAGIC
 
 
@@ -55,3 +56,24 @@ def test_heatmap_is_a_png(tmp_path: Path) -> None:
     mats = {"pw_mcc": m, "mmcs": m}
     out = plot_stability_heatmap(mats, mats, [0, 1, 2], tmp_path / "h.png", title="t")
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_an_ablation_grid_is_drawn_as_its_two_sweeps(tmp_path: Path) -> None:
+    """k 8-64 at d_sae 128 plus d_sae 64-512 at k 32: stability vs k is drawn at d_sae 128,
+    vs d_sae at k 32 (not every trial against each axis)."""
+    points = [(8, 128), (16, 128), (32, 128), (64, 128), (32, 64), (32, 256), (32, 512)]
+    df = pd.DataFrame(
+        {
+            "status": "finished",
+            names.PARAM_K: [k for k, _ in points],
+            names.PARAM_D_SAE: [d for _, d in points],
+        }
+    )
+    by_k, at_k = _slice(df, names.PARAM_K)
+    assert sorted(by_k[names.PARAM_K]) == [8, 16, 32, 64] and at_k == " at d_sae 128"
+    by_d, at_d = _slice(df, names.PARAM_D_SAE)
+    assert sorted(by_d[names.PARAM_D_SAE]) == [64, 128, 256, 512] and at_d == " at k 32"
+    # One axis swept alone: every trial is drawn.
+    alone = df[df[names.PARAM_D_SAE] == 128]
+    drawn, at = _slice(alone, names.PARAM_K)
+    assert len(drawn) == 4 and at == ""

@@ -25,9 +25,11 @@ from husai.registry.handles import ActivationsHandle
 from husai.registry.sweep_records import open_sweep_run
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, register_trial_sae
+from husai.report.sweep_report import log_sweep_report
 from husai.run.ray_runtime import PRIVATE_PREFIX, kill_private_ray
-from husai.run.sweep import DefineSpace, run_sweep
+from husai.run.sweep import run_sweep
 from husai.run.sweep_end import best_trial, finish_sweep
+from husai.run.sweep_search import DefineSpace
 from tests.helpers import (
     MEMORISED_OK,
     SWEEP,
@@ -124,6 +126,30 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
 
 
 LR = {"type": "loguniform", "low": 1e-3, "high": 1e-2}
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_runs_every_point_once(tmp_path: Path, isolated_store: str) -> None:
+    """Sub-grids (k at one d_sae plus d_sae at one k, sharing a point) beside a sampled lr:
+    each grid point is one trial, the shared point once; the report draws each sub-grid."""
+    path = write_sweep(
+        tmp_path,
+        search_space={"train.lr": LR},
+        grids=[{"sae.k": [2, 4], "sae.d_sae": [32]}, {"sae.k": [4], "sae.d_sae": [16, 32]}],
+        num_samples=1,
+    )
+    out = run_sweep(path, tracking_uri=isolated_store, allow_memorised=True)
+    assert out.n_trials == 3 and out.n_recorded == 3
+    tracker = Tracker(isolated_store)
+    runs = runs_of_kind(tracker, names.KIND_TRIAL, "husai/tiny_sweep")
+    got = sorted((int(r.data.params["k"]), int(r.data.params["d_sae"])) for r in runs)
+    assert got == [(2, 32), (4, 16), (4, 32)]
+    assert all(1e-3 <= float(r.data.params[names.PARAM_LR]) <= 1e-2 for r in runs)
+    sweep_run = tracker.get_run(out.sweep_run_id)
+    swept = sweep_run.params[names.SWEEP_PARAM_SEARCH_SPACE].split(",")
+    assert sorted(swept) == ["sae.d_sae", "sae.k", "train.lr"]
+    rep = log_sweep_report(tracker, out.sweep_run_id)
+    assert {"stability_vs_k.png", "stability_vs_d_sae.png"} <= set(rep.files)
 
 
 @pytest.mark.slow

@@ -1,0 +1,123 @@
+"""The parts of a sweep file (`husai.config.sweep.SweepConfig`): search dimensions, objectives,
+resources, ASHA, the smoke run and the confirmation stage, and which config fields a sweep may
+vary. Part of the config layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from husai import names
+from husai.config.experiment import Strict
+
+# Sweepable fields: dotted path -> how it appears in the experiment dict.
+SWEEPABLE = {
+    "sae.k": ("sae", "k"),
+    "sae.d_sae": ("sae", "d_sae"),
+    "sae.architecture": ("sae", "architecture"),
+    "consistency.lambda": ("consistency", "lam"),
+    "train.lr": ("train", "lr"),
+}
+OBJECTIVE_METRICS = {
+    names.RECON_EV,
+    names.RECON_FVU,
+    names.RECON_L0,
+    names.RECON_DEAD_FRAC,
+    *(
+        names.stability_key(b, s)
+        for b in names.STABILITY_BASES
+        for s in ("", "_delta", "_delta_lcb", "_excess", "_excess_lcb", "_alive")
+    ),
+    *names.COPY_PROOF_KEYS,
+}
+# What ASHA can schedule on: the running held-out FVU each seed reports. ev = 1 - FVU ranks
+# trials the same way; any other objective would be pruned by a number it does not optimise.
+ASHA_OBJECTIVES = {names.RECON_FVU, names.RECON_EV}
+
+
+class Dimension(Strict):
+    """One search dimension."""
+
+    type: Literal["grid", "categorical", "int", "uniform", "loguniform"] = Field(
+        description="grid values (each run once), categorical choices, an int range, or a float "
+        "range (linear or log)"
+    )
+    choices: tuple[Any, ...] | None = Field(
+        None, description="values of a grid or categorical dimension"
+    )
+    low: float | None = Field(None, description="lower end of a range")
+    high: float | None = Field(None, description="upper end of a range")
+    zero: bool = Field(False, description="loguniform only: also try exactly 0 (lambda off)")
+
+    @model_validator(mode="after")
+    def _shape(self) -> Dimension:
+        if self.type in ("grid", "categorical"):
+            if not self.choices:
+                raise ValueError(f"choices: a {self.type} dimension needs at least one value")
+        else:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError("low/high: a range needs low < high")
+            if self.type == "loguniform" and self.low <= 0:
+                raise ValueError("low: loguniform needs low > 0 (use zero: true to add 0)")
+        if self.zero and self.type != "loguniform":
+            raise ValueError("zero: only for loguniform dimensions")
+        return self
+
+    def values_bound(self) -> tuple[float, float]:
+        """(min, max) this dimension can produce, for up-front checks."""
+        if self.type in ("grid", "categorical"):
+            assert self.choices is not None
+            nums = [float(c) for c in self.choices]
+            return min(nums), max(nums)
+        assert self.low is not None and self.high is not None
+        return (0.0 if self.zero else self.low), self.high
+
+
+class Objective(Strict):
+    metric: str = Field(description="a trial metric key (docs/metrics.md)")
+    mode: Literal["max", "min"] = Field(description="maximise or minimise it")
+
+    @model_validator(mode="after")
+    def _known(self) -> Objective:
+        if self.metric not in OBJECTIVE_METRICS:
+            raise ValueError(f"metric: {self.metric!r} is not a trial metric HUSAI reports")
+        return self
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial")
+    gpu: float = Field(
+        0.0, ge=0, description="GPUs per trial, fractional allowed (0.25 = 4 per GPU)"
+    )
+
+
+class Asha(Strict):
+    enabled: bool = Field(
+        False,
+        description="stop poor trials early (async successive halving) by held-out FVU: only "
+        "for sweeps whose first objective is recon/fvu or recon/ev",
+    )
+    grace_period: int = Field(1, ge=1, description="seeds a trial trains before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="halving rate between rungs")
+
+
+class Smoke(Strict):
+    num_samples: int = Field(2, ge=1, description="trials in a --smoke run")
+    confirm_seeds: int = Field(3, ge=2, description="confirmation seeds in a --smoke run")
+    experiment: dict[str, Any] = Field(
+        default_factory=dict, description="overrides merged into the experiment for --smoke"
+    )
+
+
+class Confirm(Strict):
+    """The confirmation stage: the best recipe trained again on fresh seeds (and, by default, a
+    fresh SAE-train / SAE-eval split), so that what is registered and gated is what a new run
+    of the recipe reproduces, not the luckiest of the search."""
+
+    enabled: bool = Field(True, description="retrain the best recipe on fresh seeds after search")
+    n_seeds: int = Field(5, ge=2, description="confirmation seeds, disjoint from every search seed")
+    fresh_split: bool = Field(
+        True, description="draw a new SAE-train / SAE-eval row split for the confirmation"
+    )
