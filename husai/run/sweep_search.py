@@ -79,7 +79,11 @@ def make_tuner(
     if sweep.is_grid():
         param_space[GRID_KEY] = tune.grid_search(sweep.grid_points(smoke))
         param_space.update({p: _tune_domain(d) for p, d in sweep.sampled_space().items()})
-        search = BasicVariantGenerator(random_state=sweep.seed)
+        # Tune applies max_concurrent_trials to a Searcher only (it ignores it for a generator,
+        # with a warning): the generator takes the limit itself.
+        search = BasicVariantGenerator(
+            random_state=sweep.seed, max_concurrent=sweep.max_concurrency
+        )
         num_samples = 1 if smoke else sweep.per_point()
     else:
         # A trial ASHA stopped has no objective value; Optuna records it as failed, which is
@@ -111,7 +115,7 @@ def make_tuner(
             search_alg=search,
             scheduler=scheduler,
             num_samples=num_samples,
-            max_concurrent_trials=sweep.max_concurrency,
+            max_concurrent_trials=None if sweep.is_grid() else sweep.max_concurrency,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(

@@ -145,6 +145,9 @@ def test_a_grid_sweep_runs_every_point_once(tmp_path: Path, isolated_store: str)
     got = sorted((int(r.data.params["k"]), int(r.data.params["d_sae"])) for r in runs)
     assert got == [(2, 32), (4, 16), (4, 32)]
     assert all(1e-3 <= float(r.data.params[names.PARAM_LR]) <= 1e-2 for r in runs)
+    # max_concurrency 1 (the file's default) holds for grids too: no two trials overlap.
+    spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
     sweep_run = tracker.get_run(out.sweep_run_id)
     swept = sweep_run.params[names.SWEEP_PARAM_SEARCH_SPACE].split(",")
     assert sorted(swept) == ["sae.d_sae", "sae.k", "train.lr"]
