@@ -16,6 +16,7 @@ rest stays float32.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -244,6 +245,76 @@ def _encoder_grads(
     return g_w.transpose(1, 2).contiguous(), g_b
 
 
+Backward = Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _sparse_decode(
+    parts: list[tuple[Entries, torch.Tensor]],
+    w_dec: torch.Tensor,
+    n_rows: int,
+    dt: torch.dtype = torch.float32,
+) -> tuple[list[torch.Tensor], Backward]:
+    """Each part's reconstruction [S, B, d_in] from its entries and weights, by one
+    embedding_bag (bags of part i at rows i*SB..); its backward: dL/d(entry weights), dL/dW_dec."""
+    n_seeds, d_sae, d_in = w_dec.shape
+    starts = [0]
+    for e, _ in parts[:-1]:
+        starts.append(starts[-1] + len(e.lat))
+    with torch.enable_grad():
+        wt = torch.cat([w for _, w in parts]).requires_grad_(True)
+        table = w_dec.detach().reshape(n_seeds * d_sae, d_in).requires_grad_(True)
+        dec = F.embedding_bag(
+            torch.cat([e.lat for e, _ in parts]),
+            table,
+            torch.cat([e.offsets + s for (e, _), s in zip(parts, starts, strict=True)]),
+            mode="sum",
+            per_sample_weights=wt,
+        )
+    outs = [
+        dec[i * n_rows : (i + 1) * n_rows].detach().view(n_seeds, -1, d_in)
+        for i in range(len(parts))
+    ]
+
+    def backward(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        g_w, g_table = torch.autograd.grad(dec, (wt, table), torch.cat(grads).view(-1, d_in))
+        return g_w, g_table.view(n_seeds, d_sae, d_in)
+
+    return outs, backward
+
+
+def _dense_decode(
+    parts: list[tuple[Entries, torch.Tensor]],
+    w_dec: torch.Tensor,
+    n_rows: int,
+    dt: torch.dtype = torch.float32,
+) -> tuple[list[torch.Tensor], Backward]:
+    """`_sparse_decode` as dense batched matmuls: each part's activations scattered into a
+    [S, B, d_sae] matrix, decoded by bmm; the backward is two more bmm per part."""
+    n_seeds, d_sae, d_in = w_dec.shape
+    flat = [e.row * d_sae + e.lat % d_sae for e, _ in parts]
+    zs = [
+        torch.zeros(n_rows * d_sae, device=w_dec.device)
+        .index_put_((i,), w)
+        .view(n_seeds, -1, d_sae)
+        for i, (_, w) in zip(flat, parts, strict=True)
+    ]
+    outs = [_mm(dt, torch.bmm, z, w_dec) for z in zs]
+
+    def backward(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        g_w = torch.cat(
+            [
+                _mm(dt, torch.bmm, g, w_dec.transpose(1, 2)).flatten()[i]
+                for g, i in zip(grads, flat, strict=True)
+            ]
+        )
+        g_table = sum(
+            _mm(dt, torch.bmm, z.transpose(1, 2), g) for z, g in zip(zs, grads, strict=True)
+        )
+        return g_w, g_table  # type: ignore[return-value]
+
+    return outs, backward
+
+
 def sparse_step(
     params: list[torch.Tensor],
     sae_in: torch.Tensor,
@@ -255,8 +326,10 @@ def sparse_step(
     b_dec_in: bool,
     dense_grads: bool = False,
     mm_dtype: torch.dtype = torch.float32,
+    dense_decode: bool = False,
 ) -> StepOut:
-    """One step's losses and gradients for every seed, sparse after the encoder matmul."""
+    """One step's losses and gradients for every seed, sparse after the encoder matmul
+    (`dense_decode`: the decode and its gradients as dense batched matmuls, `use_dense_decode`)."""
     w_enc, b_enc, w_dec, b_dec = params
     n_seeds, bsz, d_in = sae_in.shape
     dev = sae_in.device
@@ -273,17 +346,10 @@ def sparse_step(
     # latents, their AuxK reconstructions (bags SB..2SB-1); its backward gives the gradients
     # w.r.t. the bag weights and W_dec, both sparse in what they touch.
     n_rows, n_main, has_aux = n_seeds * bsz, len(main.lat), max(k_aux) > 0
-    bags, offsets, weights = [main.lat], [main.offsets], [act]
-    if has_aux:
-        bags, weights = [main.lat, aux.lat], [act, aux.pre]
-        offsets = [main.offsets, aux.offsets + n_main]
-    with torch.enable_grad():
-        wt = torch.cat(weights).requires_grad_(True)
-        table = w_dec.detach().reshape(n_seeds * d_sae, d_in).requires_grad_(True)
-        dec = F.embedding_bag(
-            torch.cat(bags), table, torch.cat(offsets), mode="sum", per_sample_weights=wt
-        )
-    resid = dec[:n_rows].detach().view(n_seeds, bsz, d_in) + b_dec[:, None, :] - y
+    decode = _dense_decode if dense_decode else _sparse_decode
+    parts = [(main, act), (aux, aux.pre)] if has_aux else [(main, act)]
+    dec, backward = decode(parts, w_dec, n_rows, dt=mm_dtype)
+    resid = dec[0] + b_dec[:, None, :] - y
     mse = resid.pow(2).sum(-1).mean(1)
     grad_dec = [2.0 * resid / bsz]
     aux_loss = torch.zeros(n_seeds, device=dev)
@@ -291,15 +357,16 @@ def sparse_step(
         # AuxK (sae-lens calculate_topk_aux_loss): dead latents predict the residual.
         scale = torch.tensor([min(n / k_aux_full, 1.0) for n in n_dead], device=dev)
         scale = scale.view(n_seeds, 1, 1)
-        diff = dec[n_rows:].detach().view(n_seeds, bsz, d_in) + resid  # recons - (y - out)
+        diff = dec[1] + resid  # recons - (y - out)
         aux_loss = aux_coeff * scale.flatten() * diff.pow(2).sum(-1).mean(1)
         grad_dec.append((2.0 * aux_coeff / bsz) * scale * diff)
-    g_w, g_table = torch.autograd.grad(dec, (wt, table), torch.cat(grad_dec).view(-1, d_in))
+    g_w, g_table = backward(grad_dec)
     lat, row, g_pre = main.lat, main.row, g_w[:n_main] * (main.pre > 0)
     if has_aux:
         lat, row = torch.cat([lat, aux.lat]), torch.cat([row, aux.row])
         g_pre = torch.cat([g_pre, g_w[n_main:]])
-    g_wenc, g_benc = _encoder_grads(sae_in, lat, row, g_pre, d_sae, dense_grads, mm_dtype)
+    dense = dense_grads or dense_decode
+    g_wenc, g_benc = _encoder_grads(sae_in, lat, row, g_pre, d_sae, dense, mm_dtype)
     g_bdec = grad_dec[0].sum(1)
     if b_dec_in:  # sae_in = x - b_dec feeds the encoder too
         g_bdec = g_bdec - torch.einsum("sdf,sf->sd", w_enc, g_benc)
@@ -314,7 +381,7 @@ def sparse_step(
     return StepOut(
         mse=mse,
         aux=aux_loss,
-        grads=[g_wenc, g_benc, g_table.view(n_seeds, d_sae, d_in), g_bdec],
+        grads=[g_wenc, g_benc, g_table, g_bdec],
         fired=fired.view(n_seeds, d_sae) > 0,
         l0=l0,
         min_active=torch.where(torch.isinf(low), torch.nan, low),

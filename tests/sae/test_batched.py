@@ -10,6 +10,7 @@ import pytest
 import torch
 from sae_lens.saes.batchtopk_sae import BatchTopK
 
+import husai.sae.batched
 import husai.sae.batched_sparse
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.measure.metrics import recon_metrics
@@ -34,10 +35,13 @@ TRAIN = SAETrainConfig(
 )
 
 
-@pytest.fixture(params=["whole", "chunked"])
+@pytest.fixture(params=["whole", "chunked", "dense"])
 def step_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways of scoring: one batched matmul (small SAEs) and cache-sized chunks seed by
-    seed (large SAEs; forced here with chunks of 64 rows)."""
+    seed (large SAEs; forced here with chunks of 64 rows); and the dense decode (large k /
+    d_sae; forced here for k 4 of 128)."""
+    if request.param == "dense":
+        monkeypatch.setattr(husai.sae.batched, "DENSE_DECODE_SHARE", 0.0)
     if request.param == "chunked":
         monkeypatch.setattr(husai.sae.batched_sparse, "WHOLE_MAX_ELEMENTS", 0)
         monkeypatch.setattr(husai.sae.batched_sparse, "CHUNK_ELEMENTS", 64 * 128)
@@ -228,7 +232,8 @@ def test_one_step_gradients_equal_sae_lens_autograd(
     params = [torch.stack([getattr(s, n).detach() for s in saes]) for n in ("W_enc", "b_enc")]
     params += [torch.stack([getattr(s, n).detach() for s in saes]) for n in ("W_dec", "b_dec")]
     sae_in = x if transcoder else x - params[3][:, None, :]
-    out = sparse_step(params, sae_in, y, dead, arch, k, 1.0, not transcoder)
+    dense = step_kind == "dense"
+    out = sparse_step(params, sae_in, y, dead, arch, k, 1.0, not transcoder, dense_decode=dense)
     for s, sae in enumerate(saes):
         step = TranscoderStepInput(
             sae_in=x[s], coefficients={}, dead_neuron_mask=dead[s], n_training_steps=0,
