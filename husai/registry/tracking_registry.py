@@ -49,7 +49,7 @@ class RegistryCalls:
         """Log a models-from-code pyfunc on `run_id` and register it as a new version (a bare
         safetensors folder cannot be registered; a pyfunc can, loads with
         mlflow.pyfunc.load_model("models:/<name>/<version>") and pickles nothing)."""
-        status = self.client.get_run(run_id).info.status
+        before = self.client.get_run(run_id).info
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             info = mlflow.pyfunc.log_model(
@@ -59,9 +59,14 @@ class RegistryCalls:
                 signature=infer_signature(*example),
                 pip_requirements=[f"{k}=={v}" for k, v in self._versions.items() if k != "husai"],
             )
-        # Leaving the fluent block ended the run FINISHED: put back the status it had (RUNNING
-        # inside `run()`, which alone decides how a run ends; FINISHED for a recorded trial).
-        self.client.update_run(run_id, status=status)
+        # Leaving the fluent block ended the run FINISHED, now: put back the status it had
+        # (RUNNING inside `run()`, which alone decides how a run ends) and, for a run that had
+        # ended (a trial registered after it was recorded), its end time, so that the UI's
+        # duration stays the work's.
+        if before.status == "RUNNING":
+            self.client.update_run(run_id, status=before.status)
+        else:
+            self.client.set_terminated(run_id, before.status, end_time=before.end_time)
         self._ensure_registered_model(model_name)
         mv = self.client.create_model_version(
             model_name,

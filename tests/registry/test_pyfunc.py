@@ -4,6 +4,7 @@ earlier layout of the package registered (their wrapper code, stored with each v
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -20,6 +21,7 @@ from husai.sae.build import build_sae, save_sae
 # The wrappers as the layout before the layered packages registered them (abridged to what
 # loading exercises; the imports are the point).
 OLD_SAE_WRAPPER = """
+import time
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from mlflow.models import set_model
@@ -38,6 +40,7 @@ class SAEPyfunc(PythonModel):
 set_model(SAEPyfunc())
 """
 OLD_BASE_WRAPPER = """
+import time
 from pathlib import Path
 import pandas as pd, torch
 from mlflow.models import set_model
@@ -97,3 +100,20 @@ def test_base_versions_load(
     loaded = mlflow.pyfunc.load_model(f"models:/husai-test-model/{version}")
     pred = loaded.predict(pd.DataFrame({"a": [1, 2], "b": [3, 4]}))
     assert pred.shape == (2,) and pred.between(0, tiny_cfg.task.p - 1).all()
+
+
+def test_registering_a_finished_run_keeps_its_times(tracker: Tracker, tmp_path: Path) -> None:
+    """The failure seen: a sweep registering its best trial's SAE after the trial was recorded
+    moved the trial run's end to the sweep's end (the UI showed a 28 s trial as 127 s)."""
+    folder = save_sae(build_sae(SAEConfig(d_sae=8, k=2), 4, 0), tmp_path / names.ARTIFACT_SAE)
+    with tracker.run("husai-test", "finished", {}) as run_id:
+        pass
+    before = tracker.get_run(run_id)
+    time.sleep(0.05)
+    example = (pd.DataFrame([[0.0] * 4]), pd.DataFrame([[0.0] * 8]))
+    code = HERE / "pyfunc_sae.py"
+    tracker.register_pyfunc(
+        run_id, code, {names.ARTIFACT_SAE: str(folder)}, example, "husai-test-model", "m", {}, ""
+    )
+    after = tracker.get_run(run_id)
+    assert (after.status, after.end_time) == ("FINISHED", before.end_time)
