@@ -4,8 +4,9 @@ Times `husai.sae.batched_sparse.sparse_step` (5 seeds, TopK, d_in 128, batch 204
 with the sparse decode (one embedding_bag over the chosen latents, sparse encoder gradient) and
 the dense one (activations scattered into [S, B, d_sae], decoded and differentiated by bmm),
 over a grid of k and d_sae, and prints ms per step and the ratio. The rule the seed-batched
-path uses (`husai.sae.batched.use_dense_decode`) was read off this table; the last column says
-what it picks.
+path uses (`husai.sae.batched_sparse.use_dense_decode`, on k plus AuxK's width, so that a step
+with dead latents counts their decode too) was read off this table; the last column says what
+it picks.
 
     .venv/bin/python benchmarks/decode_crossover.py [--batch 2048] [--d-in 128] [--steps 20]
 """
@@ -17,8 +18,7 @@ import time
 
 import torch
 
-from husai.sae.batched import use_dense_decode
-from husai.sae.batched_sparse import sparse_step
+from husai.sae.batched_sparse import sparse_step, use_dense_decode
 
 D_SAES = (64, 128, 256, 512, 1024, 4096)
 KS = (8, 16, 32, 64, 128)
@@ -65,7 +65,8 @@ def main() -> None:
                     continue
                 sp = per_step(args.d_in, d_sae, k, args.batch, args.steps, dense=False)
                 de = per_step(args.d_in, d_sae, k, args.batch, args.steps, dense=True)
-                pick = "dense" if use_dense_decode(k, d_sae, torch.device("cpu")) else "sparse"
+                k_aux = min(d_sae // 8, args.d_in // 2)  # the dead latents per_step sets up
+                pick = "dense" if use_dense_decode(k + k_aux, d_sae) else "sparse"
                 print(
                     f"| {d_sae} | {k} | {k / d_sae:.3f} | {sp:.1f} | {de:.1f} | {sp / de:.2f} "
                     f"| {pick} |",

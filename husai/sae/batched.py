@@ -73,19 +73,6 @@ class _Stack:
         self.sched.step()
 
 
-# Dense decode from this share of active latents on (k / d_sae >= DENSE_DECODE_SHARE): below
-# it the sparse decode does less work; above it a dense bmm's throughput wins. Measured on
-# this project's 2-core CPU machine (benchmarks/decode_crossover.py, README "Benchmarks").
-DENSE_DECODE_SHARE = 1 / 8
-
-
-def use_dense_decode(k: int, d_sae: int, device: torch.device) -> bool:
-    """Whether the seed-batched step decodes densely: by the crossover measured on the CPU.
-    On CUDA the sparse decode stays (what was measured bit-reproducible on a GPU) until the
-    crossover is measured there too."""
-    return device.type == "cpu" and k >= DENSE_DECODE_SHARE * d_sae
-
-
 def train_seeds_batched(
     sae_cfg: SAEConfig,
     cfg: SAETrainConfig,
@@ -123,7 +110,10 @@ def _train(
     dev = acts.device
     p = _Stack(saes, cfg, dev)
     dense_grads = dev.type == "cuda"  # see husai.sae.batched_sparse
-    dense_decode = use_dense_decode(sae_cfg.k, sae_cfg.d_sae, dev)
+    # On the CPU each step decodes sparse or dense by the measured crossover (None: the rule
+    # in batched_sparse); on CUDA the sparse decode stays, what was measured bit-reproducible
+    # on a GPU, until the crossover is measured there too.
+    dense_decode = None if dev.type == "cpu" else False
     mm_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     orders = [BatchOrder(int(acts.shape[0]), cfg.batch_size, st.data_seed) for st in streams]
     n_seeds, d_sae, k = len(seeds), sae_cfg.d_sae, sae_cfg.k

@@ -30,6 +30,10 @@ WHOLE_MAX_ELEMENTS = 1 << 22
 # the seed-batched path at d_sae 16384 ran at 0.2x SAETrainer chunked); scores stay whole up to
 # 2 GiB per [S, B, d_sae] tensor, and larger problems go in chunks of that size.
 GPU_WHOLE_MAX_ELEMENTS = 1 << 29
+# Dense decode from this share of latents decoded per row on: (k + AuxK's k_aux) / d_sae >=
+# DENSE_DECODE_SHARE. Below it the sparse decode does less work; above it dense batched
+# matmuls win. Measured on this project's 2-core CPU machine (benchmarks/decode_crossover.py).
+DENSE_DECODE_SHARE = 1 / 8
 # BatchTopK keeps this many candidates per row (x k) before its batch-wide selection; a row
 # that could hold more of the batch's top values is recomputed in full (exact either way).
 BATCHTOPK_CANDIDATES = 4
@@ -245,6 +249,11 @@ def _encoder_grads(
     return g_w.transpose(1, 2).contiguous(), g_b
 
 
+def use_dense_decode(per_row: int, d_sae: int) -> bool:
+    """Whether a step that decodes `per_row` latents of `d_sae` per row does so densely."""
+    return per_row >= DENSE_DECODE_SHARE * d_sae
+
+
 Backward = Callable[[list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -326,10 +335,11 @@ def sparse_step(
     b_dec_in: bool,
     dense_grads: bool = False,
     mm_dtype: torch.dtype = torch.float32,
-    dense_decode: bool = False,
+    dense_decode: bool | None = False,
 ) -> StepOut:
     """One step's losses and gradients for every seed, sparse after the encoder matmul
-    (`dense_decode`: the decode and its gradients as dense batched matmuls, `use_dense_decode`)."""
+    (`dense_decode`: the decode and its gradients as dense batched matmuls; None: decided for
+    this step by `use_dense_decode`, from k and this step's AuxK width)."""
     w_enc, b_enc, w_dec, b_dec = params
     n_seeds, bsz, d_in = sae_in.shape
     dev = sae_in.device
@@ -346,6 +356,8 @@ def sparse_step(
     # latents, their AuxK reconstructions (bags SB..2SB-1); its backward gives the gradients
     # w.r.t. the bag weights and W_dec, both sparse in what they touch.
     n_rows, n_main, has_aux = n_seeds * bsz, len(main.lat), max(k_aux) > 0
+    if dense_decode is None:
+        dense_decode = use_dense_decode(k + max(k_aux), d_sae)
     decode = _dense_decode if dense_decode else _sparse_decode
     parts = [(main, act), (aux, aux.pre)] if has_aux else [(main, act)]
     dec, backward = decode(parts, w_dec, n_rows, dt=mm_dtype)

@@ -10,7 +10,6 @@ import pytest
 import torch
 from sae_lens.saes.batchtopk_sae import BatchTopK
 
-import husai.sae.batched
 import husai.sae.batched_sparse
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.measure.metrics import recon_metrics
@@ -38,10 +37,11 @@ TRAIN = SAETrainConfig(
 @pytest.fixture(params=["whole", "chunked", "dense"])
 def step_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways of scoring: one batched matmul (small SAEs) and cache-sized chunks seed by
-    seed (large SAEs; forced here with chunks of 64 rows); and the dense decode (large k /
-    d_sae; forced here for k 4 of 128)."""
-    if request.param == "dense":
-        monkeypatch.setattr(husai.sae.batched, "DENSE_DECODE_SHARE", 0.0)
+    seed (large SAEs; forced here with chunks of 64 rows); each with the sparse decode, and
+    the dense decode (many latents per row: forced here for k 4 of 128)."""
+    dense = request.param == "dense"
+    share = 0.0 if dense else float("inf")  # every step dense, or every step sparse
+    monkeypatch.setattr(husai.sae.batched_sparse, "DENSE_DECODE_SHARE", share)
     if request.param == "chunked":
         monkeypatch.setattr(husai.sae.batched_sparse, "WHOLE_MAX_ELEMENTS", 0)
         monkeypatch.setattr(husai.sae.batched_sparse, "CHUNK_ELEMENTS", 64 * 128)
@@ -272,3 +272,13 @@ def test_consistency_term_matches_the_sae_lens_extension(
             assert np.abs(rv - bv).max() / np.abs(rv).max() < 1e-4, key
         assert curves(r, "consistency_loss").max() > 0
         assert torch.allclose(r.decoder, b.decoder, atol=1e-5)
+
+
+def test_the_decode_is_dense_from_the_measured_share_of_latents_per_row() -> None:
+    """k plus AuxK's width against d_sae (benchmarks/decode_crossover.py measured where dense
+    wins on this machine)."""
+    from husai.sae.batched_sparse import use_dense_decode
+
+    assert use_dense_decode(16, 128) and not use_dense_decode(8, 128)
+    assert use_dense_decode(8 + 16, 128)  # dead latents decode too
+    assert not use_dense_decode(64 + 64, 4096)
