@@ -114,10 +114,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real tracking server with proxied artifacts, on loopback, lean (one worker, no job
-    execution: 2 processes instead of ~15)."""
+    execution: 2 processes instead of ~15). One per session (it takes ~15 s to start): the
+    tests that use it write to experiments of their own."""
+    tmp_path = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     (tmp_path / "server").mkdir()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

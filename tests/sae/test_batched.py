@@ -34,18 +34,29 @@ TRAIN = SAETrainConfig(
 )
 
 
+def _use(kind: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    dense = kind == "dense"
+    share = 0.0 if dense else float("inf")  # every step dense, or every step sparse
+    monkeypatch.setattr(husai.sae.batched_sparse, "DENSE_DECODE_SHARE", share)
+    if kind == "chunked":
+        monkeypatch.setattr(husai.sae.batched_sparse, "WHOLE_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(husai.sae.batched_sparse, "CHUNK_ELEMENTS", 64 * 128)
+    return kind
+
+
 @pytest.fixture(params=["whole", "chunked", "dense"])
 def step_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways of scoring: one batched matmul (small SAEs) and cache-sized chunks seed by
     seed (large SAEs; forced here with chunks of 64 rows); each with the sparse decode, and
     the dense decode (many latents per row: forced here for k 4 of 128)."""
-    dense = request.param == "dense"
-    share = 0.0 if dense else float("inf")  # every step dense, or every step sparse
-    monkeypatch.setattr(husai.sae.batched_sparse, "DENSE_DECODE_SHARE", share)
-    if request.param == "chunked":
-        monkeypatch.setattr(husai.sae.batched_sparse, "WHOLE_MAX_ELEMENTS", 0)
-        monkeypatch.setattr(husai.sae.batched_sparse, "CHUNK_ELEMENTS", 64 * 128)
-    return str(request.param)
+    return _use(str(request.param), monkeypatch)
+
+
+@pytest.fixture(params=["whole", "chunked"])
+def scoring(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The two ways of scoring with the sparse decode (BatchTopK's 300-step run; its dense
+    decode is checked step by step in the gradient test)."""
+    return _use(str(request.param), monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +125,7 @@ def test_topk_matches_sae_lens_step_by_step(
             assert torch.allclose(getattr(r.sae, name), getattr(b.sae, name), atol=1e-5), name
 
 
-def test_batchtopk_matches_sae_lens(
-    data: tuple[torch.Tensor, torch.Tensor], step_kind: str
-) -> None:
+def test_batchtopk_matches_sae_lens(data: tuple[torch.Tensor, torch.Tensor], scoring: str) -> None:
     """BatchTopK's batch-wide threshold turns float-level differences into an occasional other
     choice at the margin, after which the runs drift apart: the curve is compared tightly
     for the first 100 steps, the end by the issue's metric tolerances."""
@@ -125,7 +134,7 @@ def test_batchtopk_matches_sae_lens(
     ref = [train_sae(sae, TRAIN, train, s) for s in SEEDS]
     bat = train_seeds_batched(sae, TRAIN, train, SEEDS)
     got = compare(ref, bat, held_out, rtol_steps=100)
-    print("batchtopk", step_kind, got)
+    print("batchtopk", scoring, got)
     for r, b in zip(ref, bat, strict=True):
         assert float(b.sae.topk_threshold) == pytest.approx(float(r.sae.topk_threshold), rel=0.05)
 
