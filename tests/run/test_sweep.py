@@ -129,33 +129,6 @@ LR = {"type": "loguniform", "low": 1e-3, "high": 1e-2}
 
 
 @pytest.mark.slow
-def test_a_grid_sweep_runs_every_point_once(tmp_path: Path, isolated_store: str) -> None:
-    """Sub-grids (k at one d_sae plus d_sae at one k, sharing a point) beside a sampled lr:
-    each grid point is one trial, the shared point once; the report draws each sub-grid."""
-    path = write_sweep(
-        tmp_path,
-        search_space={"train.lr": LR},
-        grids=[{"sae.k": [2, 4], "sae.d_sae": [32]}, {"sae.k": [4], "sae.d_sae": [16, 32]}],
-        num_samples=1,
-    )
-    out = run_sweep(path, tracking_uri=isolated_store, allow_memorised=True)
-    assert out.n_trials == 3 and out.n_recorded == 3
-    tracker = Tracker(isolated_store)
-    runs = runs_of_kind(tracker, names.KIND_TRIAL, "husai/tiny_sweep")
-    got = sorted((int(r.data.params["k"]), int(r.data.params["d_sae"])) for r in runs)
-    assert got == [(2, 32), (4, 16), (4, 32)]
-    assert all(1e-3 <= float(r.data.params[names.PARAM_LR]) <= 1e-2 for r in runs)
-    # max_concurrency 1 (the file's default) holds for grids too: no two trials overlap.
-    spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
-    sweep_run = tracker.get_run(out.sweep_run_id)
-    swept = sweep_run.params[names.SWEEP_PARAM_SEARCH_SPACE].split(",")
-    assert sorted(swept) == ["sae.d_sae", "sae.k", "train.lr"]
-    rep = log_sweep_report(tracker, out.sweep_run_id)
-    assert {"stability_vs_k.png", "stability_vs_d_sae.png"} <= set(rep.files)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
     tmp_path: Path, isolated_store: str, how: str
@@ -169,9 +142,21 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
         "contrastive": False,
     }
     # No lambda: no lambda = 0 baselines; a continuous lr: no recipe proposed twice (it would
-    # be reused, not trained). So Ray's trials and MLflow's trial runs correspond 1:1.
-    space = {"sae.k": {"type": "categorical", "choices": [2, 4]}, "train.lr": LR}
-    path = write_sweep(tmp_path, num_samples=3, experiment=experiment, search_space=space)
+    # be reused, not trained). So Ray's trials and MLflow's trial runs correspond 1:1. SIGINT
+    # interrupts an Optuna search; SIGKILL a grid sweep (sub-grids sharing a point, beside a
+    # sampled lr), whose Tune state must resume to every point exactly once.
+    if how == "SIGINT":
+        space = {"sae.k": {"type": "categorical", "choices": [2, 4]}, "train.lr": LR}
+        path = write_sweep(tmp_path, num_samples=3, experiment=experiment, search_space=space)
+    else:
+        grids = [{"sae.k": [2, 4], "sae.d_sae": [32]}, {"sae.k": [4], "sae.d_sae": [16, 32]}]
+        path = write_sweep(
+            tmp_path,
+            num_samples=1,
+            experiment=experiment,
+            search_space={"train.lr": LR},
+            grids=grids,
+        )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -238,6 +223,22 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
     # and the one the resumed sweep started.
     assert ray_processes_left(first_ray) == []
     assert ray_processes_left(sweep_temp_dir(tracker, out.sweep_run_id)) == []
+    if how == "SIGKILL":
+        _every_grid_point_once(tracker, trials, out.sweep_run_id)
+
+
+def _every_grid_point_once(tracker: Tracker, trials: list, sweep_run_id: str) -> None:
+    """The grid sweep, resumed: each point one trial (the shared one once), the sampled lr in
+    its range, max_concurrency 1 held (no two trials overlap), each sub-grid drawn."""
+    got = sorted((int(r.data.params["k"]), int(r.data.params["d_sae"])) for r in trials)
+    assert got == [(2, 32), (4, 16), (4, 32)]
+    assert all(1e-3 <= float(r.data.params[names.PARAM_LR]) <= 1e-2 for r in trials)
+    spans = sorted((r.info.start_time, r.info.end_time) for r in trials)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
+    swept = tracker.get_run(sweep_run_id).params[names.SWEEP_PARAM_SEARCH_SPACE].split(",")
+    assert sorted(swept) == ["sae.d_sae", "sae.k", "train.lr"]
+    rep = log_sweep_report(tracker, sweep_run_id)
+    assert {"stability_vs_k.png", "stability_vs_d_sae.png"} <= set(rep.files)
 
 
 def test_resume_without_an_interrupted_sweep_is_a_clear_error(

@@ -101,4 +101,7 @@ def test_sweep_against_a_real_mlflow_server_with_asha_stopping_a_trial(
     # The best trial's SAE went through the server's artifact proxy into the registry.
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
     assert mv.tags[names.TAG_TRIAL_RUN_ID] == out.best_trial_run_id
-    assert (tmp_path / "server" / "artifacts").is_dir()
+    run = tracker.client.get_run(out.best_trial_run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+    got = tracker.download_model_version(names.SAE_MODEL_NAME, str(mv.version), tmp_path / "dl")
+    assert any(got.rglob("*.safetensors")), sorted(got.rglob("*"))
