@@ -22,9 +22,10 @@ from pathlib import Path
 from husai import console, names
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import PRESETS, resolve, with_activation_source
-from husai.core.errors import InputError
+from husai.core.errors import InputError, ServiceUnavailable
 
 EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 1  # a Ray head (or other service) that cannot be reached
 EXIT_INTERRUPTED = 130
 
 
@@ -350,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as e:
         console.error(args.command, e)
         return EXIT_BAD_INPUT
+    except ServiceUnavailable as e:
+        console.error(args.command, e)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt as e:
         console.interrupted(args.command, e)
         return EXIT_INTERRUPTED

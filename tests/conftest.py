@@ -9,7 +9,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from husai.config.loading import from_dict
 from husai.core import device as devices
 from husai.core import repro
 from husai.registry.tracking import Tracker
-from tests.helpers import TINY
+from tests.helpers import TINY, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -106,12 +105,6 @@ def tiny_cfg() -> ExperimentConfig:
 @pytest.fixture
 def tracker(isolated_store: str) -> Tracker:
     return Tracker(isolated_store)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,11 @@ class ConfigError(InputError):
     """A config that cannot be used; the message is one line naming the file and the field."""
 
 
+class ServiceUnavailable(RuntimeError):
+    """A service a command needs (a Ray cluster's head) cannot be reached: the CLI prints it as
+    one line, naming the address and what to check, and exits 1."""
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's text: errors are reported as one line."""
     text = str(e).strip()

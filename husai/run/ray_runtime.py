@@ -7,14 +7,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import socket
 import tempfile
+import threading
+import time
 import warnings
+from collections.abc import Iterator
 
 import psutil
 import ray
 from ray._private import ray_constants
 
 from husai.config.sweep import SweepConfig
+from husai.core.errors import InputError, ServiceUnavailable
 
 PRIVATE_PREFIX = "husai-ray-"  # the temp dir of every private instance HUSAI starts
 
@@ -55,13 +61,111 @@ def kill_private_ray(temp_dir: str) -> int:
     return killed
 
 
+CONNECT_TIMEOUT_ENV = "HUSAI_RAY_CONNECT_TIMEOUT_S"  # seconds to reach a cluster's head
+CONNECT_TIMEOUT_S = 60.0
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+DEFAULT_GCS_PORT = 6379
+
+
+def cluster_address(address: str | None) -> str | None:
+    """The cluster a sweep joins: `address`, else RAY_ADDRESS; None: a private instance.
+    A Ray Client address (ray://) is refused: Tune's driver must run on the cluster."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None and address.startswith("ray://"):
+        raise InputError(
+            f"--ray-address {address}: Ray Client (ray://) addresses are not supported: a "
+            "sweep's driver runs Ray Tune, which must run on the cluster. Run the sweep on a "
+            "node of the cluster with the head's address (<head>:6379), or submit it as a Ray "
+            "Job (README, 'On a Ray cluster')"
+        )
+    return address
+
+
+def connect_timeout() -> float:
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else CONNECT_TIMEOUT_S
+    except ValueError:
+        raise InputError(f"{CONNECT_TIMEOUT_ENV}={raw!r}: give a number of seconds") from None
+    if not value > 0:
+        raise InputError(f"{CONNECT_TIMEOUT_ENV}={raw!r}: give a number of seconds above 0")
+    return value
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
+    try:
+        return host.strip("[]"), int(port) if port else DEFAULT_GCS_PORT
+    except ValueError:
+        raise InputError(f"--ray-address {address}: give host:port (e.g. 10.0.0.5:6379)") from None
+
+
+def _unreachable(address: str, timeout: float, what: str) -> ServiceUnavailable:
+    host, port = _host_port(address)
+    return ServiceUnavailable(
+        f"--ray-address {address}: {what} within {timeout:g} s; check that the head runs "
+        f"(`ray start --head --port {port}` on {host}) and that this machine can reach "
+        f"{host}:{port}; {CONNECT_TIMEOUT_ENV} sets the wait"
+    )
+
+
+def check_reachable(address: str, timeout: float | None = None) -> None:
+    """Before any compute: something listens at the head's address (retried until `timeout`),
+    else ServiceUnavailable naming the address and what to check."""
+    timeout = connect_timeout() if timeout is None else timeout
+    host, port = _host_port(address)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, timeout)):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise _unreachable(address, timeout, "no Ray head answered") from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, error: Exception) -> Iterator[None]:
+    """Raise `error` in this (main) thread if the block is still running after `seconds`:
+    `ray.init` retries a head it cannot finish connecting to without end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise error
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def start_ray(address: str | None) -> str | None:
     """Connect to `address` (or RAY_ADDRESS); else start a private local instance on loopback
     and return its temp dir. `ray.shutdown()` afterwards stops the one or disconnects from the
-    other."""
-    address = address or os.environ.get("RAY_ADDRESS")
+    other. A head on loopback is joined as a loopback node (Ray would otherwise look for it at
+    the machine's network address, forever); any head not joined within the connect timeout
+    is a ServiceUnavailable."""
+    address = cluster_address(address)
     if address:
-        ray.init(address=address, log_to_driver=False)
+        timeout = connect_timeout()
+        kwargs: dict[str, str] = {}
+        if address != "auto":  # "auto": the cluster this machine's `ray start` left a file of
+            check_reachable(address, timeout)
+        if address != "auto" and _host_port(address)[0] in LOOPBACK_HOSTS:
+            keep_on_loopback()
+            kwargs["_node_ip_address"] = "127.0.0.1"
+        try:
+            with _deadline(timeout, _unreachable(address, timeout, "Ray did not connect")):
+                ray.init(address=address, log_to_driver=False, **kwargs)  # type: ignore[arg-type]
+        except ServiceUnavailable:
+            ray.shutdown()
+            raise
         return None
     keep_on_loopback()
     temp_dir = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)

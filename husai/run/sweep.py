@@ -46,6 +46,8 @@ from husai.registry.views import RunView
 from husai.run import stages
 from husai.run.confirm import confirm_best
 from husai.run.ray_runtime import (
+    check_reachable,
+    cluster_address,
     kill_private_ray,
     remove_private_ray_dir,
     start_ray,
@@ -184,6 +186,9 @@ def _search(
     prepared: tuple[BaseModelHandle, ActivationsHandle] | None,
     allow_memorised: bool = False,
 ) -> SweepOutcome:
+    address = cluster_address(ray_address)  # a ray:// address refused, a dead head found,
+    if address not in (None, "auto"):  # before the base model, the activations or any run
+        check_reachable(address)
     previous = _interrupted_run(tracker, sweep) if resume else None
     if previous is not None:
         refuse_if_alive(previous)
