@@ -20,7 +20,7 @@ import ray
 from ray._private import ray_constants
 
 from husai.config.sweep import SweepConfig
-from husai.core.errors import InputError, ServiceUnavailable
+from husai.core.errors import InputError, ServiceUnavailable, first_line
 
 PRIVATE_PREFIX = "husai-ray-"  # the temp dir of every private instance HUSAI starts
 
@@ -125,6 +125,43 @@ def check_reachable(address: str, timeout: float | None = None) -> None:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
+def _head_on_loopback(host: str, port: int) -> bool:
+    """Whether a head given by a loopback address registered itself on loopback (started with
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0): then it listens on 127.0.0.1 only, and the driver
+    must join as a 127.0.0.1 node too (by default it would look for the head at the machine's
+    network address, forever). A head started plainly (`ray start --head`) registers on the
+    machine's address, answers there, and is joined as Ray would."""
+    if host not in LOOPBACK_HOSTS:
+        return False
+    ip = ray.util.get_node_ip_address()
+    if ip.startswith("127.") or ip == "::1":
+        return True
+    try:
+        with socket.create_connection((ip, port), timeout=2.0):
+            return False
+    except OSError:
+        return True
+
+
+def _join_failed(address: str, timeout: float, e: BaseException) -> ServiceUnavailable:
+    """Why `ray.init` did not join, in one line (Ray wraps the cause in a ConnectionError)."""
+    chain: list[str] = []
+    cause: BaseException | None = e
+    while cause is not None and len(chain) < 5:
+        chain.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(chain)
+    if "InvalidAuthToken" in text or "AuthenticationError" in text:
+        return ServiceUnavailable(
+            f"--ray-address {address}: the cluster uses token authentication and this process "
+            "has not got its token: give it the cluster's RAY_AUTH_MODE=token and its token "
+            "(RAY_AUTH_TOKEN, or ~/.ray/auth_token on this machine)"
+        )
+    if isinstance(e, ServiceUnavailable):
+        return e
+    return _unreachable(address, timeout, f"Ray did not connect ({first_line(e)})")
+
+
 @contextlib.contextmanager
 def _deadline(seconds: float, error: Exception) -> Iterator[None]:
     """Raise `error` in this (main) thread if the block is still running after `seconds`:
@@ -148,24 +185,23 @@ def _deadline(seconds: float, error: Exception) -> Iterator[None]:
 def start_ray(address: str | None) -> str | None:
     """Connect to `address` (or RAY_ADDRESS); else start a private local instance on loopback
     and return its temp dir. `ray.shutdown()` afterwards stops the one or disconnects from the
-    other. A head on loopback is joined as a loopback node (Ray would otherwise look for it at
-    the machine's network address, forever); any head not joined within the connect timeout
-    is a ServiceUnavailable."""
+    other. A head that registered on loopback is joined as a loopback node (`_head_on_loopback`);
+    any head not joined within the connect timeout is a ServiceUnavailable."""
     address = cluster_address(address)
     if address:
         timeout = connect_timeout()
         kwargs: dict[str, str] = {}
         if address != "auto":  # "auto": the cluster this machine's `ray start` left a file of
             check_reachable(address, timeout)
-        if address != "auto" and _host_port(address)[0] in LOOPBACK_HOSTS:
-            keep_on_loopback()
-            kwargs["_node_ip_address"] = "127.0.0.1"
+            if _head_on_loopback(*_host_port(address)):
+                keep_on_loopback()
+                kwargs["_node_ip_address"] = "127.0.0.1"
         try:
             with _deadline(timeout, _unreachable(address, timeout, "Ray did not connect")):
                 ray.init(address=address, log_to_driver=False, **kwargs)  # type: ignore[arg-type]
-        except ServiceUnavailable:
+        except (ServiceUnavailable, ConnectionError, RuntimeError) as e:
             ray.shutdown()
-            raise
+            raise _join_failed(address, timeout, e) from None
         return None
     keep_on_loopback()
     temp_dir = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)

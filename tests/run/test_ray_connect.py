@@ -14,7 +14,12 @@ from husai import names
 from husai.cli import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, main
 from husai.core.errors import InputError
 from husai.registry.tracking import Tracker
-from husai.run.ray_runtime import CONNECT_TIMEOUT_ENV, _host_port, cluster_address
+from husai.run.ray_runtime import (
+    CONNECT_TIMEOUT_ENV,
+    _head_on_loopback,
+    _host_port,
+    cluster_address,
+)
 from tests.helpers import free_port, write_sweep
 
 
@@ -57,3 +62,22 @@ def test_ray_client_addresses_and_bad_timeouts_are_refused(
     assert f"{CONNECT_TIMEOUT_ENV}='soon'" in capsys.readouterr().err
     assert _host_port("10.0.0.5") == ("10.0.0.5", 6379)
     assert _host_port("localhost:6390") == ("localhost", 6390)
+
+
+def test_a_loopback_head_is_joined_the_way_it_registered() -> None:
+    """A head given as 127.0.0.1 that listens only there registered on loopback (the driver
+    must join as 127.0.0.1); one that also answers on the machine's address registered there
+    (Ray's default join). Stand-in listeners, not Ray: this is our own decision rule."""
+    import socket
+
+    import ray
+
+    if ray.util.get_node_ip_address().startswith("127."):
+        pytest.skip("this machine has no address but loopback")
+    for bind, on_loopback in (("127.0.0.1", True), ("0.0.0.0", False)):
+        with socket.socket() as s:
+            s.bind((bind, 0))
+            s.listen()
+            port = s.getsockname()[1]
+            assert _head_on_loopback("127.0.0.1", port) is on_loopback, bind
+    assert _head_on_loopback("10.0.0.5", 6379) is False
