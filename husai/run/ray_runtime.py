@@ -125,6 +125,15 @@ def check_reachable(address: str, timeout: float | None = None) -> None:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
+def machine_address() -> str | None:
+    """This machine's address on its default route, where a plain `ray start` registers its
+    node (as Ray finds it: a UDP socket's own end, nothing is sent); None without a route."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("8.8.8.8", 53))
+        return str(s.getsockname()[0])
+    return None
+
+
 def _head_on_loopback(host: str, port: int) -> bool:
     """Whether a head given by a loopback address registered itself on loopback (started with
     RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0): then it listens on 127.0.0.1 only, and the driver
@@ -133,8 +142,8 @@ def _head_on_loopback(host: str, port: int) -> bool:
     machine's address, answers there, and is joined as Ray would."""
     if host not in LOOPBACK_HOSTS:
         return False
-    ip = ray.util.get_node_ip_address()
-    if ip.startswith("127.") or ip == "::1":
+    ip = machine_address()
+    if ip is None or ip.startswith("127."):
         return True
     try:
         with socket.create_connection((ip, port), timeout=2.0):
@@ -193,9 +202,14 @@ def start_ray(address: str | None) -> str | None:
         kwargs: dict[str, str] = {}
         if address != "auto":  # "auto": the cluster this machine's `ray start` left a file of
             check_reachable(address, timeout)
-            if _head_on_loopback(*_host_port(address)):
+            host, port = _host_port(address)
+            if _head_on_loopback(host, port):
                 keep_on_loopback()
                 kwargs["_node_ip_address"] = "127.0.0.1"
+            elif host in LOOPBACK_HOSTS:
+                # Named, not looked up: a private instance earlier in this process may have
+                # turned Ray's own lookup to loopback.
+                kwargs["_node_ip_address"] = str(machine_address())
         try:
             with _deadline(timeout, _unreachable(address, timeout, "Ray did not connect")):
                 ray.init(address=address, log_to_driver=False, **kwargs)  # type: ignore[arg-type]
