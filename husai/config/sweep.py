@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from functools import cached_property
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,12 @@ class SweepConfig(Strict):
     def grid_points(self, smoke: bool = False) -> list[dict[str, Any]]:
         """Every grid point once, in file order: the product of the search space's grid
         dimensions, crossed with each sub-grid's product. --smoke: the first few points."""
+        points = self._points[: self.smoke.num_samples] if smoke else self._points
+        return [dict(p) for p in points]  # copies: the expansion is kept
+
+    @cached_property
+    def _points(self) -> tuple[dict[str, Any], ...]:
+        # Expanded once per file: the load-time checks ask for the points value by value.
         dims = {p: d.choices or () for p, d in self.search_space.items() if d.type == "grid"}
         crossed = [dict(zip(dims, v, strict=True)) for v in product(*dims.values())]
         subs = [dict(zip(g, v, strict=True)) for g in self.grids for v in product(*g.values())]
@@ -141,8 +148,7 @@ class SweepConfig(Strict):
             for b in subs or [{}]:
                 point = {**a, **b}
                 points.setdefault(json.dumps(point, sort_keys=True), point)
-        out = list(points.values())
-        return out[: self.smoke.num_samples] if smoke else out
+        return tuple(points.values())
 
     def n_trials(self, smoke: bool = False) -> int:
         if self.is_grid():

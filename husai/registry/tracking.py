@@ -155,16 +155,34 @@ class Tracker(RegistryCalls):
 
     def latest_unfinished(self, experiment: str, kind: str) -> RunView | None:
         """The newest run of this kind that did not finish (killed, failed or left running)."""
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            return None
-        runs = self.client.search_runs(
-            [exp.experiment_id],
-            f"tags.`{names.TAG_KIND}` = '{kind}' and attributes.status != 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
+        runs = self._search(
+            experiment, {names.TAG_KIND: kind}, "attributes.status != 'FINISHED'", newest_first=True
         )
         return _run_view(runs[0]) if runs else None
+
+    def _search(
+        self,
+        experiment: str,
+        tags: Mapping[str, str],
+        status: str,
+        newest_first: bool,
+        params: Mapping[str, str] | None = None,
+    ) -> list[Run]:
+        """Runs of `experiment` with these tags (and params) whose status clause holds, by
+        start time; [] when the experiment does not exist yet."""
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        clauses = [f"params.`{k}` = '{v}'" for k, v in (params or {}).items()]
+        clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        order = "DESC" if newest_first else "ASC"
+        return list(
+            self.client.search_runs(
+                [exp.experiment_id],
+                " and ".join([*clauses, status]),
+                order_by=[f"attributes.start_time {order}"],
+            )
+        )
 
     def get_run(self, run_id: str) -> RunView:
         return _run_view(self.client.get_run(run_id))
@@ -245,16 +263,8 @@ class Tracker(RegistryCalls):
 
     def running_runs(self, experiment: str, tags: Mapping[str, str]) -> list[RunView]:
         """RUNNING runs of `experiment` with these tags, oldest first."""
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            return []
-        clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
-        found = self.client.search_runs(
-            [exp.experiment_id],
-            " and ".join([*clauses, "attributes.status = 'RUNNING'"]),
-            order_by=["attributes.start_time ASC"],
-        )
-        return [_run_view(r) for r in found]
+        runs = self._search(experiment, tags, "attributes.status = 'RUNNING'", newest_first=False)
+        return [_run_view(r) for r in runs]
 
     def delete_run(self, run_id: str) -> None:
         """Hide a run from searches and the UI (MLflow keeps it until garbage collection)."""
@@ -278,15 +288,8 @@ class Tracker(RegistryCalls):
         self, experiment: str, params: Mapping[str, str], tags: Mapping[str, str] | None = None
     ) -> list[str]:
         """Finished runs of `experiment` whose params (and tags) equal these, newest first."""
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            return []
-        clauses = [f"params.`{k}` = '{v}'" for k, v in params.items()]
-        clauses += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
-        clauses.append("attributes.status = 'FINISHED'")
-        runs = self.client.search_runs(
-            [exp.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"]
-        )
+        finished = "attributes.status = 'FINISHED'"
+        runs = self._search(experiment, tags or {}, finished, newest_first=True, params=params)
         return [r.info.run_id for r in runs]
 
     def log_texts(self, run_id: str, files: Mapping[str, str], artifact_path: str) -> None:

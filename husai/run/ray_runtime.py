@@ -201,7 +201,8 @@ def start_ray(address: str | None) -> str | None:
         timeout = connect_timeout()
         kwargs: dict[str, str] = {}
         if address != "auto":  # "auto": the cluster this machine's `ray start` left a file of
-            check_reachable(address, timeout)
+            # Reachability was checked before any compute (`check_reachable`, the sweep's first
+            # step); a head gone since then is caught by the deadline below.
             host, port = _host_port(address)
             if _head_on_loopback(host, port):
                 keep_on_loopback()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -163,13 +164,20 @@ def trial(
             return TrialOutcome(own, None, None)
     acts = inputs.acts
     # Identical trials started at once wait for the first and reuse its record.
-    with claim(tracker, "trial", f"{cfg.config_hash()}-{acts.key}"):
+    with _trial_claim(tracker, cfg, acts.key):
         done = None if rerun else find_recorded_trial(tracker, cfg, acts.key, acts.sha256)
         if done is not None:
             return TrialOutcome(done, None, None, duplicate=src.ray_trial_id is not None)
         refs, plain = prepare_consistency(cfg, inputs, parent_run_id)
         result, rec = run_and_record(cfg, inputs, refs, plain, parent_run_id, on_seed)
     return TrialOutcome(rec.run_id, result, rec)
+
+
+def _trial_claim(
+    tracker: Tracker, cfg: ExperimentConfig, acts_key: str
+) -> AbstractContextManager[None]:
+    """The claim on one recipe's trial on one activation set (its record's identity)."""
+    return claim(tracker, "trial", f"{cfg.config_hash()}-{acts_key}")
 
 
 def prepare_consistency(
@@ -202,7 +210,7 @@ def plain_recipe(
     )
     tracker = inputs.tracker
     # Two lambda > 0 trials sharing this baseline (or it, run on its own) train it once.
-    with claim(tracker, "trial", f"{plain.config_hash()}-{inputs.acts.key}"):
+    with _trial_claim(tracker, plain, inputs.acts.key):
         run_id = find_recorded_trial(tracker, plain, inputs.acts.key, inputs.acts.sha256)
         if run_id is not None:
             console.print_plain_recipe(run_id)

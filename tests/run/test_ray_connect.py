@@ -5,6 +5,7 @@ address is refused with the reason (exit 2). (A sweep on a real `ray start` clus
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -69,8 +70,6 @@ def test_a_loopback_head_is_joined_the_way_it_registered() -> None:
     """A head given as 127.0.0.1 that listens only there registered on loopback (the driver
     must join as 127.0.0.1); one that also answers on the machine's address registered there
     (Ray's default join). Stand-in listeners, not Ray: this is our own decision rule."""
-    import socket
-
     if machine_address() in (None, "127.0.0.1"):
         pytest.skip("this machine has no address but loopback")
     for bind, on_loopback in (("127.0.0.1", True), ("0.0.0.0", False)):
