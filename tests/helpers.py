@@ -4,6 +4,7 @@ each other."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from husai import names
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.registry.tracking import Tracker
+from husai.run.ray_runtime import processes_of
 from husai.sae.build import TrainStepInput
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,10 +188,9 @@ def ray_processes_left(temp_dir: str, wait_s: float = 15.0) -> list[str]:
     deadline = time.monotonic() + wait_s
     while True:
         left = []
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if temp_dir in cmd:
-                left.append(f"{p.info['pid']}: {cmd[:80]}")
+        for p in processes_of(temp_dir):
+            with contextlib.suppress(psutil.Error):
+                left.append(f"{p.pid}: {' '.join(p.cmdline())[:80]}")
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.5)

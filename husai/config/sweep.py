@@ -62,6 +62,12 @@ class SweepConfig(Strict):
     )
     max_concurrency: int = Field(1, ge=1, description="trials running at once")
     seed: int = Field(0, ge=0, description="seed of the Optuna sampler")
+    retries: int = Field(
+        1,
+        ge=0,
+        description="times Ray Tune runs a trial again after an attempt failed (its node was "
+        "lost, its worker killed, or it raised); every failed attempt is recorded FAILED",
+    )
     resources: Resources = Field(default_factory=Resources)
     asha: Asha = Field(default_factory=Asha)
     confirm: Confirm = Field(default_factory=Confirm)
@@ -164,7 +170,9 @@ class SweepConfig(Strict):
         """What makes two sweeps the same run: the whole file (resolved) and --smoke. The
         activations and metric version are matched separately, on the sweep run."""
         # Without grids the file dumps as it did before they existed: old fingerprints hold.
-        dump = self.model_dump(mode="json", exclude=None if self.grids else {"grids"})
+        # Retries change how a trial is scheduled, never what it measures.
+        left_out = {"retries"} if self.grids else {"grids", "retries"}
+        dump = self.model_dump(mode="json", exclude=left_out)
         blob = json.dumps({"sweep": dump, "smoke": smoke}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -14,9 +14,10 @@ def project_root() -> Path:
     return here if (here / "MLproject").exists() else Path.cwd()
 
 
-def cache_root() -> Path:
-    """$HUSAI_CACHE_DIR, else <project>/mlruns/cache (git-ignored, beside the local store)."""
+def cache_root(default: Path | None = None) -> Path:
+    """$HUSAI_CACHE_DIR, else `default`, else <project>/mlruns/cache (git-ignored, beside the
+    local store)."""
     env = os.environ.get("HUSAI_CACHE_DIR")
     if env:
         return Path(env)
-    return project_root() / "mlruns" / "cache"
+    return default if default is not None else project_root() / "mlruns" / "cache"

@@ -27,6 +27,7 @@ EXPERIMENT_CLAIMS = "husai-claims"
 TAG_CLAIM = "husai.claim"  # <kind>-<content key>: what the run claims
 TAG_CLAIM_HOLDER = "husai.claim_holder"  # host:pid of the process holding it
 TAG_CLAIM_HEARTBEAT = "husai.claim_heartbeat"  # epoch seconds, refreshed while it is held
+TAG_CLAIM_OWNER = "husai.claim_owner"  # the Ray trial holding it: a retry of it takes it over
 # MLflow's own experiment tag: which page the UI opens an experiment on. Training runs, not the
 # GenAI trace overview MLflow 3 shows an experiment without it.
 MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -257,6 +258,7 @@ SWEEP_PARAM_OBJECTIVE = "sweep.objective"  # metric:mode, comma-separated
 TAG_SWEEP_HASH = "husai.sweep_hash"  # SweepConfig.fingerprint: an identical sweep is reused
 TAG_STOPPED_EARLY = "husai.stopped_early"  # a trial ASHA stopped before all its seeds
 TAG_TRIAL_ERROR = "husai.trial_error"  # a trial that raised: the error's last line
+TAG_LOST_ATTEMPT = "husai.lost_attempt"  # "true": an attempt whose worker died; Tune retried it
 TAG_RAY_TRIAL_ID = "husai.ray_trial_id"  # the Tune trial a sweep's trial run came from
 TAG_RAY_NODE_ID = "husai.ray_node_id"  # the Ray node that trained it
 MLFLOW_PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag, for searches
@@ -275,6 +277,8 @@ TUNE_TRIAL_RUN_ID = "trial_run_id"  # the MLflow trial run, in a finished trial'
 TUNE_NODE_ID = "node_id"  # Tune's own results carry only the host name, the same for loopback
 TUNE_RAY_TRIAL_ID = "trial_id"  # Tune's own key in every result: the Ray trial id
 TUNE_DUPLICATE = "duplicate"  # 1: the trial reused another's record of the same recipe
+# A trial that raised reports its error's last line and ends (Tune retries only lost attempts).
+TUNE_TRIAL_ERROR = "trial_error"
 
 
 def stability_key(base: str, suffix: str = "") -> str:

@@ -21,6 +21,10 @@ the record.
 
 A thread that already holds a claim and asks for it again (a stage inside another on the same
 key) is let through: neither form is re-entrant by itself.
+
+A sweep's trial names its Ray trial as the claim's owner. Ray Tune runs a trial again only after
+its attempt died (its node was lost), so a claim of the same owner is that dead attempt's and
+is taken over at once rather than waited out for `STALE_S`.
 """
 
 from __future__ import annotations
@@ -54,15 +58,16 @@ def _held() -> set[str]:
 
 
 @contextmanager
-def claim(tracker: Tracker, kind: str, key: str) -> Iterator[None]:
-    """Hold the claim on (`kind`, `key`) for the block; wait while another process holds it."""
+def claim(tracker: Tracker, kind: str, key: str, owner: str | None = None) -> Iterator[None]:
+    """Hold the claim on (`kind`, `key`) for the block; wait while another process holds it.
+    `owner`: the Ray trial asking (None outside sweeps)."""
     name = f"{kind}-{key}"
     held = _held()
     if name in held:
         yield
         return
     db = sqlite_path(tracker.uri)
-    with exclusive_lock(db, name) if db is not None else _server_claim(tracker, name):
+    with exclusive_lock(db, name) if db is not None else _server_claim(tracker, name, owner):
         held.add(name)
         try:
             yield
@@ -78,15 +83,16 @@ def _fresh(run: RunView, now: float) -> bool:
         return False
 
 
-def _live_rivals(tracker: Tracker, name: str, mine: str | None) -> list[RunView]:
+def _live_rivals(tracker: Tracker, name: str, mine: str | None, owner: str | None) -> list[RunView]:
     """The claim's RUNNING runs other than `mine` with a fresh heartbeat; stale ones (their
-    holder was killed) are deleted on the way."""
+    holder was killed) and those of an earlier attempt of `owner` are deleted on the way."""
     now = time.time()
     rivals = []
     for run in tracker.running_runs(names.EXPERIMENT_CLAIMS, {names.TAG_CLAIM: name}):
         if run.run_id == mine:
             continue
-        if _fresh(run, now):
+        earlier_attempt = owner is not None and run.tags.get(names.TAG_CLAIM_OWNER) == owner
+        if _fresh(run, now) and not earlier_attempt:
             rivals.append(run)
         else:
             tracker.delete_run(run.run_id)
@@ -94,19 +100,20 @@ def _live_rivals(tracker: Tracker, name: str, mine: str | None) -> list[RunView]
 
 
 @contextmanager
-def _server_claim(tracker: Tracker, name: str) -> Iterator[None]:
+def _server_claim(tracker: Tracker, name: str, owner: str | None) -> Iterator[None]:
     holder = f"{socket.gethostname()}:{os.getpid()}"
     while True:
         tags = {
             names.TAG_CLAIM: name,
             names.TAG_CLAIM_HOLDER: holder,
             names.TAG_CLAIM_HEARTBEAT: f"{time.time():.3f}",
+            **({names.TAG_CLAIM_OWNER: owner} if owner else {}),
         }
         mine = tracker.open_claim_run(name, tags)
-        if not _live_rivals(tracker, name, mine):
+        if not _live_rivals(tracker, name, mine, owner):
             break
         tracker.delete_run(mine)  # withdraw, wait for the holder, try again
-        while _live_rivals(tracker, name, None):
+        while _live_rivals(tracker, name, None, owner):
             time.sleep(POLL_S)
         time.sleep(random.uniform(0.0, POLL_S))
     stop = threading.Event()

@@ -367,21 +367,22 @@ def record_stopped_trial(
     sweep_run_id: str,
     last: Mapping[str, float],
     error: str | None = None,
+    lost: bool = False,
 ) -> str:
     """A trial the scheduler stopped early: its recipe (the same params as a finished trial, so
     the UI compares them side by side) and its last report, status KILLED; a trial that raised
-    is FAILED, with the error's last line."""
+    is FAILED, with the error's last line; so is an attempt Tune `lost` and ran again."""
     tags = {
         **tracker.standard_tags(cfg.config_hash(), names.KIND_TRIAL, "sweep"),
         **({names.TAG_TRIAL_ERROR: error[:500]} if error else {names.TAG_STOPPED_EARLY: "true"}),
+        **({names.TAG_LOST_ATTEMPT: "true"} if lost else {}),
         names.TAG_ACTIVATION_SOURCE: src.source,
         **ray_tags(src.ray_trial_id, src.ray_node_id),
     }
     experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
     params = trial_params(cfg, d_in, hook, src)
-    with tracker.run(
-        experiment, trial_run_name(cfg) + "-stopped", tags, params, sweep_run_id
-    ) as rid:
+    suffix = "-lost" if lost else "-stopped"
+    with tracker.run(experiment, trial_run_name(cfg) + suffix, tags, params, sweep_run_id) as rid:
         tracker.log_metrics(rid, finite(dict(last)))
     if error:
         tracker.mark_failed(rid)

@@ -47,18 +47,39 @@ def keep_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def processes_of(temp_dir: str) -> list[psutil.Process]:
+    """The processes of the Ray node(s) whose temp dir is `temp_dir`: those naming it on their
+    command line, their children, and any holding a file open under it (Ray's agents rename
+    themselves, e.g. `ray::DashboardAgent`, and can outlive a killed raylet)."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if temp_dir in " ".join(proc.info["cmdline"] or []) or any(
+                f.path.startswith(temp_dir) for f in proc.open_files()
+            ):
+                found[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    found.setdefault(child.pid, child)
+    found.pop(os.getpid(), None)  # the caller, which may have read a log of the node
+    return list(found.values())
+
+
+def kill_processes_of(temp_dir: str) -> int:
+    """SIGKILL what `processes_of` finds; how many."""
+    killed = 0
+    for proc in processes_of(temp_dir):
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+            killed += 1
+    return killed
+
+
 def kill_private_ray(temp_dir: str) -> int:
     """Kill what is left of a private Ray instance (its processes name its unique temp dir):
     after a SIGKILL of the driver, Ray's helpers outlive it. Returns how many were killed."""
     if PRIVATE_PREFIX not in temp_dir:
         return 0  # only ever our own private instances
-    killed = 0
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        if temp_dir in " ".join(proc.info["cmdline"] or []):
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-                killed += 1
-    return killed
+    return kill_processes_of(temp_dir)
 
 
 CONNECT_TIMEOUT_ENV = "HUSAI_RAY_CONNECT_TIMEOUT_S"  # seconds to reach a cluster's head

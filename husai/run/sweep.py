@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 import warnings
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from husai.run.ray_runtime import (
     trial_resources,
 )
 from husai.run.sweep_driver import DriverWatch, kill_recorded, refuse_if_alive
-from husai.run.sweep_end import finish_sweep
+from husai.run.sweep_end import finish_sweep, record_lost_attempt
 from husai.run.sweep_progress import TrialLines
 from husai.run.sweep_search import make_tuner
 from husai.run.trial_stages import TrialInputs, trial
@@ -69,7 +70,9 @@ class SweepContext:
     tracking_uri: str
     sweep_run_id: str
     activation_key: str
-    cache_dir: str
+    cache_dir: str  # the driver's cache, for workers whose node sets no HUSAI_CACHE_DIR
+    d_in: int  # the activations' width and hook: what a record of a lost attempt needs
+    hook: str | None
     base_run_id: str
     base_version: str
     random_base_key: str | None  # the random-base null's activations (None: not asked for)
@@ -94,25 +97,36 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     try:
         _run_trial(config, ctx, cfg)
     except Exception as e:
+        # Reported, not raised: Tune would run a trial that raised again (`retries`), and the
+        # same recipe raises the same way. Only a lost attempt (its worker or node died) is run
+        # again. The traceback goes to this worker's Ray log; the sweep records the line on the
+        # trial's FAILED run (husai.trial_error).
+        traceback.print_exc()
+        why = f"{type(e).__name__}: {first_line(e)}"
         if dev.type == "cuda" and devices.is_out_of_memory(e):
-            # One line the sweep records on the trial's FAILED run (husai.trial_error).
-            raise RuntimeError(
+            why = (
                 f"out of GPU memory on {devices.describe(dev).name}: the trial's share is "
                 f"resources.gpu = {share.gpu:g} of the card; give it a larger share or a "
                 f"smaller recipe ({first_line(e)})"
-            ) from None
-        raise
+            )
+        tune.report({names.TUNE_TRIAL_ERROR: why, names.TUNE_NODE_ID: _node_id()})
+
+
+def _node_id() -> str:
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def _run_trial(config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig) -> None:
     cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"register_sae": False})})
     tracker = Tracker(ctx.tracking_uri)
-    acts = stages.activations_by_key(ctx.activation_key, tracker, Path(ctx.cache_dir)).acts
+    # The node's own cache where its `ray start` set HUSAI_CACHE_DIR (a node that lacks the
+    # activations fetches them from their MLflow run), else the driver's.
+    cache = cache_root(default=Path(ctx.cache_dir))
+    acts = stages.activations_by_key(ctx.activation_key, tracker, cache).acts
     random_base = None
     if ctx.random_base_key is not None:
-        cache = Path(ctx.cache_dir)
         random_base = stages.activations_by_key(ctx.random_base_key, tracker, cache).acts
-    node = ray.get_runtime_context().get_node_id()
+    node = _node_id()
     src = TrialSource(
         acts.key,
         ctx.base_version,
@@ -150,6 +164,53 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig)
             names.TUNE_NODE_ID: node,
         }
     )
+
+
+class LostAttempts(tune.Callback):
+    """In the driver: each attempt Tune lost (its worker or node died) and runs again is
+    recorded as a FAILED run with the reason, so MLflow shows it; the retry records the trial.
+    Picklable (Tune saves callbacks for --resume): it holds the context, not a client."""
+
+    def __init__(self, ctx: SweepContext) -> None:
+        self.ctx = ctx
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        ctx, last = self.ctx, dict(trial.last_result or {})
+        src = TrialSource(
+            ctx.activation_key,
+            ctx.base_version,
+            "sweep",
+            ray_trial_id=trial.trial_id,
+            ray_node_id=last.get(names.TUNE_NODE_ID),
+        )
+        error = _newest_failure(trial)
+        try:
+            record_lost_attempt(
+                Tracker(ctx.tracking_uri),
+                load_sweep(ctx.sweep_path),
+                ctx.smoke,
+                ctx.d_in,
+                ctx.hook,
+                src,
+                ctx.sweep_run_id,
+                dict(trial.config),
+                last,
+                error,
+            )
+        except Exception as e:  # the sweep goes on; the retry still records the trial
+            warnings.warn(
+                f"could not record a lost attempt of {trial}: {first_line(e)}", stacklevel=1
+            )
+
+
+def _newest_failure(trial: Any) -> str:
+    """Tune's text of the trial's newest failure: its error file (on the driver) holds every
+    failure so far, each after a "Failure # n" line."""
+    try:
+        text = Path(trial.error_file).read_text()
+    except (OSError, TypeError):
+        text = str(trial.get_error() or "")
+    return text.rsplit("Failure # ", 1)[-1].strip() or "its worker died"
 
 
 # --- the driver --------------------------------------------------------------------------------
@@ -238,6 +299,8 @@ def _search(
             sweep_run_id=sweep_run_id,
             activation_key=acts.acts.key,
             cache_dir=str(cache_root()),
+            d_in=acts.acts.d_in,
+            hook=acts.acts.hook,
             base_run_id=base.run_id,
             base_version=base.version,
             random_base_key=random_base,
@@ -307,8 +370,11 @@ def _fit(
         # verbose 0; the legacy engine at verbose 0 prints nothing, and TrialLines reports.
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
         fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), trial_resources(sweep))
-        lines = TrialLines(ctx.sweep_path, n_samples, sweep.objective[0].metric)
-        grid = make_tuner(fn, sweep, ctx.smoke, resume, folder, n_seeds, lines).fit()
+        callbacks = [
+            TrialLines(ctx.sweep_path, n_samples, sweep.objective[0].metric),
+            LostAttempts(ctx),
+        ]
+        grid = make_tuner(fn, sweep, ctx.smoke, resume, folder, n_seeds, callbacks).fit()
         trials = [grid[i] for i in range(len(grid))]
     finally:
         watch.stop()

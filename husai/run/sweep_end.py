@@ -13,7 +13,7 @@ from typing import Any
 from husai import names
 from husai.config.sweep import SweepConfig, sampled_params
 from husai.registry.handles import ActivationsHandle
-from husai.registry.sweep_records import SweepOutcome, record_outcome
+from husai.registry.sweep_records import SweepOutcome, experiment_of, record_outcome
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, record_stopped_trial
 
@@ -47,23 +47,70 @@ def finish_sweep(
     """Record the trials ASHA stopped (or that failed) before they were recorded, then the
     sweep's outcome. `trials`: Tune's results (anything with `.metrics`, `.config`, `.error`)."""
     results = [t.metrics or {} for t in trials]
+    a = acts.acts
     for r, t in zip(results, trials, strict=True):
         if names.TUNE_TRIAL_RUN_ID not in r:
-            last = {
-                k: v for k, v in r.items() if k in (names.TUNE_ASHA_METRIC, names.TUNE_SEEDS_DONE)
-            }
-            cfg = sweep.trial_config(sampled_params(sweep, t.config or {}), smoke)
+            error = getattr(t, "error", None)
+            why = r.get(names.TUNE_TRIAL_ERROR) or (None if error is None else last_line(error))
             trial_src = replace(
                 src,
                 ray_trial_id=r.get(names.TUNE_RAY_TRIAL_ID),
                 ray_node_id=r.get(names.TUNE_NODE_ID),
             )
-            error = getattr(t, "error", None)
-            why = None if error is None else (str(error).strip().splitlines() or ["error"])[-1]
-            a = acts.acts
-            record_stopped_trial(tracker, cfg, a.d_in, a.hook, trial_src, sweep_run_id, last, why)
+            cfg = sweep.trial_config(sampled_params(sweep, t.config or {}), smoke)
+            record_stopped_trial(
+                tracker, cfg, a.d_in, a.hook, trial_src, sweep_run_id, _last_report(r), why
+            )
     n_recorded = sum(names.TUNE_TRIAL_RUN_ID in r for r in results)
     n_duplicates = sum(bool(r.get(names.TUNE_DUPLICATE)) for r in results)
     best = best_trial(sweep, results)
     counts = (len(results), n_recorded, n_duplicates)
     return record_outcome(tracker, sweep, sweep_run_id, counts, best)
+
+
+def record_lost_attempt(
+    tracker: Tracker,
+    sweep: SweepConfig,
+    smoke: bool,
+    d_in: int,
+    hook: str | None,
+    src: TrialSource,
+    sweep_run_id: str,
+    config: dict[str, Any],
+    last: dict[str, Any],
+    error: object,
+) -> str:
+    """An attempt of a trial that Tune lost (its worker or node died) and runs again: a FAILED
+    run of the recipe with its last report and the reason (`src` names the Ray trial and, when
+    the attempt reported, its node). An attempt lost while it was writing its record left that
+    record RUNNING: it (and its seed runs) becomes the FAILED run instead. The retry records
+    the trial itself."""
+    why = f"attempt lost, run again: {last_line(error)}"
+    experiment = experiment_of(sweep)
+    mark = {names.TAG_TRIAL_ERROR: why[:500], names.TAG_LOST_ATTEMPT: "true"}
+    half = tracker.running_runs(
+        experiment,
+        {names.MLFLOW_PARENT_TAG: sweep_run_id, names.TAG_RAY_TRIAL_ID: str(src.ray_trial_id)},
+    )
+    for run in half:
+        for seed_run in tracker.running_runs(experiment, {names.MLFLOW_PARENT_TAG: run.run_id}):
+            tracker.mark_failed(seed_run.run_id)
+        tracker.set_tags(run.run_id, mark)
+        tracker.mark_failed(run.run_id)
+    if half:
+        return half[0].run_id
+    cfg = sweep.trial_config(sampled_params(sweep, config), smoke)
+    return record_stopped_trial(
+        tracker, cfg, d_in, hook, src, sweep_run_id, _last_report(last), why, lost=True
+    )
+
+
+def _last_report(r: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in r.items() if k in (names.TUNE_ASHA_METRIC, names.TUNE_SEEDS_DONE)}
+
+
+def last_line(error: object) -> str:
+    """The line that says what went wrong: the last of an exception's text, skipping Ray's
+    trailing blank and separator lines."""
+    lines = [ln.strip() for ln in str(error).strip().splitlines() if ln.strip(" -=")]
+    return lines[-1] if lines else "error"

@@ -68,7 +68,9 @@ class TrialLines(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         r = trial.last_result or {}
         secs = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
-        if names.TUNE_TRIAL_RUN_ID in r:
+        if names.TUNE_TRIAL_ERROR in r:
+            self._say(self._line(trial, f"FAILED: {r[names.TUNE_TRIAL_ERROR]}"), trial)
+        elif names.TUNE_TRIAL_RUN_ID in r:
             value, ev = _finite(r.get(self.objective)), _finite(r.get(names.RECON_EV))
             dup = str(r[names.TUNE_TRIAL_RUN_ID]) if r.get(names.TUNE_DUPLICATE) else None
             done = console.trial_done(secs, self.objective, value, ev, dup)
@@ -77,6 +79,9 @@ class TrialLines(Callback):
             done = r.get(names.TUNE_SEEDS_DONE, 0)
             fvu = r.get(names.TUNE_ASHA_METRIC, float("nan"))
             self._say(self._line(trial, console.trial_stopped(secs, done, fvu)), trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._say(self._line(trial, "attempt lost (its worker or node died): running it again"))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._say(self._line(trial, f"FAILED (see the Ray log under {trial.path})"), trial)

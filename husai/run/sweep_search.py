@@ -67,7 +67,7 @@ def make_tuner(
     resume: bool,
     folder: Path,
     n_seeds: int,
-    callback: Any,
+    callbacks: list[Any],
 ) -> Any:
     """The Tuner of a new sweep, or the interrupted one restored from `folder`."""
     if resume:
@@ -122,6 +122,9 @@ def make_tuner(
             name=folder.name,
             storage_path=str(folder.parent),
             verbose=0,  # Ray's boxes of every metric drown the sweep; TrialLines says enough
-            callbacks=[callback],
+            callbacks=callbacks,
+            # A lost attempt (its worker or node died) runs again; a trial that raised does
+            # not (it reports its error and ends: `husai.run.sweep.trainable`).
+            failure_config=tune.FailureConfig(max_failures=sweep.retries),
         ),
     )

@@ -164,7 +164,7 @@ def trial(
             return TrialOutcome(own, None, None)
     acts = inputs.acts
     # Identical trials started at once wait for the first and reuse its record.
-    with _trial_claim(tracker, cfg, acts.key):
+    with _trial_claim(tracker, cfg, acts.key, src.ray_trial_id):
         done = None if rerun else find_recorded_trial(tracker, cfg, acts.key, acts.sha256)
         if done is not None:
             return TrialOutcome(done, None, None, duplicate=src.ray_trial_id is not None)
@@ -174,10 +174,11 @@ def trial(
 
 
 def _trial_claim(
-    tracker: Tracker, cfg: ExperimentConfig, acts_key: str
+    tracker: Tracker, cfg: ExperimentConfig, acts_key: str, owner: str | None = None
 ) -> AbstractContextManager[None]:
-    """The claim on one recipe's trial on one activation set (its record's identity)."""
-    return claim(tracker, "trial", f"{cfg.config_hash()}-{acts_key}")
+    """The claim on one recipe's trial on one activation set (its record's identity), asked
+    for by the Ray trial `owner` in a sweep."""
+    return claim(tracker, "trial", f"{cfg.config_hash()}-{acts_key}", owner)
 
 
 def prepare_consistency(
@@ -210,7 +211,7 @@ def plain_recipe(
     )
     tracker = inputs.tracker
     # Two lambda > 0 trials sharing this baseline (or it, run on its own) train it once.
-    with _trial_claim(tracker, plain, inputs.acts.key):
+    with _trial_claim(tracker, plain, inputs.acts.key, inputs.src.ray_trial_id):
         run_id = find_recorded_trial(tracker, plain, inputs.acts.key, inputs.acts.sha256)
         if run_id is not None:
             console.print_plain_recipe(run_id)

@@ -1,5 +1,6 @@
 """Claims against a real `mlflow server` (the form for stores with no shared file system): one
-holder at a time, a killed holder's stale claim does not block, a live one does. The contenders
+holder at a time, a killed holder's stale claim does not block, a live one does (unless it is
+an earlier attempt of the same Ray trial). The contenders
 are threads with a Tracker each: the claim lives only in the server's runs, so a thread is a
 process as far as it is concerned. (The SQLite form, a flock, is tested by 4 identical trials
 at once in tests/run/test_trial_stages.py.)"""
@@ -54,13 +55,23 @@ def test_a_server_claim_has_one_holder_and_outlives_only_a_live_process(
         assert time.monotonic() - started < 5
     assert _claims_left(tracker) == []
 
-    # A live holder elsewhere (fresh heartbeat) is waited for until it lets go.
+    # A fresh claim of an earlier attempt of the same Ray trial (Tune retries a trial only once
+    # its attempt died) is taken over at once: no wait of STALE_S for a dead holder.
+    fresh = {names.TAG_CLAIM: "trial-retry", names.TAG_CLAIM_HEARTBEAT: f"{time.time()}"}
+    tracker.open_claim_run("trial-retry", {**fresh, names.TAG_CLAIM_OWNER: "ray-trial-1"})
+    started = time.monotonic()
+    with claim(tracker, "trial", "retry", owner="ray-trial-1"):
+        assert time.monotonic() - started < 5
+    assert _claims_left(tracker) == []
+
+    # A live holder elsewhere (fresh heartbeat) is waited for until it lets go, even by a Ray
+    # trial other than the holder's.
     fresh = {names.TAG_CLAIM: "trial-live", names.TAG_CLAIM_HEARTBEAT: f"{time.time()}"}
-    rival = tracker.open_claim_run("trial-live", fresh)
+    rival = tracker.open_claim_run("trial-live", {**fresh, names.TAG_CLAIM_OWNER: "ray-trial-2"})
     entered = threading.Event()
 
     def waiter() -> None:
-        with claim(Tracker(mlflow_server), "trial", "live"):
+        with claim(Tracker(mlflow_server), "trial", "live", owner="ray-trial-3"):
             entered.set()
 
     t = threading.Thread(target=waiter)

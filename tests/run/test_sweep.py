@@ -28,7 +28,7 @@ from husai.registry.trial_records import TrialSource, register_trial_sae
 from husai.report.sweep_report import log_sweep_report
 from husai.run.ray_runtime import PRIVATE_PREFIX, kill_private_ray
 from husai.run.sweep import run_sweep
-from husai.run.sweep_end import best_trial, finish_sweep
+from husai.run.sweep_end import best_trial, finish_sweep, record_lost_attempt
 from husai.run.sweep_search import DefineSpace
 from tests.helpers import (
     MEMORISED_OK,
@@ -343,9 +343,10 @@ def test_finishing_a_sweep_records_its_stopped_and_failed_trials(
         {"sae.k": 2, "consistency.lambda.off": True},
     )
     failed = TuneResult(
-        {}, {"sae.k": 4, "consistency.lambda.off": False, "consistency.lambda": 0.5},
+        {},
+        {"sae.k": 4, "consistency.lambda.off": False, "consistency.lambda": 0.5},
         RuntimeError("Traceback ...\nValueError: boom"),
-    )  # fmt: skip
+    )
     run_ctx = open_sweep_run(tracker, sweep, "h", "f", False, 2, "ray-name", "acts", "1")
     with run_ctx as sweep_run_id:
         out = finish_sweep(tracker, sweep, False, handle, src, sweep_run_id, [stopped, failed])
@@ -368,3 +369,63 @@ def test_finishing_a_sweep_records_its_stopped_and_failed_trials(
     sweep_run = tracker.get_run(sweep_run_id)
     assert sweep_run.metrics[names.SWEEP_N_TRIALS] == 2
     assert names.TAG_BEST_TRIAL_RUN_ID not in sweep_run.tags
+
+
+def test_lost_attempts_and_reported_errors_are_recorded_failed_with_their_reason(
+    tmp_path: Path, tracker: Tracker
+) -> None:
+    sweep = load_sweep(write_sweep(tmp_path))
+    config = {"sae.k": 4, "consistency.lambda.off": True}
+    run_ctx = open_sweep_run(tracker, sweep, "h", "f", False, 2, "ray-name", "acts", "1")
+    with run_ctx as sweep_run_id:
+        # An attempt lost before it wrote anything: a new FAILED run of its recipe.
+        src = TrialSource("acts", "1", "sweep", ray_trial_id="t1", ray_node_id="n1")
+        report = {names.TUNE_SEEDS_DONE: 1, names.TUNE_ASHA_METRIC: 0.4, "extra": 1.0}
+        error = "1 (occurred at x)\nThe actor abc is unavailable: RpcError: Socket closed\n"
+        rid = record_lost_attempt(
+            tracker, sweep, False, 16, None, src, sweep_run_id, config, report, error
+        )
+        # An attempt lost while writing its record left it (and a seed run) RUNNING: that
+        # record becomes the FAILED run, nothing new is written.
+        experiment = "husai/" + sweep.name
+        tags = {names.TAG_RAY_TRIAL_ID: "t2", names.TAG_KIND: names.KIND_TRIAL}
+        half = tracker.client.create_run(
+            tracker.experiment_id(experiment),
+            tags={**tags, names.MLFLOW_PARENT_TAG: sweep_run_id},
+        ).info.run_id
+        seed = tracker.client.create_run(
+            tracker.experiment_id(experiment), tags={names.MLFLOW_PARENT_TAG: half}
+        ).info.run_id
+        src2 = TrialSource("acts", "1", "sweep", ray_trial_id="t2")
+        assert (
+            record_lost_attempt(
+                tracker, sweep, False, 16, None, src2, sweep_run_id, config, {}, error
+            )
+            == half
+        )
+        # A trial that raised reports its error's line and ends; the sweep records it FAILED.
+        raised = TuneResult({names.TUNE_TRIAL_ERROR: "ValueError: boom", "trial_id": "t3"}, config)
+        x = torch.zeros(8, 16)
+        rows = torch.arange(8)
+        acts = ActivationSet("acts", None, None, None, x[:6], x[6:], rows[:6], rows[6:])
+        handle = ActivationsHandle(acts, "", True, "disk", tmp_path)
+        finish_sweep(
+            tracker, sweep, False, handle, TrialSource("acts", "1", "sweep"), sweep_run_id, [raised]
+        )
+    lost = tracker.get_run(rid)
+    assert lost.status == "FAILED" and lost.tags[names.TAG_LOST_ATTEMPT] == "true"
+    assert lost.tags[names.TAG_TRIAL_ERROR] == (
+        "attempt lost, run again: The actor abc is unavailable: RpcError: Socket closed"
+    )
+    assert lost.tags[names.TAG_RAY_TRIAL_ID] == "t1" and lost.tags[names.TAG_RAY_NODE_ID] == "n1"
+    assert lost.metrics == {names.TUNE_SEEDS_DONE: 1.0, names.TUNE_ASHA_METRIC: 0.4}
+    assert lost.params[names.PARAM_K] == "4"
+    assert tracker.get_run(half).status == "FAILED" == tracker.get_run(seed).status
+    assert tracker.get_run(half).tags[names.TAG_LOST_ATTEMPT] == "true"
+    failed = [
+        r for r in tracker.child_runs(sweep_run_id) if r.tags.get(names.TAG_RAY_TRIAL_ID) == "t3"
+    ]
+    assert [(r.status, r.tags[names.TAG_TRIAL_ERROR]) for r in failed] == [
+        ("FAILED", "ValueError: boom")
+    ]
+    assert names.TAG_LOST_ATTEMPT not in failed[0].tags

@@ -1,20 +1,133 @@
-"""Sweeps against real infrastructure a team would use: a two-node Ray cluster on loopback and a
-real `mlflow server` on 127.0.0.1, both started and stopped by the tests (by pid, never
-`ray stop`)."""
+"""Sweeps on a Ray cluster started the way users start one, against a real `mlflow server`: a
+head (`ray start --head`) and a second node (`ray start --address`), each with its own temp
+dir, CPU count and HUSAI_CACHE_DIR (the second with a custom resource), both given 127.0.0.1.
+A sweep submitted as a Ray Job (`ray job submit`), and one run with `--ray-address` whose
+worker node is killed mid-trial. The commands are those of the README's "On a Ray cluster".
+Both nodes are stopped by the process ids the fixture found for them (never `ray stop`).
+
+Ray 2.60's `ray start` refuses a second node on a cluster registered on loopback (with
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 it aborts; without, it looks for the head at the machine's
+network address): so these nodes register on the machine's address, as on a real cluster, and
+the test is skipped on a machine without one. The dashboard (Ray Jobs) listens on 127.0.0.1,
+and the cluster uses Ray's token authentication with a token of its own.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
 import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
-from ray._private import ray_constants
-from ray.cluster_utils import Cluster
 
 from husai import names
 from husai.registry.tracking import Tracker
-from husai.run.sweep import run_sweep
-from tests.helpers import SWEEP, ray_processes_left, runs_of_kind, sweep_temp_dir, write_sweep
+from husai.run.ray_runtime import machine_address, processes_of
+from tests.helpers import SWEEP, free_port, ray_processes_left, runs_of_kind, write_sweep
+
+BIN = Path(sys.executable).parent  # ray, husai: what an activated environment puts on PATH
+LR = {"type": "loguniform", "low": 1e-3, "high": 1e-2}  # continuous: no recipe proposed twice
+
+
+@dataclass
+class RayCluster:
+    root: Path  # everything of the cluster's: temp dirs, caches, Tune's results
+    gcs: str  # what --ray-address takes
+    dashboard: str  # what `ray job submit --address` takes
+    env: dict[str, str]  # the environment every process of the cluster and its users shares
+    node_dirs: dict[str, Path]  # "head" / "worker": the node's Ray temp dir
+    node_ids: dict[str, str]
+    pids: list[int]  # the nodes' processes, found right after each started
+
+    def cache(self, node: str) -> Path:
+        return self.root / f"cache-{node}"
+
+
+def _ray_start(args: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [str(BIN / "ray"), "start", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def _node_id(temp_dir: Path) -> str:
+    for proc in processes_of(str(temp_dir)):
+        if proc.name() == "raylet":
+            flag = next(a for a in proc.cmdline() if a.startswith("--node_id="))
+            return flag.split("=", 1)[1]
+    raise AssertionError(f"no raylet under {temp_dir}")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayCluster]:
+    if (machine_address() or "127.").startswith("127."):
+        pytest.skip("`ray start` nodes register on the machine's network address: none here")
+    # Short: Ray's socket paths under the temp dir must fit in 107 characters.
+    root = Path(tempfile.mkdtemp(prefix="husai-rc-"))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "HUSAI_CACHE_DIR", "RAY_ADDRESS")
+    }
+    env.update(
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(16),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    port, dash = free_port(), free_port()
+    dirs = {"head": root / "head", "worker": root / "worker"}
+    cluster = RayCluster(root, f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env, dirs, {}, [])
+    try:
+        # README, "On a Ray cluster": the head, then each other node.
+        _ray_start(
+            [
+                "--head",
+                f"--port={port}",
+                "--num-cpus=1",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                f"--ray-client-server-port={free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--temp-dir={dirs['head']}",
+            ],
+            {**env, "HUSAI_CACHE_DIR": str(cluster.cache("head"))},
+        )
+        cluster.pids += [p.pid for p in processes_of(str(dirs["head"]))]
+        _ray_start(
+            [
+                f"--address={cluster.gcs}",
+                "--num-cpus=1",
+                "--resources=" + json.dumps({"husai_worker": 1}),
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--temp-dir={dirs['worker']}",
+            ],
+            {**env, "HUSAI_CACHE_DIR": str(cluster.cache("worker"))},
+        )
+        cluster.pids += [p.pid for p in processes_of(str(dirs["worker"]))]
+        cluster.node_ids = {node: _node_id(d) for node, d in dirs.items()}
+        yield cluster
+    finally:
+        for pid in cluster.pids:
+            if psutil.pid_exists(pid):
+                psutil.Process(pid).kill()
+        # Workers Ray started later (trials) were not there to record: found the same way.
+        for d in dirs.values():
+            for proc in processes_of(str(d)):
+                proc.kill()
+        left = [p for d in dirs.values() for p in ray_processes_left(str(d))]
+        shutil.rmtree(root, ignore_errors=True)
+        assert left == [], left
 
 
 def trial_runs(tracker: Tracker, experiment: str) -> list:
@@ -22,57 +135,15 @@ def trial_runs(tracker: Tracker, experiment: str) -> list:
 
 
 @pytest.mark.slow
-def test_sweep_on_a_two_node_cluster_runs_trials_on_both_nodes(
-    tmp_path: Path, isolated_store: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # read when Ray is imported
-    # Ray's session files (and the address file Cluster writes) in a private folder.
-    ray_tmp = tempfile.mkdtemp(prefix="husai-ray-")
-    (Path(ray_tmp) / "ray").mkdir()
-    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        cluster.add_node(num_cpus=1)
-        nodes = cluster.list_all_nodes()
-        node_ids = {n.node_id for n in nodes}
-        assert len(node_ids) == 2
-        assert {n.node_ip_address for n in nodes} == {"127.0.0.1"}
-        # No lambda (no lambda = 0 baselines) and a continuous lr (no recipe proposed twice and
-        # reused): one MLflow trial run per Ray trial. Two trials at a time, one CPU each, on
-        # nodes of one CPU: they can only run on different nodes.
-        path = write_sweep(
-            tmp_path,
-            num_samples=4,
-            max_concurrency=2,
-            search_space={"sae.k": {"type": "categorical", "choices": [2, 4]}, "train.lr": LR},
-        )
-        out = run_sweep(
-            path, tracking_uri=isolated_store, ray_address=cluster.address, allow_memorised=True
-        )
-    finally:
-        cluster.shutdown()
-    assert out.n_trials == 4 and out.n_recorded == 4
-    runs = trial_runs(Tracker(isolated_store), "husai/tiny_sweep")
-    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
-    used = {r.data.tags[names.TAG_RAY_NODE_ID] for r in runs}
-    assert used == node_ids, (used, node_ids)
-    assert len({r.data.tags[names.TAG_RAY_TRIAL_ID] for r in runs}) == 4
-    assert ray_processes_left(ray_tmp) == []
-
-
-LR = {"type": "loguniform", "low": 1e-3, "high": 1e-2}  # continuous: no recipe proposed twice
-
-
-@pytest.mark.slow
-def test_sweep_against_a_real_mlflow_server_with_asha_stopping_a_trial(
-    tmp_path: Path, mlflow_server: str
+def test_a_sweep_submitted_as_a_ray_job_writes_to_the_server_with_asha(
+    tmp_path: Path, ray_cluster: RayCluster, mlflow_server: str
 ) -> None:
     # k = 1 reconstructs far worse than k = 8: sequential trials and ASHA after the first seed
     # (grace 1, halving) stop the bad ones; the sampled order is fixed by the sweep's seed.
     experiment = {**SWEEP["experiment"], "sae": {"architecture": "topk", "d_sae": 32, "k": 8}}
     path = write_sweep(
         tmp_path,
+        name="cluster_job",
         num_samples=4,
         experiment=experiment,
         search_space={"sae.k": {"type": "categorical", "choices": [1, 8]}, "train.lr": LR},
@@ -80,15 +151,27 @@ def test_sweep_against_a_real_mlflow_server_with_asha_stopping_a_trial(
         objective=[{"metric": "recon/ev", "mode": "max"}],
         asha={"enabled": True, "grace_period": 1, "reduction_factor": 2},
     )
-    out = run_sweep(path, tracking_uri=mlflow_server, allow_memorised=True)
+    submit = [
+        *("ray", "job", "submit", "--address", ray_cluster.dashboard, "--"),
+        *("husai", "sweep", "--sweep", str(path), "--tracking-uri", mlflow_server),
+        *("--allow-memorised", "yes"),
+    ]
+    done = subprocess.run(submit, env=ray_cluster.env, capture_output=True, text=True, timeout=400)
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed[-4000:]
+    assert "succeeded" in printed
+    # The driver's lines and final table, as a local sweep prints them, in the job's log.
+    assert "trial 4/4 [k " in printed and "stopped early by ASHA" in printed
+    assert "sweep run " in printed and "best trial run " in printed
+
     tracker = Tracker(mlflow_server)
-    assert ray_processes_left(sweep_temp_dir(tracker, out.sweep_run_id)) == []
-    runs = trial_runs(tracker, "husai/tiny_sweep")
+    (sweep_run,) = runs_of_kind(tracker, names.KIND_SWEEP, "husai/cluster_job")
+    runs = trial_runs(tracker, "husai/cluster_job")
     stopped = [r for r in runs if r.data.tags.get(names.TAG_STOPPED_EARLY) == "true"]
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert out.n_trials == 4 == len(runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert len(runs) == 4, [(r.info.run_name, r.info.status) for r in runs]
     assert stopped, "no trial was stopped early"
-    assert out.n_recorded == len(finished) == 4 - len(stopped)
+    assert len(finished) == 4 - len(stopped)
     best_fvu = min(r.data.metrics[names.RECON_FVU] for r in finished)
     for r in stopped:
         assert r.info.status == "KILLED"
@@ -96,12 +179,100 @@ def test_sweep_against_a_real_mlflow_server_with_asha_stopping_a_trial(
         assert r.data.metrics[names.TUNE_SEEDS_DONE] < 3
         assert r.data.metrics[names.RECON_FVU] > best_fvu  # stopped for reconstructing worse
     for r in finished:
-        assert "stability/pw_mcc_excess_lcb" in r.data.metrics
-        assert r.data.tags["mlflow.parentRunId"] == out.sweep_run_id
+        assert r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id
+        assert r.data.tags[names.TAG_RAY_NODE_ID] in ray_cluster.node_ids.values()
     # The best trial's SAE went through the server's artifact proxy into the registry.
+    best = sweep_run.data.tags[names.TAG_BEST_TRIAL_RUN_ID]
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
-    assert mv.tags[names.TAG_TRIAL_RUN_ID] == out.best_trial_run_id
-    run = tracker.client.get_run(out.best_trial_run_id)
-    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+    assert mv.tags[names.TAG_TRIAL_RUN_ID] == best
+    assert tracker.client.get_run(best).info.artifact_uri.startswith("mlflow-artifacts:")
     got = tracker.download_model_version(names.SAE_MODEL_NAME, str(mv.version), tmp_path / "dl")
     assert any(got.rglob("*.safetensors")), sorted(got.rglob("*"))
+
+
+def _training_on(cluster: RayCluster, node: str) -> bool:
+    """A Tune trial is training on `node` (Ray titles a trial's process by the method it runs)."""
+    return any(
+        p.name() == "ray::ImplicitFunc.train" for p in processes_of(str(cluster.node_dirs[node]))
+    )
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_on_both_nodes_and_survives_losing_one(
+    tmp_path: Path, ray_cluster: RayCluster, mlflow_server: str
+) -> None:
+    """Last in the module: it kills the worker node."""
+    experiment = {**SWEEP["experiment"], "train": {**SWEEP["experiment"]["train"], "steps": 150}}
+    # No lambda (no lambda = 0 baselines) and a continuous lr: one trial run per Ray trial.
+    # Two at a time, one CPU each, on nodes of one CPU: one on each node.
+    path = write_sweep(
+        tmp_path,
+        name="cluster_lost",
+        num_samples=5,
+        max_concurrency=2,
+        experiment=experiment,
+        search_space={"sae.k": {"type": "categorical", "choices": [2, 4]}, "train.lr": LR},
+    )
+    env = {**ray_cluster.env, "HUSAI_CACHE_DIR": str(ray_cluster.cache("driver"))}
+    command = [
+        *("husai", "sweep", "--sweep", str(path), "--ray-address", ray_cluster.gcs),
+        *("--tracking-uri", mlflow_server, "--allow-memorised", "yes"),
+    ]
+    log = tmp_path / "sweep.log"
+    tracker, worker = Tracker(mlflow_server), ray_cluster.node_ids["worker"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            # Once a trial has finished on the worker and another trains there: kill its raylet.
+            deadline = time.monotonic() + 300
+            while True:
+                assert proc.poll() is None, log.read_text()[-4000:]
+                assert time.monotonic() < deadline, log.read_text()[-4000:]
+                done_there = [
+                    r
+                    for r in trial_runs(tracker, "husai/cluster_lost")
+                    if r.data.tags.get(names.TAG_RAY_NODE_ID) == worker
+                    and r.info.status == "FINISHED"
+                ]
+                if done_there and _training_on(ray_cluster, "worker"):
+                    break
+                time.sleep(0.3)
+            (raylet,) = [
+                p
+                for p in processes_of(str(ray_cluster.node_dirs["worker"]))
+                if p.name() == "raylet"
+            ]
+            raylet.kill()
+            assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    printed = log.read_text()
+    assert "attempt lost (its worker or node died): running it again" in printed
+    assert "trial 5/5 [k " in printed and "sweep run " in printed  # lines and table as locally
+
+    runs = trial_runs(tracker, "husai/cluster_lost")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    # Exactly one finished record per Tune trial; the lost attempt a FAILED run with the reason.
+    per_trial = Counter(r.data.tags[names.TAG_RAY_TRIAL_ID] for r in finished)
+    assert len(per_trial) == 5 and set(per_trial.values()) == {1}, per_trial
+    (lost,) = [r for r in runs if r.info.status == "FAILED"]
+    assert lost.data.tags[names.TAG_LOST_ATTEMPT] == "true"
+    assert lost.data.tags[names.TAG_TRIAL_ERROR].startswith("attempt lost, run again: ")
+    assert lost.data.tags[names.TAG_RAY_TRIAL_ID] in per_trial
+    retried = next(
+        r
+        for r in finished
+        if r.data.tags[names.TAG_RAY_TRIAL_ID] == lost.data.tags[names.TAG_RAY_TRIAL_ID]
+    )
+    assert retried.data.tags[names.TAG_RAY_NODE_ID] == ray_cluster.node_ids["head"]
+    # Trials ran on both nodes, each from its own node's cache: the worker's and the head's
+    # had no activations (the driver computed them into a third) and fetched them from MLflow.
+    seen = [(r.info.run_name, r.info.status, r.data.tags.get(names.TAG_RAY_NODE_ID)) for r in runs]
+    assert {r.data.tags[names.TAG_RAY_NODE_ID] for r in finished} == set(
+        ray_cluster.node_ids.values()
+    ), (seen, ray_cluster.node_ids, printed[-3000:])
+    key = finished[0].data.params[names.PARAM_ACTIVATION_KEY]
+    for node in ("head", "worker", "driver"):
+        assert (ray_cluster.cache(node) / "activations" / key).is_dir(), node
