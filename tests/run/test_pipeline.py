@@ -30,12 +30,22 @@ def test_pipeline_smoke_leaves_the_whole_tree_and_reuses_it(
         "num_samples": 2,
         "experiment": {"train": {**SWEEP["experiment"]["train"], "steps": 20}},
     }
-    path = write_sweep(tmp_path, smoke=smoke, confirm={"enabled": True, "fresh_split": True})
+    # One recipe in the space, proposed twice: the second proposal reuses the first's record
+    # (Optuna can propose nothing else), and Tune still gets its numbers.
+    space = {"sae.k": {"type": "categorical", "choices": [4]}}
+    path = write_sweep(
+        tmp_path,
+        smoke=smoke,
+        search_space=space,
+        confirm={"enabled": True, "fresh_split": True},
+    )
     policy = str(ROOT / "gates" / "default.yaml")
     code = main(
         ["pipeline", "--sweep", str(path), "--policy", policy, "--smoke", "yes", *MEMORISED_OK]
     )
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
+    out = printed.out
+    assert "the same recipe as run" in printed.err
     assert code in (0, 2), out  # 2 = the gate blocked: a result, recorded like a pass
     assert "best recipe:" in out and "stages: base model" in out and "mlflow ui" in out
     assert "[confirm]" in out
@@ -56,6 +66,9 @@ def test_pipeline_smoke_leaves_the_whole_tree_and_reuses_it(
     sid = sweep_run.info.run_id
     assert ray_processes_left(sweep_temp_dir(tracker, sid)) == []
     trials = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_TRIAL]
+    assert len(trials) == 1 and sweep_run.data.metrics[names.SWEEP_N_DUPLICATES] == 1
+    assert sweep_run.data.metrics[names.SWEEP_N_TRIALS] == 2
+    assert sweep_run.data.tags[names.TAG_BEST_TRIAL_RUN_ID] == trials[0].info.run_id
     seeds = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_SEED]
     assert trials and all(t.data.tags["mlflow.parentRunId"] == sid for t in trials)
     trial_ids = {t.info.run_id for t in runs if t.data.tags[names.TAG_KIND] != names.KIND_SEED}

@@ -205,7 +205,16 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
     else:  # nothing ran in the driver: the sweep run is left RUNNING, Ray helpers may linger
         assert proc.returncode == -signal.SIGKILL
 
-    out = run_sweep(path, tracking_uri=isolated_store, resume=True, allow_memorised=True)
+    # SIGKILL: another private Ray instance runs on the machine (as another checkout's sweep
+    # would); --resume kills what the killed driver's Ray left, and must leave the other alone.
+    foreign = _ForeignRay() if how == "SIGKILL" else None
+    try:
+        out = run_sweep(path, tracking_uri=isolated_store, resume=True, allow_memorised=True)
+        if foreign is not None:
+            assert ray_processes_left(foreign.temp_dir, wait_s=0)  # theirs still run
+    finally:
+        if foreign is not None:
+            foreign.stop()
     assert out.n_trials == 3  # Ray: every trial once
     trials = finished_trials()
     sweep_runs = [
@@ -249,6 +258,29 @@ def test_resume_without_an_interrupted_sweep_is_a_clear_error(
     assert "--resume: no interrupted sweep 'tiny_sweep'" in capsys.readouterr().err
 
 
+class _ForeignRay:
+    """Another private Ray instance on the machine, in a process of its own."""
+
+    def __init__(self) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _FOREIGN_RAY, self.temp_dir],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "up"
+        assert ray_processes_left(self.temp_dir, wait_s=0)  # it is running
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()  # it shuts its Ray down itself
+        self.proc.wait(timeout=60)
+        kill_private_ray(self.temp_dir)  # whatever it left, by its own temp dir
+        assert ray_processes_left(self.temp_dir) == []
+
+
 _FOREIGN_RAY = """
 import os, sys
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -260,47 +292,6 @@ print("up", flush=True)
 sys.stdin.read()
 ray.shutdown()
 """
-
-
-@pytest.mark.slow
-def test_another_ray_job_on_the_machine_is_neither_counted_nor_touched(
-    tmp_path: Path, isolated_store: str, capfd: pytest.CaptureFixture[str]
-) -> None:
-    """Another private Ray instance runs beside the sweep (as another checkout's sweep would):
-    the check counts only the Ray processes this sweep started, and leaves the other alone.
-    The same sweep shows a recipe proposed twice (Optuna can propose nothing else here) trained
-    once: the second proposal reuses the first's record, and Tune still gets its numbers."""
-    foreign = tempfile.mkdtemp(prefix=PRIVATE_PREFIX)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _FOREIGN_RAY, foreign],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
-        assert ray_processes_left(foreign, wait_s=0)  # the other job is running
-        space = {"sae.k": {"type": "categorical", "choices": [4]}}
-        out = run_sweep(
-            write_sweep(tmp_path, num_samples=2, search_space=space), allow_memorised=True
-        )
-        assert out.n_trials == 2 and out.n_recorded == 2 and out.n_duplicates == 1
-        tracker = Tracker(isolated_store)
-        (only,) = runs_of_kind(tracker, names.KIND_TRIAL, "husai/tiny_sweep")
-        assert out.best_trial_run_id == only.info.run_id
-        assert tracker.get_run(out.sweep_run_id).metrics[names.SWEEP_N_DUPLICATES] == 1
-        assert "the same recipe as run" in capfd.readouterr().err
-        own = sweep_temp_dir(tracker, out.sweep_run_id)
-        assert own != foreign and PRIVATE_PREFIX in own
-        assert ray_processes_left(own) == []  # ours are gone ...
-        assert ray_processes_left(foreign, wait_s=0)  # ... theirs still run
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()  # the other job shuts its Ray down itself
-        proc.wait(timeout=60)
-        kill_private_ray(foreign)  # whatever it left, by its own temp dir
-    assert ray_processes_left(foreign) == []
 
 
 @dataclass

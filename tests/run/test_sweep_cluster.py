@@ -74,11 +74,15 @@ def ray_cluster() -> Iterator[RayCluster]:
         pytest.skip("`ray start` nodes register on the machine's network address: none here")
     # Short: Ray's socket paths under the temp dir must fit in 107 characters.
     root = Path(tempfile.mkdtemp(prefix="husai-rc-"))
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MLFLOW_TRACKING_URI", "HUSAI_CACHE_DIR", "RAY_ADDRESS")
-    }
+    # Not this process's store or cache, nor the loopback switch an earlier in-process sweep
+    # set (a `ray start` node refuses to join with it).
+    leave_out = (
+        "MLFLOW_TRACKING_URI",
+        "HUSAI_CACHE_DIR",
+        "RAY_ADDRESS",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in leave_out}
     env.update(
         RAY_USAGE_STATS_ENABLED="0",
         RAY_AUTH_MODE="token",

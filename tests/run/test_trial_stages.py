@@ -396,19 +396,20 @@ def test_identical_trials_started_at_once_are_trained_and_recorded_once(
 ) -> None:
     """The failure seen: 4 identical trials started at once were recorded 4 times, and 3 first
     runs of one config registered 3 base models. Each piece of work is claimed per content
-    key: the first process does it, the others wait and reuse it."""
+    key: the first process does it, the others wait and reuse it. (Three here: two waiters,
+    and a process fewer on a 2-core CI machine.)"""
     cfg = write_cfg(tmp_path, base={"name": "same", **TINY}, extra={"evals": {"transcoder": False}})
     cmd = [sys.executable, "-m", "husai", "trial", "--config", str(cfg), *MEMORISED_OK]
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for _ in range(4)
+        for _ in range(3)
     ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
     tracker = Tracker(isolated_store)
     assert len(runs_of_kind(tracker, names.KIND_TRIAL)) == 1
     assert len(runs_of_kind(tracker, names.KIND_BASE)) == 1
     assert len(runs_of_kind(tracker, names.KIND_ACTIVATIONS)) == 1
     versions = tracker.client.search_model_versions(f"name='{names.SAE_MODEL_NAME}'")
     assert len(versions) == 1
-    assert sum("already recorded" in o for o in outs) == 3, outs
+    assert sum("already recorded" in o for o in outs) == 2, outs
