@@ -83,5 +83,7 @@ def test_running_sweep_lines() -> None:
     line = console.trial_line(3, 6, params, console.trial_done(81.4, "obj", 0.4006, 0.9643))
     assert line == "trial 3/6 [k 16  lambda 0.00227] done in 81 s: obj +0.4006, recon/ev 0.9643"
     assert console.trial_done(5, "obj", None, None) == "done in 5 s: obj absent"
+    # An ev objective is not printed twice.
+    assert console.trial_done(5, "recon/ev", 0.9, 0.9) == "done in 5 s: recon/ev +0.9000"
     stopped = console.trial_stopped(27.0, 1, 0.0364)
     assert stopped == "stopped early by ASHA after 1 seed(s) (held-out recon/fvu 0.0364), 27 s"

@@ -100,7 +100,8 @@ def trial_done(
 ) -> str:
     """The end of a trial's line; None: not finite, printed as absent (ev: left out).
     `duplicate_of`: the recorded trial run whose recipe this one was, and reused."""
-    tail = f", {names.RECON_EV} {ev:.4f}" if ev is not None else ""
+    # ev beside the objective, unless the objective is ev.
+    tail = f", {names.RECON_EV} {ev:.4f}" if ev is not None and objective != names.RECON_EV else ""
     how = "done" if duplicate_of is None else f"the same recipe as run {duplicate_of}: reused"
     return f"{how} in {seconds:.0f} s: {objective} {fmt(value, '+.4f')}{tail}"
 

@@ -116,10 +116,12 @@ class Tracker(RegistryCalls):
         params: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
         started: float | None = None,
+        series: Mapping[str, Sequence[tuple[int, float]]] | None = None,
     ) -> Iterator[str]:
         """A run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C; never left RUNNING.
         `started`: when the work it records began (epoch seconds), for work recorded after it
-        ran, so the UI's duration is the work's, not the recording's."""
+        ran, so the UI's duration is the work's, not the recording's. `series`: metrics known
+        before the run is made, written with its params (one call instead of several)."""
         all_tags = dict(tags)
         if parent_run_id is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -129,9 +131,7 @@ class Tracker(RegistryCalls):
         )
         run_id = run.info.run_id
         with self._until_done(run_id):
-            self.client.log_batch(
-                run_id, params=[Param(k, str(v)) for k, v in (params or {}).items()]
-            )
+            self._log_batch(run_id, [Param(k, str(v)) for k, v in (params or {}).items()], series)
             yield run_id
 
     @contextmanager
@@ -205,13 +205,27 @@ class Tracker(RegistryCalls):
 
     def log_series(self, run_id: str, series: Mapping[str, Sequence[tuple[int, float]]]) -> None:
         """Whole curves in a few log_batch calls (one call per value is ~30x slower)."""
+        self._log_batch(run_id, [], series)
+
+    def _log_batch(
+        self,
+        run_id: str,
+        params: list[Param],
+        series: Mapping[str, Sequence[tuple[int, float]]] | None,
+    ) -> None:
+        """Params and metrics in as few log_batch calls as MLflow's limits allow (its first
+        call carries the params: at most 100 of them, with at most _BATCH entries in all)."""
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, float(value), now, int(step))
-            for key, points in series.items()
+            for key, points in (series or {}).items()
             for step, value in points
         ]
-        for i in range(0, len(metrics), _BATCH):
+        if not params and not metrics:
+            return
+        head = _BATCH - len(params)
+        self.client.log_batch(run_id, metrics=metrics[:head], params=params)
+        for i in range(head, len(metrics), _BATCH):
             self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
 
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str) -> None:

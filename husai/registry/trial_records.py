@@ -217,9 +217,9 @@ def _record_seed(
     name = f"{trial_name}-seed{sr.seed}"
     # Seeds train inside the trial (together, on the seed-batched path): its start is theirs.
     params = {names.PARAM_SEED: sr.seed}
-    with tracker.run(experiment, name, tags, params, trial_id, started) as seed_id:
-        tracker.log_series(seed_id, sr.curves)
-        tracker.log_metrics(seed_id, finite(sr.metrics))
+    # Curves and metrics go in with the params: one write instead of three per seed run.
+    series = {**sr.curves, **{k: [(0, v)] for k, v in finite(sr.metrics).items()}}
+    with tracker.run(experiment, name, tags, params, trial_id, started, series) as seed_id:
         tracker.log_artifacts(seed_id, sr.sae_dir, names.ARTIFACT_SAE)
     return seed_id
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from husai import names
 from husai.registry.views import RunView
-from husai.report.plots import plot_stability_heatmap
+from husai.report.plots import MISSING_RGB, plot_stability_heatmap
 from husai.report.sweep_report import _slice, markdown_table, pareto_front, trials_table
 from tests.helpers import PNG_MAGIC
 
@@ -56,6 +57,12 @@ def test_heatmap_is_a_png(tmp_path: Path) -> None:
     mats = {"pw_mcc": m, "mmcs": m}
     out = plot_stability_heatmap(mats, mats, [0, 1, 2], tmp_path / "h.png", title="t")
     assert out.read_bytes()[:8] == PNG_MAGIC
+    # A pair that could not be computed is MISSING_RGB ("n/a"), never coloured as a value.
+    grey = MISSING_RGB
+    assert grey in {c for _, c in Image.open(out).convert("RGB").getcolors(1 << 20)}
+    full = {"pw_mcc": np.full((3, 3), 0.5), "mmcs": np.full((3, 3), 0.5)}
+    out = plot_stability_heatmap(full, full, [0, 1, 2], tmp_path / "f.png")
+    assert grey not in {c for _, c in Image.open(out).convert("RGB").getcolors(1 << 20)}
 
 
 def test_an_ablation_grid_is_drawn_as_its_two_sweeps(tmp_path: Path) -> None:
