@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -54,7 +55,10 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+@functools.cache
 def git_sha() -> str:
+    """The checkout's commit (+ "-dirty"), read once per process: the code a process runs is
+    what it loaded when it started, and a sweep's trial process records many runs."""
     root = project_root()
     try:
         sha = subprocess.run(
@@ -72,7 +76,10 @@ def git_sha() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+@functools.cache
 def package_versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour the metrics depend on, read once per process
+    (callers copy what they keep)."""
     out = {"husai": husai.__version__}
     for dist in TRACKED_PACKAGES:
         try:

@@ -206,12 +206,16 @@ def record_reference(
 
 
 def log_activations_input(
-    tracker: Tracker, key: str, sha256: str | None, run_ids: Sequence[str]
+    tracker: Tracker,
+    key: str,
+    sha256: str | None,
+    run_ids: Sequence[str],
+    source_run_id: str | None = None,
 ) -> None:
     """The activation set as the runs' MLflow dataset input (the UI's Dataset column): name =
     its key, digest = its checksum (the key for rows never cached), source = the run that
-    logged it and its artifact."""
-    run = find_activations_run(tracker, key)
+    logged it (`source_run_id`, else looked up) and its artifact."""
+    run = source_run_id or find_activations_run(tracker, key)
     art = names.ARTIFACT_ACTIVATIONS
     source = json.dumps({"activation_key": key, "run_id": run, "artifact": art})
     for run_id in run_ids:

@@ -77,7 +77,7 @@ class Tracker(RegistryCalls):
         # `mlflow run` hands its run over in MLFLOW_RUN_ID: taken once, so no start_run adopts it.
         self.env_run_id: str | None = os.environ.pop("MLFLOW_RUN_ID", None)
         self._git_sha = git_sha()
-        self._versions = package_versions()
+        self._versions = dict(package_versions())
 
     # --- experiments and runs -------------------------------------------------------------
     def artifact_root(self) -> Path | None:

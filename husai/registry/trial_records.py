@@ -35,6 +35,8 @@ class TrialSource:
     ray_node_id: str | None = None
     # The search trial this run confirms (kind confirm); None: an ordinary trial.
     confirms: str | None = None
+    # The run that logged the activations, where the caller has it (saves a search per trial).
+    activation_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,8 @@ def record_trial(
             for sr in rec.seeds
         }
         sha = rec.tags.get(names.TAG_ACTIVATIONS_SHA256)
-        log_activations_input(tracker, src.activation_key, sha, [trial_id, *seed_runs.values()])
+        runs = [trial_id, *seed_runs.values()]
+        log_activations_input(tracker, src.activation_key, sha, runs, src.activation_run_id)
         tracker.log_metrics(trial_id, finite(rec.metrics))
         tracker.log_artifacts(trial_id, rec.plots_dir, names.ARTIFACT_PLOTS)
         version = None

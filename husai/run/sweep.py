@@ -122,7 +122,8 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig)
     # The node's own cache where its `ray start` set HUSAI_CACHE_DIR (a node that lacks the
     # activations fetches them from their MLflow run), else the driver's.
     cache = cache_root(default=Path(ctx.cache_dir))
-    acts = stages.activations_by_key(ctx.activation_key, tracker, cache).acts
+    handle = stages.activations_by_key(ctx.activation_key, tracker, cache)
+    acts = handle.acts
     random_base = None
     if ctx.random_base_key is not None:
         random_base = stages.activations_by_key(ctx.random_base_key, tracker, cache).acts
@@ -133,6 +134,7 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig)
         "sweep",
         ray_trial_id=tune.get_context().get_trial_id(),
         ray_node_id=node,
+        activation_run_id=handle.run_id or None,
     )
     base_model = stages.base_model_of_run(tracker, ctx.base_run_id)
     inputs = TrialInputs(tracker, acts, src, base_model, random_base)
