@@ -58,7 +58,7 @@ from husai.run.sweep_driver import DriverWatch, kill_recorded, refuse_if_alive
 from husai.run.sweep_end import finish_sweep, record_lost_attempt
 from husai.run.sweep_progress import TrialLines
 from husai.run.sweep_search import make_tuner
-from husai.run.trial_stages import TrialInputs, trial
+from husai.run.trial_stages import TrialInputs, base_model_copy, trial
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig)
         ray_node_id=node,
         activation_run_id=handle.run_id or None,
     )
-    base_model = stages.base_model_of_run(tracker, ctx.base_run_id)
+    base_model = base_model_copy(tracker, ctx.base_run_id)
     inputs = TrialInputs(tracker, acts, src, base_model, random_base)
 
     def on_seed(recons: list[ReconMetrics]) -> None:

@@ -12,6 +12,7 @@ that trial itself recorded before its driver was killed), else computes it
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from collections.abc import Callable
@@ -171,6 +172,21 @@ def trial(
         refs, plain = prepare_consistency(cfg, inputs, parent_run_id)
         result, rec = run_and_record(cfg, inputs, refs, plain, parent_run_id, on_seed)
     return TrialOutcome(rec.run_id, result, rec)
+
+
+_LOADED_BASE: dict[tuple[str, str], HookedTransformer] = {}
+
+
+def base_model_copy(tracker: Tracker, run_id: str) -> HookedTransformer:
+    """The base model of husai-base run `run_id`, downloaded and built once per process (a
+    sweep's trial process runs many trials: 35-45 ms each for the tiny model, against 3 ms for
+    a copy). Each caller gets its own deep copy, so nothing one trial does to it (hooks, a
+    device) reaches the next."""
+    key = (tracker.uri, run_id)
+    if key not in _LOADED_BASE:
+        _LOADED_BASE.clear()  # one base model at a time: a process serves one sweep
+        _LOADED_BASE[key] = stages.base_model_of_run(tracker, run_id)
+    return copy.deepcopy(_LOADED_BASE[key])
 
 
 def _trial_claim(
