@@ -38,7 +38,8 @@ from husai.registry.provenance import (
 from husai.registry.tracking_registry import RegistryCalls
 from husai.registry.views import RunView
 
-_BATCH = 1000  # MLflow's log_batch limit on metrics per call
+_BATCH = 1000  # MLflow's log_batch limit on metrics (and on entities in all) per call
+_PARAMS = 100  # its limit on params per call
 
 
 def _run_view(run: Run) -> RunView:
@@ -117,11 +118,15 @@ class Tracker(RegistryCalls):
         parent_run_id: str | None = None,
         started: float | None = None,
         series: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+        final: str = "FINISHED",
     ) -> Iterator[str]:
         """A run that ends FINISHED, FAILED on an error, or KILLED on Ctrl-C; never left RUNNING.
         `started`: when the work it records began (epoch seconds), for work recorded after it
         ran, so the UI's duration is the work's, not the recording's. `series`: metrics known
-        before the run is made, written with its params (one call instead of several)."""
+        before the run is made, written with its params (one call instead of several).
+        `final`: the status a run that did not raise ends with (a record of a stopped or
+        failed trial ends KILLED or FAILED, never FINISHED first, where a search would
+        find it)."""
         all_tags = dict(tags)
         if parent_run_id is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -130,7 +135,7 @@ class Tracker(RegistryCalls):
             self.experiment_id(experiment), run_name=run_name, tags=all_tags, start_time=start_ms
         )
         run_id = run.info.run_id
-        with self._until_done(run_id):
+        with self._until_done(run_id, final):
             self._log_batch(run_id, [Param(k, str(v)) for k, v in (params or {}).items()], series)
             yield run_id
 
@@ -142,7 +147,7 @@ class Tracker(RegistryCalls):
             yield run_id
 
     @contextmanager
-    def _until_done(self, run_id: str) -> Iterator[None]:
+    def _until_done(self, run_id: str, final: str = "FINISHED") -> Iterator[None]:
         try:
             yield
         except KeyboardInterrupt:
@@ -151,7 +156,7 @@ class Tracker(RegistryCalls):
         except BaseException:
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        self.client.set_terminated(run_id, final)
 
     def latest_unfinished(self, experiment: str, kind: str) -> RunView | None:
         """The newest run of this kind that did not finish (killed, failed or left running)."""
@@ -213,8 +218,7 @@ class Tracker(RegistryCalls):
         params: list[Param],
         series: Mapping[str, Sequence[tuple[int, float]]] | None,
     ) -> None:
-        """Params and metrics in as few log_batch calls as MLflow's limits allow (its first
-        call carries the params: at most 100 of them, with at most _BATCH entries in all)."""
+        """Params and metrics in as few log_batch calls as MLflow's limits allow."""
         now = int(time.time() * 1000)
         metrics = [
             Metric(key, float(value), now, int(step))
@@ -223,8 +227,11 @@ class Tracker(RegistryCalls):
         ]
         if not params and not metrics:
             return
-        head = _BATCH - len(params)
-        self.client.log_batch(run_id, metrics=metrics[:head], params=params)
+        chunks = [params[i : i + _PARAMS] for i in range(0, len(params), _PARAMS)] or [[]]
+        for chunk in chunks[:-1]:
+            self.client.log_batch(run_id, params=chunk)
+        head = _BATCH - len(chunks[-1])
+        self.client.log_batch(run_id, metrics=metrics[:head], params=chunks[-1])
         for i in range(head, len(metrics), _BATCH):
             self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
 
@@ -256,9 +263,6 @@ class Tracker(RegistryCalls):
                 [run.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'"
             )
         )
-
-    def mark_killed(self, run_id: str) -> None:
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
 
     def mark_failed(self, run_id: str) -> None:
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))

@@ -384,11 +384,9 @@ def record_stopped_trial(
     }
     experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
     params = trial_params(cfg, d_in, hook, src)
-    suffix = "-lost" if lost else "-stopped"
-    with tracker.run(experiment, trial_run_name(cfg) + suffix, tags, params, sweep_run_id) as rid:
-        tracker.log_metrics(rid, finite(dict(last)))
-    if error:
-        tracker.mark_failed(rid)
-    else:
-        tracker.mark_killed(rid)
+    name = trial_run_name(cfg) + ("-lost" if lost else "-stopped")
+    series = {k: [(0, v)] for k, v in finite(dict(last)).items()}
+    final = "FAILED" if error else "KILLED"
+    with tracker.run(experiment, name, tags, params, sweep_run_id, None, series, final) as rid:
+        pass
     return rid

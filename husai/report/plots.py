@@ -76,7 +76,8 @@ def plot_stability_heatmap(
     viridis = matplotlib.colormaps["viridis"]
     labels = [str(s) for s in seeds]
     for p, (metric, mats, which) in enumerate(panels):
-        m = np.clip(mats[metric].astype(float), 0.0, 1.0)
+        raw = mats[metric].astype(float)
+        m = np.clip(raw, 0.0, 1.0)  # the colour; the text says the value itself
         np.fill_diagonal(m, 1.0)
         missing = np.isnan(m)  # not computable: MISSING_RGB and "n/a", never coloured as a value
         x0 = margin + p * (side + gap)
@@ -97,7 +98,7 @@ def plot_stability_heatmap(
                         draw.text(xy, "n/a", "black", small, "mm")
                         continue
                     shade = "black" if m[i, j] > 0.6 else "white"  # readable on viridis
-                    draw.text(xy, f"{m[i, j]:.2f}", shade, small, "mm")
+                    draw.text(xy, f"{raw[i, j]:.2f}", shade, small, "mm")
         draw.text((x0 + side // 2, top + side + 20), "seed", "black", small, "ma")
     # The colour scale: 0 at the bottom, 1 at the top.
     bx = margin + 4 * side + 3 * gap + bar_gap

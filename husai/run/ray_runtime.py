@@ -52,15 +52,18 @@ def processes_of(temp_dir: str) -> list[psutil.Process]:
     command line, their children, and any holding a file open under it (Ray's agents rename
     themselves, e.g. `ray::DashboardAgent`, and can outlive a killed raylet)."""
     found: dict[int, psutil.Process] = {}
+    inside = temp_dir.rstrip(os.sep) + os.sep
     for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid == os.getpid():
+            continue  # the caller (which may hold a log of the node open) and its children
         with contextlib.suppress(psutil.Error):
             if temp_dir in " ".join(proc.info["cmdline"] or []) or any(
-                f.path.startswith(temp_dir) for f in proc.open_files()
+                f.path.startswith(inside) for f in proc.open_files()
             ):
                 found[proc.pid] = proc
                 for child in proc.children(recursive=True):
                     found.setdefault(child.pid, child)
-    found.pop(os.getpid(), None)  # the caller, which may have read a log of the node
+    found.pop(os.getpid(), None)
     return list(found.values())
 
 

@@ -86,37 +86,45 @@ class SweepInterrupted(KeyboardInterrupt):
 # --- one trial, in a Ray worker ----------------------------------------------------------------
 def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     """One Ray Tune trial: a full HUSAI trial recorded under the sweep run."""
-    sweep = load_sweep(ctx.sweep_path)
-    cfg = sweep.trial_config(sampled_params(sweep, config), ctx.smoke)
-    rt, share = cfg.runtime, sweep.resources
-    dev = devices.activate(rt.device, rt.deterministic, ray_gpu_ids=ray.get_gpu_ids())
-    # Torch would start one thread per core in every trial process; trials sharing a machine
-    # then oversubscribe it (two 2-thread trials on 2 cores ran ~20x slower here). On a shared
-    # GPU the trial's memory is capped at its share (and its peak reset: Ray reuses actors).
-    devices.share(dev, share.gpu, share.cpu)
+    last: dict[str, Any] = {}  # its newest per-seed report, kept for the record if it fails
     try:
-        _run_trial(config, ctx, cfg)
+        sweep = load_sweep(ctx.sweep_path)
+        cfg = sweep.trial_config(sampled_params(sweep, config), ctx.smoke)
+        rt, gpu = cfg.runtime, sweep.resources.gpu
+        dev = devices.activate(rt.device, rt.deterministic, ray_gpu_ids=ray.get_gpu_ids())
+        # Torch would start one thread per core in every trial process; trials sharing a
+        # machine then oversubscribe it (two 2-thread trials on 2 cores ran ~20x slower here).
+        # On a shared GPU the trial's memory is capped at its share (and its peak reset: Ray
+        # reuses actors).
+        devices.share(dev, gpu, sweep.resources.cpu)
+        _run_trial(config, ctx, cfg, last)
     except Exception as e:
+        dev = devices.active()
+        oom = dev.type == "cuda" and devices.is_out_of_memory(e)
+        if dev.type == "cuda" and not oom:
+            raise  # a CUDA error can leave the process unusable: Tune replaces it and retries
         # Reported, not raised: Tune would run a trial that raised again (`retries`), and the
-        # same recipe raises the same way. Only a lost attempt (its worker or node died) is run
+        # same recipe raises the same way; only a lost attempt (its worker or node died) is run
         # again. The traceback goes to this worker's Ray log; the sweep records the line on the
         # trial's FAILED run (husai.trial_error).
         traceback.print_exc()
         why = f"{type(e).__name__}: {first_line(e)}"
-        if dev.type == "cuda" and devices.is_out_of_memory(e):
+        if oom:
             why = (
                 f"out of GPU memory on {devices.describe(dev).name}: the trial's share is "
-                f"resources.gpu = {share.gpu:g} of the card; give it a larger share or a "
+                f"resources.gpu = {gpu:g} of the card; give it a larger share or a "
                 f"smaller recipe ({first_line(e)})"
             )
-        tune.report({names.TUNE_TRIAL_ERROR: why, names.TUNE_NODE_ID: _node_id()})
+        tune.report({**last, names.TUNE_TRIAL_ERROR: why, names.TUNE_NODE_ID: _node_id()})
 
 
 def _node_id() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
 
-def _run_trial(config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig) -> None:
+def _run_trial(
+    config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig, last: dict[str, Any]
+) -> None:
     cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"register_sae": False})})
     tracker = Tracker(ctx.tracking_uri)
     # The node's own cache where its `ray start` set HUSAI_CACHE_DIR (a node that lacks the
@@ -141,13 +149,8 @@ def _run_trial(config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig)
 
     def on_seed(recons: list[ReconMetrics]) -> None:
         fvu = sum(r.fvu for r in recons) / len(recons)
-        tune.report(
-            {
-                names.TUNE_ASHA_METRIC: fvu,
-                names.TUNE_SEEDS_DONE: len(recons),
-                names.TUNE_NODE_ID: node,
-            }
-        )
+        last.update({names.TUNE_ASHA_METRIC: fvu, names.TUNE_SEEDS_DONE: len(recons)})
+        tune.report({**last, names.TUNE_NODE_ID: node})
 
     # A recipe already recorded (proposed twice, or found by a resumed sweep) is reused: Tune
     # and Optuna get its recorded numbers, and nothing is trained twice.

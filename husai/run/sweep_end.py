@@ -79,19 +79,20 @@ def record_lost_attempt(
     config: dict[str, Any],
     last: dict[str, Any],
     error: object,
-) -> str:
+) -> str | None:
     """An attempt of a trial that Tune lost (its worker or node died) and runs again: a FAILED
     run of the recipe with its last report and the reason (`src` names the Ray trial and, when
     the attempt reported, its node). An attempt lost while it was writing its record left that
-    record RUNNING: it (and its seed runs) becomes the FAILED run instead. The retry records
-    the trial itself."""
+    record RUNNING: it (and its seed runs) becomes the FAILED run instead. One lost after its
+    record was finished (before Tune heard) is not marked: the retry reuses that record, and
+    None is returned. Otherwise the retry records the trial itself."""
     why = f"attempt lost, run again: {last_line(error)}"
     experiment = experiment_of(sweep)
     mark = {names.TAG_TRIAL_ERROR: why[:500], names.TAG_LOST_ATTEMPT: "true"}
-    half = tracker.running_runs(
-        experiment,
-        {names.MLFLOW_PARENT_TAG: sweep_run_id, names.TAG_RAY_TRIAL_ID: str(src.ray_trial_id)},
-    )
+    mine = {names.MLFLOW_PARENT_TAG: sweep_run_id, names.TAG_RAY_TRIAL_ID: str(src.ray_trial_id)}
+    if tracker.find_runs(experiment, {}, mine):
+        return None
+    half = tracker.running_runs(experiment, mine)
     for run in half:
         for seed_run in tracker.running_runs(experiment, {names.MLFLOW_PARENT_TAG: run.run_id}):
             tracker.mark_failed(seed_run.run_id)

@@ -394,6 +394,21 @@ def test_lost_attempts_and_reported_errors_are_recorded_failed_with_their_reason
             )
             == half
         )
+        # An attempt lost after its record finished: the retry reuses the record; nothing new.
+        done = tracker.client.create_run(
+            tracker.experiment_id(experiment),
+            tags={names.TAG_RAY_TRIAL_ID: "t4", names.MLFLOW_PARENT_TAG: sweep_run_id},
+        ).info.run_id
+        tracker.client.set_terminated(done)
+        src4 = TrialSource("acts", "1", "sweep", ray_trial_id="t4")
+        before = len(tracker.child_runs(sweep_run_id))
+        assert (
+            record_lost_attempt(
+                tracker, sweep, False, 16, None, src4, sweep_run_id, config, {}, error
+            )
+            is None
+        )
+        assert len(tracker.child_runs(sweep_run_id)) == before
         # A trial that raised reports its error's line and ends; the sweep records it FAILED.
         raised = TuneResult({names.TUNE_TRIAL_ERROR: "ValueError: boom", "trial_id": "t3"}, config)
         x = torch.zeros(8, 16)

@@ -14,6 +14,7 @@ and the cluster uses Ray's token authentication with a token of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -32,7 +33,7 @@ import pytest
 
 from husai import names
 from husai.registry.tracking import Tracker
-from husai.run.ray_runtime import machine_address, processes_of
+from husai.run.ray_runtime import kill_processes_of, machine_address, processes_of
 from tests.helpers import SWEEP, free_port, ray_processes_left, runs_of_kind, write_sweep
 
 BIN = Path(sys.executable).parent  # ray, husai: what an activated environment puts on PATH
@@ -47,7 +48,7 @@ class RayCluster:
     env: dict[str, str]  # the environment every process of the cluster and its users shares
     node_dirs: dict[str, Path]  # "head" / "worker": the node's Ray temp dir
     node_ids: dict[str, str]
-    pids: list[int]  # the nodes' processes, found right after each started
+    procs: list[psutil.Process]  # the nodes' processes, found right after each started
 
     def cache(self, node: str) -> Path:
         return self.root / f"cache-{node}"
@@ -60,12 +61,21 @@ def _ray_start(args: list[str], env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
-def _node_id(temp_dir: Path) -> str:
+def _named(temp_dir: Path, name: str) -> list[psutil.Process]:
+    """The node's processes called `name` (Ray titles a process by what it runs); one that
+    ends while it is looked at is not one."""
+    out = []
     for proc in processes_of(str(temp_dir)):
-        if proc.name() == "raylet":
-            flag = next(a for a in proc.cmdline() if a.startswith("--node_id="))
-            return flag.split("=", 1)[1]
-    raise AssertionError(f"no raylet under {temp_dir}")
+        with contextlib.suppress(psutil.Error):
+            if proc.name() == name:
+                out.append(proc)
+    return out
+
+
+def _node_id(temp_dir: Path) -> str:
+    (raylet,) = _named(temp_dir, "raylet")
+    flag = next(a for a in raylet.cmdline() if a.startswith("--node_id="))
+    return flag.split("=", 1)[1]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +117,7 @@ def ray_cluster() -> Iterator[RayCluster]:
             ],
             {**env, "HUSAI_CACHE_DIR": str(cluster.cache("head"))},
         )
-        cluster.pids += [p.pid for p in processes_of(str(dirs["head"]))]
+        cluster.procs += processes_of(str(dirs["head"]))
         _ray_start(
             [
                 f"--address={cluster.gcs}",
@@ -118,17 +128,16 @@ def ray_cluster() -> Iterator[RayCluster]:
             ],
             {**env, "HUSAI_CACHE_DIR": str(cluster.cache("worker"))},
         )
-        cluster.pids += [p.pid for p in processes_of(str(dirs["worker"]))]
+        cluster.procs += processes_of(str(dirs["worker"]))
         cluster.node_ids = {node: _node_id(d) for node, d in dirs.items()}
         yield cluster
     finally:
-        for pid in cluster.pids:
-            if psutil.pid_exists(pid):
-                psutil.Process(pid).kill()
+        for proc in cluster.procs:  # psutil checks a pid is still the process it found
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
         # Workers Ray started later (trials) were not there to record: found the same way.
         for d in dirs.values():
-            for proc in processes_of(str(d)):
-                proc.kill()
+            kill_processes_of(str(d))
         left = [p for d in dirs.values() for p in ray_processes_left(str(d))]
         shutil.rmtree(root, ignore_errors=True)
         assert left == [], left
@@ -196,9 +205,7 @@ def test_a_sweep_submitted_as_a_ray_job_writes_to_the_server_with_asha(
 
 def _training_on(cluster: RayCluster, node: str) -> bool:
     """A Tune trial is training on `node` (Ray titles a trial's process by the method it runs)."""
-    return any(
-        p.name() == "ray::ImplicitFunc.train" for p in processes_of(str(cluster.node_dirs[node]))
-    )
+    return bool(_named(cluster.node_dirs[node], "ray::ImplicitFunc.train"))
 
 
 @pytest.mark.slow
@@ -241,12 +248,9 @@ def test_a_sweep_runs_on_both_nodes_and_survives_losing_one(
                 if done_there and _training_on(ray_cluster, "worker"):
                     break
                 time.sleep(0.3)
-            (raylet,) = [
-                p
-                for p in processes_of(str(ray_cluster.node_dirs["worker"]))
-                if p.name() == "raylet"
-            ]
+            (raylet,) = _named(ray_cluster.node_dirs["worker"], "raylet")
             raylet.kill()
+            killed_at_ms = time.time() * 1000
             assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
         finally:
             if proc.poll() is None:
@@ -261,22 +265,35 @@ def test_a_sweep_runs_on_both_nodes_and_survives_losing_one(
     # Exactly one finished record per Tune trial; the lost attempt a FAILED run with the reason.
     per_trial = Counter(r.data.tags[names.TAG_RAY_TRIAL_ID] for r in finished)
     assert len(per_trial) == 5 and set(per_trial.values()) == {1}, per_trial
-    (lost,) = [r for r in runs if r.info.status == "FAILED"]
-    assert lost.data.tags[names.TAG_LOST_ATTEMPT] == "true"
-    assert lost.data.tags[names.TAG_TRIAL_ERROR].startswith("attempt lost, run again: ")
-    assert lost.data.tags[names.TAG_RAY_TRIAL_ID] in per_trial
-    retried = next(
-        r
-        for r in finished
-        if r.data.tags[names.TAG_RAY_TRIAL_ID] == lost.data.tags[names.TAG_RAY_TRIAL_ID]
-    )
-    assert retried.data.tags[names.TAG_RAY_NODE_ID] == ray_cluster.node_ids["head"]
-    # Trials ran on both nodes, each from its own node's cache: the worker's and the head's
-    # had no activations (the driver computed them into a third) and fetched them from MLflow.
     seen = [(r.info.run_name, r.info.status, r.data.tags.get(names.TAG_RAY_NODE_ID)) for r in runs]
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    # The raylet may die in the instant between an attempt's finished record and its last
+    # report reaching Tune: then the retry reuses that record and there is nothing to mark.
+    # Otherwise (nearly always: the instant is ~50 ms of a ~4 s trial) the lost attempt is one
+    # FAILED run with the reason, and its retry ran on the head.
+    assert len(failed) <= 1, seen
+    if not failed:  # only in that instant: a record on the worker finished as it was killed
+        assert [
+            r
+            for r in finished
+            if r.data.tags[names.TAG_RAY_NODE_ID] == worker
+            and abs(r.info.end_time - killed_at_ms) < 2000
+        ], seen
+    for lost in failed:
+        assert lost.data.tags[names.TAG_LOST_ATTEMPT] == "true"
+        assert lost.data.tags[names.TAG_TRIAL_ERROR].startswith("attempt lost, run again: ")
+        retried = next(
+            r
+            for r in finished
+            if r.data.tags[names.TAG_RAY_TRIAL_ID] == lost.data.tags[names.TAG_RAY_TRIAL_ID]
+        )
+        assert retried.data.tags[names.TAG_RAY_NODE_ID] == ray_cluster.node_ids["head"]
+    # Trials ran on both nodes.
     assert {r.data.tags[names.TAG_RAY_NODE_ID] for r in finished} == set(
         ray_cluster.node_ids.values()
     ), (seen, ray_cluster.node_ids, printed[-3000:])
+    # Each node used its own cache. The driver computed (or fetched) the activations into a
+    # third; the worker node never computes them, so its copy came from their MLflow run.
     key = finished[0].data.params[names.PARAM_ACTIVATION_KEY]
     for node in ("head", "worker", "driver"):
         assert (ray_cluster.cache(node) / "activations" / key).is_dir(), node
