@@ -65,8 +65,9 @@ class SweepConfig(Strict):
     retries: int = Field(
         1,
         ge=0,
-        description="times Ray Tune runs a trial again after an attempt failed (its node was "
-        "lost, its worker killed, or it raised); every failed attempt is recorded FAILED",
+        description="times Ray Tune runs a trial again after an attempt was lost (its node died, "
+        "its worker was killed, or a CUDA error ended it); each lost attempt is recorded FAILED. "
+        "A trial that raises is recorded FAILED and not run again",
     )
     resources: Resources = Field(default_factory=Resources)
     asha: Asha = Field(default_factory=Asha)

@@ -267,11 +267,11 @@ class Tracker(RegistryCalls):
     def mark_failed(self, run_id: str) -> None:
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 
-    def end_running_children(self, parent_run_id: str) -> int:
-        """Mark children a killed worker left RUNNING as KILLED; how many there were."""
+    def end_running_children(self, parent_run_id: str, status: str = "KILLED") -> int:
+        """End the children a killed worker left RUNNING (KILLED, or `status`); how many."""
         stale = [r for r in self._children(parent_run_id) if r.info.status == "RUNNING"]
         for r in stale:
-            self.client.set_terminated(r.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            self.client.set_terminated(r.info.run_id, status)
         return len(stale)
 
     def open_claim_run(self, name: str, tags: Mapping[str, str]) -> str:

@@ -55,7 +55,7 @@ def processes_of(temp_dir: str) -> list[psutil.Process]:
     inside = temp_dir.rstrip(os.sep) + os.sep
     for proc in psutil.process_iter(["pid", "cmdline"]):
         if proc.pid == os.getpid():
-            continue  # the caller (which may hold a log of the node open) and its children
+            continue  # the caller, which may hold a log of the node open
         with contextlib.suppress(psutil.Error):
             if temp_dir in " ".join(proc.info["cmdline"] or []) or any(
                 f.path.startswith(inside) for f in proc.open_files()
@@ -63,7 +63,6 @@ def processes_of(temp_dir: str) -> list[psutil.Process]:
                 found[proc.pid] = proc
                 for child in proc.children(recursive=True):
                     found.setdefault(child.pid, child)
-    found.pop(os.getpid(), None)
     return list(found.values())
 
 

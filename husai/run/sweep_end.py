@@ -94,8 +94,7 @@ def record_lost_attempt(
         return None
     half = tracker.running_runs(experiment, mine)
     for run in half:
-        for seed_run in tracker.running_runs(experiment, {names.MLFLOW_PARENT_TAG: run.run_id}):
-            tracker.mark_failed(seed_run.run_id)
+        tracker.end_running_children(run.run_id, "FAILED")  # its seed runs
         tracker.set_tags(run.run_id, mark)
         tracker.mark_failed(run.run_id)
     if half:

@@ -269,7 +269,7 @@ def test_a_sweep_runs_on_both_nodes_and_survives_losing_one(
     failed = [r for r in runs if r.info.status == "FAILED"]
     # The raylet may die in the instant between an attempt's finished record and its last
     # report reaching Tune: then the retry reuses that record and there is nothing to mark.
-    # Otherwise (nearly always: the instant is ~50 ms of a ~4 s trial) the lost attempt is one
+    # Otherwise (nearly always: the instant is short next to a trial) the lost attempt is one
     # FAILED run with the reason, and its retry ran on the head.
     assert len(failed) <= 1, seen
     if not failed:  # only in that instant: a record on the worker finished as it was killed
