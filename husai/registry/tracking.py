@@ -79,6 +79,8 @@ class Tracker(RegistryCalls):
         self.env_run_id: str | None = os.environ.pop("MLFLOW_RUN_ID", None)
         self._git_sha = git_sha()
         self._versions = dict(package_versions())
+        # A sweep's trial process makes ~4 runs per trial in one experiment: look it up once.
+        self._experiments: dict[str, str] = {}
 
     # --- experiments and runs -------------------------------------------------------------
     def artifact_root(self) -> Path | None:
@@ -87,6 +89,11 @@ class Tracker(RegistryCalls):
 
     def experiment_id(self, name: str) -> str:
         """Experiment `name` (made if missing), tagged so the MLflow UI opens it on its runs."""
+        if name not in self._experiments:
+            self._experiments[name] = self._experiment_id(name)
+        return self._experiments[name]
+
+    def _experiment_id(self, name: str) -> str:
         kind = {names.MLFLOW_EXPERIMENT_KIND: names.EXPERIMENT_KIND_MODEL_DEVELOPMENT}
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
@@ -175,15 +182,18 @@ class Tracker(RegistryCalls):
     ) -> list[Run]:
         """Runs of `experiment` with these tags (and params) whose status clause holds, by
         start time; [] when the experiment does not exist yet."""
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            return []
+        exp_id = self._experiments.get(experiment)
+        if exp_id is None:
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                return []
+            exp_id = str(exp.experiment_id)
         clauses = [f"params.`{k}` = '{v}'" for k, v in (params or {}).items()]
         clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
         order = "DESC" if newest_first else "ASC"
         return list(
             self.client.search_runs(
-                [exp.experiment_id],
+                [exp_id],
                 " and ".join([*clauses, status]),
                 order_by=[f"attributes.start_time {order}"],
             )

@@ -145,7 +145,10 @@ def record_trial(
     experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
     name = trial_run_name(cfg)
     params, tags = _trial_params_and_tags(tracker, cfg, rec, src)
-    with tracker.run(experiment, name, tags, params, parent_run_id, rec.started) as trial_id:
+    metrics = {k: [(0, v)] for k, v in finite(rec.metrics).items()}
+    with tracker.run(
+        experiment, name, tags, params, parent_run_id, rec.started, metrics
+    ) as trial_id:
         seed_runs = {
             sr.seed: _record_seed(tracker, cfg, experiment, name, sr, trial_id, rec.started)
             for sr in rec.seeds
@@ -153,7 +156,6 @@ def record_trial(
         sha = rec.tags.get(names.TAG_ACTIVATIONS_SHA256)
         runs = [trial_id, *seed_runs.values()]
         log_activations_input(tracker, src.activation_key, sha, runs, src.activation_run_id)
-        tracker.log_metrics(trial_id, finite(rec.metrics))
         tracker.log_artifacts(trial_id, rec.plots_dir, names.ARTIFACT_PLOTS)
         version = None
         if cfg.trial.register_sae:
