@@ -168,6 +168,15 @@ def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     from husai.registry.tracking import Tracker
     from husai.run import stages
 
+    if cfg.activations.source == "transformer_lens":
+        from husai.run.lm_stages import lm_activations
+
+        tracker = Tracker(args.tracking_uri or None)
+        lm = lm_activations(cfg, tracker)
+        tracker.link_env_run({names.TAG_LINK_ACTIVATIONS_RUN: lm.run_id})
+        console.print_acts(lm)
+        print(console.ui_hint(tracker.uri))
+        return 0
     check_hook(cfg)
     tracker = Tracker(args.tracking_uri or None)
     base = stages.base_model(cfg, tracker)

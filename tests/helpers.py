@@ -200,3 +200,67 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def tiny_lm(folder: Path, n_docs: int = 80, seed: int = 0) -> tuple[Path, Path]:
+    """(model folder, corpus .jsonl): a randomly initialised 2-layer TransformerLens model with
+    a word-level tokenizer of its own (nothing downloaded), and documents of random words."""
+    import json
+    import random
+    import warnings
+
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from husai.model.lm_source import save_lm_folder
+
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(40)]
+    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(10, 50))) for _ in range(n_docs)]
+    corpus = folder / "corpus.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    vocab = {t: i for i, t in enumerate(["<pad>", "<bos>", "<unk>", *words])}
+    wl = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    wl.pre_tokenizer = Whitespace()
+    special = {"bos_token": "<bos>", "eos_token": "<bos>", "pad_token": "<pad>"}
+    PreTrainedTokenizerFast(tokenizer_object=wl, unk_token="<unk>", **special).save_pretrained(
+        str(folder / "tokenizer")
+    )
+    # TransformerLens reloads a tokenizer by its name_or_path: it must come from a folder.
+    tok = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        n_ctx=32,
+        d_vocab=len(vocab),
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg, tokenizer=tok)
+    return save_lm_folder(model, folder / "model"), corpus
+
+
+def lm_activations_cfg(model: Path, corpus: Path, **lm: object) -> dict[str, Any]:
+    """The `activations` section of a tiny LM experiment."""
+    return {
+        "source": "transformer_lens",
+        "hook": "blocks.1.hook_resid_post",
+        "eval_frac": 0.2,
+        "lm": {
+            "model": str(model),
+            "corpus": str(corpus),
+            "context_size": 16,
+            "token_budget": 1500,
+            **lm,
+        },
+    }

@@ -37,8 +37,13 @@ OWNERS = {
         "husai.registry.pyfunc_base",
         "husai.registry.pyfunc_sae",
     ),
-    "transformer_lens": ("husai.model.base_model", "husai.model.activations"),
-    "sae_lens": ("husai.sae.build",),
+    "transformer_lens": (
+        "husai.model.base_model",
+        "husai.model.activations",
+        "husai.model.lm_source",
+    ),
+    # lm_source: sae-lens's packing of documents into contexts, nothing else.
+    "sae_lens": ("husai.sae.build", "husai.model.lm_source"),
     "ray": (
         "husai.run.sweep",
         "husai.run.sweep_search",

@@ -15,36 +15,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from husai.config.lm import LanguageModelSource
+from husai.config.strict import Strict
 from husai.core.hashing import stable_hash
-
-
-class Strict(BaseModel):
-    """Every config section: unknown fields refused, floats finite (inf and nan are refused,
-    never discovered mid-training), integers strict (`k: true` is not k = 1)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
-        # YAML's true/false would otherwise pass as 1/0 for an int or float field.
-        if isinstance(v, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if annotation in NUMBER_TYPES:
-                raise ValueError(f"expected a number, got {str(v).lower()}")
-        return v
-
-
-NUMBER_TYPES = (int, float, int | None, float | None)
 
 
 def _is_prime(n: int) -> bool:
@@ -138,10 +113,26 @@ class ActivationsConfig(Strict):
         None, description="bring your own [n, d_in] activations (.safetensors, .npy or .pt)"
     )
 
+    source: Literal["task", "transformer_lens"] = Field(
+        "task",
+        description="task: the modular-addition base model; transformer_lens: a language "
+        "model over a corpus (activations.lm)",
+    )
+    lm: LanguageModelSource | None = Field(
+        None, description="the language model and corpus (activations.source: transformer_lens)"
+    )
+
     @model_validator(mode="after")
     def _one_source(self) -> ActivationsConfig:
         if self.key is not None and self.file is not None:
             raise ValueError("key and file: give at most one activation source")
+        if self.source == "transformer_lens":
+            if self.lm is None:
+                raise ValueError("lm: activations.source transformer_lens needs activations.lm")
+            if self.file is not None:
+                raise ValueError("file: give activations.file or source transformer_lens")
+        elif self.lm is not None:
+            raise ValueError("lm: set activations.source: transformer_lens to use it")
         return self
 
 
@@ -371,6 +362,14 @@ class ExperimentConfig(Strict):
         data["activations"] = {
             k: v for k, v in data["activations"].items() if k not in ("key", "file")
         }
+        if self.activations.source == "task":
+            # Left out for the task source, so hashes from before the LM source stay valid.
+            for k in ("source", "lm"):
+                data["activations"].pop(k)
+        else:
+            lm = self.activations.lm
+            assert lm is not None  # the validator's promise
+            data["activations"]["lm"] = lm.identity()
         # Settings that cannot change the result: registration, and the reference settings of
         # a recipe that uses no reference (lambda = 0).
         data["trial"].pop("register_sae")

@@ -26,8 +26,9 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from husai import names
-from husai.config.experiment import ExperimentConfig, Strict
+from husai.config.experiment import ExperimentConfig
 from husai.config.loading import deep_merge, format_validation, from_dict, read_yaml_file
+from husai.config.strict import Strict
 from husai.config.sweep_parts import (
     ASHA_OBJECTIVES,
     SWEEPABLE,

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from husai import names
-from husai.config.experiment import Strict
+from husai.config.strict import Strict
 
 # Sweepable fields: dotted path -> how it appears in the experiment dict.
 SWEEPABLE = {

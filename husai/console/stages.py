@@ -29,8 +29,9 @@ def print_base(handle: BaseModelHandle) -> None:
 def print_acts(handle: ActivationsHandle) -> None:
     acts = handle.acts
     state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
+    where = "" if acts.position is None else f" pos {acts.position}"  # None: every token's row
     print(
-        f"activations {acts.key} at {acts.hook} pos {acts.position}: {state}; "
+        f"activations {acts.key} at {acts.hook}{where}: {state}; "
         f"{acts.train.shape[0]} train + {acts.eval.shape[0]} held-out rows, d_in {acts.d_in}; "
         f"run {handle.run_id}"
     )

@@ -220,7 +220,16 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
     meta_path, acts_path = directory / META_FILE, directory / ACTS_FILE
     try:
         meta = json.loads(meta_path.read_text())
-        tensors = load_file(str(acts_path))
+        if meta.get("source") == "transformer_lens":
+            # A language model's rows: one .npy file per side (husai.model.lm_source).
+            acts_path = directory / "train.npy"
+            tensors = {
+                name: torch.from_numpy(np.load(directory / f"{name}.npy"))
+                for name in ("train", "eval", "train_rows", "eval_rows")
+            }
+            meta = {**meta, "p": None, "position": None}
+        else:
+            tensors = load_file(str(acts_path))
         acts = ActivationSet(
             key=meta["key"],
             p=meta["p"],

@@ -93,6 +93,17 @@ ACT_N_TRAIN = "acts/n_train_rows"
 ACT_N_EVAL = "acts/n_eval_rows"
 ACT_N_OOD = "acts/n_ood_rows"
 TAG_CACHE = "husai.cache"  # "hit" / "miss"
+# A language model's activations (activations.source: transformer_lens)
+PARAM_ACT_SOURCE = "activation_source"
+PARAM_LM_MODEL = "lm_model"
+PARAM_LM_WEIGHTS_SHA256 = "lm_weights_sha256"
+PARAM_LM_CORPUS = "lm_corpus"
+PARAM_LM_CORPUS_SHA256 = "lm_corpus_sha256"
+PARAM_LM_CONTEXT_SIZE = "lm_context_size"
+PARAM_LM_TOKEN_BUDGET = "lm_token_budget"
+PARAM_LM_EXCLUDE_BOS = "lm_exclude_bos"
+ACT_N_TRAIN_DOCS = "acts/n_train_docs"
+ACT_N_EVAL_DOCS = "acts/n_eval_docs"
 ARTIFACT_ACTIVATIONS = "activations"
 
 # --- reconstruction (seed runs; trial runs carry the mean over seeds) ---------------------------

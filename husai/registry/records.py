@@ -19,6 +19,7 @@ import pandas as pd
 import husai
 from husai import names
 from husai.config.experiment import ExperimentConfig
+from husai.core.hashing import stable_hash
 from husai.registry.tracking import Tracker
 from husai.registry.views import RegisteredBase
 
@@ -133,6 +134,53 @@ def record_null_activations(
     which = {names.PARAM_NULL: null, names.PARAM_BASE_HASH: cfg.base_hash()}
     name = f"null-acts-{null}-{cfg.activations.hook}-{rec.key[:8]}"
     return _record_activation_set(tracker, cfg, names.KIND_NULL_ACTIVATIONS, name, which, rec)
+
+
+@dataclass(frozen=True)
+class LMSetInfo:
+    """What an LM activation set was made from (husai.model.lm_source's plan)."""
+
+    weights_sha256: str
+    corpus_sha256: str
+    n_docs: Mapping[str, int]  # side ("train"/"eval") -> documents
+
+
+def record_lm_activations(
+    tracker: Tracker, cfg: ExperimentConfig, info: LMSetInfo, rec: ActivationsRecord
+) -> str:
+    """A language model's activations as a run in husai-activations, found again by their key."""
+    a, lm = cfg.activations, cfg.activations.lm
+    assert lm is not None
+    params = {
+        names.PARAM_ACTIVATION_KEY: rec.key,
+        names.PARAM_ACT_SOURCE: a.source,
+        names.PARAM_LM_MODEL: lm.model,
+        names.PARAM_LM_WEIGHTS_SHA256: info.weights_sha256,
+        names.PARAM_LM_CORPUS: lm.corpus,
+        names.PARAM_LM_CORPUS_SHA256: info.corpus_sha256,
+        names.PARAM_LM_CONTEXT_SIZE: lm.context_size,
+        names.PARAM_LM_TOKEN_BUDGET: lm.token_budget,
+        names.PARAM_LM_EXCLUDE_BOS: lm.exclude_bos,
+        names.PARAM_HOOK: a.hook,
+        names.PARAM_SPLIT_SEED: a.split_seed,
+        names.PARAM_EVAL_FRAC: a.eval_frac,
+        names.PARAM_D_IN: rec.d_in,
+    }
+    tags = {
+        **tracker.standard_tags(stable_hash(lm.identity()), names.KIND_ACTIVATIONS, "extract"),
+        names.TAG_CACHE: "hit" if rec.cache_hit else "miss",
+        **({names.TAG_CONTENT_SHA256: rec.sha256} if rec.sha256 else {}),
+    }
+    name = f"acts-lm-{a.hook}-{rec.key[:8]}"
+    with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
+        counts = {names.ACT_N_TRAIN: rec.n_train, names.ACT_N_EVAL: rec.n_eval}
+        docs = {
+            names.ACT_N_TRAIN_DOCS: info.n_docs["train"],
+            names.ACT_N_EVAL_DOCS: info.n_docs["eval"],
+        }
+        tracker.log_metrics(rid, {**counts, **docs})
+        tracker.log_artifacts(rid, rec.folder, names.ARTIFACT_ACTIVATIONS)
+    return rid
 
 
 def _record_activation_set(

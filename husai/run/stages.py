@@ -239,7 +239,7 @@ def activations(
 def _activations(
     cfg: ExperimentConfig, base: BaseModelHandle, tracker: Tracker, cache_dir: Path | None, key: str
 ) -> ActivationsHandle:
-    path, run_id, source = _activation_entry(
+    path, run_id, source = activation_entry(
         key,
         tracker,
         cache_dir,
@@ -250,7 +250,7 @@ def _activations(
     acts = load_activations(path, key)
     hit = source != "computed"
     if run_id is None:
-        rec = _activations_record(acts, path, hit)
+        rec = activations_record(acts, path, hit)
         run_id = record_activations(tracker, cfg, base.version, base.run_id, rec)
     return ActivationsHandle(acts=acts, run_id=run_id, cache_hit=hit, source=source, path=path)
 
@@ -261,7 +261,7 @@ def activations_by_key(
     """A cached activation set by key, from disk or its MLflow run; nothing is computed, so a
     key that neither has is a one-line ConfigError."""
     with claim(tracker, "activations", key):  # a repair of the entry is one process's
-        path, run_id, source = _activation_entry(key, tracker, cache_dir)
+        path, run_id, source = activation_entry(key, tracker, cache_dir)
         acts = load_activations(path, key)
     return ActivationsHandle(
         acts=acts,
@@ -286,7 +286,7 @@ def random_base_activations(
 def _random_base_activations(
     cfg: ExperimentConfig, tracker: Tracker, cache_dir: Path | None, key: str
 ) -> ActivationsHandle:
-    path, run_id, source = _activation_entry(
+    path, run_id, source = activation_entry(
         key,
         tracker,
         cache_dir,
@@ -295,25 +295,27 @@ def _random_base_activations(
     acts = load_activations(path, key)
     hit = source != "computed"
     if run_id is None:
-        rec = _activations_record(acts, path, hit)
+        rec = activations_record(acts, path, hit)
         run_id = record_null_activations(tracker, cfg, names.NULL_RANDOM_BASE, rec)
     return ActivationsHandle(acts=acts, run_id=run_id, cache_hit=hit, source=source, path=path)
 
 
-def _activations_record(acts: ActivationSet, path: Path, hit: bool) -> ActivationsRecord:
+def activations_record(acts: ActivationSet, path: Path, hit: bool) -> ActivationsRecord:
     n_ood = 0 if acts.ood is None else acts.ood.shape[0]
     n_train, n_eval = acts.train.shape[0], acts.eval.shape[0]
     return ActivationsRecord(acts.key, acts.d_in, n_train, n_eval, n_ood, path, hit, acts.sha256)
 
 
-def _activation_entry(
+def activation_entry(
     key: str,
     tracker: Tracker,
     cache_dir: Path | None,
     compute: Callable[[], Writer] | None = None,
+    adopt: Callable[[Path], Writer] | None = None,
 ) -> tuple[Path, str | None, str]:
     """(cache folder, the run that logged it if any, where it came from) of activation set
-    `key`; without `compute`, a set that is neither on disk nor in MLflow is a ConfigError."""
+    `key`; without `compute`, a set that is neither on disk nor in MLflow is a ConfigError.
+    `adopt`: how a copy fetched from MLflow is written (default: read and written again)."""
     path = (cache_dir or cache_root()) / "activations" / key
     run_id = find_activations_run(tracker, key)
     if compute is None and not path.exists() and run_id is None:
@@ -326,7 +328,7 @@ def _activation_entry(
         run_id,
         tracker,
         names.ARTIFACT_ACTIVATIONS,
-        adopt=lambda fetched: partial(save_activations, load_activations(fetched, key)),
+        adopt=adopt or (lambda fetched: partial(save_activations, load_activations(fetched, key))),
         compute=compute,
     )
     return path, run_id, source

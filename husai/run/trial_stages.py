@@ -43,9 +43,13 @@ from husai.registry.trial_records import (
     trial_run_name,
 )
 from husai.report.plots import plot_stability_heatmap
-from husai.run import stages
+from husai.run import lm_stages, stages
 
 NO_BASE_MODEL = "needs activations extracted from a base model (a user's own file has none)"
+
+
+# A language model's random-base null (the same architecture at initialisation) is not built.
+NO_LM_NULL = "not built for language-model activations yet"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,13 @@ def trial_inputs(
         return TrialInputs(Tracker(tracking_uri), acts, TrialSource(acts.key, None, "file"), None)
     if a.key is not None:
         return _inputs_by_key(cfg, a.key, tracking_uri, allow_memorised)
+    if a.source == "transformer_lens":
+        tracker = Tracker(tracking_uri)
+        handle = lm_stages.lm_activations(cfg, tracker)
+        console.print_acts(handle)
+        preflight(cfg, handle.acts)
+        lm = TrialSource(handle.acts.key, None, a.source, activation_run_id=handle.run_id)
+        return TrialInputs(tracker, handle.acts, lm, None, None, NO_LM_NULL)
     stages.check_before_compute(cfg)  # before the base model is trained
     tracker = Tracker(tracking_uri)
     base = stages.base_model(cfg, tracker)
@@ -122,6 +133,9 @@ def _inputs_by_key(
         why = f"activation set {key} is on disk but no run in this store records its base model"
         return TrialInputs(tracker, handle.acts, src, None, None, why)
     params = tracker.get_run_params(handle.run_id)
+    if names.PARAM_BASE_RUN_ID not in params:  # a language model's rows: no task base model
+        src = TrialSource(handle.acts.key, None, "key", activation_run_id=handle.run_id)
+        return TrialInputs(tracker, handle.acts, src, None, None, NO_LM_NULL)
     base_run, base_version = params[names.PARAM_BASE_RUN_ID], params[names.PARAM_BASE_VERSION]
     registered = tracker.find_base_by_run(base_run)
     if registered is not None:

@@ -1,0 +1,134 @@
+"""The language-model activation source on a tiny randomly initialised TransformerLens model
+and a corpus the test writes (nothing is downloaded): streamed extraction equals a whole-set
+forward pass, documents never straddle the split, BOS positions never become rows, and every
+bad input is one line naming its field before any forward pass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from husai.config.experiment import ActivationsConfig
+from husai.core.errors import ConfigError
+from husai.model.activations import load_activations
+from husai.model.lm_source import held_out, load_lm, plan, read_corpus, write_lm_set
+from tests.helpers import lm_activations_cfg, tiny_lm
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+def _cfg(lm: tuple[Path, Path], **over: object) -> ActivationsConfig:
+    a = lm_activations_cfg(*lm)
+    return ActivationsConfig.model_validate({**a, "lm": {**a["lm"], **over}})
+
+
+def test_streamed_extraction_equals_one_forward_pass(lm: tuple[Path, Path], tmp_path: Path) -> None:
+    p = plan(_cfg(lm))
+    # 3 sequences per forward, rows written 50 at a time, vs everything at once.
+    write_lm_set(p, tmp_path / "streamed", batch_size=3, chunk_rows=50)
+    write_lm_set(p, tmp_path / "whole", batch_size=10_000, chunk_rows=10**9)
+    streamed, whole = load_activations(tmp_path / "streamed"), load_activations(tmp_path / "whole")
+    for side in ("train", "eval"):
+        with torch.inference_mode():
+            _, cache = p.model.run_with_cache(p.tokens[side], names_filter=[p.hook])
+        expected = cache[p.hook].reshape(-1, p.d_in)[p.rows[side]]
+        assert torch.equal(getattr(streamed, side), expected)
+        assert torch.equal(getattr(whole, side), expected)
+    assert streamed.train.shape == (1200, 32) and streamed.eval.shape == (300, 32)
+    assert streamed.p is None and streamed.hook == "blocks.1.hook_resid_post"
+
+
+def test_documents_never_straddle_the_split(lm: tuple[Path, Path], tmp_path: Path) -> None:
+    model_dir, corpus = lm
+    docs = read_corpus(corpus, "text")
+    # The same text twice: one side for both copies, whatever its position.
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(corpus.read_text() + json.dumps({"text": docs[0]}) + "\n")
+    p = plan(_cfg((model_dir, dup)))
+    sides = {
+        s: {d for d in docs + [docs[0]] if held_out(d, 0.2, 0) == (s == "eval")} for s in p.n_docs
+    }
+    assert sides["train"].isdisjoint(sides["eval"]) and sides["train"] and sides["eval"]
+    assert p.n_docs["train"] + p.n_docs["eval"] == len(docs) + 1
+    # Every token of a side's contexts comes from that side's documents.
+    tok = p.model.tokenizer
+    assert tok is not None
+    for side, texts in sides.items():
+        words = {w for t in texts for w in t.split()}
+        seen = set(tok.convert_ids_to_tokens(p.tokens[side].flatten().tolist())) - {"<bos>"}
+        assert seen <= words
+    # Another seed puts documents elsewhere.
+    assert (
+        plan(_cfg(lm)).key
+        != plan(ActivationsConfig.model_validate({**lm_activations_cfg(*lm), "split_seed": 1})).key
+    )
+
+
+def test_bos_positions_are_never_rows(lm: tuple[Path, Path]) -> None:
+    p = plan(_cfg(lm))
+    tok = p.model.tokenizer
+    assert tok is not None
+    for side in ("train", "eval"):
+        flat = p.tokens[side].flatten()
+        assert (flat == tok.bos_token_id).any()  # every context opens with BOS
+        assert not (flat[p.rows[side]] == tok.bos_token_id).any()
+    kept = plan(_cfg(lm, exclude_bos=False))
+    assert (kept.tokens["train"].flatten()[kept.rows["train"]] == tok.bos_token_id).any()
+
+
+def test_the_key_covers_what_changes_the_rows(lm: tuple[Path, Path], tmp_path: Path) -> None:
+    key = plan(_cfg(lm)).key
+    assert plan(_cfg(lm, batch_size=2, chunk_rows=7)).key == key  # speed and memory only
+    assert plan(_cfg(lm, token_budget=1400)).key != key
+    assert plan(_cfg(lm, context_size=12)).key != key
+    other = ActivationsConfig.model_validate(
+        {**lm_activations_cfg(*lm), "hook": "blocks.0.hook_resid_post"}
+    )
+    assert plan(other).key != key
+    changed = tmp_path / "corpus.jsonl"
+    changed.write_text(lm[1].read_text().replace("w1 ", "w2 ", 1))
+    assert plan(_cfg((lm[0], changed))).key != key
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"token_budget": 10**6}, "activations.lm.token_budget"),
+        ({"context_size": 64}, "activations.lm.context_size"),
+        ({"corpus": "/nonexistent/corpus.jsonl"}, "activations.lm.corpus"),
+        ({"model": "/nonexistent-model-folder"}, "activations.lm.model"),
+    ],
+)
+def test_bad_input_names_its_field(lm: tuple[Path, Path], over: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        plan(_cfg(lm, **over))
+
+
+def test_bad_hook_and_bad_corpus_line(lm: tuple[Path, Path], tmp_path: Path) -> None:
+    bad_hook = ActivationsConfig.model_validate(
+        {**lm_activations_cfg(*lm), "hook": "blocks.0.attn.hook_pattern"}
+    )
+    with pytest.raises(ConfigError, match="activations.hook"):
+        plan(bad_hook)
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"text": "w1 w2"}\nnot json\n')
+    with pytest.raises(ConfigError, match=rf"{corpus}:2: .*'text'"):
+        plan(_cfg((lm[0], corpus)))
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{")
+    with pytest.raises(ConfigError, match="activations.lm.model: .*model"):
+        load_lm(str(broken))
+
+
+def test_config_needs_lm_with_the_source() -> None:
+    with pytest.raises(ValueError, match="activations.lm"):
+        ActivationsConfig.model_validate({"source": "transformer_lens"})
+    with pytest.raises(ValueError, match="source: transformer_lens"):
+        ActivationsConfig.model_validate({"lm": {"model": "m", "corpus": "c.txt"}})
