@@ -202,9 +202,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def tiny_lm(folder: Path, n_docs: int = 80, seed: int = 0) -> tuple[Path, Path]:
-    """(model folder, corpus .jsonl): a randomly initialised 2-layer TransformerLens model with
-    a word-level tokenizer of its own (nothing downloaded), and documents of random words."""
+def tiny_lm(
+    folder: Path, n_docs: int = 80, seed: int = 0, train_steps: int = 60
+) -> tuple[Path, Path]:
+    """(model folder, corpus .jsonl): a 2-layer TransformerLens model built from a config with a
+    word-level tokenizer of its own (nothing downloaded), trained `train_steps` Adam steps on
+    the corpus, and the corpus: documents of words that mostly follow a fixed successor."""
     import json
     import random
     import warnings
@@ -219,7 +222,16 @@ def tiny_lm(folder: Path, n_docs: int = 80, seed: int = 0) -> tuple[Path, Path]:
 
     rng = random.Random(seed)
     words = [f"w{i}" for i in range(40)]
-    docs = [" ".join(rng.choice(words) for _ in range(rng.randint(10, 50))) for _ in range(n_docs)]
+
+    def doc() -> str:
+        # Mostly a fixed successor, so the model has something to learn and the hook matters.
+        i, out = rng.randrange(40), []
+        for _ in range(rng.randint(10, 50)):
+            out.append(words[i])
+            i = (7 * i + 3) % 40 if rng.random() < 0.8 else rng.randrange(40)
+        return " ".join(out)
+
+    docs = [doc() for _ in range(n_docs)]
     corpus = folder / "corpus.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
@@ -247,6 +259,20 @@ def tiny_lm(folder: Path, n_docs: int = 80, seed: int = 0) -> tuple[Path, Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer=tok)
+    if train_steps:
+        ids = [tok(d, add_special_tokens=False)["input_ids"] for d in docs]
+        stream = torch.tensor([t for d in ids for t in [tok.bos_token_id, *d]])
+        n = len(stream) // 16 * 16
+        batches = stream[:n].reshape(-1, 16)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(train_steps):
+            pick = torch.randint(len(batches), (32,), generator=gen)
+            loss = model(batches[pick], return_type="loss")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
     return save_lm_folder(model, folder / "model"), corpus
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -166,6 +166,12 @@ def check_memory(cfg: ExperimentConfig, d_in: int) -> None:
         )
 
 
+class Splice(Protocol):
+    """Measures loss recovered with an SAE's reconstruction of the held-out rows spliced in."""
+
+    def recovered(self, x_hat: torch.Tensor) -> float | None: ...
+
+
 class _SpliceCE:
     """CE at the read-out with the hook position clean, mean-ablated or replaced by x_hat."""
 
@@ -192,6 +198,7 @@ def run_trial(
     on_seed: Callable[[list[ReconMetrics]], None] | None = None,
     random_base: ActivationSet | None = None,
     random_base_missing: str = "needs activations extracted from a base model",
+    splice: Splice | None = None,
 ) -> TrialResult:
     """Train every seed, measure held-out reconstruction and cross-seed stability against the
     nulls `cfg.trial.nulls` names, run the evals.
@@ -201,14 +208,16 @@ def run_trial(
     tells how much of the resulting alignment is copying. `on_seed` sees the held-out metrics of
     the seeds finished so far, after each seed. `random_base`: the activations of the randomly
     initialised base model, for the random-base null (None: it is skipped, for the reason
-    `random_base_missing` gives).
+    `random_base_missing` gives). `splice`: how `recon/loss_recovered` is measured, where the
+    caller has its own (a language model's held-out contexts); else the base model's read-out.
     """
     preflight(cfg, acts)
     lam = cfg.consistency.lam
     if lam > 0 and references is None:
         raise ValueError("consistency.lambda > 0 needs a reference and a control reference")
     start = time.perf_counter()
-    splice = _SpliceCE(base_model, acts) if base_model is not None else None
+    if splice is None and base_model is not None:
+        splice = _SpliceCE(base_model, acts)
     seeds = []
     pulls, scale = None, None
     if lam > 0 and references is not None:

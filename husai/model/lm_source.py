@@ -47,6 +47,7 @@ SIDES = ("train", "eval")
 ROW_FILES = {"train": "train.npy", "eval": "eval.npy"}
 INDEX_FILES = {"train": "train_rows.npy", "eval": "eval_rows.npy"}
 META_FILE = "meta.json"
+EVAL_TOKENS = "eval_tokens.npy"
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "model.safetensors"
 
@@ -313,6 +314,8 @@ def write_lm_set(p: LMPlan, folder: Path, batch_size: int, chunk_rows: int) -> P
         out.flush()
         del out  # closes the map before the folder is checksummed
         np.save(folder / INDEX_FILES[side], rows.numpy())
+    # The held-out contexts themselves: loss_recovered splices the SAE back into them.
+    np.save(folder / EVAL_TOKENS, p.tokens["eval"].numpy())
     meta = {
         "source": "transformer_lens",
         "format": LM_FORMAT,

@@ -25,9 +25,11 @@ from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
 from husai.core import device as devices
 from husai.measure.metrics import ReconMetrics
-from husai.measure.trial import TrialResult, preflight, run_trial
+from husai.measure.trial import Splice, TrialResult, preflight, run_trial
 from husai.model.activations import ActivationSet, activation_key, load_user_activations
 from husai.model.base_model import HookedTransformer
+from husai.model.lm_source import load_lm
+from husai.model.lm_splice import lm_splice
 from husai.registry.claims import claim
 from husai.registry.handles import Reference
 from husai.registry.tracking import Tracker
@@ -63,6 +65,9 @@ class TrialInputs:
     # The random-base null's activations; None: that null is skipped, for this reason.
     random_base: ActivationSet | None = None
     random_base_missing: str = NO_BASE_MODEL
+    # How loss_recovered is measured when there is no task base model (a language model's
+    # held-out contexts); None: by the base model's read-out, or absent without one.
+    splice: Splice | None = None
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,10 @@ def trial_inputs(
         handle = lm_stages.lm_activations(cfg, tracker)
         console.print_acts(handle)
         preflight(cfg, handle.acts)
-        lm = TrialSource(handle.acts.key, None, a.source, activation_run_id=handle.run_id)
-        return TrialInputs(tracker, handle.acts, lm, None, None, NO_LM_NULL)
+        src = TrialSource(handle.acts.key, None, a.source, activation_run_id=handle.run_id)
+        assert a.lm is not None
+        splice = lm_splice(load_lm(a.lm.model), a.hook, handle.path, handle.acts.train)
+        return TrialInputs(tracker, handle.acts, src, None, None, NO_LM_NULL, splice)
     stages.check_before_compute(cfg)  # before the base model is trained
     tracker = Tracker(tracking_uri)
     base = stages.base_model(cfg, tracker)
@@ -283,6 +290,7 @@ def run_and_record(
             on_seed=on_seed,
             random_base=inputs.random_base,
             random_base_missing=inputs.random_base_missing,
+            splice=inputs.splice,
         )
         if result.consistency is not None and plain is not None and plain.ev is not None:
             ev = result.recon_mean["ev"]

@@ -15,6 +15,7 @@ from husai.config.experiment import ActivationsConfig
 from husai.core.errors import ConfigError
 from husai.model.activations import load_activations
 from husai.model.lm_source import held_out, load_lm, plan, read_corpus, write_lm_set
+from husai.model.lm_splice import lm_splice
 from tests.helpers import lm_activations_cfg, tiny_lm
 
 
@@ -132,3 +133,21 @@ def test_config_needs_lm_with_the_source() -> None:
         ActivationsConfig.model_validate({"source": "transformer_lens"})
     with pytest.raises(ValueError, match="source: transformer_lens"):
         ActivationsConfig.model_validate({"lm": {"model": "m", "corpus": "c.txt"}})
+
+
+def test_loss_recovered_is_one_for_the_rows_and_zero_for_their_mean(
+    lm: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The splice can fail: a reconstruction that learned nothing (the mean, or noise) scores
+    0 or below, the exact rows score 1."""
+    p = plan(_cfg(lm))
+    folder = write_lm_set(p, tmp_path / "set", batch_size=8, chunk_rows=100)
+    acts = load_activations(folder)
+    splice = lm_splice(p.model, p.hook, folder, acts.train)
+    assert splice is not None and splice.ablate > splice.clean
+    assert splice.recovered(acts.eval) == pytest.approx(1.0, abs=1e-6)
+    mean = acts.train.mean(dim=0).expand_as(acts.eval)
+    assert splice.recovered(mean) == pytest.approx(0.0, abs=1e-6)
+    noise = torch.randn_like(acts.eval) * acts.eval.std()
+    lr = splice.recovered(noise)
+    assert lr is not None and lr < 0.5
