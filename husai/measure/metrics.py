@@ -50,22 +50,29 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 @torch.no_grad()
 def reconstruct(sae: SAE[Any], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents, reconstruction) of the inference SAE, row by row (no batch-level coupling)."""
-    latents = sae.encode(x)
-    return latents, sae.decode(latents)
+    """(latents, reconstruction) of the inference SAE, row by row (no batch-level coupling).
+    Without autograd: a graph kept for nothing held several [rows, d_sae] copies."""
+    with torch.no_grad():
+        latents = sae.encode(x)
+        return latents, sae.decode(latents)
 
 
 def recon_metrics(
-    sae: SAE[Any], x_eval: torch.Tensor, loss_recovered: float | None = None
+    sae: SAE[Any],
+    x_eval: torch.Tensor,
+    loss_recovered: float | None = None,
+    recon: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> ReconMetrics:
-    latents, x_hat = reconstruct(sae, x_eval)
+    """`recon`: `reconstruct(sae, x_eval)` where the caller already has it."""
+    latents, x_hat = recon if recon is not None else reconstruct(sae, x_eval)
     f = fvu(x_eval, x_hat)
     active = latents != 0
     return ReconMetrics(
         fvu=f,
         ev=1.0 - f,
         mse=float(((x_eval.double() - x_hat.double()) ** 2).mean()),
-        l0=float(active.float().sum(dim=1).mean()),
+        # Counted as integers, then float32 as before: no [rows, d_sae] float copy.
+        l0=float(active.sum(dim=1).float().mean()),
         dead_frac=float((~active.any(dim=0)).float().mean()),
         loss_recovered=loss_recovered,
     )

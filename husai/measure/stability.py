@@ -30,6 +30,7 @@ from scipy import stats
 from scipy.optimize import linear_sum_assignment
 
 from husai import names
+from husai.model.rows import DiskRows, Rows, moments
 
 # One source of truth: the metric contract in husai/names/.
 METRICS = tuple(k.removeprefix(names.STABILITY_PREFIX) for k in names.STABILITY_BASES)
@@ -268,17 +269,21 @@ def gaussian_decoders(n: int, d_sae: int, d_in: int, seed: int) -> list[torch.Te
     ]
 
 
-def covariance_decoders(rows: torch.Tensor, n: int, d_sae: int, seed: int) -> list[torch.Tensor]:
+def covariance_decoders(rows: Rows, n: int, d_sae: int, seed: int) -> list[torch.Tensor]:
     """The covariance null: decoder rows drawn from N(0, Sigma), Sigma the covariance of `rows`
     (the SAE-train rows): dictionaries that know the data's geometry and nothing else."""
-    x = rows.double()
-    cov = torch.cov(x.T)
+    if isinstance(rows, DiskRows):  # block sums in float64
+        s, ss, m = moments(rows)
+        cov = (ss - torch.outer(s, s) / m) / (m - 1)
+    else:
+        cov = torch.cov(rows.double().T)
+    d_in = cov.shape[0]
     # Eigen-decomposition rather than Cholesky: the activations are low-rank, Sigma singular.
     evals, evecs = torch.linalg.eigh(cov)
     root = evecs * evals.clamp(min=0).sqrt()
     out = []
     for i in range(n):
-        z = torch.randn(d_sae, x.shape[1], generator=torch.Generator().manual_seed(seed + i))
+        z = torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(seed + i))
         out.append((z.double() @ root.T).float())
     return out
 

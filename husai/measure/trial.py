@@ -19,6 +19,7 @@ import torch
 
 from husai import names
 from husai.config.experiment import ExperimentConfig
+from husai.core import memory
 from husai.core.errors import InputError
 from husai.measure.consistency_metrics import ConsistencyMetrics, consistency_metrics
 from husai.measure.evals.results import EvalResults
@@ -35,6 +36,7 @@ from husai.measure.stability import (
 )
 from husai.model.activations import ActivationSet, readout_ce
 from husai.model.base_model import HookedTransformer
+from husai.model.rows import row_mean
 from husai.sae.build import SAE, decoder, load_sae, save_sae
 from husai.sae.consistency import ConsistencyPenalty, loss_scale
 from husai.sae.train import train_seeds
@@ -181,7 +183,7 @@ class _SpliceCE:
         p, hook, position, rows = acts.p, acts.hook, acts.position, acts.eval_rows
         self._ce = lambda patch: readout_ce(model, p, rows, hook, position, patch)
         self.clean = self._ce(None)
-        mean = acts.train.mean(dim=0, keepdim=True).expand_as(acts.eval)
+        mean = row_mean(acts.train)[None].expand_as(acts.eval)
         self.ablate = self._ce(mean)
 
     def recovered(self, x_hat: torch.Tensor) -> float | None:
@@ -230,13 +232,16 @@ def run_trial(
         cfg.sae, cfg.train, acts.train, cfg.trial.seeds, progress, consistency=pulls
     )
     for trained in trained_seeds:
+        memory.give_back()  # training's freed buffers, before the held-out rows are encoded
         seed = trained.seed
         folder = save_sae(trained.sae, workdir / f"seed_{seed}")
         sae = load_sae(folder)
         latents, x_hat = reconstruct(sae, acts.eval)
         lr = splice.recovered(x_hat) if splice is not None else None
-        recon = recon_metrics(sae, acts.eval, loss_recovered=lr)
-        seeds.append(SeedResult(seed, trained, sae, folder, recon, (latents != 0).any(dim=0)))
+        recon = recon_metrics(sae, acts.eval, loss_recovered=lr, recon=(latents, x_hat))
+        alive = (latents != 0).any(dim=0)
+        del latents, x_hat  # [eval rows, d_sae]: not kept while the next seed is measured
+        seeds.append(SeedResult(seed, trained, sae, folder, recon, alive))
         if on_seed is not None:  # e.g. a Ray Tune report, so ASHA can stop a poor trial early
             on_seed([s.recon for s in seeds])
 

@@ -31,6 +31,7 @@ from husai.core.cache import MANIFEST
 from husai.core.errors import ConfigError, InputError, first_line
 from husai.core.hashing import stable_hash
 from husai.model.base_model import build_model, readout_logits
+from husai.model.rows import DiskRows, Rows, all_finite, as_tensor, max_in_memory_bytes
 from husai.model.task import SEQ_LEN, make_modular_data, split_indices
 
 ACTS_FILE = "acts.safetensors"
@@ -53,7 +54,7 @@ class ActivationSet:
     p: int | None  # None for a user's own activations (no base model behind them)
     hook: str | None
     position: int | None
-    train: torch.Tensor  # [n_train, d_in] float32
+    train: Rows  # [n_train, d_in] float32; on disk (DiskRows) for a set too big for memory
     eval: torch.Tensor  # [n_eval, d_in] float32, held out
     train_rows: torch.Tensor  # [n_train] int64
     eval_rows: torch.Tensor  # [n_eval] int64
@@ -203,7 +204,7 @@ def save_activations(acts: ActivationSet, directory: Path) -> Path:
     """Write one cache entry into `directory` (`husai.core.cache.publish_dir` makes it atomic)."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {
-        "train": acts.train,
+        "train": as_tensor(acts.train),
         "eval": acts.eval,
         "train_rows": acts.train_rows,
         "eval_rows": acts.eval_rows,
@@ -225,17 +226,21 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
             acts_path = directory / "train.npy"
             tensors = {
                 name: torch.from_numpy(np.load(directory / f"{name}.npy"))
-                for name in ("train", "eval", "train_rows", "eval_rows")
+                for name in ("eval", "train_rows", "eval_rows")
             }
+            # Too big for memory: SAE-train rows read a batch at a time (husai.model.rows).
+            big = acts_path.stat().st_size > max_in_memory_bytes()
+            train: Rows = DiskRows(acts_path) if big else torch.from_numpy(np.load(acts_path))
             meta = {**meta, "p": None, "position": None}
         else:
             tensors = load_file(str(acts_path))
+            train = tensors["train"]
         acts = ActivationSet(
             key=meta["key"],
             p=meta["p"],
             hook=meta["hook"],
             position=meta["position"],
-            train=tensors["train"],
+            train=train,
             eval=tensors["eval"],
             train_rows=tensors["train_rows"],
             eval_rows=tensors["eval_rows"],
@@ -256,7 +261,7 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
         raise ActivationCacheError(f"{acts_path}: row counts do not match their indices")
     for name in ("train", "eval", "ood"):
         rows = getattr(acts, name)
-        if rows is not None and not bool(torch.isfinite(rows).all()):
+        if rows is not None and not all_finite(rows):
             # Checked like a user's file: NaN or inf would surface only after training.
             raise ActivationCacheError(f"{acts_path}: {name} rows hold NaN or inf values")
     manifest = directory / MANIFEST

@@ -19,6 +19,7 @@ import torch
 
 from husai.model.base_model import HookedTransformer
 from husai.model.lm_source import EVAL_TOKENS, INDEX_FILES
+from husai.model.rows import Rows, row_mean
 
 
 class LMSplice:
@@ -78,13 +79,11 @@ def _put(where: torch.Tensor, values: torch.Tensor) -> Callable[..., torch.Tenso
     return put
 
 
-def lm_splice(
-    model: HookedTransformer, hook: str, folder: Path, train: torch.Tensor
-) -> LMSplice | None:
+def lm_splice(model: HookedTransformer, hook: str, folder: Path, train: Rows) -> LMSplice | None:
     """The splice of a cached LM set's held-out contexts (None for an entry without them)."""
     path = folder / EVAL_TOKENS
     if not path.exists():
         return None
     tokens = torch.from_numpy(np.load(path))
     rows = torch.from_numpy(np.load(folder / INDEX_FILES["eval"]))
-    return LMSplice(model, hook, tokens, rows, train.mean(dim=0))
+    return LMSplice(model, hook, tokens, rows, row_mean(train))

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from husai import names
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.core.repro import deterministic
+from husai.model.rows import Rows, gather
 from husai.sae.batched_sparse import sparse_step
 from husai.sae.build import build_sae, decoder, lr_scheduler
 from husai.sae.devices import on_active_device
@@ -76,7 +77,7 @@ class _Stack:
 def train_seeds_batched(
     sae_cfg: SAEConfig,
     cfg: SAETrainConfig,
-    acts: torch.Tensor,
+    acts: Rows,
     seeds: Sequence[int],
     progress: bool = False,
     target: torch.Tensor | None = None,
@@ -96,7 +97,7 @@ def train_seeds_batched(
 def _train(
     sae_cfg: SAEConfig,
     cfg: SAETrainConfig,
-    acts: torch.Tensor,
+    acts: Rows,
     seeds: Sequence[int],
     progress: bool,
     target: torch.Tensor | None,
@@ -135,7 +136,7 @@ def _train(
     for step in bar:
         dead = since_fired > cfg.dead_window
         idx = torch.stack([o.next() for o in orders]).to(dev)  # [S, B]
-        x = acts[idx]
+        x = gather(acts, idx)
         y = x if target is None else target[idx]
         sae_in = x - p.b_dec[:, None, :] if b_dec_in else x
         out = sparse_step(

@@ -7,14 +7,15 @@ import torch
 
 from husai.config.experiment import SAETrainConfig
 from husai.core import device as devices
+from husai.model.rows import DiskRows, Rows, as_tensor
 
 
-def on_active_device(
-    acts: torch.Tensor, target: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The training rows (and transcoder targets) on the process's device, moved once."""
+def on_active_device(acts: Rows, target: torch.Tensor | None) -> tuple[Rows, torch.Tensor | None]:
+    """The training rows (and transcoder targets) on the process's device, moved once. Rows
+    on disk stay there on the CPU (read a batch at a time); a GPU gets them all."""
     dev = devices.active()
-    return acts.to(dev), None if target is None else target.to(dev)
+    moved = acts if isinstance(acts, DiskRows) and dev.type == "cpu" else as_tensor(acts).to(dev)
+    return moved, None if target is None else target.to(dev)
 
 
 def autocast(device: torch.device, cfg: SAETrainConfig) -> torch.autocast:

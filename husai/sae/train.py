@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from husai import names
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.core.repro import deterministic
+from husai.model.rows import Rows, gather
 from husai.sae.batched import batched_supported, train_seeds_batched
 from husai.sae.build import (
     TranscoderStepInput,
@@ -39,7 +40,7 @@ from husai.sae.types import BatchOrder, Consistency, SAECurves, SeedStreams, Tra
 def train_sae(
     sae_cfg: SAEConfig,
     train_cfg: SAETrainConfig,
-    acts: torch.Tensor,
+    acts: Rows,
     seed: int,
     consistency: Consistency | None = None,
     progress: bool = False,
@@ -60,7 +61,7 @@ def train_sae(
 def train_seeds(
     sae_cfg: SAEConfig,
     train_cfg: SAETrainConfig,
-    acts: torch.Tensor,
+    acts: Rows,
     seeds: Sequence[int],
     progress: bool = False,
     target: torch.Tensor | None = None,
@@ -87,7 +88,7 @@ def train_seeds(
 def _train(
     sae_cfg: SAEConfig,
     cfg: SAETrainConfig,
-    acts: torch.Tensor,
+    acts: Rows,
     streams: SeedStreams,
     consistency: Consistency | None,
     progress: bool,
@@ -117,7 +118,7 @@ def _train(
         dead = since_fired > cfg.dead_window
         idx = order.next().to(dev)
         step_input = TranscoderStepInput(
-            sae_in=acts[idx],
+            sae_in=gather(acts, idx),
             coefficients={k: s.value for k, s in coeffs.items()},
             dead_neuron_mask=dead,
             n_training_steps=step,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,3 +152,30 @@ def test_loss_recovered_is_one_for_the_rows_and_zero_for_their_mean(
     noise = torch.randn_like(acts.eval) * acts.eval.std()
     lr = splice.recovered(noise)
     assert lr is not None and lr < 0.5
+
+
+def test_a_trial_from_disk_equals_the_trial_in_memory(
+    lm: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set over the memory limit keeps its SAE-train rows on disk; the trial on it trains
+    the same SAEs and measures the same numbers (the covariance null to float64 rounding)."""
+    from husai.config.experiment import ExperimentConfig
+    from husai.measure.trial import run_trial
+    from husai.model.rows import DiskRows
+    from tests.helpers import TRIAL
+
+    folder = write_lm_set(plan(_cfg(lm)), tmp_path / "set", batch_size=8, chunk_rows=100)
+    cfg = ExperimentConfig.model_validate({**TRIAL, "activations": lm_activations_cfg(*lm)})
+    in_memory = load_activations(folder)
+    monkeypatch.setenv("HUSAI_MAX_ROWS_IN_MEMORY_MIB", "0")
+    on_disk = load_activations(folder)
+    assert isinstance(on_disk.train, DiskRows) and isinstance(in_memory.train, torch.Tensor)
+    a = run_trial(cfg, in_memory, tmp_path / "a", progress=False)
+    b = run_trial(cfg, on_disk, tmp_path / "b", progress=False)
+    for sa, sb in zip(a.seeds, b.seeds, strict=True):
+        assert torch.equal(sa.trained.decoder, sb.trained.decoder)
+    assert a.recon_mean == b.recon_mean
+    for name, mat in a.stability.trained.items():
+        assert np.array_equal(mat, b.stability.trained[name], equal_nan=True)
+    for name, mat in a.stability.nulls["covariance"].items():
+        np.testing.assert_allclose(mat, b.stability.nulls["covariance"][name], atol=1e-5)

@@ -38,6 +38,7 @@ from husai.measure.evals.transcoder import (
 )
 from husai.model.activations import ActivationSet, extract_rows, mlp_hooks
 from husai.model.base_model import HookedTransformer
+from husai.model.rows import as_tensor
 
 
 def run_evals(
@@ -72,7 +73,9 @@ def run_evals(
             res.skipped[name] = "needs (a, b) pairs behind the rows: activations from a base model"
     if labelled and (ev.probing or ev.contrastive):
         with tempfile.TemporaryDirectory() as work:
-            nulls = {seed: feature_nulls(cfg, acts.train, seed, Path(work)) for seed, _ in saes}
+            # Labelled rows come from the task's base model: small, always in memory.
+            train = as_tensor(acts.train)
+            nulls = {seed: feature_nulls(cfg, train, seed, Path(work)) for seed, _ in saes}
             _labelled_evals(cfg, acts, saes, nulls, res)
     return res
 
@@ -124,7 +127,8 @@ def _probe(
     """(the Fourier tasks' frequencies, each seed's probes). Labels, frequencies and the raw
     baseline depend on the rows only: computed once for every seed."""
     p = int(acts.p or 0)
-    x_tr, x_te = acts.train.double().numpy(), acts.eval.double().numpy()
+    train = as_tensor(acts.train)
+    x_tr, x_te = train.double().numpy(), acts.eval.double().numpy()
     freqs = key_frequencies(x_tr, acts.train_rows.numpy(), p)
     y_tr = task_labels(acts.train_rows.numpy(), p, freqs)
     y_te = task_labels(acts.eval_rows.numpy(), p, freqs)
@@ -142,7 +146,7 @@ def _probe(
     def probes(f: Features, chosen: Sequence[TaskProbe] | None = None) -> list[TaskProbe]:
         """The SAE (`chosen` None: k by CV, also scored on the shifted slice) or a null (with
         the SAE's k per task)."""
-        z_tr, z_te = f(acts.train), f(acts.eval)
+        z_tr, z_te = f(train), f(acts.eval)
         z_ood = None if acts.ood is None or chosen is not None else f(acts.ood)
         return [
             probe_task(
