@@ -202,6 +202,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def lm_corpus(path: Path, n_docs: int, seed: int, step: int = 7, shift: int = 3) -> Path:
+    """Documents of words w0..w39 that mostly follow word i with word (step * i + shift) % 40,
+    so a model has something to learn; another step or shift is a shifted distribution."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+
+    def doc() -> str:
+        i, out = rng.randrange(40), []
+        for _ in range(rng.randint(10, 50)):
+            out.append(f"w{i}")
+            i = (step * i + shift) % 40 if rng.random() < 0.8 else rng.randrange(40)
+        return " ".join(out)
+
+    path.write_text("".join(json.dumps({"text": doc()}) + "\n" for _ in range(n_docs)))
+    return path
+
+
 def tiny_lm(
     folder: Path, n_docs: int = 80, seed: int = 0, train_steps: int = 60
 ) -> tuple[Path, Path]:
@@ -209,7 +228,6 @@ def tiny_lm(
     word-level tokenizer of its own (nothing downloaded), trained `train_steps` Adam steps on
     the corpus, and the corpus: documents of words that mostly follow a fixed successor."""
     import json
-    import random
     import warnings
 
     from tokenizers import Tokenizer
@@ -220,21 +238,10 @@ def tiny_lm(
 
     from husai.model.lm_source import save_lm_folder
 
-    rng = random.Random(seed)
     words = [f"w{i}" for i in range(40)]
-
-    def doc() -> str:
-        # Mostly a fixed successor, so the model has something to learn and the hook matters.
-        i, out = rng.randrange(40), []
-        for _ in range(rng.randint(10, 50)):
-            out.append(words[i])
-            i = (7 * i + 3) % 40 if rng.random() < 0.8 else rng.randrange(40)
-        return " ".join(out)
-
-    docs = [doc() for _ in range(n_docs)]
-    corpus = folder / "corpus.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
-    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    corpus = lm_corpus(folder / "corpus.jsonl", n_docs, seed)
+    docs = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
     vocab = {t: i for i, t in enumerate(["<pad>", "<bos>", "<unk>", *words])}
     wl = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     wl.pre_tokenizer = Whitespace()

@@ -39,6 +39,11 @@ class LanguageModelSource(Strict):
     token_budget: int = Field(
         200_000, ge=2, description="token positions extracted in all (SAE-train + held out)"
     )
+    ood_corpus: str | None = Field(
+        None,
+        description="a second local corpus (same formats) for the OOD stress: its rows (half "
+        "as many as the held-out rows) are never trained on",
+    )
     exclude_bos: bool = Field(
         True, description="leave out BOS and padding positions (their activations are outliers)"
     )
@@ -51,10 +56,10 @@ class LanguageModelSource(Strict):
         description="rows held in memory before they are written to disk (memory only)",
     )
 
-    @field_validator("model", "corpus")
+    @field_validator("model", "corpus", "ood_corpus")
     @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
             raise ValueError("must not be empty")
         return v
 

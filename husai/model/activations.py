@@ -232,6 +232,9 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
             big = acts_path.stat().st_size > max_in_memory_bytes()
             train: Rows = DiskRows(acts_path) if big else torch.from_numpy(np.load(acts_path))
             meta = {**meta, "p": None, "position": None}
+            if (directory / "ood.npy").exists():  # activations.lm.ood_corpus's rows
+                for name in ("ood", "ood_rows"):
+                    tensors[name] = torch.from_numpy(np.load(directory / f"{name}.npy"))
         else:
             tensors = load_file(str(acts_path))
             train = tensors["train"]

@@ -43,9 +43,8 @@ from husai.core.errors import ConfigError, first_line
 from husai.core.hashing import stable_hash
 
 LM_FORMAT = 1  # bump when the folder layout changes; part of every key
-SIDES = ("train", "eval")
-ROW_FILES = {"train": "train.npy", "eval": "eval.npy"}
-INDEX_FILES = {"train": "train_rows.npy", "eval": "eval_rows.npy"}
+ROW_FILES = {"train": "train.npy", "eval": "eval.npy", "ood": "ood.npy"}
+INDEX_FILES = {"train": "train_rows.npy", "eval": "eval_rows.npy", "ood": "ood_rows.npy"}
 META_FILE = "meta.json"
 EVAL_TOKENS = "eval_tokens.npy"
 MODEL_CONFIG = "config.json"
@@ -238,10 +237,23 @@ def plan(cfg: ActivationsConfig) -> LMPlan:
     sides["eval"] = [d for d in docs if held_out(d, cfg.eval_frac, cfg.split_seed)]
     n_eval = max(1, round(lm.token_budget * cfg.eval_frac))
     budget = {"train": lm.token_budget - n_eval, "eval": n_eval}
+    ood_sha = None
+    if lm.ood_corpus is not None:
+        # The shifted slice: half the held-out count, so that random held-out subsets of its
+        # size (the OOD stress's null) are subsets, not the whole held-out set.
+        ood_path = Path(lm.ood_corpus).expanduser()
+        sides["ood"] = read_corpus(ood_path, lm.text_field)
+        budget["ood"] = max(1, n_eval // 2)
+        ood_sha = corpus_sha256(ood_path)
     tokens, rows = {}, {}
-    for side in SIDES:
+    for side in sides:
         tokens[side] = token_contexts(model, sides[side], lm.context_size)
         flat = torch.nonzero(usable(model, tokens[side], lm.exclude_bos).flatten()).flatten()
+        if len(flat) < budget[side] and side == "ood":
+            raise ConfigError(
+                f"activations.lm.ood_corpus: {budget['ood']} positions needed (half the "
+                f"held-out rows); its {len(sides['ood'])} documents give {len(flat)}"
+            )
         if len(flat) < budget[side]:
             raise ConfigError(
                 f"activations.lm.token_budget: {lm.token_budget} asks for {budget[side]} "
@@ -259,13 +271,18 @@ def plan(cfg: ActivationsConfig) -> LMPlan:
             "source": "transformer_lens",
             "weights_sha256": w_sha,
             "corpus_sha256": c_sha,
+            **({} if ood_sha is None else {"ood_corpus_sha256": ood_sha}),
             "hook": cfg.hook,
             "split_seed": cfg.split_seed,
             "eval_frac": cfg.eval_frac,
-            **{k: v for k, v in lm.identity().items() if k not in ("model", "corpus")},
+            **{
+                k: v
+                for k, v in lm.identity().items()
+                if k not in ("model", "corpus", "ood_corpus") and v is not None
+            },
         }
     )
-    n_docs = {side: len(sides[side]) for side in SIDES}
+    n_docs = {side: len(docs) for side, docs in sides.items()}
     return LMPlan(key, model, cfg.hook, d_in, tokens, rows, w_sha, c_sha, n_docs)
 
 
@@ -293,7 +310,7 @@ def write_lm_set(p: LMPlan, folder: Path, batch_size: int, chunk_rows: int) -> P
     """Run the model over both sides and write them into `folder`: rows go to disk whenever
     `chunk_rows` of them are waiting, straight into a preallocated `.npy` file."""
     folder.mkdir(parents=True, exist_ok=True)
-    for side in SIDES:
+    for side in p.tokens:
         tokens, rows = p.tokens[side], p.rows[side]
         size = tokens.shape[1]
         out = np.lib.format.open_memmap(
@@ -325,7 +342,7 @@ def write_lm_set(p: LMPlan, folder: Path, batch_size: int, chunk_rows: int) -> P
         "weights_sha256": p.weights_sha256,
         "corpus_sha256": p.corpus_sha256,
         "n_docs": p.n_docs,
-        "n_rows": {side: len(p.rows[side]) for side in SIDES},
+        "n_rows": {side: len(rows) for side, rows in p.rows.items()},
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return folder

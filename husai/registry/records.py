@@ -161,6 +161,7 @@ def record_lm_activations(
         names.PARAM_LM_CONTEXT_SIZE: lm.context_size,
         names.PARAM_LM_TOKEN_BUDGET: lm.token_budget,
         names.PARAM_LM_EXCLUDE_BOS: lm.exclude_bos,
+        **({} if lm.ood_corpus is None else {names.PARAM_LM_OOD_CORPUS: lm.ood_corpus}),
         names.PARAM_HOOK: a.hook,
         names.PARAM_SPLIT_SEED: a.split_seed,
         names.PARAM_EVAL_FRAC: a.eval_frac,
@@ -178,7 +179,7 @@ def record_lm_activations(
             names.ACT_N_TRAIN_DOCS: info.n_docs["train"],
             names.ACT_N_EVAL_DOCS: info.n_docs["eval"],
         }
-        tracker.log_metrics(rid, {**counts, **docs})
+        tracker.log_metrics(rid, {**counts, **docs, names.ACT_N_OOD: rec.n_ood})
         tracker.log_artifacts(rid, rec.folder, names.ARTIFACT_ACTIVATIONS)
     return rid
 

@@ -179,3 +179,40 @@ def test_a_trial_from_disk_equals_the_trial_in_memory(
         assert np.array_equal(mat, b.stability.trained[name], equal_nan=True)
     for name, mat in a.stability.nulls["covariance"].items():
         np.testing.assert_allclose(mat, b.stability.nulls["covariance"][name], atol=1e-5)
+
+
+def test_the_ood_stress_reads_a_second_corpus(lm: tuple[Path, Path], tmp_path: Path) -> None:
+    """The OOD stress sees the second corpus: words the model never saw (every one the
+    tokenizer's unknown token) reconstruct worse than a held-out subset's noise allows, and
+    worse than a fresh sample of the training distribution."""
+    from husai.config.experiment import ExperimentConfig
+    from husai.measure.trial import run_trial
+    from tests.helpers import TRIAL, lm_corpus
+
+    train = {"steps": 200, "batch_size": 128, "lr_warmup_steps": 10, "lr_decay_steps": 20}
+    ratios = {}
+    unknown = tmp_path / "shifted.jsonl"
+    unknown.write_text(
+        "".join(json.dumps({"text": " ".join(["zz"] * (10 + i))}) + "\n" for i in range(30))
+    )
+    for name, ood in (
+        ("same", lm_corpus(tmp_path / "same.jsonl", 40, seed=5)),
+        ("shifted", unknown),
+    ):
+        a = {**lm_activations_cfg(*lm)}
+        a["lm"] = {**a["lm"], "ood_corpus": str(ood)}
+        p = plan(ActivationsConfig.model_validate(a))
+        acts = load_activations(write_lm_set(p, tmp_path / name, batch_size=8, chunk_rows=500))
+        assert acts.ood is not None and acts.ood.shape == (150, 32)  # half the held-out rows
+        evals = {"transcoder": False, "ood": True, "probing": False, "contrastive": False}
+        cfg = ExperimentConfig.model_validate(
+            {**TRIAL, "train": {**TRIAL["train"], **train}, "activations": a, "evals": evals}
+        )
+        result = run_trial(cfg, acts, tmp_path / f"w-{name}", progress=False)
+        assert result.evals is not None and result.evals.ood is not None
+        ratios[name] = [(r.fvu_ratio, r.null_q95) for r in result.evals.ood.values()]
+    assert all(ratio > q95 for ratio, q95 in ratios["shifted"])
+    assert all(s[0] < sh[0] for s, sh in zip(ratios["same"], ratios["shifted"], strict=True))
+    with pytest.raises(ConfigError, match="activations.lm.ood_corpus"):
+        small = lm_corpus(tmp_path / "small.jsonl", 1, seed=9)
+        plan(_cfg(lm, ood_corpus=str(small)))
