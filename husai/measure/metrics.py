@@ -30,6 +30,7 @@ class ReconMetrics:
     l0: float
     dead_frac: float
     loss_recovered: float | None = None
+    loss_recovered_zero: float | None = None
 
     def as_dict(self) -> dict[str, float | None]:
         return {
@@ -39,6 +40,7 @@ class ReconMetrics:
             "l0": self.l0,
             "dead_frac": self.dead_frac,
             "loss_recovered": self.loss_recovered,
+            "loss_recovered_zero": self.loss_recovered_zero,
         }
 
 
@@ -62,6 +64,7 @@ def recon_metrics(
     x_eval: torch.Tensor,
     loss_recovered: float | None = None,
     recon: tuple[torch.Tensor, torch.Tensor] | None = None,
+    loss_recovered_zero: float | None = None,
 ) -> ReconMetrics:
     """`recon`: `reconstruct(sae, x_eval)` where the caller already has it."""
     latents, x_hat = recon if recon is not None else reconstruct(sae, x_eval)
@@ -75,7 +78,16 @@ def recon_metrics(
         l0=float(active.sum(dim=1).float().mean()),
         dead_frac=float((~active.any(dim=0)).float().mean()),
         loss_recovered=loss_recovered,
+        loss_recovered_zero=loss_recovered_zero,
     )
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """Loss recovered against mean ablation and, where measured, against zero ablation."""
+
+    mean: float | None
+    zero: float | None = None
 
 
 def loss_recovered(ce_clean: float, ce_sae: float, ce_ablate: float) -> float | None:

@@ -24,7 +24,13 @@ from husai.core.errors import InputError
 from husai.measure.consistency_metrics import ConsistencyMetrics, consistency_metrics
 from husai.measure.evals.results import EvalResults
 from husai.measure.evals.runner import run_evals
-from husai.measure.metrics import ReconMetrics, loss_recovered, recon_metrics, reconstruct
+from husai.measure.metrics import (
+    ReconMetrics,
+    Recovered,
+    loss_recovered,
+    recon_metrics,
+    reconstruct,
+)
 from husai.measure.nulls import Nulls, null_decoders, untrained_sae
 from husai.measure.stability import (
     StabilityReport,
@@ -171,7 +177,7 @@ def check_memory(cfg: ExperimentConfig, d_in: int) -> None:
 class Splice(Protocol):
     """Measures loss recovered with an SAE's reconstruction of the held-out rows spliced in."""
 
-    def recovered(self, x_hat: torch.Tensor) -> float | None: ...
+    def recovered(self, x_hat: torch.Tensor) -> Recovered: ...
 
 
 class _SpliceCE:
@@ -186,8 +192,8 @@ class _SpliceCE:
         mean = row_mean(acts.train)[None].expand_as(acts.eval)
         self.ablate = self._ce(mean)
 
-    def recovered(self, x_hat: torch.Tensor) -> float | None:
-        return loss_recovered(self.clean, self._ce(x_hat), self.ablate)
+    def recovered(self, x_hat: torch.Tensor) -> Recovered:
+        return Recovered(loss_recovered(self.clean, self._ce(x_hat), self.ablate))
 
 
 def run_trial(
@@ -237,8 +243,10 @@ def run_trial(
         folder = save_sae(trained.sae, workdir / f"seed_{seed}")
         sae = load_sae(folder)
         latents, x_hat = reconstruct(sae, acts.eval)
-        lr = splice.recovered(x_hat) if splice is not None else None
-        recon = recon_metrics(sae, acts.eval, loss_recovered=lr, recon=(latents, x_hat))
+        lr = splice.recovered(x_hat) if splice is not None else Recovered(None)
+        recon = recon_metrics(
+            sae, acts.eval, lr.mean, recon=(latents, x_hat), loss_recovered_zero=lr.zero
+        )
         alive = (latents != 0).any(dim=0)
         del latents, x_hat  # [eval rows, d_sae]: not kept while the next seed is measured
         seeds.append(SeedResult(seed, trained, sae, folder, recon, alive))

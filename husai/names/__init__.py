@@ -113,7 +113,9 @@ RECON_EV = "recon/ev"
 RECON_MSE = "recon/mse"
 RECON_L0 = "recon/l0"
 RECON_DEAD_FRAC = "recon/dead_frac"
-RECON_LOSS_RECOVERED = "recon/loss_recovered"
+RECON_LOSS_RECOVERED = "recon/loss_recovered"  # against mean ablation
+# Against zero ablation: language-model sets only (the task's read-out is mean-ablated).
+RECON_LOSS_RECOVERED_ZERO = "recon/loss_recovered_zero"
 
 # --- stability (trial runs) ---------------------------------------------------------------------
 STABILITY_PREFIX = "stability/"
@@ -307,6 +309,7 @@ RECON_KEYS = {
     "l0": RECON_L0,
     "dead_frac": RECON_DEAD_FRAC,
     "loss_recovered": RECON_LOSS_RECOVERED,
+    "loss_recovered_zero": RECON_LOSS_RECOVERED_ZERO,
 }
 
 

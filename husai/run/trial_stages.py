@@ -24,12 +24,12 @@ from husai import console, names
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
 from husai.core import device as devices
+from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
 from husai.measure.trial import Splice, TrialResult, preflight, run_trial
 from husai.model.activations import ActivationSet, activation_key, load_user_activations
 from husai.model.base_model import HookedTransformer
 from husai.model.lm_source import load_lm
-from husai.model.lm_splice import lm_splice
 from husai.registry.claims import claim
 from husai.registry.handles import Reference
 from husai.registry.tracking import Tracker

@@ -14,9 +14,9 @@ import torch
 
 from husai.config.experiment import ActivationsConfig
 from husai.core.errors import ConfigError
+from husai.measure.lm_splice import lm_splice
 from husai.model.activations import load_activations
 from husai.model.lm_source import held_out, load_lm, plan, read_corpus, write_lm_set
-from husai.model.lm_splice import lm_splice
 from tests.helpers import lm_activations_cfg, tiny_lm
 
 
@@ -145,13 +145,16 @@ def test_loss_recovered_is_one_for_the_rows_and_zero_for_their_mean(
     folder = write_lm_set(p, tmp_path / "set", batch_size=8, chunk_rows=100)
     acts = load_activations(folder)
     splice = lm_splice(p.model, p.hook, folder, acts.train)
-    assert splice is not None and splice.ablate > splice.clean
-    assert splice.recovered(acts.eval) == pytest.approx(1.0, abs=1e-6)
-    mean = acts.train.mean(dim=0).expand_as(acts.eval)
-    assert splice.recovered(mean) == pytest.approx(0.0, abs=1e-6)
-    noise = torch.randn_like(acts.eval) * acts.eval.std()
-    lr = splice.recovered(noise)
-    assert lr is not None and lr < 0.5
+    assert splice is not None and splice.ablate > splice.clean and splice.zero > splice.clean
+    exact = splice.recovered(acts.eval)
+    assert exact.mean == pytest.approx(1.0, abs=1e-6)
+    assert exact.zero == pytest.approx(1.0, abs=1e-6)
+    mean = splice.recovered(acts.train.mean(dim=0).expand_as(acts.eval))
+    assert mean.mean == pytest.approx(0.0, abs=1e-6)
+    assert splice.recovered(torch.zeros_like(acts.eval)).zero == pytest.approx(0.0, abs=1e-6)
+    noise = splice.recovered(torch.randn_like(acts.eval) * acts.eval.std())
+    assert noise.mean is not None and noise.mean < 0.5
+    assert noise.zero is not None and noise.zero < 0.5
 
 
 def test_a_trial_from_disk_equals_the_trial_in_memory(

@@ -53,6 +53,7 @@ def test_a_trial_trains_on_a_language_models_activations(
     assert trial.data.params[names.PARAM_ACTIVATION_KEY] == key
     assert 0 < trial.data.metrics[names.RECON_EV] <= 1
     assert 0 < trial.data.metrics[names.RECON_LOSS_RECOVERED] <= 1.05  # spliced into the LM
+    assert 0 < trial.data.metrics[names.RECON_LOSS_RECOVERED_ZERO] <= 1.05
     assert len(runs_of_kind(tracker, names.KIND_SEED)) == 3
     # The same set by key: the recorded trial is found (same config hash and rows).
     assert main(["trial", "--config", str(cfg), "--activation-key", key]) == 0

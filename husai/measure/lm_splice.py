@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from husai.measure.metrics import Recovered, loss_recovered
 from husai.model.base_model import HookedTransformer
 from husai.model.lm_source import EVAL_TOKENS, INDEX_FILES
 from husai.model.rows import Rows, row_mean
@@ -40,13 +41,15 @@ class LMSplice:
         self.batch_size = batch_size
         self.clean = self._ce(None)
         self.ablate = self._ce(train_mean.reshape(1, -1).expand(len(rows), -1))
+        self.zero = self._ce(torch.zeros(len(rows), train_mean.numel()))
 
-    def recovered(self, x_hat: torch.Tensor) -> float | None:
-        """(CE_mean_ablated - CE_sae) / (CE_mean_ablated - CE_clean)."""
+    def recovered(self, x_hat: torch.Tensor) -> Recovered:
+        """(CE_ablated - CE_sae) / (CE_ablated - CE_clean), mean- and zero-ablated."""
         ce_sae = self._ce(x_hat)
-        denom = self.ablate - self.clean
-        value = (self.ablate - ce_sae) / denom if denom > 1e-6 else float("nan")
-        return value if np.isfinite(value) else None
+        return Recovered(
+            loss_recovered(self.clean, ce_sae, self.ablate),
+            loss_recovered(self.clean, ce_sae, self.zero),
+        )
 
     def _ce(self, patch: torch.Tensor | None) -> float:
         size = self.tokens.shape[1]
