@@ -19,13 +19,14 @@ a local .txt/.jsonl, and a cache key that covers the weights and the corpus cont
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -284,6 +285,18 @@ def plan(cfg: ActivationsConfig) -> LMPlan:
     )
     n_docs = {side: len(docs) for side, docs in sides.items()}
     return LMPlan(key, model, cfg.hook, d_in, tokens, rows, w_sha, c_sha, n_docs)
+
+
+def random_base_plan(p: LMPlan, init_seed: int) -> LMPlan:
+    """The random-base null's rows: the same architecture, freshly initialised (seeded, never
+    trained), over the very same tokens and positions."""
+    cfg = copy.deepcopy(p.model.cfg)
+    cfg.seed = init_seed  # TransformerLens seeds its initialisation from the config
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg, tokenizer=p.model.tokenizer).eval()
+    key = stable_hash({"null": "random_base", "of": p.key, "init_seed": init_seed})
+    return replace(p, key=key, model=model, weights_sha256=weights_sha256(model))
 
 
 def _layer_stop(hook: str) -> int | None:

@@ -146,9 +146,14 @@ class LMSetInfo:
 
 
 def record_lm_activations(
-    tracker: Tracker, cfg: ExperimentConfig, info: LMSetInfo, rec: ActivationsRecord
+    tracker: Tracker,
+    cfg: ExperimentConfig,
+    info: LMSetInfo,
+    rec: ActivationsRecord,
+    null: str | None = None,
 ) -> str:
-    """A language model's activations as a run in husai-activations, found again by their key."""
+    """A language model's activations as a run in husai-activations, found again by their key;
+    `null`: the activations of that null's model (the randomly initialised twin)."""
     a, lm = cfg.activations, cfg.activations.lm
     assert lm is not None
     params = {
@@ -166,13 +171,15 @@ def record_lm_activations(
         names.PARAM_SPLIT_SEED: a.split_seed,
         names.PARAM_EVAL_FRAC: a.eval_frac,
         names.PARAM_D_IN: rec.d_in,
+        **({} if null is None else {names.PARAM_NULL: null}),
     }
+    kind = names.KIND_ACTIVATIONS if null is None else names.KIND_NULL_ACTIVATIONS
     tags = {
-        **tracker.standard_tags(stable_hash(lm.identity()), names.KIND_ACTIVATIONS, "extract"),
+        **tracker.standard_tags(stable_hash(lm.identity()), kind, "extract"),
         names.TAG_CACHE: "hit" if rec.cache_hit else "miss",
         **({names.TAG_CONTENT_SHA256: rec.sha256} if rec.sha256 else {}),
     }
-    name = f"acts-lm-{a.hook}-{rec.key[:8]}"
+    name = f"{'acts' if null is None else 'null-acts-' + null}-lm-{a.hook}-{rec.key[:8]}"
     with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
         counts = {names.ACT_N_TRAIN: rec.n_train, names.ACT_N_EVAL: rec.n_eval}
         docs = {

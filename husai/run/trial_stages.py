@@ -29,7 +29,6 @@ from husai.measure.metrics import ReconMetrics
 from husai.measure.trial import Splice, TrialResult, preflight, run_trial
 from husai.model.activations import ActivationSet, activation_key, load_user_activations
 from husai.model.base_model import HookedTransformer
-from husai.model.lm_source import load_lm
 from husai.registry.claims import claim
 from husai.registry.handles import Reference
 from husai.registry.tracking import Tracker
@@ -50,8 +49,8 @@ from husai.run import lm_stages, stages
 NO_BASE_MODEL = "needs activations extracted from a base model (a user's own file has none)"
 
 
-# A language model's random-base null (the same architecture at initialisation) is not built.
-NO_LM_NULL = "not built for language-model activations yet"
+# A language model's set by key: the config is not read for its model, so no twin is built.
+NO_LM_NULL = "a language model's set by key: give the config's activations.lm instead"
 
 
 @dataclass(frozen=True)
@@ -109,13 +108,18 @@ def trial_inputs(
         return _inputs_by_key(cfg, a.key, tracking_uri, allow_memorised)
     if a.source == "transformer_lens":
         tracker = Tracker(tracking_uri)
-        handle = lm_stages.lm_activations(cfg, tracker)
+        p = lm_stages.lm_plan(cfg)
+        handle = lm_stages.lm_activations(cfg, tracker, p=p)
         console.print_acts(handle)
         preflight(cfg, handle.acts)
         src = TrialSource(handle.acts.key, None, a.source, activation_run_id=handle.run_id)
-        assert a.lm is not None
-        splice = lm_splice(load_lm(a.lm.model), a.hook, handle.path, handle.acts.train)
-        return TrialInputs(tracker, handle.acts, src, None, None, NO_LM_NULL, splice)
+        splice = lm_splice(p.model, a.hook, handle.path, handle.acts.train)
+        random_base, why = None, "not asked for (trial.nulls)"
+        if names.NULL_RANDOM_BASE in cfg.trial.nulls:
+            null = lm_stages.lm_random_base(cfg, tracker, p)
+            console.print_null_acts(null)
+            random_base, why = null.acts, ""
+        return TrialInputs(tracker, handle.acts, src, None, random_base, why, splice)
     stages.check_before_compute(cfg)  # before the base model is trained
     tracker = Tracker(tracking_uri)
     base = stages.base_model(cfg, tracker)

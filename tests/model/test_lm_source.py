@@ -219,3 +219,16 @@ def test_the_ood_stress_reads_a_second_corpus(lm: tuple[Path, Path], tmp_path: P
     with pytest.raises(ConfigError, match="activations.lm.ood_corpus"):
         small = lm_corpus(tmp_path / "small.jsonl", 1, seed=9)
         plan(_cfg(lm, ood_corpus=str(small)))
+
+
+def test_the_random_base_twin_is_seeded_and_reads_the_same_tokens(lm: tuple[Path, Path]) -> None:
+    from husai.model.lm_source import random_base_plan
+
+    p = plan(_cfg(lm))
+    a, b, other = random_base_plan(p, 0), random_base_plan(p, 0), random_base_plan(p, 1)
+    assert a.weights_sha256 == b.weights_sha256 != other.weights_sha256
+    assert a.weights_sha256 != p.weights_sha256 and a.key != p.key
+    assert all(
+        torch.equal(a.tokens[s], p.tokens[s]) and torch.equal(a.rows[s], p.rows[s])
+        for s in p.tokens
+    )

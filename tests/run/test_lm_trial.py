@@ -55,6 +55,14 @@ def test_a_trial_trains_on_a_language_models_activations(
     assert 0 < trial.data.metrics[names.RECON_LOSS_RECOVERED] <= 1.05  # spliced into the LM
     assert 0 < trial.data.metrics[names.RECON_LOSS_RECOVERED_ZERO] <= 1.05
     assert len(runs_of_kind(tracker, names.KIND_SEED)) == 3
+    # The random-base null: the same architecture freshly initialised, over the same tokens.
+    (null_run,) = runs_of_kind(tracker, names.KIND_NULL_ACTIVATIONS)
+    assert null_run.data.params[names.PARAM_NULL] == names.NULL_RANDOM_BASE
+    assert (
+        null_run.data.params[names.PARAM_LM_WEIGHTS_SHA256] != params[names.PARAM_LM_WEIGHTS_SHA256]
+    )
+    rb = names.stability_key(names.STABILITY_BASES[0], names.null_suffix(names.NULL_RANDOM_BASE))
+    assert rb in trial.data.metrics
     # The same set by key: the recorded trial is found (same config hash and rows).
     assert main(["trial", "--config", str(cfg), "--activation-key", key]) == 0
     assert "already recorded" in capsys.readouterr().out
