@@ -1,7 +1,7 @@
 """Disk-backed activation sets: a trial's peak memory on a set bigger than memory allows, and
 what reading batches from disk costs against rows held in memory.
 
-1. Peak RSS. A synthetic 2,000,000 x 512 float32 set (3.9 GiB of SAE-train rows, low-rank plus
+1. Peak RSS. A synthetic 2,000,000 x 512 float32 set (3.78 GiB of SAE-train rows, low-rank plus
    noise) is written as a language-model cache entry (the layout `husai.model.lm_source`
    writes) and trained by `husai trial --activation-key` in a fresh process: 5 seeds, TopK
    d_sae 2048 k 32, batch 2048. Once with the SAE-train rows on disk (the default for a set this

@@ -370,6 +370,10 @@ class ExperimentConfig(Strict):
             lm = self.activations.lm
             assert lm is not None  # the validator's promise
             data["activations"]["lm"] = lm.identity()
+            # The task and the read-out position and shifted slice change nothing here.
+            del data["task"]
+            for k in ("position", "ood_frac"):
+                data["activations"].pop(k)
         # Settings that cannot change the result: registration, and the reference settings of
         # a recipe that uses no reference (lambda = 0).
         data["trial"].pop("register_sae")

@@ -352,10 +352,16 @@ def load_sweep(path: str | Path) -> SweepConfig:
     except ValidationError as e:
         raise ConfigError(format_validation(str(path), e)) from None
     try:
-        cfg.base_experiment()
+        base = cfg.base_experiment()
         cfg.base_experiment(smoke=True)
     except ConfigError as e:
         raise ConfigError(f"{path}: experiment: {e}") from None
+    if base.activations.source != "task":
+        # A sweep resolves one activation set from the task's base model in its driver.
+        raise ConfigError(
+            f"{path}: experiment.activations.source: {base.activations.source} is not "
+            "supported by sweeps yet; run `husai trial` per recipe"
+        )
     _check_every_point(cfg, str(path))
     _check_k_vs_d_sae(cfg, str(path))
     _check_copy_proof(cfg, str(path))

@@ -58,10 +58,11 @@ class LMSplice:
         for start in range(0, self.tokens.shape[0], self.batch_size):
             batch = self.tokens[start : start + self.batch_size]
             lo = start * size
-            hit = (self.rows >= lo) & (self.rows < lo + batch.numel())
+            bounds = torch.tensor([lo, lo + batch.numel()])
+            a, b = torch.searchsorted(self.rows, bounds).tolist()  # the rows ascend
             hooks: list[tuple[str | Callable[..., Any], Callable[..., Any]]] = []
             if patch is not None:
-                hooks.append((self.hook, _put(self.rows[hit] - lo, patch[hit])))
+                hooks.append((self.hook, _put(self.rows[a:b] - lo, patch[a:b])))
             with torch.inference_mode():
                 loss = self.model.run_with_hooks(
                     batch.to(dev), return_type="loss", loss_per_token=True, fwd_hooks=hooks

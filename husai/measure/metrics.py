@@ -52,11 +52,9 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 @torch.no_grad()
 def reconstruct(sae: SAE[Any], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents, reconstruction) of the inference SAE, row by row (no batch-level coupling).
-    Without autograd: a graph kept for nothing held several [rows, d_sae] copies."""
-    with torch.no_grad():
-        latents = sae.encode(x)
-        return latents, sae.decode(latents)
+    """(latents, reconstruction) of the inference SAE, row by row (no batch-level coupling)."""
+    latents = sae.encode(x)
+    return latents, sae.decode(latents)
 
 
 def recon_metrics(

@@ -219,6 +219,7 @@ def save_activations(acts: ActivationSet, directory: Path) -> Path:
 
 def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
     meta_path, acts_path = directory / META_FILE, directory / ACTS_FILE
+    limit = max_in_memory_bytes()  # a bad setting is its own error, not a corrupt entry
     try:
         meta = json.loads(meta_path.read_text())
         if meta.get("source") == "transformer_lens":
@@ -229,7 +230,7 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
                 for name in ("eval", "train_rows", "eval_rows")
             }
             # Too big for memory: SAE-train rows read a batch at a time (husai.model.rows).
-            big = acts_path.stat().st_size > max_in_memory_bytes()
+            big = acts_path.stat().st_size > limit
             train: Rows = DiskRows(acts_path) if big else torch.from_numpy(np.load(acts_path))
             meta = {**meta, "p": None, "position": None}
             if (directory / "ood.npy").exists():  # activations.lm.ood_corpus's rows

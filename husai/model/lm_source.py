@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
+import huggingface_hub.constants as hf_constants
 import numpy as np
 import torch
 from sae_lens.tokenization_and_batching import (  # noqa: TID251 (its packing only)
@@ -82,6 +83,8 @@ def load_lm(spec: str) -> HookedTransformer:
         return _load_folder(folder)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # huggingface_hub read the variable when it was imported; its check reads this flag.
+    hf_constants.HF_HUB_OFFLINE = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -111,6 +114,18 @@ def _load_folder(folder: Path) -> HookedTransformer:
             "and the tokenizer's files (husai.model.lm_source.save_lm_folder writes them)"
         ) from None
     return model.eval()
+
+
+def model_sha256(model: HookedTransformer) -> str:
+    """What makes the model's activations: its weights, its config (activation function, norms,
+    rotary settings carry no weights) and its tokenizer's vocabulary and special tokens."""
+    cfg = {k: v for k, v in model.cfg.to_dict().items() if _json_safe(v)}
+    for volatile in ("device", "n_devices", "init_weights", "seed"):
+        cfg.pop(volatile, None)
+    tok = model.tokenizer
+    vocab = {} if tok is None else {"vocab": tok.get_vocab(), "special": tok.all_special_tokens}
+    extra = json.dumps({"cfg": cfg, "tokenizer": vocab}, sort_keys=True, default=str)
+    return hashlib.sha256((weights_sha256(model) + extra).encode()).hexdigest()
 
 
 def weights_sha256(model: HookedTransformer) -> str:
@@ -243,9 +258,16 @@ def plan(cfg: ActivationsConfig) -> LMPlan:
         # The shifted slice: half the held-out count, so that random held-out subsets of its
         # size (the OOD stress's null) are subsets, not the whole held-out set.
         ood_path = Path(lm.ood_corpus).expanduser()
-        sides["ood"] = read_corpus(ood_path, lm.text_field)
+        seen = set(docs)  # a document of the main corpus is never part of the shifted slice
+        sides["ood"] = [d for d in read_corpus(ood_path, lm.text_field) if d not in seen]
         budget["ood"] = max(1, n_eval // 2)
         ood_sha = corpus_sha256(ood_path)
+    for side in ("train", "eval"):
+        if not sides[side]:
+            raise ConfigError(
+                f"activations.eval_frac: {cfg.eval_frac} leaves no {side} document among the "
+                f"{len(docs)} of {path}"
+            )
     tokens, rows = {}, {}
     for side in sides:
         tokens[side] = token_contexts(model, sides[side], lm.context_size)
@@ -265,7 +287,7 @@ def plan(cfg: ActivationsConfig) -> LMPlan:
         n_ctx = int(rows[side][-1]) // lm.context_size + 1
         tokens[side] = tokens[side][:n_ctx]  # the contexts the budget reaches, no more
     d_in = _width(model, cfg.hook, tokens["train"][:1])
-    w_sha, c_sha = weights_sha256(model), corpus_sha256(path)
+    w_sha, c_sha = model_sha256(model), corpus_sha256(path)
     key = stable_hash(
         {
             "format": LM_FORMAT,
@@ -292,11 +314,12 @@ def random_base_plan(p: LMPlan, init_seed: int) -> LMPlan:
     trained), over the very same tokens and positions."""
     cfg = copy.deepcopy(p.model.cfg)
     cfg.seed = init_seed  # TransformerLens seeds its initialisation from the config
+    cfg.init_weights = True  # a pretrained model's config says False: its weights come loaded
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg, tokenizer=p.model.tokenizer).eval()
     key = stable_hash({"null": "random_base", "of": p.key, "init_seed": init_seed})
-    return replace(p, key=key, model=model, weights_sha256=weights_sha256(model))
+    return replace(p, key=key, model=model, weights_sha256=model_sha256(model))
 
 
 def _layer_stop(hook: str) -> int | None:
@@ -316,7 +339,12 @@ def _forward(model: HookedTransformer, hook: str, tokens: torch.Tensor) -> torch
 
 
 def _width(model: HookedTransformer, hook: str, tokens: torch.Tensor) -> int:
-    return int(_forward(model, hook, tokens).shape[-1])
+    try:
+        return int(_forward(model, hook, tokens).shape[-1])
+    except KeyError:  # in hook_dict, but off in this model (e.g. hook_result without use_*)
+        raise ConfigError(
+            f"activations.hook: {hook!r} never fires in this model (a hook its config turns off)"
+        ) from None
 
 
 def write_lm_set(p: LMPlan, folder: Path, batch_size: int, chunk_rows: int) -> Path:
@@ -332,9 +360,10 @@ def write_lm_set(p: LMPlan, folder: Path, batch_size: int, chunk_rows: int) -> P
         written, pending = 0, []
         for start in range(0, tokens.shape[0], batch_size):
             lo, hi = start * size, (start + batch_size) * size
-            take = rows[(rows >= lo) & (rows < hi)] - lo
-            if len(take) == 0:
-                break
+            a, b = torch.searchsorted(rows, torch.tensor([lo, hi])).tolist()  # rows ascend
+            take = rows[a:b] - lo
+            if len(take) == 0:  # every position of these contexts left out (BOS, padding)
+                continue
             acts = _forward(p.model, p.hook, tokens[start : start + batch_size])
             pending.append(acts.reshape(-1, p.d_in)[take])
             if sum(len(x) for x in pending) >= chunk_rows:

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from husai.core.errors import ConfigError
+
 DEFAULT_MAX_IN_MEMORY_MIB = 2048
 BLOCK_BYTES = 32 * 2**20  # whole-set statistics read this much at a time
 TAKE_CHUNK = 256  # rows read between page releases (13 ms per 10,240 rows of 2 KiB, here)
@@ -32,7 +34,7 @@ def max_in_memory_bytes() -> int:
     try:
         mib = float(raw)
     except ValueError:
-        raise ValueError(f"HUSAI_MAX_ROWS_IN_MEMORY_MIB: expected a number, got {raw!r}") from None
+        raise ConfigError(f"HUSAI_MAX_ROWS_IN_MEMORY_MIB: expected a number, got {raw!r}") from None
     return int(mib * 2**20)
 
 

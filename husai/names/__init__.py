@@ -96,7 +96,7 @@ TAG_CACHE = "husai.cache"  # "hit" / "miss"
 # A language model's activations (activations.source: transformer_lens)
 PARAM_ACT_SOURCE = "activation_source"
 PARAM_LM_MODEL = "lm_model"
-PARAM_LM_WEIGHTS_SHA256 = "lm_weights_sha256"
+PARAM_LM_MODEL_SHA256 = "lm_model_sha256"  # weights, config and tokenizer
 PARAM_LM_CORPUS = "lm_corpus"
 PARAM_LM_CORPUS_SHA256 = "lm_corpus_sha256"
 PARAM_LM_CONTEXT_SIZE = "lm_context_size"

@@ -160,7 +160,7 @@ def record_lm_activations(
         names.PARAM_ACTIVATION_KEY: rec.key,
         names.PARAM_ACT_SOURCE: a.source,
         names.PARAM_LM_MODEL: lm.model,
-        names.PARAM_LM_WEIGHTS_SHA256: info.weights_sha256,
+        names.PARAM_LM_MODEL_SHA256: info.weights_sha256,
         names.PARAM_LM_CORPUS: lm.corpus,
         names.PARAM_LM_CORPUS_SHA256: info.corpus_sha256,
         names.PARAM_LM_CONTEXT_SIZE: lm.context_size,

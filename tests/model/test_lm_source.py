@@ -88,6 +88,12 @@ def test_the_key_covers_what_changes_the_rows(lm: tuple[Path, Path], tmp_path: P
     key = plan(_cfg(lm)).key
     assert plan(_cfg(lm, batch_size=2, chunk_rows=7)).key == key  # speed and memory only
     assert plan(_cfg(lm, token_budget=1400)).key != key
+    assert plan(_cfg(lm, exclude_bos=False)).key != key
+    a = lm_activations_cfg(*lm)
+    assert plan(ActivationsConfig.model_validate({**a, "eval_frac": 0.3})).key != key
+    ood = tmp_path / "ood.jsonl"
+    ood.write_text('{"text": "zz zz zz zz zz zz zz zz zz zz zz zz zz zz zz zz zz zz zz zz"}\n' * 30)
+    assert plan(_cfg(lm, ood_corpus=str(ood))).key != key
     assert plan(_cfg(lm, context_size=12)).key != key
     other = ActivationsConfig.model_validate(
         {**lm_activations_cfg(*lm), "hook": "blocks.0.hook_resid_post"}
@@ -219,14 +225,23 @@ def test_the_ood_stress_reads_a_second_corpus(lm: tuple[Path, Path], tmp_path: P
     with pytest.raises(ConfigError, match="activations.lm.ood_corpus"):
         small = lm_corpus(tmp_path / "small.jsonl", 1, seed=9)
         plan(_cfg(lm, ood_corpus=str(small)))
+    # The main corpus's own documents are never the shifted slice: all dropped, too few left.
+    with pytest.raises(ConfigError, match="activations.lm.ood_corpus"):
+        plan(_cfg(lm, ood_corpus=str(lm[1])))
 
 
-def test_the_random_base_twin_is_seeded_and_reads_the_same_tokens(lm: tuple[Path, Path]) -> None:
+def test_the_random_base_twin_is_seeded_and_reads_the_same_tokens(
+    lm: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from husai.model.lm_source import random_base_plan
 
     p = plan(_cfg(lm))
+    # A pretrained model's config says init_weights False; the twin is initialised anyway.
+    monkeypatch.setattr(p.model.cfg, "init_weights", False)
     a, b, other = random_base_plan(p, 0), random_base_plan(p, 0), random_base_plan(p, 1)
     assert a.weights_sha256 == b.weights_sha256 != other.weights_sha256
+    assert all(bool(torch.isfinite(t).all()) for t in a.model.parameters())
+    assert a.model.W_E.std() > 0
     assert a.weights_sha256 != p.weights_sha256 and a.key != p.key
     assert all(
         torch.equal(a.tokens[s], p.tokens[s]) and torch.equal(a.rows[s], p.rows[s])

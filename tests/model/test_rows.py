@@ -52,6 +52,26 @@ def test_statistics_agree_with_the_tensors(rows: tuple[torch.Tensor, DiskRows]) 
     assert not all_finite(DiskRows(path))
 
 
+def test_big_files_are_read_in_chunks_with_the_same_rows(
+    rows: tuple[torch.Tensor, DiskRows], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from husai.model import rows as rows_module
+
+    x, disk = rows
+    monkeypatch.setattr(rows_module, "SMALL_FILE", 0)  # the path files over 64 MiB take
+    idx = torch.randint(len(x), (5, 300), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(gather(disk, idx), x[idx])
+
+
+def test_a_bad_memory_limit_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from husai.core.errors import ConfigError
+    from husai.model.rows import max_in_memory_bytes
+
+    monkeypatch.setenv("HUSAI_MAX_ROWS_IN_MEMORY_MIB", "2G")
+    with pytest.raises(ConfigError, match="HUSAI_MAX_ROWS_IN_MEMORY_MIB"):
+        max_in_memory_bytes()
+
+
 @pytest.mark.parametrize("batched", [True, False], ids=["seed-batched", "sae-lens step"])
 def test_training_from_disk_is_bit_identical(
     rows: tuple[torch.Tensor, DiskRows], batched: bool

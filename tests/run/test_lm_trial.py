@@ -58,9 +58,7 @@ def test_a_trial_trains_on_a_language_models_activations(
     # The random-base null: the same architecture freshly initialised, over the same tokens.
     (null_run,) = runs_of_kind(tracker, names.KIND_NULL_ACTIVATIONS)
     assert null_run.data.params[names.PARAM_NULL] == names.NULL_RANDOM_BASE
-    assert (
-        null_run.data.params[names.PARAM_LM_WEIGHTS_SHA256] != params[names.PARAM_LM_WEIGHTS_SHA256]
-    )
+    assert null_run.data.params[names.PARAM_LM_MODEL_SHA256] != params[names.PARAM_LM_MODEL_SHA256]
     rb = names.stability_key(names.STABILITY_BASES[0], names.null_suffix(names.NULL_RANDOM_BASE))
     assert rb in trial.data.metrics
     # The same set by key: the recorded trial is found (same config hash and rows).
@@ -69,18 +67,26 @@ def test_a_trial_trains_on_a_language_models_activations(
     assert len(runs_of_kind(tracker, names.KIND_TRIAL)) == 1
 
 
+@pytest.mark.fresh_store
 def test_a_budget_the_corpus_cannot_fill_creates_nothing(
     tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    model, corpus = tiny_lm(tmp_path / "lm", n_docs=10)
+    model, corpus = tiny_lm(tmp_path / "lm", n_docs=10, train_steps=0)
     acts = lm_activations_cfg(model, corpus)
     cfg = write_cfg(tmp_path, {"activations": acts}, {"name": "lm"})
     assert main(["trial", "--config", str(cfg)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "activations.lm.token_budget" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "cache" / "activations").exists()
-    assert not store_path(isolated_store).exists() or not Tracker(
-        isolated_store
-    ).client.search_runs(
-        [e.experiment_id for e in Tracker(isolated_store).client.search_experiments()]
-    )
+    assert not store_path(isolated_store).exists()  # checked before the store is opened
+
+
+def test_a_sweep_of_a_language_model_is_refused_at_load(tmp_path: Path) -> None:
+    from husai.config.sweep import load_sweep
+    from husai.core.errors import ConfigError
+    from tests.helpers import write_sweep
+
+    acts = lm_activations_cfg(tmp_path / "model", tmp_path / "corpus.jsonl")
+    path = write_sweep(tmp_path, experiment={"activations": acts})
+    with pytest.raises(ConfigError, match="experiment.activations.source"):
+        load_sweep(path)
