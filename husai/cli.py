@@ -169,11 +169,12 @@ def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     from husai.run import stages
 
     if cfg.activations.source == "transformer_lens":
-        from husai.run.lm_stages import lm_activations, lm_plan
+        from husai.model.lm_source import plan
+        from husai.run.lm_stages import lm_activations
 
-        plan = lm_plan(cfg)  # every check before the store or any forward pass
+        p = plan(cfg.activations)  # every check before the store or any forward pass
         tracker = Tracker(args.tracking_uri or None)
-        lm = lm_activations(cfg, tracker, p=plan)
+        lm = lm_activations(cfg, tracker, p)
         tracker.link_env_run({names.TAG_LINK_ACTIVATIONS_RUN: lm.run_id})
         console.print_acts(lm)
         print(console.ui_hint(tracker.uri))

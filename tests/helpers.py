@@ -236,7 +236,7 @@ def tiny_lm(
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from husai.model.lm_source import save_lm_folder
+    from husai.model.lm_model import save_lm_folder
 
     words = [f"w{i}" for i in range(40)]
     folder.mkdir(parents=True, exist_ok=True)

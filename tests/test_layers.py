@@ -41,6 +41,7 @@ OWNERS = {
         "husai.model.base_model",
         "husai.model.activations",
         "husai.model.lm_source",
+        "husai.model.lm_model",
     ),
     # lm_source: sae-lens's packing of documents into contexts, nothing else.
     "sae_lens": ("husai.sae.build", "husai.model.lm_source"),

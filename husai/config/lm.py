@@ -26,7 +26,7 @@ class LanguageModelSource(Strict):
 
     model: str = Field(
         description="a TransformerLens model name loaded from the local Hugging Face cache "
-        "(offline), or a folder written by `husai.model.lm_source.save_lm_folder` "
+        "(offline), or a folder written by `husai.model.lm_model.save_lm_folder` "
         "(config.json, model.safetensors and the tokenizer's files)"
     )
     corpus: str = Field(

@@ -1,8 +1,9 @@
 """Loss recovered on a language model: the SAE's reconstruction spliced back into the held-out
 contexts of an LM activation set (husai.model.lm_source), next-token cross-entropy compared
-with the clean model and with the positions mean-ablated:
+with the clean model and with the positions mean-ablated (`recon/loss_recovered`) or zeroed
+(`recon/loss_recovered_zero`):
 
-    loss_recovered = (CE_mean_ablated - CE_sae) / (CE_mean_ablated - CE_clean)
+    loss_recovered = (CE_ablated - CE_sae) / (CE_ablated - CE_clean)
 
 over every predicted token of the held-out contexts; only the positions that are rows are
 patched (BOS and positions past the budget stay clean).
@@ -25,7 +26,8 @@ from husai.model.rows import Rows, row_mean
 
 class LMSplice:
     """Next-token cross-entropy over the held-out contexts with the hook's row positions left
-    clean, mean-ablated (the SAE-train rows' mean) or replaced by an SAE's reconstruction;
+    clean, mean-ablated (the SAE-train rows' mean), zeroed or replaced by an SAE's
+    reconstruction;
     positions that are not rows (BOS, past the budget) always stay clean."""
 
     def __init__(

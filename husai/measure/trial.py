@@ -138,8 +138,13 @@ def check_batch(cfg: ExperimentConfig, n_train_rows: int) -> None:
 
 def preflight(cfg: ExperimentConfig, acts: ActivationSet) -> None:
     """Problems that would only surface mid-trial, raised before any compute or run."""
-    check_batch(cfg, int(acts.train.shape[0]))
-    check_memory(cfg, acts.d_in)
+    check_sizes(cfg, int(acts.train.shape[0]), acts.d_in)
+
+
+def check_sizes(cfg: ExperimentConfig, n_train_rows: int, d_in: int) -> None:
+    """`preflight` where the rows are not extracted yet, only counted."""
+    check_batch(cfg, n_train_rows)
+    check_memory(cfg, d_in)
 
 
 # Bytes per float32, and copies of each weight matrix while training: the parameter, its

@@ -31,7 +31,8 @@ from husai.core.cache import MANIFEST
 from husai.core.errors import ConfigError, InputError, first_line
 from husai.core.hashing import stable_hash
 from husai.model.base_model import build_model, readout_logits
-from husai.model.rows import DiskRows, Rows, all_finite, as_tensor, max_in_memory_bytes
+from husai.model.lm_source import ROW_FILES, read_lm_rows
+from husai.model.rows import Rows, all_finite, as_tensor, max_in_memory_bytes
 from husai.model.task import SEQ_LEN, make_modular_data, split_indices
 
 ACTS_FILE = "acts.safetensors"
@@ -222,20 +223,12 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
     limit = max_in_memory_bytes()  # a bad setting is its own error, not a corrupt entry
     try:
         meta = json.loads(meta_path.read_text())
+        train: Rows
         if meta.get("source") == "transformer_lens":
-            # A language model's rows: one .npy file per side (husai.model.lm_source).
-            acts_path = directory / "train.npy"
-            tensors = {
-                name: torch.from_numpy(np.load(directory / f"{name}.npy"))
-                for name in ("eval", "train_rows", "eval_rows")
-            }
-            # Too big for memory: SAE-train rows read a batch at a time (husai.model.rows).
-            big = acts_path.stat().st_size > limit
-            train: Rows = DiskRows(acts_path) if big else torch.from_numpy(np.load(acts_path))
+            # A language model's rows (husai.model.lm_source), too big ones left on disk.
+            acts_path = directory / ROW_FILES["train"]
+            train, tensors = read_lm_rows(directory, limit)
             meta = {**meta, "p": None, "position": None}
-            if (directory / "ood.npy").exists():  # activations.lm.ood_corpus's rows
-                for name in ("ood", "ood_rows"):
-                    tensors[name] = torch.from_numpy(np.load(directory / f"{name}.npy"))
         else:
             tensors = load_file(str(acts_path))
             train = tensors["train"]

@@ -5,14 +5,14 @@
 tokenises it, and refuses a budget the corpus cannot fill. `write_lm_set` then runs the model
 batch by batch and writes the rows of each side into one `.npy` file per side, `chunk_rows` at
 a time: extraction never holds the whole set in memory. `husai.run.stages` puts the folder
-under the content-addressed cache (key: model, weights hash, hook, corpus hash, context size,
-budget, split) and records it in MLflow like the task's activations.
+under the content-addressed cache (key: the model's hash (weights, config, tokenizer), hook,
+corpus hash, context size, budget, split) and records it in MLflow like the task's activations.
 
 Packing uses sae-lens (`concat_and_batch_sequences`: each context starts with BOS, documents
 are joined by BOS). What sae-lens's ActivationsStore and caching runner lack, and is written
 here: a held-out split by document (their packing joins documents before any split, so a
 document could sit on both sides), leaving BOS and padding positions out of the rows, reading
-a local .txt/.jsonl, and a cache key that covers the weights and the corpus content.
+a local .txt/.jsonl, and a cache key that covers the model and the corpus content.
 
     husai extract --config my_lm.yaml
 """
@@ -20,137 +20,54 @@ a local .txt/.jsonl, and a cache key that covers the weights and the corpus cont
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
-import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
-import huggingface_hub.constants as hf_constants
 import numpy as np
 import torch
 from sae_lens.tokenization_and_batching import (  # noqa: TID251 (its packing only)
     concat_and_batch_sequences,
 )
-from safetensors.torch import load_file, save_file
-from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: TID251
-from transformers import AutoTokenizer
+from transformer_lens import HookedTransformer  # noqa: TID251
 
 from husai.config.experiment import ActivationsConfig
 from husai.core.errors import ConfigError, first_line
 from husai.core.hashing import stable_hash
+from husai.model.lm_model import load_lm, model_sha256, model_sha256_of, quiet_constructor
+from husai.model.rows import DiskRows
 
 LM_FORMAT = 1  # bump when the folder layout changes; part of every key
 ROW_FILES = {"train": "train.npy", "eval": "eval.npy", "ood": "ood.npy"}
 INDEX_FILES = {"train": "train_rows.npy", "eval": "eval_rows.npy", "ood": "ood_rows.npy"}
 META_FILE = "meta.json"
 EVAL_TOKENS = "eval_tokens.npy"
-MODEL_CONFIG = "config.json"
-MODEL_WEIGHTS = "model.safetensors"
-
-
-# --- the model ---------------------------------------------------------------------------------
-def save_lm_folder(model: HookedTransformer, folder: Path) -> Path:
-    """A model folder `activations.lm.model` can name: its config, weights and tokenizer."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = {k: v for k, v in model.cfg.to_dict().items() if _json_safe(v)}
-    (folder / MODEL_CONFIG).write_text(json.dumps({"hooked_transformer_config": cfg}, indent=1))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / MODEL_WEIGHTS)
-    if model.tokenizer is None:
-        raise ValueError("the model has no tokenizer: a corpus could not be tokenised")
-    model.tokenizer.save_pretrained(str(folder))
-    return folder
-
-
-def _json_safe(v: object) -> bool:
-    try:
-        json.dumps(v)
-    except TypeError:
-        return False
-    return True
-
-
-@functools.cache
-def load_lm(spec: str) -> HookedTransformer:
-    """The model `spec` names: a folder from `save_lm_folder`, else a TransformerLens model name
-    read from the local Hugging Face cache (offline: nothing is downloaded). Once per process."""
-    folder = Path(spec).expanduser()
-    if folder.is_dir():
-        return _load_folder(folder)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # huggingface_hub read the variable when it was imported; its check reads this flag.
-    hf_constants.HF_HUB_OFFLINE = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model = HookedTransformer.from_pretrained(spec, device="cpu")
-    except Exception as e:  # noqa: BLE001 (any failure to find it is the same one line)
-        raise ConfigError(
-            f"activations.lm.model: {spec!r} is not a folder, and not a TransformerLens model "
-            f"in the local Hugging Face cache ({type(e).__name__}: {first_line(e)}); nothing "
-            "is downloaded at run time"
-        ) from None
-    return model.eval()
-
-
-def _load_folder(folder: Path) -> HookedTransformer:
-    try:
-        cfg = json.loads((folder / MODEL_CONFIG).read_text())["hooked_transformer_config"]
-        state = load_file(str(folder / MODEL_WEIGHTS))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tokenizer)
-        model.load_state_dict(state)
-    except Exception as e:  # noqa: BLE001 (a broken folder is one line naming it)
-        raise ConfigError(
-            f"activations.lm.model: {folder} is not a usable model folder "
-            f"({type(e).__name__}: {first_line(e)}); it needs {MODEL_CONFIG}, {MODEL_WEIGHTS} "
-            "and the tokenizer's files (husai.model.lm_source.save_lm_folder writes them)"
-        ) from None
-    return model.eval()
-
-
-def model_sha256(model: HookedTransformer) -> str:
-    """What makes the model's activations: its weights, its config (activation function, norms,
-    rotary settings carry no weights) and its tokenizer's vocabulary and special tokens."""
-    cfg = {k: v for k, v in model.cfg.to_dict().items() if _json_safe(v)}
-    for volatile in ("device", "n_devices", "init_weights", "seed"):
-        cfg.pop(volatile, None)
-    tok = model.tokenizer
-    vocab = {} if tok is None else {"vocab": tok.get_vocab(), "special": tok.all_special_tokens}
-    extra = json.dumps({"cfg": cfg, "tokenizer": vocab}, sort_keys=True, default=str)
-    return hashlib.sha256((weights_sha256(model) + extra).encode()).hexdigest()
-
-
-def weights_sha256(model: HookedTransformer) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 # --- the corpus ----------------------------------------------------------------------------------
-def read_corpus(path: Path, text_field: str) -> list[str]:
-    """The documents of a .txt (one per non-empty line), .jsonl or `save_to_disk` folder."""
+def read_corpus(path: Path, text_field: str) -> tuple[list[str], str]:
+    """(documents, sha256 of the corpus's bytes) of a .txt (one document per non-empty line),
+    .jsonl or `save_to_disk` folder."""
     where = f"activations.lm.corpus: {path}"
     if path.is_dir():
         try:
             ds = datasets.load_from_disk(str(path))
-            return [str(t) for t in ds[text_field] if str(t).strip()]
+            docs = [str(t) for t in ds[text_field] if str(t).strip()]
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"{where}: not a readable dataset folder ({first_line(e)})") from None
+        return docs, _folder_sha256(path)
     if not path.is_file():
         raise ConfigError(f"{where}: no such file or folder")
     if path.suffix not in (".txt", ".jsonl"):
         raise ConfigError(f"{where}: expected a .txt or .jsonl file or a dataset folder")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    raw = path.read_bytes()
+    return _documents(path, raw.decode("utf-8").splitlines(), text_field), _sha256(raw)
+
+
+def _documents(path: Path, lines: list[str], text_field: str) -> list[str]:
     if path.suffix == ".txt":
         return [line for line in lines if line.strip()]
     docs = []
@@ -169,11 +86,14 @@ def read_corpus(path: Path, text_field: str) -> list[str]:
     return docs
 
 
-def corpus_sha256(path: Path) -> str:
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _folder_sha256(path: Path) -> str:
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
 
@@ -227,7 +147,7 @@ class LMPlan:
     d_in: int
     tokens: dict[str, torch.Tensor]  # side -> [n, context] token ids
     rows: dict[str, torch.Tensor]  # side -> [n_rows] flat positions (context * size + pos)
-    weights_sha256: str
+    model_sha256: str  # weights, config and tokenizer
     corpus_sha256: str
     n_docs: dict[str, int]
 
@@ -248,20 +168,20 @@ def plan(cfg: ActivationsConfig) -> LMPlan:
             f"activations.lm.context_size: {lm.context_size} > the model's n_ctx {model.cfg.n_ctx}"
         )
     path = Path(lm.corpus).expanduser()
-    docs = read_corpus(path, lm.text_field)
-    sides = {"train": [d for d in docs if not held_out(d, cfg.eval_frac, cfg.split_seed)]}
-    sides["eval"] = [d for d in docs if held_out(d, cfg.eval_frac, cfg.split_seed)]
+    docs, c_sha = read_corpus(path, lm.text_field)
+    sides: dict[str, list[str]] = {"train": [], "eval": []}
+    for d in docs:
+        sides["eval" if held_out(d, cfg.eval_frac, cfg.split_seed) else "train"].append(d)
     n_eval = max(1, round(lm.token_budget * cfg.eval_frac))
     budget = {"train": lm.token_budget - n_eval, "eval": n_eval}
     ood_sha = None
     if lm.ood_corpus is not None:
         # The shifted slice: half the held-out count, so that random held-out subsets of its
         # size (the OOD stress's null) are subsets, not the whole held-out set.
-        ood_path = Path(lm.ood_corpus).expanduser()
+        ood_docs, ood_sha = read_corpus(Path(lm.ood_corpus).expanduser(), lm.text_field)
         seen = set(docs)  # a document of the main corpus is never part of the shifted slice
-        sides["ood"] = [d for d in read_corpus(ood_path, lm.text_field) if d not in seen]
+        sides["ood"] = [d for d in ood_docs if d not in seen]
         budget["ood"] = max(1, n_eval // 2)
-        ood_sha = corpus_sha256(ood_path)
     for side in ("train", "eval"):
         if not sides[side]:
             raise ConfigError(
@@ -272,27 +192,26 @@ def plan(cfg: ActivationsConfig) -> LMPlan:
     for side in sides:
         tokens[side] = token_contexts(model, sides[side], lm.context_size)
         flat = torch.nonzero(usable(model, tokens[side], lm.exclude_bos).flatten()).flatten()
-        if len(flat) < budget[side] and side == "ood":
-            raise ConfigError(
-                f"activations.lm.ood_corpus: {budget['ood']} positions needed (half the "
-                f"held-out rows); its {len(sides['ood'])} documents give {len(flat)}"
-            )
         if len(flat) < budget[side]:
+            have = f"{len(sides[side])} {side} documents give {len(flat)}"
             raise ConfigError(
-                f"activations.lm.token_budget: {lm.token_budget} asks for {budget[side]} "
-                f"{side} positions; the corpus's {len(sides[side])} {side} documents give "
-                f"{len(flat)} (context_size {lm.context_size}, eval_frac {cfg.eval_frac})"
+                f"activations.lm.ood_corpus: {budget[side]} positions needed (half the "
+                f"held-out rows); its {have}"
+                if side == "ood"
+                else f"activations.lm.token_budget: {lm.token_budget} asks for {budget[side]} "
+                f"{side} positions; the corpus's {have} (context_size {lm.context_size}, "
+                f"eval_frac {cfg.eval_frac})"
             )
         rows[side] = flat[: budget[side]]
         n_ctx = int(rows[side][-1]) // lm.context_size + 1
         tokens[side] = tokens[side][:n_ctx]  # the contexts the budget reaches, no more
     d_in = _width(model, cfg.hook, tokens["train"][:1])
-    w_sha, c_sha = model_sha256(model), corpus_sha256(path)
+    m_sha = model_sha256_of(lm.model)
     key = stable_hash(
         {
             "format": LM_FORMAT,
             "source": "transformer_lens",
-            "weights_sha256": w_sha,
+            "model_sha256": m_sha,
             "corpus_sha256": c_sha,
             **({} if ood_sha is None else {"ood_corpus_sha256": ood_sha}),
             "hook": cfg.hook,
@@ -306,7 +225,7 @@ def plan(cfg: ActivationsConfig) -> LMPlan:
         }
     )
     n_docs = {side: len(docs) for side, docs in sides.items()}
-    return LMPlan(key, model, cfg.hook, d_in, tokens, rows, w_sha, c_sha, n_docs)
+    return LMPlan(key, model, cfg.hook, d_in, tokens, rows, m_sha, c_sha, n_docs)
 
 
 def random_base_plan(p: LMPlan, init_seed: int) -> LMPlan:
@@ -315,11 +234,10 @@ def random_base_plan(p: LMPlan, init_seed: int) -> LMPlan:
     cfg = copy.deepcopy(p.model.cfg)
     cfg.seed = init_seed  # TransformerLens seeds its initialisation from the config
     cfg.init_weights = True  # a pretrained model's config says False: its weights come loaded
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with torch.random.fork_rng(devices=[]), quiet_constructor():
         model = HookedTransformer(cfg, tokenizer=p.model.tokenizer).eval()
     key = stable_hash({"null": "random_base", "of": p.key, "init_seed": init_seed})
-    return replace(p, key=key, model=model, weights_sha256=model_sha256(model))
+    return replace(p, key=key, model=model, model_sha256=model_sha256(model))
 
 
 def _layer_stop(hook: str) -> int | None:
@@ -357,7 +275,7 @@ def write_lm_set(p: LMPlan, folder: Path, batch_size: int, chunk_rows: int) -> P
         out = np.lib.format.open_memmap(
             folder / ROW_FILES[side], mode="w+", dtype=np.float32, shape=(len(rows), p.d_in)
         )
-        written, pending = 0, []
+        written, waiting, pending = 0, 0, []
         for start in range(0, tokens.shape[0], batch_size):
             lo, hi = start * size, (start + batch_size) * size
             a, b = torch.searchsorted(rows, torch.tensor([lo, hi])).tolist()  # rows ascend
@@ -366,8 +284,9 @@ def write_lm_set(p: LMPlan, folder: Path, batch_size: int, chunk_rows: int) -> P
                 continue
             acts = _forward(p.model, p.hook, tokens[start : start + batch_size])
             pending.append(acts.reshape(-1, p.d_in)[take])
-            if sum(len(x) for x in pending) >= chunk_rows:
-                written = _flush(out, written, pending)
+            waiting += len(take)
+            if waiting >= chunk_rows:
+                written, waiting = _flush(out, written, pending), 0
         written = _flush(out, written, pending)
         assert written == len(rows), (written, len(rows))
         out.flush()
@@ -381,7 +300,7 @@ def write_lm_set(p: LMPlan, folder: Path, batch_size: int, chunk_rows: int) -> P
         "key": p.key,
         "hook": p.hook,
         "d_in": p.d_in,
-        "weights_sha256": p.weights_sha256,
+        "model_sha256": p.model_sha256,
         "corpus_sha256": p.corpus_sha256,
         "n_docs": p.n_docs,
         "n_rows": {side: len(rows) for side, rows in p.rows.items()},
@@ -397,3 +316,18 @@ def _flush(out: np.ndarray, written: int, pending: list[torch.Tensor]) -> int:
     out[written : written + len(block)] = block
     pending.clear()
     return written + len(block)
+
+
+def read_lm_rows(
+    directory: Path, in_memory_limit: int
+) -> tuple[torch.Tensor | DiskRows, dict[str, torch.Tensor]]:
+    """(SAE-train rows, the other tensors by name) of an entry `write_lm_set` wrote; the
+    SAE-train rows stay on disk (`DiskRows`) when their file exceeds `in_memory_limit` bytes."""
+    sides = [s for s in ROW_FILES if (directory / ROW_FILES[s]).exists()]
+    tensors = {f"{s}_rows": torch.from_numpy(np.load(directory / INDEX_FILES[s])) for s in sides}
+    for s in sides:
+        if s != "train":
+            tensors[s] = torch.from_numpy(np.load(directory / ROW_FILES[s]))
+    path = directory / ROW_FILES["train"]
+    big = path.stat().st_size > in_memory_limit
+    return (DiskRows(path) if big else torch.from_numpy(np.load(path))), tensors

@@ -68,13 +68,13 @@ class DiskRows:
         order = np.argsort(flat, kind="stable")
         ascending = flat[order]
         out = np.empty((len(flat), self._arr.shape[1]), dtype=np.float32)
-        if self._arr.nbytes <= SMALL_FILE:  # all of it mapped costs little: one read
-            out[order] = self._arr[ascending]
-            return torch.from_numpy(out).reshape(*idx.shape, self._arr.shape[1])
-        for start in range(0, len(flat), TAKE_CHUNK):
-            part = slice(start, start + TAKE_CHUNK)
+        small = self._arr.nbytes <= SMALL_FILE  # all of it mapped costs little: one read
+        chunk = max(len(flat), 1) if small else TAKE_CHUNK
+        for start in range(0, len(flat), chunk):
+            part = slice(start, start + chunk)
             out[order[part]] = self._arr[ascending[part]]
-            self.release()
+            if not small:
+                self.release()
         return torch.from_numpy(out).reshape(*idx.shape, self._arr.shape[1])
 
     def blocks(self, rows: int | None = None) -> Iterator[torch.Tensor]:
@@ -119,10 +119,19 @@ def row_mean(rows: Rows) -> torch.Tensor:
     """The mean row, float32 (float64 sums over blocks on disk)."""
     if not isinstance(rows, DiskRows):
         return rows.mean(dim=0)
-    total = torch.zeros(rows.shape[1], dtype=torch.float64)
-    for block in rows.blocks():
-        total += block.double().sum(dim=0)
-    return (total / len(rows)).float()
+    s, _, n = sums(rows)
+    return (s / n).float()
+
+
+def sums(rows: Rows) -> tuple[torch.Tensor, float, int]:
+    """(sum of rows, sum of squared norms, n) in float64, block by block."""
+    s, sq, n = torch.zeros(rows.shape[1], dtype=torch.float64), 0.0, 0
+    for block in _blocks(rows):
+        x = block.double()
+        s += x.sum(dim=0)
+        sq += float(x.pow(2).sum())
+        n += x.shape[0]
+    return s, sq, n
 
 
 def moments(rows: Rows) -> tuple[torch.Tensor, torch.Tensor, int]:

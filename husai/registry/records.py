@@ -140,7 +140,7 @@ def record_null_activations(
 class LMSetInfo:
     """What an LM activation set was made from (husai.model.lm_source's plan)."""
 
-    weights_sha256: str
+    model_sha256: str  # weights, config and tokenizer
     corpus_sha256: str
     n_docs: Mapping[str, int]  # side ("train"/"eval") -> documents
 
@@ -160,7 +160,7 @@ def record_lm_activations(
         names.PARAM_ACTIVATION_KEY: rec.key,
         names.PARAM_ACT_SOURCE: a.source,
         names.PARAM_LM_MODEL: lm.model,
-        names.PARAM_LM_MODEL_SHA256: info.weights_sha256,
+        names.PARAM_LM_MODEL_SHA256: info.model_sha256,
         names.PARAM_LM_CORPUS: lm.corpus,
         names.PARAM_LM_CORPUS_SHA256: info.corpus_sha256,
         names.PARAM_LM_CONTEXT_SIZE: lm.context_size,
@@ -174,21 +174,12 @@ def record_lm_activations(
         **({} if null is None else {names.PARAM_NULL: null}),
     }
     kind = names.KIND_ACTIVATIONS if null is None else names.KIND_NULL_ACTIVATIONS
-    tags = {
-        **tracker.standard_tags(stable_hash(lm.identity()), kind, "extract"),
-        names.TAG_CACHE: "hit" if rec.cache_hit else "miss",
-        **({names.TAG_CONTENT_SHA256: rec.sha256} if rec.sha256 else {}),
-    }
     name = f"{'acts' if null is None else 'null-acts-' + null}-lm-{a.hook}-{rec.key[:8]}"
-    with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
-        counts = {names.ACT_N_TRAIN: rec.n_train, names.ACT_N_EVAL: rec.n_eval}
-        docs = {
-            names.ACT_N_TRAIN_DOCS: info.n_docs["train"],
-            names.ACT_N_EVAL_DOCS: info.n_docs["eval"],
-        }
-        tracker.log_metrics(rid, {**counts, **docs, names.ACT_N_OOD: rec.n_ood})
-        tracker.log_artifacts(rid, rec.folder, names.ARTIFACT_ACTIVATIONS)
-    return rid
+    docs = {
+        names.ACT_N_TRAIN_DOCS: info.n_docs["train"],
+        names.ACT_N_EVAL_DOCS: info.n_docs["eval"],
+    }
+    return _log_activation_run(tracker, kind, name, stable_hash(lm.identity()), params, rec, docs)
 
 
 def _record_activation_set(
@@ -211,14 +202,28 @@ def _record_activation_set(
         names.PARAM_D_IN: rec.d_in,
         names.config_param("task", "p"): cfg.task.p,
     }
+    return _log_activation_run(tracker, kind, name, cfg.base_hash(), params, rec)
+
+
+def _log_activation_run(
+    tracker: Tracker,
+    kind: str,
+    name: str,
+    config_hash: str,
+    params: Mapping[str, object],
+    rec: ActivationsRecord,
+    extra: Mapping[str, float] | None = None,
+) -> str:
+    """One activation set's run in husai-activations: its params, row counts (and `extra`
+    metrics), cache state and checksum, and the entry itself as its artifact."""
     tags = {
-        **tracker.standard_tags(cfg.base_hash(), kind, "extract"),
+        **tracker.standard_tags(config_hash, kind, "extract"),
         names.TAG_CACHE: "hit" if rec.cache_hit else "miss",
         **({names.TAG_CONTENT_SHA256: rec.sha256} if rec.sha256 else {}),
     }
     with tracker.run(names.EXPERIMENT_ACTIVATIONS, name, tags, params) as rid:
         counts = {names.ACT_N_TRAIN: rec.n_train, names.ACT_N_EVAL: rec.n_eval}
-        tracker.log_metrics(rid, {**counts, names.ACT_N_OOD: rec.n_ood})
+        tracker.log_metrics(rid, {**counts, names.ACT_N_OOD: rec.n_ood, **(extra or {})})
         tracker.log_artifacts(rid, rec.folder, names.ARTIFACT_ACTIVATIONS)
     return rid
 

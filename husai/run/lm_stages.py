@@ -19,7 +19,7 @@ from pathlib import Path
 from husai import names
 from husai.config.experiment import ExperimentConfig
 from husai.model.activations import load_activations
-from husai.model.lm_source import LMPlan, plan, random_base_plan, write_lm_set
+from husai.model.lm_source import LMPlan, random_base_plan, write_lm_set
 from husai.registry.claims import claim
 from husai.registry.handles import ActivationsHandle
 from husai.registry.records import LMSetInfo, record_lm_activations
@@ -27,19 +27,12 @@ from husai.registry.tracking import Tracker
 from husai.run import stages
 
 
-def lm_plan(cfg: ExperimentConfig) -> LMPlan:
-    """Every check (model, hook, corpus, budget), before any forward pass."""
-    return plan(cfg.activations)
-
-
 def lm_activations(
-    cfg: ExperimentConfig,
-    tracker: Tracker,
-    cache_dir: Path | None = None,
-    p: LMPlan | None = None,
+    cfg: ExperimentConfig, tracker: Tracker, p: LMPlan, cache_dir: Path | None = None
 ) -> ActivationsHandle:
-    """The LM activation set `cfg.activations` describes: on disk, in MLflow, or extracted."""
-    return _lm_set(cfg, tracker, cache_dir, p or lm_plan(cfg), None)
+    """The LM activation set `p` plans (`husai.model.lm_source.plan`, every check already
+    made): on disk, in MLflow, or extracted."""
+    return _lm_set(cfg, tracker, cache_dir, p, None)
 
 
 def lm_random_base(
@@ -63,16 +56,12 @@ def _lm_set(
             tracker,
             cache_dir,
             compute=lambda: write,
-            adopt=lambda fetched: partial(_copy, fetched),
+            adopt=lambda fetched: partial(shutil.copytree, fetched, dirs_exist_ok=True),
         )
         acts = load_activations(path, p.key)
         hit = source != "computed"
         if run_id is None:
             rec = stages.activations_record(acts, path, hit)
-            info = LMSetInfo(p.weights_sha256, p.corpus_sha256, p.n_docs)
+            info = LMSetInfo(p.model_sha256, p.corpus_sha256, p.n_docs)
             run_id = record_lm_activations(tracker, cfg, info, rec, null)
     return ActivationsHandle(acts=acts, run_id=run_id, cache_hit=hit, source=source, path=path)
-
-
-def _copy(fetched: Path, dst: Path) -> None:
-    shutil.copytree(fetched, dst, dirs_exist_ok=True)

@@ -26,16 +26,10 @@ from husai.config.loading import from_dict
 from husai.core import device as devices
 from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
-from husai.measure.trial import (
-    Splice,
-    TrialResult,
-    check_batch,
-    check_memory,
-    preflight,
-    run_trial,
-)
+from husai.measure.trial import Splice, TrialResult, check_sizes, preflight, run_trial
 from husai.model.activations import ActivationSet, activation_key, load_user_activations
 from husai.model.base_model import HookedTransformer
+from husai.model.lm_source import plan
 from husai.registry.claims import claim
 from husai.registry.handles import Reference
 from husai.registry.tracking import Tracker
@@ -114,11 +108,10 @@ def trial_inputs(
     if a.key is not None:
         return _inputs_by_key(cfg, a.key, tracking_uri, allow_memorised)
     if a.source == "transformer_lens":
-        p = lm_stages.lm_plan(cfg)  # every check before the store or any forward pass
-        check_batch(cfg, len(p.rows["train"]))
-        check_memory(cfg, p.d_in)
+        p = plan(a)  # every check before the store or any forward pass
+        check_sizes(cfg, len(p.rows["train"]), p.d_in)
         tracker = Tracker(tracking_uri)
-        handle = lm_stages.lm_activations(cfg, tracker, p=p)
+        handle = lm_stages.lm_activations(cfg, tracker, p)
         console.print_acts(handle)
         src = TrialSource(handle.acts.key, None, a.source, activation_run_id=handle.run_id)
         splice = lm_splice(p.model, a.hook, handle.path, handle.acts.train)

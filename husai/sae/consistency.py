@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from husai.model.rows import DiskRows, Rows, moments
+from husai.model.rows import DiskRows, Rows, sums
 
 
 def loss_scale(rows: Rows) -> float:
@@ -26,8 +26,8 @@ def loss_scale(rows: Rows) -> float:
     on), so lambda weighs the penalty (in [0, 2]) against FVU: lambda 1 = a full unit of
     penalty costs as much as all of the variance."""
     if isinstance(rows, DiskRows):  # block sums: E||x||^2 - ||E x||^2
-        s, ss, n = moments(rows)
-        return float(torch.trace(ss) / n - (s / n).pow(2).sum())
+        s, sq, n = sums(rows)
+        return float(sq / n - (s / n).pow(2).sum())
     x = rows.detach().double()
     return float(((x - x.mean(dim=0)) ** 2).sum(dim=1).mean())
 

@@ -16,7 +16,8 @@ from husai.config.experiment import ActivationsConfig
 from husai.core.errors import ConfigError
 from husai.measure.lm_splice import lm_splice
 from husai.model.activations import load_activations
-from husai.model.lm_source import held_out, load_lm, plan, read_corpus, write_lm_set
+from husai.model.lm_model import load_lm
+from husai.model.lm_source import held_out, plan, read_corpus, write_lm_set
 from tests.helpers import lm_activations_cfg, tiny_lm
 
 
@@ -48,7 +49,7 @@ def test_streamed_extraction_equals_one_forward_pass(lm: tuple[Path, Path], tmp_
 
 def test_documents_never_straddle_the_split(lm: tuple[Path, Path], tmp_path: Path) -> None:
     model_dir, corpus = lm
-    docs = read_corpus(corpus, "text")
+    docs, _ = read_corpus(corpus, "text")
     # The same text twice: one side for both copies, whatever its position.
     dup = tmp_path / "dup.jsonl"
     dup.write_text(corpus.read_text() + json.dumps({"text": docs[0]}) + "\n")
@@ -239,10 +240,10 @@ def test_the_random_base_twin_is_seeded_and_reads_the_same_tokens(
     # A pretrained model's config says init_weights False; the twin is initialised anyway.
     monkeypatch.setattr(p.model.cfg, "init_weights", False)
     a, b, other = random_base_plan(p, 0), random_base_plan(p, 0), random_base_plan(p, 1)
-    assert a.weights_sha256 == b.weights_sha256 != other.weights_sha256
+    assert a.model_sha256 == b.model_sha256 != other.model_sha256
     assert all(bool(torch.isfinite(t).all()) for t in a.model.parameters())
     assert a.model.W_E.std() > 0
-    assert a.weights_sha256 != p.weights_sha256 and a.key != p.key
+    assert a.model_sha256 != p.model_sha256 and a.key != p.key
     assert all(
         torch.equal(a.tokens[s], p.tokens[s]) and torch.equal(a.rows[s], p.rows[s])
         for s in p.tokens
