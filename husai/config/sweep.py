@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from functools import cached_property
 from itertools import product
 from pathlib import Path
@@ -30,7 +29,11 @@ from husai.config.experiment import ExperimentConfig
 from husai.config.loading import deep_merge, format_validation, from_dict, read_yaml_file
 from husai.config.strict import Strict
 from husai.config.sweep_parts import (
+    ACTIVATION_FIELDS,
     ASHA_OBJECTIVES,
+    CATEGORICAL_FIELDS,
+    INTEGER_FIELDS,
+    LM_FIELDS,
     SWEEPABLE,
     Asha,
     Confirm,
@@ -158,6 +161,24 @@ class SweepConfig(Strict):
                 points.setdefault(json.dumps(point, sort_keys=True), point)
         return tuple(points.values())
 
+    def activation_points(self, smoke: bool = False) -> list[dict[str, Any]]:
+        """Every activation set a trial can ask for, as its values of the swept activation
+        fields (`ACTIVATION_FIELDS`; [{}] when none is swept): the grid points' values (those
+        --smoke runs) crossed with every choice of a sampled one. The driver resolves each
+        before any trial starts."""
+        fields = [p for p in self.swept_paths() if p in ACTIVATION_FIELDS]
+        from_grid = [
+            {p: pt[p] for p in fields if p in pt} for pt in self.grid_points(smoke) or [{}]
+        ]
+        sampled = {p: d.choices or () for p, d in self.sampled_space().items() if p in fields}
+        drawn = [dict(zip(sampled, v, strict=True)) for v in product(*sampled.values())]
+        out: dict[str, dict[str, Any]] = {}
+        for a in from_grid:
+            for b in drawn:
+                point = {**a, **b}
+                out.setdefault(json.dumps(point, sort_keys=True), point)
+        return list(out.values())
+
     def n_trials(self, smoke: bool = False) -> int:
         if self.is_grid():
             return len(self.grid_points(smoke)) * (1 if smoke else self.per_point())
@@ -184,67 +205,13 @@ class SweepConfig(Strict):
         """The experiment of one trial: the base experiment with the sampled values set."""
         data = self.base_experiment(smoke).model_dump()
         for path, value in params.items():
-            section, field = SWEEPABLE[path]
-            data[section] = {**data[section], field: value}
+            *outer, field = SWEEPABLE[path]
+            part = data
+            for key in outer:  # copies on the way down: the base dump is not shared
+                part[key] = dict(part[key] or {})
+                part = part[key]
+            part[field] = value
         return from_dict(data, source or f"sweep {self.name}: trial {params}")
-
-
-# How each sweepable field is logged as a trial-run param: the confirmation rebuilds the best
-# recipe from its run, which works for a reused sweep too.
-PARAM_OF = {
-    "sae.k": names.PARAM_K,
-    "sae.d_sae": names.PARAM_D_SAE,
-    "sae.architecture": names.PARAM_ARCHITECTURE,
-    "consistency.lambda": names.PARAM_LAMBDA,
-    "train.lr": names.PARAM_LR,
-}
-
-
-def recipe_from_params(sweep: SweepConfig, params: Mapping[str, str]) -> dict[str, Any]:
-    """The sampled values of a recorded trial, from its run's params (strings)."""
-    out: dict[str, Any] = {}
-    for path in sweep.swept_paths():
-        raw = params[PARAM_OF[path]]
-        if path == "sae.architecture":
-            out[path] = raw
-        elif path in ("sae.k", "sae.d_sae"):
-            out[path] = int(raw)
-        else:
-            out[path] = float(raw)
-    return out
-
-
-def confirm_seeds(cfg: ExperimentConfig, n: int) -> tuple[int, ...]:
-    """n training seeds disjoint from every seed the search used: its training seeds, the seeds
-    of their untrained and null dictionaries, the reference and control, and with none of the
-    new seeds' own null seeds among them."""
-    t, c = cfg.trial, cfg.consistency
-    used = {*t.seeds, *(s + t.random_seed_offset for s in t.seeds), c.ref_seed, c.control_ref_seed}
-    out: list[int] = []
-    s = max(t.seeds) + 1
-    while len(out) < n:
-        if s not in used and s + t.random_seed_offset not in used | set(out):
-            out.append(s)
-            used.add(s + t.random_seed_offset)
-        s += 1
-    return tuple(out)
-
-
-def confirm_config(sweep: SweepConfig, params: dict[str, Any], smoke: bool) -> ExperimentConfig:
-    """The best recipe again on fresh seeds and (confirm.fresh_split) a fresh SAE-train /
-    SAE-eval split: split_seed + 1. Registration is the confirmation stage's, after it."""
-    cfg = sweep.trial_config(params, smoke)
-    n = sweep.smoke.confirm_seeds if smoke else sweep.confirm.n_seeds
-    data = cfg.model_dump(by_alias=True)
-    data["trial"] = {**data["trial"], "seeds": list(confirm_seeds(cfg, n)), "register_sae": False}
-    if sweep.confirm.fresh_split:
-        split = cfg.activations.split_seed + 1
-        data["activations"] = {**data["activations"], "split_seed": split}
-    return from_dict(data, f"sweep {sweep.name}: confirmation of {params}")
-
-
-INTEGER_FIELDS = ("sae.k", "sae.d_sae")
-CATEGORICAL_FIELDS = ("sae.architecture",)
 
 
 def _check_every_point(cfg: SweepConfig, source: str) -> None:
@@ -356,17 +323,39 @@ def load_sweep(path: str | Path) -> SweepConfig:
         cfg.base_experiment(smoke=True)
     except ConfigError as e:
         raise ConfigError(f"{path}: experiment: {e}") from None
-    if base.activations.source != "task":
-        # A sweep resolves one activation set from the task's base model in its driver.
-        raise ConfigError(
-            f"{path}: experiment.activations.source: {base.activations.source} is not "
-            "supported by sweeps yet; run `husai trial` per recipe"
-        )
+    _check_activation_fields(cfg, base, str(path))
     _check_every_point(cfg, str(path))
     _check_k_vs_d_sae(cfg, str(path))
     _check_copy_proof(cfg, str(path))
     _check_gpu_share(cfg, str(path))
     return cfg
+
+
+def _check_activation_fields(cfg: SweepConfig, base: ExperimentConfig, source: str) -> None:
+    """The fields that choose the activation set: listed values only (each is an extraction
+    the driver makes before any trial), from a source that has them."""
+    a = base.activations
+    for path in cfg.swept_paths():
+        if path not in ACTIVATION_FIELDS:
+            continue
+        where = f"{source}: search_space.{path}"
+        if a.file is not None or a.key is not None:
+            given = "file" if a.file is not None else "key"
+            raise ConfigError(
+                f"{where}: the experiment's rows are a fixed set (experiment.activations."
+                f"{given}); sweeping {path} needs rows the sweep extracts"
+            )
+        if path in LM_FIELDS and a.source != "transformer_lens":
+            raise ConfigError(
+                f"{where}: only a language-model source has it; set "
+                "experiment.activations.source: transformer_lens"
+            )
+        dim = cfg.search_space.get(path)
+        if dim is not None and dim.type not in ("grid", "categorical"):
+            raise ConfigError(
+                f"{where}: type: each value is an activation set extracted before any trial "
+                "starts; list the values (type: grid or categorical)"
+            )
 
 
 def _check_gpu_share(cfg: SweepConfig, path: str) -> None:

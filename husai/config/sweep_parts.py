@@ -12,14 +12,34 @@ from pydantic import Field, model_validator
 from husai import names
 from husai.config.strict import Strict
 
-# Sweepable fields: dotted path -> how it appears in the experiment dict.
+# Sweepable fields: dotted path -> where it sits in the experiment dict.
 SWEEPABLE = {
     "sae.k": ("sae", "k"),
     "sae.d_sae": ("sae", "d_sae"),
     "sae.architecture": ("sae", "architecture"),
     "consistency.lambda": ("consistency", "lam"),
     "train.lr": ("train", "lr"),
+    "activations.hook": ("activations", "hook"),
+    "activations.lm.token_budget": ("activations", "lm", "token_budget"),
 }
+# How each sweepable field is logged as a trial-run param: the confirmation rebuilds the best
+# recipe from its run, which works for a reused sweep too.
+PARAM_OF = {
+    "sae.k": names.PARAM_K,
+    "sae.d_sae": names.PARAM_D_SAE,
+    "sae.architecture": names.PARAM_ARCHITECTURE,
+    "consistency.lambda": names.PARAM_LAMBDA,
+    "train.lr": names.PARAM_LR,
+    "activations.hook": names.PARAM_HOOK,
+    "activations.lm.token_budget": names.PARAM_LM_TOKEN_BUDGET,
+}
+INTEGER_FIELDS = ("sae.k", "sae.d_sae", "activations.lm.token_budget")
+CATEGORICAL_FIELDS = ("sae.architecture", "activations.hook")
+# Fields that choose the activation set: each value is one extraction, made once by the driver
+# before any trial starts, so they take listed values only (grid or categorical), never a range.
+ACTIVATION_FIELDS = ("activations.hook", "activations.lm.token_budget")
+# Fields only a language-model source has.
+LM_FIELDS = ("activations.lm.token_budget",)
 OBJECTIVE_METRICS = {
     names.RECON_EV,
     names.RECON_FVU,

@@ -57,7 +57,7 @@ def open_sweep_run(
     n_samples: int,
     ray_name: str,
     activation_key: str,
-    base_version: str,
+    base_version: str | None,  # None: a language model's sets, no task base model
 ) -> AbstractContextManager[str]:
     """The sweep run, as a context that ends it FINISHED, FAILED or KILLED (`Tracker.run`)."""
     params = {
@@ -67,7 +67,7 @@ def open_sweep_run(
         names.SWEEP_PARAM_SEARCH_SPACE: ",".join(sweep.swept_paths()),
         names.SWEEP_PARAM_OBJECTIVE: ",".join(f"{o.metric}:{o.mode}" for o in sweep.objective),
         names.PARAM_ACTIVATION_KEY: activation_key,
-        names.PARAM_BASE_VERSION: base_version,
+        names.PARAM_BASE_VERSION: base_version or "none",
     }
     tags = {
         **tracker.standard_tags(config_hash, names.KIND_SWEEP, "sweep"),

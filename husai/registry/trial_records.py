@@ -119,6 +119,8 @@ def trial_params(
         names.config_param("trial", "random_seed_offset"): cfg.trial.random_seed_offset,
         names.config_param("trial", "nulls"): ",".join(cfg.trial.nulls),
         names.PARAM_OOD_FRAC: cfg.activations.ood_frac,
+        # A language model's budget: a sweepable field, compared across trials in the UI.
+        **({names.PARAM_LM_TOKEN_BUDGET: lm.token_budget} if (lm := cfg.activations.lm) else {}),
         **{names.config_param("evals", k): v for k, v in cfg.evals.model_dump().items()},
     }
 

@@ -1,8 +1,10 @@
 """The report of one sweep, logged to its sweep run under `report/`:
 
-- `stability_vs_k.png`, `stability_vs_d_sae.png`: pw_mcc and mmcs of each finished trial with
-  the 95% interval of its excess over the strongest null drawn around the trained value, and a
-  band per null (untrained initialisations, isotropic, covariance, random base model);
+- `stability_vs_k.png`, `stability_vs_d_sae.png` (and `stability_vs_layer.png`,
+  `stability_vs_lm_token_budget.png` where the sweep varies the hook's layer or a language
+  model's token budget): pw_mcc and mmcs of each finished trial with the 95% interval of its
+  excess over the strongest null drawn around the trained value, and a band per null
+  (untrained initialisations, isotropic, covariance, random base model);
 - `pareto.png`: pw_mcc against held-out FVU, the Pareto front (lower FVU, higher pw_mcc) marked;
 - `lambda_effect.png` (when a trial has lambda > 0): pw_mcc, alignment to the reference and EV
   against lambda;
@@ -62,7 +64,20 @@ PLOT_ONLY = tuple(
     for sfx in (*(b for b, _ in BANDS), "_excess", "_excess_lcb", "_excess_ucb")
     if names.stability_key(b, sfx) not in TABLE_METRICS
 )
-PARAMS = (names.PARAM_ARCHITECTURE, names.PARAM_K, names.PARAM_D_SAE, names.PARAM_LAMBDA)
+# The hook's layer (blocks.<n>.), drawn on its own axis: a number, where the hook is a string.
+LAYER = "layer"
+PARAMS = (
+    names.PARAM_ARCHITECTURE,
+    names.PARAM_K,
+    names.PARAM_D_SAE,
+    names.PARAM_LAMBDA,
+    names.PARAM_HOOK,
+    LAYER,
+    names.PARAM_LM_TOKEN_BUDGET,
+)
+# Axes the stability plots are drawn against: k and d_sae always, the others where they vary.
+AXES = (names.PARAM_K, names.PARAM_D_SAE, LAYER, names.PARAM_LM_TOKEN_BUDGET)
+ALWAYS_DRAWN = (names.PARAM_K, names.PARAM_D_SAE)
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,9 @@ def trials_table(runs: list[RunView]) -> pd.DataFrame:
             names.PARAM_K: int(p[names.PARAM_K]) if names.PARAM_K in p else None,
             names.PARAM_D_SAE: int(p[names.PARAM_D_SAE]) if names.PARAM_D_SAE in p else None,
             names.PARAM_LAMBDA: float(p.get(names.PARAM_LAMBDA, "nan")),
+            names.PARAM_HOOK: p.get(names.PARAM_HOOK),
+            LAYER: layer_of(p.get(names.PARAM_HOOK)),
+            names.PARAM_LM_TOKEN_BUDGET: float(p.get(names.PARAM_LM_TOKEN_BUDGET, "nan")),
         }
         for key in TABLE_METRICS + PLOT_ONLY:
             row[key] = m.get(key, math.nan)  # NaN in the table = not recorded, never 0
@@ -99,18 +117,29 @@ def _finished(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "finished"] if len(df) else df
 
 
-PARTNER = {names.PARAM_K: names.PARAM_D_SAE, names.PARAM_D_SAE: names.PARAM_K}
+def layer_of(hook: str | None) -> float:
+    """The layer of a `blocks.<n>.` hook; NaN for any other (embeddings, a user's rows)."""
+    parts = (hook or "").split(".")
+    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
+        return float(parts[1])
+    return math.nan
 
 
 def _slice(d: pd.DataFrame, param: str) -> tuple[pd.DataFrame, str]:
-    """Trials to draw against `param`: where its partner (d_sae for k, k for d_sae) also
-    varies, only the partner value with the most distinct `param` values (an ablation grid's
-    k sweep at one d_sae); and how to say so in the title."""
-    partner = PARTNER.get(param)
-    if partner is None or partner not in d or d[partner].nunique() < 2:
+    """Trials to draw against `param`: where other axes (k, d_sae, layer, token budget) also
+    vary, only their values with the most distinct `param` values (an ablation grid's k sweep
+    at one d_sae; a scaling grid's layers at one budget and d_sae); and how to say so in the
+    title."""
+    held = [a for a in AXES if a != param and a in d and d[a].nunique() >= 2]
+    if not held:
         return d, ""
-    at = d.groupby(partner)[param].nunique().idxmax()
-    return d[d[partner] == at], f" at {partner} {at:g}"
+    counts = d.groupby(held)[param].nunique()
+    at = counts.idxmax()
+    values = at if isinstance(at, tuple) else (at,)
+    keep = pd.Series(True, index=d.index)
+    for a, v in zip(held, values, strict=True):
+        keep &= d[a] == v
+    return d[keep], " at " + ", ".join(f"{a} {v:g}" for a, v in zip(held, values, strict=True))
 
 
 def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:
@@ -140,7 +169,8 @@ def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:
             if len(band):
                 ax.fill_between(band.index, band["min"], band["max"], color=colour, alpha=0.3)
                 ax.plot(band.index, band["max"], color=colour, linewidth=1, label=f"null: {label}")
-        ax.set_xscale("log", base=2)
+        if param != LAYER:  # sizes and budgets double; layers count
+            ax.set_xscale("log", base=2)
         ax.set_xlabel(param)
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
@@ -211,8 +241,14 @@ def plot_lambda_effect(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def _params_shown(df: pd.DataFrame) -> list[str]:
+    """PARAMS, less a layer or token budget no trial has (a task sweep's)."""
+    optional = (LAYER, names.PARAM_LM_TOKEN_BUDGET)
+    return [p for p in PARAMS if p not in optional or df[p].notna().any()]
+
+
 def markdown_table(df: pd.DataFrame) -> str:
-    cols = ["status", *PARAMS, *TABLE_METRICS]
+    cols = ["status", *_params_shown(df), *TABLE_METRICS]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     body = []
     for _, row in df.iterrows():
@@ -248,7 +284,7 @@ def html_page(title: str, images: dict[str, Path], df: pd.DataFrame) -> str:
         parts.append(
             f"<h2>{html.escape(name)}</h2><img alt='{name}' src='data:image/png;base64,{data}'>"
         )
-    cols = ["run_id", "status", *PARAMS, *TABLE_METRICS]
+    cols = ["run_id", "status", *_params_shown(df), *TABLE_METRICS]
     parts.append("<h2>trials.csv</h2>")
     table = df[cols].to_html(index=False, na_rep="absent", float_format=lambda v: f"{v:.4g}")
     parts.append(f"<div class='table'>{table}</div>")
@@ -266,7 +302,8 @@ def log_sweep_report(tracker: Tracker, sweep_run_id: str) -> SweepReport:
         out.mkdir()
         images: dict[str, Path] = {}
         if len(_finished(df)):
-            for param in (names.PARAM_K, names.PARAM_D_SAE):
+            fin = _finished(df)
+            for param in (a for a in AXES if a in ALWAYS_DRAWN or fin[a].nunique() >= 2):
                 images[f"stability_vs_{param}.png"] = plot_stability_vs(
                     df, param, out / f"stability_vs_{param}.png"
                 )

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from husai import console, names
-from husai.config.sweep import load_sweep
+from husai.config.experiment import ExperimentConfig
+from husai.config.sweep import SweepConfig, load_sweep
 from husai.core.errors import InputError
 from husai.registry.gate import load_policy
 from husai.registry.gate_apply import GateOutcome, run_gate
+from husai.registry.handles import ActivationsHandle, BaseModelHandle
 from husai.registry.sweep_records import SweepOutcome, experiment_of
 from husai.registry.tracking import Tracker
 from husai.report.sweep_report import SweepReport, log_sweep_report
@@ -98,31 +100,19 @@ def run_pipeline(
     policy = load_policy(policy_path)
     sweep = load_sweep(sweep_path)
     cfg0 = sweep.base_experiment(smoke)
-    stages.check_before_compute(cfg0)
-    tracker = Tracker(tracking_uri)
-    tracker.experiment_id(experiment_of(sweep))  # the driver creates the db
     steps: list[Step] = []
-    base = _step(
-        steps,
-        "base model",
-        lambda: stages.base_model(cfg0, tracker),
-        lambda b: (
-            f"husai-base v{b.version} {'reused' if b.reused else 'trained'}, "
-            f"held-out acc {b.test_acc:.4f}"
-        ),
-    )
-    stages.require_generalised(base.version, base.generalised, base.test_acc, allow_memorised)
-    acts = _step(
-        steps,
-        "activations",
-        lambda: stages.activations(cfg0, base, tracker),
-        lambda a: f"{a.acts.key} {'cache hit' if a.cache_hit else 'computed'}",
-    )
+    if cfg0.activations.source == "transformer_lens":
+        # No task base model: the sweep's driver plans, checks and extracts the language
+        # model's sets itself (`husai.run.sweep_sets`) before the store is opened.
+        prepared = None
+        tracker = Tracker(tracking_uri)
+    else:
+        prepared, tracker = _task_inputs(sweep, cfg0, tracking_uri, steps, allow_memorised)
     outcome = _step(
         steps,
         "sweep",
         lambda: run_sweep(
-            sweep_path, smoke, tracker.uri, ray_address, prepared=(base, acts), confirm=False
+            sweep_path, smoke, tracker.uri, ray_address, prepared=prepared, confirm=False
         ),
         lambda s: (
             f"run {s.sweep_run_id} {'reused' if s.reused else 'finished'}: "
@@ -202,3 +192,33 @@ def _settled(tracker: Tracker, policy: str, version: str) -> bool:
     return verdict == "false" or (
         verdict == "true" and champ is not None and champ.version == version
     )
+
+
+def _task_inputs(
+    sweep: SweepConfig,
+    cfg0: ExperimentConfig,
+    tracking_uri: str | None,
+    steps: list[Step],
+    allow_memorised: bool,
+) -> tuple[tuple[BaseModelHandle, ActivationsHandle], Tracker]:
+    """The task's base model and the sweep experiment's activations, each its own step."""
+    stages.check_before_compute(cfg0)
+    tracker = Tracker(tracking_uri)
+    tracker.experiment_id(experiment_of(sweep))  # the driver creates the db
+    base = _step(
+        steps,
+        "base model",
+        lambda: stages.base_model(cfg0, tracker),
+        lambda b: (
+            f"husai-base v{b.version} {'reused' if b.reused else 'trained'}, "
+            f"held-out acc {b.test_acc:.4f}"
+        ),
+    )
+    stages.require_generalised(base.version, base.generalised, base.test_acc, allow_memorised)
+    acts = _step(
+        steps,
+        "activations",
+        lambda: stages.activations(cfg0, base, tracker),
+        lambda a: f"{a.acts.key} {'cache hit' if a.cache_hit else 'computed'}",
+    )
+    return (base, acts), tracker

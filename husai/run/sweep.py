@@ -31,7 +31,9 @@ from husai.config.sweep import SweepConfig, load_sweep, sampled_params
 from husai.core import device as devices
 from husai.core.errors import ConfigError, first_line
 from husai.core.paths import cache_root
+from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
+from husai.model.lm_model import load_lm
 from husai.registry.handles import ActivationsHandle, BaseModelHandle
 from husai.registry.sweep_records import (
     SweepOutcome,
@@ -58,6 +60,7 @@ from husai.run.sweep_driver import DriverWatch, kill_recorded, refuse_if_alive
 from husai.run.sweep_end import finish_sweep, record_lost_attempt
 from husai.run.sweep_progress import TrialLines
 from husai.run.sweep_search import make_tuner
+from husai.run.sweep_sets import SetRef, plan_sets, ref_for, resolve_sets
 from husai.run.trial_stages import TrialInputs, base_model_copy, trial
 
 
@@ -69,13 +72,10 @@ class SweepContext:
     smoke: bool
     tracking_uri: str
     sweep_run_id: str
-    activation_key: str
+    sets: tuple[SetRef, ...]  # every activation set a trial can ask for (`husai.run.sweep_sets`)
     cache_dir: str  # the driver's cache, for workers whose node sets no HUSAI_CACHE_DIR
-    d_in: int  # the activations' width and hook: what a record of a lost attempt needs
-    hook: str | None
-    base_run_id: str
-    base_version: str
-    random_base_key: str | None  # the random-base null's activations (None: not asked for)
+    base_run_id: str | None  # the task's base model; None for a language model's sets
+    base_version: str | None
     rerun: bool  # train every trial again, even a recipe already recorded
 
 
@@ -89,7 +89,8 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
     last: dict[str, Any] = {}  # its newest per-seed report, kept for the record if it fails
     try:
         sweep = load_sweep(ctx.sweep_path)
-        cfg = sweep.trial_config(sampled_params(sweep, config), ctx.smoke)
+        params = sampled_params(sweep, config)
+        cfg = sweep.trial_config(params, ctx.smoke)
         rt, gpu = cfg.runtime, sweep.resources.gpu
         dev = devices.activate(rt.device, rt.deterministic, ray_gpu_ids=ray.get_gpu_ids())
         # Torch would start one thread per core in every trial process; trials sharing a
@@ -97,7 +98,7 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
         # On a shared GPU the trial's memory is capped at its share (and its peak reset: Ray
         # reuses actors).
         devices.share(dev, gpu, sweep.resources.cpu)
-        _run_trial(config, ctx, cfg, last)
+        _run_trial(ref_for(ctx.sets, params), ctx, cfg, last)
     except Exception as e:
         dev = devices.active()
         oom = dev.type == "cuda" and devices.is_out_of_memory(e)
@@ -122,19 +123,17 @@ def _node_id() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
 
-def _run_trial(
-    config: dict[str, Any], ctx: SweepContext, cfg: ExperimentConfig, last: dict[str, Any]
-) -> None:
+def _run_trial(ref: SetRef, ctx: SweepContext, cfg: ExperimentConfig, last: dict[str, Any]) -> None:
     cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"register_sae": False})})
     tracker = Tracker(ctx.tracking_uri)
     # The node's own cache where its `ray start` set HUSAI_CACHE_DIR (a node that lacks the
     # activations fetches them from their MLflow run), else the driver's.
     cache = cache_root(default=Path(ctx.cache_dir))
-    handle = stages.activations_by_key(ctx.activation_key, tracker, cache)
+    handle = stages.activations_by_key(ref.key, tracker, cache)
     acts = handle.acts
-    random_base = None
-    if ctx.random_base_key is not None:
-        random_base = stages.activations_by_key(ctx.random_base_key, tracker, cache).acts
+    random_base, why = None, "not asked for (trial.nulls)"
+    if ref.random_base_key is not None:
+        random_base, why = stages.activations_by_key(ref.random_base_key, tracker, cache).acts, ""
     node = _node_id()
     src = TrialSource(
         acts.key,
@@ -144,8 +143,12 @@ def _run_trial(
         ray_node_id=node,
         activation_run_id=handle.run_id or None,
     )
-    base_model = base_model_copy(tracker, ctx.base_run_id)
-    inputs = TrialInputs(tracker, acts, src, base_model, random_base)
+    base_model, splice = None, None
+    if ctx.base_run_id is not None:
+        base_model = base_model_copy(tracker, ctx.base_run_id)
+    elif (lm := cfg.activations.lm) is not None:  # a language model's held-out contexts
+        splice = lm_splice(load_lm(lm.model), cfg.activations.hook, handle.path, acts.train)
+    inputs = TrialInputs(tracker, acts, src, base_model, random_base, why, splice)
 
     def on_seed(recons: list[ReconMetrics]) -> None:
         fvu = sum(r.fvu for r in recons) / len(recons)
@@ -181,8 +184,10 @@ class LostAttempts(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         ctx, last = self.ctx, dict(trial.last_result or {})
+        sweep = load_sweep(ctx.sweep_path)
+        ref = ref_for(ctx.sets, sampled_params(sweep, dict(trial.config)))
         src = TrialSource(
-            ctx.activation_key,
+            ref.key,
             ctx.base_version,
             "sweep",
             ray_trial_id=trial.trial_id,
@@ -192,10 +197,10 @@ class LostAttempts(tune.Callback):
         try:
             record_lost_attempt(
                 Tracker(ctx.tracking_uri),
-                load_sweep(ctx.sweep_path),
+                sweep,
                 ctx.smoke,
-                ctx.d_in,
-                ctx.hook,
+                ref.d_in,
+                ref.hook,
                 src,
                 ctx.sweep_run_id,
                 dict(trial.config),
@@ -262,21 +267,13 @@ def _search(
         _check_unchanged(previous, sweep.fingerprint(smoke), sweep_path)
     fingerprint = sweep.fingerprint(smoke)
     cfg0 = sweep.base_experiment(smoke)
-    stages.check_before_compute(cfg0)
+    planned = plan_sets(sweep, smoke)  # every check of every activation set, before the store
     tracker.experiment_id(experiment_of(sweep))  # created here, before any trial process writes
-    if prepared is not None:
-        base, acts = prepared
-    else:
-        base = stages.base_model(cfg0, tracker)
-        stages.require_generalised(base.version, base.generalised, base.test_acc, allow_memorised)
-        acts = stages.activations(cfg0, base, tracker)
+    sets = resolve_sets(planned, tracker, prepared, allow_memorised)
     if previous is None and not rerun:
-        done = find_finished_sweep(tracker, sweep, fingerprint, acts.acts.key)
+        done = find_finished_sweep(tracker, sweep, fingerprint, sets.key)
         if done is not None:
             return reused_sweep(tracker, done)
-    random_base = None
-    if names.NULL_RANDOM_BASE in cfg0.trial.nulls:
-        random_base = stages.random_base_activations(cfg0, tracker).acts.key
     n_samples = sweep.n_trials(smoke)
     storage = cache_root() / "ray_results"
     run_ctx: AbstractContextManager[str]
@@ -293,8 +290,8 @@ def _search(
             smoke,
             n_samples,
             ray_name,
-            acts.acts.key,
-            base.version,
+            sets.key,
+            sets.base_version,
         )
     with run_ctx as sweep_run_id:
         ctx = SweepContext(
@@ -302,20 +299,17 @@ def _search(
             smoke=smoke,
             tracking_uri=tracker.uri,
             sweep_run_id=sweep_run_id,
-            activation_key=acts.acts.key,
+            sets=sets.refs,
             cache_dir=str(cache_root()),
-            d_in=acts.acts.d_in,
-            hook=acts.acts.hook,
-            base_run_id=base.run_id,
-            base_version=base.version,
-            random_base_key=random_base,
+            base_run_id=sets.base_run_id,
+            base_version=sets.base_version,
             rerun=rerun,
         )
         folder, n_seeds = storage / ray_name, len(cfg0.trial.seeds)
         resumed = previous is not None
         trials = _fit(tracker, sweep, ctx, ray_address, resumed, folder, n_seeds, n_samples)
-        src = TrialSource(acts.acts.key, base.version, "sweep")
-        return finish_sweep(tracker, sweep, smoke, acts, src, sweep_run_id, trials)
+        src = TrialSource(sets.key, sets.base_version, "sweep")
+        return finish_sweep(tracker, sweep, smoke, sets.refs, src, sweep_run_id, trials)
 
 
 def _interrupted_run(tracker: Tracker, sweep: SweepConfig) -> RunView:

@@ -12,10 +12,10 @@ from typing import Any
 
 from husai import names
 from husai.config.sweep import SweepConfig, sampled_params
-from husai.registry.handles import ActivationsHandle
 from husai.registry.sweep_records import SweepOutcome, experiment_of, record_outcome
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, record_stopped_trial
+from husai.run.sweep_sets import SetRef, ref_for
 
 
 def best_trial(sweep: SweepConfig, results: list[dict[str, Any]]) -> tuple[str, float] | None:
@@ -39,7 +39,7 @@ def finish_sweep(
     tracker: Tracker,
     sweep: SweepConfig,
     smoke: bool,
-    acts: ActivationsHandle,
+    sets: tuple[SetRef, ...],
     src: TrialSource,
     sweep_run_id: str,
     trials: list[Any],
@@ -47,19 +47,21 @@ def finish_sweep(
     """Record the trials ASHA stopped (or that failed) before they were recorded, then the
     sweep's outcome. `trials`: Tune's results (anything with `.metrics`, `.config`, `.error`)."""
     results = [t.metrics or {} for t in trials]
-    a = acts.acts
     for r, t in zip(results, trials, strict=True):
         if names.TUNE_TRIAL_RUN_ID not in r:
             error = getattr(t, "error", None)
             why = r.get(names.TUNE_TRIAL_ERROR) or (None if error is None else last_line(error))
+            params = sampled_params(sweep, t.config or {})
+            ref = ref_for(sets, params)
             trial_src = replace(
                 src,
+                activation_key=ref.key,
                 ray_trial_id=r.get(names.TUNE_RAY_TRIAL_ID),
                 ray_node_id=r.get(names.TUNE_NODE_ID),
             )
-            cfg = sweep.trial_config(sampled_params(sweep, t.config or {}), smoke)
+            cfg = sweep.trial_config(params, smoke)
             record_stopped_trial(
-                tracker, cfg, a.d_in, a.hook, trial_src, sweep_run_id, _last_report(r), why
+                tracker, cfg, ref.d_in, ref.hook, trial_src, sweep_run_id, _last_report(r), why
             )
     n_recorded = sum(names.TUNE_TRIAL_RUN_ID in r for r in results)
     n_duplicates = sum(bool(r.get(names.TUNE_DUPLICATE)) for r in results)

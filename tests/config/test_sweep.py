@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from husai.config.sweep import confirm_config, confirm_seeds, load_sweep, recipe_from_params
+from husai.config.sweep import load_sweep
+from husai.config.sweep_confirm import confirm_config, confirm_seeds, recipe_from_params
 from husai.core.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -146,6 +147,18 @@ def test_the_recipe_is_read_back_from_a_trial_runs_params() -> None:
         "sae.d_sae": 256,
         "consistency.lambda": 0.0022727,
     }
+    # The scaling sweep's activation fields: read back typed, and set where they live.
+    scaling = load_sweep(SWEEPS[0].parent / "lm_scaling.yaml")
+    hook = "blocks.2.hook_resid_post"
+    got = recipe_from_params(scaling, {"d_sae": "1024", "hook": hook, "lm_token_budget": "50000"})
+    assert got == {
+        "sae.d_sae": 1024,
+        "activations.hook": hook,
+        "activations.lm.token_budget": 50000,
+    }
+    cfg = scaling.trial_config(got)
+    assert (cfg.activations.hook, cfg.activations.lm.token_budget) == (hook, 50000)
+    assert cfg.activations.lm.model == "pythia-70m"  # the rest of the section kept
 
 
 def test_grid_points_run_each_combination_once(tmp_path: Path) -> None:

@@ -13,7 +13,14 @@ from PIL import Image
 from husai import names
 from husai.registry.views import RunView
 from husai.report.plots import MISSING_RGB, plot_stability_heatmap
-from husai.report.sweep_report import _slice, markdown_table, pareto_front, trials_table
+from husai.report.sweep_report import (
+    LAYER,
+    _slice,
+    layer_of,
+    markdown_table,
+    pareto_front,
+    trials_table,
+)
 from tests.helpers import PNG_MAGIC
 
 
@@ -84,3 +91,26 @@ def test_an_ablation_grid_is_drawn_as_its_two_sweeps(tmp_path: Path) -> None:
     alone = df[df[names.PARAM_D_SAE] == 128]
     drawn, at = _slice(alone, names.PARAM_K)
     assert len(drawn) == 4 and at == ""
+
+
+def test_a_scaling_grid_is_drawn_against_layer_and_budget_at_one_d_sae() -> None:
+    """layers x budgets x d_sae: stability vs layer is drawn at one budget and d_sae, vs
+    budget at one layer and d_sae; a hook outside `blocks.<n>.` has no layer."""
+    assert layer_of("blocks.3.hook_resid_post") == 3.0
+    assert math.isnan(layer_of("hook_embed")) and math.isnan(layer_of(None))
+    points = [(h, b, d) for h in (0, 2, 4) for b in (5e4, 1e5) for d in (1024, 2048)]
+    df = pd.DataFrame(
+        {
+            "status": "finished",
+            names.PARAM_K: 32,
+            names.PARAM_D_SAE: [d for _, _, d in points],
+            LAYER: [float(h) for h, _, _ in points],
+            names.PARAM_LM_TOKEN_BUDGET: [b for _, b, _ in points],
+        }
+    )
+    by_layer, at = _slice(df, LAYER)
+    assert sorted(by_layer[LAYER]) == [0.0, 2.0, 4.0]
+    assert at == " at d_sae 1024, lm_token_budget 50000"
+    by_budget, at = _slice(df, names.PARAM_LM_TOKEN_BUDGET)
+    assert sorted(by_budget[names.PARAM_LM_TOKEN_BUDGET]) == [5e4, 1e5]
+    assert at == " at d_sae 1024, layer 0"

@@ -79,14 +79,3 @@ def test_a_budget_the_corpus_cannot_fill_creates_nothing(
     assert "activations.lm.token_budget" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "cache" / "activations").exists()
     assert not store_path(isolated_store).exists()  # checked before the store is opened
-
-
-def test_a_sweep_of_a_language_model_is_refused_at_load(tmp_path: Path) -> None:
-    from husai.config.sweep import load_sweep
-    from husai.core.errors import ConfigError
-    from tests.helpers import write_sweep
-
-    acts = lm_activations_cfg(tmp_path / "model", tmp_path / "corpus.jsonl")
-    path = write_sweep(tmp_path, experiment={"activations": acts})
-    with pytest.raises(ConfigError, match="experiment.activations.source"):
-        load_sweep(path)

@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from husai import names
 from husai.cli import EXIT_BAD_INPUT, main
 from husai.config.sweep import load_sweep, sampled_params
-from husai.model.activations import ActivationSet
-from husai.registry.handles import ActivationsHandle
 from husai.registry.sweep_records import open_sweep_run
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, register_trial_sae
@@ -30,6 +27,7 @@ from husai.run.ray_runtime import PRIVATE_PREFIX, kill_private_ray
 from husai.run.sweep import run_sweep
 from husai.run.sweep_end import best_trial, finish_sweep, record_lost_attempt
 from husai.run.sweep_search import DefineSpace
+from husai.run.sweep_sets import SetRef
 from tests.helpers import (
     MEMORISED_OK,
     SWEEP,
@@ -324,10 +322,7 @@ def test_finishing_a_sweep_records_its_stopped_and_failed_trials(
     tmp_path: Path, tracker: Tracker
 ) -> None:
     sweep = load_sweep(write_sweep(tmp_path))
-    x = torch.zeros(8, 16)
-    rows = torch.arange(8)
-    acts = ActivationSet("acts", None, None, None, x[:6], x[6:], rows[:6], rows[6:])
-    handle = ActivationsHandle(acts, "", True, "disk", tmp_path)
+    sets = (SetRef("{}", "acts", 16, None, "", None),)
     src = TrialSource("acts", "1", "sweep")
     stopped = TuneResult(
         {names.TUNE_SEEDS_DONE: 1, names.TUNE_ASHA_METRIC: 0.3, "trial_id": "t1", "node_id": "n1"},
@@ -340,7 +335,7 @@ def test_finishing_a_sweep_records_its_stopped_and_failed_trials(
     )
     run_ctx = open_sweep_run(tracker, sweep, "h", "f", False, 2, "ray-name", "acts", "1")
     with run_ctx as sweep_run_id:
-        out = finish_sweep(tracker, sweep, False, handle, src, sweep_run_id, [stopped, failed])
+        out = finish_sweep(tracker, sweep, False, sets, src, sweep_run_id, [stopped, failed])
     assert (out.n_trials, out.n_recorded, out.best_trial_run_id, out.sae_version) == (
         2,
         0,
@@ -411,12 +406,9 @@ def test_lost_attempts_and_reported_errors_are_recorded_failed_with_their_reason
         assert len(tracker.child_runs(sweep_run_id)) == before
         # A trial that raised reports its error's line and ends; the sweep records it FAILED.
         raised = TuneResult({names.TUNE_TRIAL_ERROR: "ValueError: boom", "trial_id": "t3"}, config)
-        x = torch.zeros(8, 16)
-        rows = torch.arange(8)
-        acts = ActivationSet("acts", None, None, None, x[:6], x[6:], rows[:6], rows[6:])
-        handle = ActivationsHandle(acts, "", True, "disk", tmp_path)
+        sets = (SetRef("{}", "acts", 16, None, "", None),)
         finish_sweep(
-            tracker, sweep, False, handle, TrialSource("acts", "1", "sweep"), sweep_run_id, [raised]
+            tracker, sweep, False, sets, TrialSource("acts", "1", "sweep"), sweep_run_id, [raised]
         )
     lost = tracker.get_run(rid)
     assert lost.status == "FAILED" and lost.tags[names.TAG_LOST_ATTEMPT] == "true"
