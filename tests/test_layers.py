@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "husai"
 
 # Bottom to top. A module may import its own layer (acyclically) and any layer below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("husai", "husai.names", "husai.core"),
+    # husai.harness: runners started in a harness's own Python; they import no husai module.
+    ("husai", "husai.names", "husai.core", "husai.harness"),
     ("husai.config",),
     ("husai.model", "husai.base_model"),  # the second: old pyfunc versions import it
     ("husai.sae",),
@@ -25,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("husai.report",),
     ("husai.console",),
     ("husai.run",),
-    ("husai.cli", "husai.__main__"),
+    ("husai.cli", "husai.cli_args", "husai.__main__"),
 )
 COMPUTE = ("husai.model", "husai.sae", "husai.measure")
 RECORDING = ("husai.registry",)
@@ -44,7 +45,8 @@ OWNERS = {
         "husai.model.lm_model",
     ),
     # lm_source: sae-lens's packing of documents into contexts, nothing else.
-    "sae_lens": ("husai.sae.build", "husai.model.lm_source"),
+    # harness: the official harnesses load the exported SAE folder with sae-lens themselves.
+    "sae_lens": ("husai.sae.build", "husai.model.lm_source", "husai.harness"),
     "ray": (
         "husai.run.sweep",
         "husai.run.sweep_search",
@@ -211,6 +213,15 @@ def test_each_library_is_imported_by_its_owner_only() -> None:
 
 def test_imports_sit_at_module_top() -> None:
     assert lazy(IMPORTS) == []
+
+
+def test_harness_runners_import_nothing_of_husai() -> None:
+    """They run in a harness's own environment, where HUSAI need not be installed."""
+    assert [
+        i
+        for i in IMPORTS
+        if within(i.importer, ("husai.harness",)) and i.target.startswith("husai")
+    ] == []
 
 
 def test_modules_stay_short() -> None:

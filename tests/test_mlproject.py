@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from husai import names
-from husai.cli import build_parser
+from husai.cli import build_parser, main
 from husai.registry.tracking import Tracker
 from tests.helpers import ROOT, TINY
 
@@ -62,7 +62,12 @@ def test_conda_env_pins_match_pyproject() -> None:
 
 
 @pytest.mark.slow
-def test_mlflow_run_entry_points(tmp_path: Path, isolated_store: str) -> None:
+def test_mlflow_run_entry_points(
+    tmp_path: Path, isolated_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlflow run . -e train-base` for real (one entry point: every other one's parameters
+    and command are checked against the CLI above); then `extract` as `mlflow run` starts it,
+    in-process, with MLFLOW_RUN_ID naming the launcher's run."""
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
     mlflow_bin = str(Path(sys.executable).parent / "mlflow")
@@ -73,50 +78,38 @@ def test_mlflow_run_entry_points(tmp_path: Path, isolated_store: str) -> None:
         "MLFLOW_TRACKING_URI": isolated_store,
         "PATH": f"{bindir}:{os.environ['PATH']}",
     }
-    Tracker(isolated_store).experiment_id(names.EXPERIMENT_BASE)  # the driver creates the db
-    for entry, experiment in (
-        ("train-base", names.EXPERIMENT_BASE),
-        ("extract", names.EXPERIMENT_ACTIVATIONS),
-    ):
-        proc = subprocess.run(
-            [
-                mlflow_bin,
-                "run",
-                str(ROOT),
-                "-e",
-                entry,
-                "--env-manager",
-                "local",
-                "--experiment-name",
-                experiment,
-                "-P",
-                f"config={cfg}",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-
     tracker = Tracker(isolated_store)
+    tracker.experiment_id(names.EXPERIMENT_BASE)  # the driver creates the db
+    run = [mlflow_bin, "run", str(ROOT), "-e", "train-base", "--env-manager", "local"]
+    proc = subprocess.run(
+        [*run, "--experiment-name", names.EXPERIMENT_BASE, "-P", f"config={cfg}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     mv = tracker.client.get_model_version(names.BASE_MODEL_NAME, "1")
     base_run = tracker.client.get_run(mv.run_id)
     assert base_run.data.tags[names.TAG_CONFIG_HASH] and base_run.info.status == "FINISHED"
-    # The runs `mlflow run` created carry links to the runs HUSAI made in its own experiments.
-    project_runs = {
-        r.data.tags["mlflow.project.entryPoint"]: r
-        for exp in (names.EXPERIMENT_BASE, names.EXPERIMENT_ACTIVATIONS)
+    # The run `mlflow run` created carries links to the runs HUSAI made in its own experiments.
+    (launched,) = [
+        r
         for r in tracker.client.search_runs(
-            [tracker.client.get_experiment_by_name(exp).experiment_id]
+            [tracker.client.get_experiment_by_name(names.EXPERIMENT_BASE).experiment_id]
         )
         if "mlflow.project.entryPoint" in r.data.tags
-    }
-    assert set(project_runs) == {"train-base", "extract"}
-    assert all(r.info.status == "FINISHED" for r in project_runs.values())
-    assert project_runs["train-base"].data.tags[names.TAG_LINK_BASE_RUN] == mv.run_id
-    assert project_runs["train-base"].data.tags[names.TAG_LINK_BASE_VERSION] == "1"
-    acts_run_id = project_runs["extract"].data.tags[names.TAG_LINK_ACTIVATIONS_RUN]
-    acts_run = tracker.client.get_run(acts_run_id)
-    assert acts_run.data.params[names.PARAM_BASE_VERSION] == "1"
+    ]
+    assert launched.data.tags["mlflow.project.entryPoint"] == "train-base"
+    assert launched.info.status == "FINISHED"
+    assert launched.data.tags[names.TAG_LINK_BASE_RUN] == mv.run_id
+    assert launched.data.tags[names.TAG_LINK_BASE_VERSION] == "1"
+
+    launcher = tracker.client.create_run(tracker.experiment_id(names.EXPERIMENT_ACTIVATIONS))
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher.info.run_id)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", isolated_store)
+    assert main(["extract", "--config", str(cfg)]) == 0
+    tags = tracker.client.get_run(launcher.info.run_id).data.tags
+    acts_run = tracker.client.get_run(tags[names.TAG_LINK_ACTIVATIONS_RUN])
+    assert acts_run.data.params[names.PARAM_BASE_VERSION] == "1"  # the base model reused
     assert acts_run.data.tags[names.TAG_KIND] == names.KIND_ACTIVATIONS

@@ -71,6 +71,16 @@ def print_export(version: str, trial_run_id: str, out: Path) -> None:
     )
 
 
+def print_external(
+    harness: str, version: str, run_id: str, metrics: Mapping[str, float], skipped: list[str]
+) -> None:
+    print(f"{harness} on husai-sae version {version}: {len(metrics)} metrics on run {run_id}")
+    for key in sorted(metrics):
+        print(f"  {key:<60} {metrics[key]:.4g}")
+    if skipped:
+        print(f"  not numbers (left out, not 0): {', '.join(skipped)}")
+
+
 def step_started(name: str) -> None:
     print(f"[{name}] ...", flush=True)
 

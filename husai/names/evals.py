@@ -161,3 +161,39 @@ EVAL_SKIPPED_PREFIX = "husai.eval_skipped."
 # The transcoder stress depends on the recipe without lambda: trials differing only in lambda
 # share one computation (cached); this tag says the trial reused it.
 TAG_TRANSCODER_CACHED = "husai.transcoder_stress_cached"
+
+# The official harnesses `husai external` runs on a registered SAE (docs/metrics.md, "Official
+# benchmarks"): their outputs land on a run of their own in husai-external, which the version
+# links to (one tag per harness, the newest run); the gate reads them from there.
+EXPERIMENT_EXTERNAL = "husai-external"
+KIND_EXTERNAL = "external"
+HARNESS_SAEBENCH = "saebench"
+HARNESS_CEBENCH = "cebench"
+HARNESSES = (HARNESS_SAEBENCH, HARNESS_CEBENCH)
+TAG_HARNESS = "husai.harness"
+TAG_EXTERNAL_ERROR = "husai.external_error"  # on a FAILED external run: the harness's last line
+PARAM_HARNESS_MODEL = "harness_model"
+PARAM_HARNESS_EVALS = "harness_evals"
+PARAM_HARNESS_VERSION = "harness_version"
+PARAM_HARNESS_DEVICE = "harness_device"
+ARTIFACT_EXTERNAL = "external_results"  # the harness's own output files, as it wrote them
+
+
+def official_key(harness: str, *parts: str) -> str:
+    """`saebench/<eval_type_id>/<category>/<metric>` or `cebench/<metric>`."""
+    if harness not in HARNESSES:
+        raise KeyError(f"not a harness: {harness!r}")
+    return "/".join((harness, *parts))
+
+
+def is_official_metric(key: str) -> bool:
+    """A key an official harness's output gives (gateable; read from the linked run)."""
+    head, _, rest = key.partition("/")
+    return head in HARNESSES and bool(rest) and "" not in rest.split("/")
+
+
+def external_run_tag(harness: str) -> str:
+    """On a husai-sae version: the id of the newest finished run of that harness on it."""
+    if harness not in HARNESSES:
+        raise KeyError(f"not a harness: {harness!r}")
+    return "husai.external_run." + harness

@@ -6,6 +6,7 @@ HUSAI (the real SAEBench and CE-Bench among them).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from husai import names
 from husai.core.errors import InputError
+from husai.registry.records import find_activations_run
 from husai.registry.tracking import Tracker
 from husai.registry.views import VersionView
 from husai.sae.build import load_sae
@@ -29,18 +31,13 @@ sae = SAE.load_from_disk("{out}", device="cpu")
 latents = sae.encode(activations)  # activations: [n, {d_in}] from {hook}
 ```
 
-## Running the real SAEBench / CE-Bench
+## Running the official SAEBench / CE-Bench
 
-HUSAI's `external/*` metrics are local stand-ins on the modular-addition model (HUSAI's
-docs/metrics.md defines them). The real benchmarks run a *language model* on their own datasets,
-so they apply to SAEs trained on that model's activations (HUSAI trains on any activations you
-bring with `husai trial --activations-file`). Where you have that model:
-
-- SAEBench (https://github.com/adamkarvonen/SAEBench): install it, load this folder as above
-  and pass `[("husai-v{version}", sae)]` as the selected SAEs to an eval's `run_eval` (see its
-  "Custom SAE usage" section; sparse probing is the counterpart of `external/probe_excess`).
-- CE-Bench (contrastive evaluation): load the SAE the same way and run its contrastive and
-  independence scoring; compare with `external/contrastive_excess`.
+`cfg.json`'s `metadata` names the model and hook the SAE reads ({model}, {hook}), as both
+harnesses expect. `husai external --version {version} --harness saebench|cebench ...` runs them
+on this folder and records their metrics on the version (HUSAI's README, "Official
+benchmarks"). HUSAI's own `external/*` metrics are local stand-ins, on the modular-addition
+model or on your rows; the official harnesses run a language model on their own datasets.
 """
 
 
@@ -82,7 +79,9 @@ def _fill(staging: Path, src: Path, mv: VersionView, sae: Any, tracker: Tracker,
     shutil.copytree(src, staging, dirs_exist_ok=True)
     tags = mv.tags
     trial = tags.get(names.TAG_TRIAL_RUN_ID)
-    hook = tracker.get_run_params(trial).get(names.PARAM_HOOK, "?") if trial else "?"
+    params = tracker.get_run_params(trial) if trial else {}
+    hook = params.get(names.PARAM_HOOK, "?")
+    model = _model_metadata(tracker, params, staging / "cfg.json")
     (staging / "README.md").write_text(
         README.format(
             version=mv.version,
@@ -94,5 +93,30 @@ def _fill(staging: Path, src: Path, mv: VersionView, sae: Any, tracker: Tracker,
             seed=tags.get(names.TAG_SEED, "?"),
             out=out,
             hook=hook,
+            model=model,
         )
     )
+
+
+def _model_metadata(tracker: Tracker, params: dict[str, str], cfg_json: Path) -> str:
+    """Name the model and hook the SAE reads in cfg.json's `metadata` (sae-lens's fields),
+    which SAEBench and CE-Bench read to run the model; the model's name for the README. A
+    language model's name and context size come from the run that logged its activations;
+    the task's model is HUSAI's own (no harness can load it)."""
+    hook = params.get(names.PARAM_HOOK)
+    key = params.get(names.PARAM_ACTIVATION_KEY)
+    acts_run = find_activations_run(tracker, key) if key else None
+    acts = tracker.get_run_params(acts_run) if acts_run else {}
+    model = acts.get(names.PARAM_LM_MODEL, names.BASE_MODEL_NAME)
+    meta: dict[str, Any] = {"model_name": model, "prepend_bos": True}
+    if hook and hook != "user":
+        meta["hook_name"] = hook
+        layer = hook.split(".")
+        if len(layer) > 2 and layer[0] == "blocks" and layer[1].isdigit():
+            meta["hook_layer"] = int(layer[1])
+    if names.PARAM_LM_CONTEXT_SIZE in acts:
+        meta["context_size"] = int(acts[names.PARAM_LM_CONTEXT_SIZE])
+    cfg = json.loads(cfg_json.read_text())
+    cfg["metadata"] = {**cfg.get("metadata", {}), **meta}
+    cfg_json.write_text(json.dumps(cfg, indent=2))
+    return model

@@ -34,7 +34,10 @@ class Check(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    metric: str = Field(description="a trial-run metric key (docs/metrics.md)")
+    metric: str = Field(
+        description="a trial-run metric key, or an official harness's (saebench/..., "
+        "cebench/..., from `husai external`) (docs/metrics.md)"
+    )
     op: Op = Field(description="comparison of the value with the threshold")
     threshold: float = Field(description="the bound the value must satisfy")
     required: bool = Field(True, description="a failing optional check is reported, not blocking")
@@ -52,7 +55,7 @@ class Check(BaseModel):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v in names.gateable_metrics():
+        if v in names.gateable_metrics() or names.is_official_metric(v):
             return v
         for old, new in names.REMOVED_STABILITY_SUFFIXES.items():
             if v.startswith(names.STABILITY_PREFIX) and v.endswith(old):

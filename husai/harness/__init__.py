@@ -1,0 +1,2 @@
+"""Runners for the official external benchmarks, executed by `husai external` with the
+harness's own Python (its environment, not HUSAI's: they import nothing from husai)."""
