@@ -338,7 +338,7 @@ def _check_activation_fields(cfg: SweepConfig, base: ExperimentConfig, source: s
     for path in cfg.swept_paths():
         if path not in ACTIVATION_FIELDS:
             continue
-        where = f"{source}: search_space.{path}"
+        where = f"{source}: {'search_space' if path in cfg.search_space else 'grids'}.{path}"
         if a.file is not None or a.key is not None:
             given = "file" if a.file is not None else "key"
             raise ConfigError(

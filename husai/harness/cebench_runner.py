@@ -46,6 +46,10 @@ def main() -> None:
     config.llm_batch_size = args.batch_size
     config.llm_dtype = args.dtype
     sae = SAE.load_from_disk(args.sae_folder, device=args.device)
+    meta = sae.cfg.metadata
+    meta.model_name = args.model  # the model the harness runs, by the name it loads
+    # CE-Bench reads cfg.hook_name (sae-lens 5's place); sae-lens 6 keeps it in metadata.
+    sae.cfg.hook_name, sae.cfg.model_name = meta.hook_name, args.model
     harness.run_eval_once(data, args.device, args.name, sae, config)
 
 

@@ -32,6 +32,7 @@ def main() -> None:
     sae = SAE.load_from_disk(args.sae_folder, device=args.device)
     sae = sae.to(dtype=getattr(torch, args.dtype))
     sae.cfg.dtype = args.dtype  # SAEBench's custom-SAE example sets both
+    sae.cfg.metadata.model_name = args.model  # the model the harness runs, by its name
     harness.run_evals(
         args.model,
         [(args.name, sae)],

@@ -36,21 +36,30 @@ class OfficialResults:
     metrics: dict[str, float]
     files: list[Path]  # the output files read, relative to the working folder
     skipped: list[str] = field(default_factory=list)  # keys with no finite number
+    eval_type_ids: list[str] = field(default_factory=list)  # SAEBench's, in file order
 
 
-def read_results(harness: str, folder: Path) -> OfficialResults:
-    """Every output file the harness wrote under `folder`, as metrics."""
+def read_results(harness: str, folder: Path, evals: tuple[str, ...] = ()) -> OfficialResults:
+    """Every output file the harness wrote under `folder`, as metrics. `evals`: the SAEBench
+    evals asked for; each must have written its file (SAEBench skips some with only a line
+    printed, e.g. autointerp without an API key)."""
     files = sorted(folder.glob(OUTPUT_GLOBS[harness]))
     if not files:
         raise HarnessOutputError(
             f"{harness} wrote no results under {folder} (looked for {OUTPUT_GLOBS[harness]})"
         )
+    # SAEBench writes each eval under eval_results/<eval>/ (scr and tpp: eval_results/scr, /tpp).
+    wrote = {f.relative_to(folder).parts[1] for f in files}
+    if missing := [e for e in evals if e not in wrote]:
+        raise HarnessOutputError(f"{harness} wrote no result for {', '.join(missing)}")
     metrics: dict[str, float] = {}
     skipped: list[str] = []
+    ids: list[str] = []
     for f in files:
         data = _json(f)
         if harness == names.HARNESS_SAEBENCH:
             pairs = _saebench(f, data)
+            ids.append(str(data["eval_type_id"]))
         else:
             pairs = _flat(data, (), leave_out=("sae_config",))
         for parts, value in pairs:
@@ -59,7 +68,7 @@ def read_results(harness: str, folder: Path) -> OfficialResults:
                 metrics[key] = float(value)
             else:
                 skipped.append(key)
-    return OfficialResults(metrics, [f.relative_to(folder) for f in files], skipped)
+    return OfficialResults(metrics, [f.relative_to(folder) for f in files], skipped, ids)
 
 
 def _json(path: Path) -> dict[str, Any]:

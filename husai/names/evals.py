@@ -164,7 +164,7 @@ TAG_TRANSCODER_CACHED = "husai.transcoder_stress_cached"
 
 # The official harnesses `husai external` runs on a registered SAE (docs/metrics.md, "Official
 # benchmarks"): their outputs land on a run of their own in husai-external, which the version
-# links to (one tag per harness, the newest run); the gate reads them from there.
+# links to (`external_run_tag`); the gate reads them from there.
 EXPERIMENT_EXTERNAL = "husai-external"
 KIND_EXTERNAL = "external"
 HARNESS_SAEBENCH = "saebench"
@@ -192,8 +192,23 @@ def is_official_metric(key: str) -> bool:
     return head in HARNESSES and bool(rest) and "" not in rest.split("/")
 
 
-def external_run_tag(harness: str) -> str:
-    """On a husai-sae version: the id of the newest finished run of that harness on it."""
+EXTERNAL_RUN_TAG_PREFIX = "husai.external_run."
+
+
+def external_run_tag(harness: str, eval_type_id: str = "") -> str:
+    """On a husai-sae version: the newest finished run of that harness's eval on it (one tag
+    per SAEBench eval type, so that a later run of other evals keeps the earlier ones)."""
     if harness not in HARNESSES:
         raise KeyError(f"not a harness: {harness!r}")
-    return "husai.external_run." + harness
+    return EXTERNAL_RUN_TAG_PREFIX + harness + (f".{eval_type_id}" if eval_type_id else "")
+
+
+def official_prefix(tag: str) -> str | None:
+    """The keys an `external_run_tag` vouches for (`saebench/<eval_type_id>/`, `cebench/`);
+    None for any other tag."""
+    if not tag.startswith(EXTERNAL_RUN_TAG_PREFIX):
+        return None
+    harness, _, eval_type_id = tag.removeprefix(EXTERNAL_RUN_TAG_PREFIX).partition(".")
+    if harness not in HARNESSES:
+        return None
+    return "/".join((harness, *([eval_type_id] if eval_type_id else []))) + "/"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,17 +99,29 @@ def _fill(staging: Path, src: Path, mv: VersionView, sae: Any, tracker: Tracker,
     )
 
 
+def lm_model_of(tracker: Tracker, trial_params: Mapping[str, str]) -> str | None:
+    """The language model (a TransformerLens name or a folder) whose activations a trial's
+    SAEs read, from the run that logged them; None for the task's model or a user's rows."""
+    return _acts_params(tracker, trial_params).get(names.PARAM_LM_MODEL)
+
+
+def _acts_params(tracker: Tracker, trial_params: Mapping[str, str]) -> dict[str, str]:
+    """The params of the run that logged a trial's activations ({} if none did)."""
+    key = trial_params.get(names.PARAM_ACTIVATION_KEY)
+    acts_run = find_activations_run(tracker, key) if key else None
+    return tracker.get_run_params(acts_run) if acts_run else {}
+
+
 def _model_metadata(tracker: Tracker, params: dict[str, str], cfg_json: Path) -> str:
     """Name the model and hook the SAE reads in cfg.json's `metadata` (sae-lens's fields),
-    which SAEBench and CE-Bench read to run the model; the model's name for the README. A
-    language model's name and context size come from the run that logged its activations;
-    the task's model is HUSAI's own (no harness can load it)."""
+    which SAEBench and CE-Bench read to run the model; the model for the README. Only a
+    language model is named (no harness can load the task's model or know a user's)."""
     hook = params.get(names.PARAM_HOOK)
-    key = params.get(names.PARAM_ACTIVATION_KEY)
-    acts_run = find_activations_run(tracker, key) if key else None
-    acts = tracker.get_run_params(acts_run) if acts_run else {}
-    model = acts.get(names.PARAM_LM_MODEL, names.BASE_MODEL_NAME)
-    meta: dict[str, Any] = {"model_name": model, "prepend_bos": True}
+    acts = _acts_params(tracker, params)
+    model = acts.get(names.PARAM_LM_MODEL)
+    meta: dict[str, Any] = {"prepend_bos": True} if model else {}
+    if model:
+        meta["model_name"] = model
     if hook and hook != "user":
         meta["hook_name"] = hook
         layer = hook.split(".")
@@ -119,4 +132,6 @@ def _model_metadata(tracker: Tracker, params: dict[str, str], cfg_json: Path) ->
     cfg = json.loads(cfg_json.read_text())
     cfg["metadata"] = {**cfg.get("metadata", {}), **meta}
     cfg_json.write_text(json.dumps(cfg, indent=2))
-    return model
+    return model or (
+        "HUSAI's modular-addition model" if hook and hook != "user" else "your own rows"
+    )

@@ -1,20 +1,30 @@
 """What `husai external` records: one run per harness run on a `husai-sae` version, in the
 `husai-external` experiment, with the harness's metrics (`saebench/...`, `cebench/...`), its
 own output files as artifacts, and what it ran (model, evals, harness version, device) as
-params. The run is finished before the version's `husai.external_run.<harness>` tag points at
-it, so the gate never reads a half-written run; a harness that failed leaves a FAILED run with
-its reason and moves no tag.
+params. The run is finished before the version's `husai.external_run.<harness>[.<eval>]`
+tags point at it, so the gate never reads a half-written run; a harness that failed leaves a
+FAILED run with its reason and moves no tag.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from husai import names
-from husai.measure.official import OfficialResults
 from husai.registry.tracking import Tracker
 from husai.registry.views import VersionView
+
+
+@dataclass(frozen=True)
+class HarnessOutput:
+    """What the harness measured, as read from its files (`husai.measure.official`)."""
+
+    metrics: Mapping[str, float]
+    files: Sequence[Path]  # relative to the working folder
+    skipped: Sequence[str]  # keys with no finite number
+    eval_type_ids: Sequence[str]  # SAEBench's eval types (each gets its own link)
 
 
 @dataclass(frozen=True)
@@ -49,11 +59,12 @@ def record_external(
     tracker: Tracker,
     mv: VersionView,
     run: HarnessRun,
-    results: OfficialResults,
+    results: HarnessOutput,
     work: Path,
     started: float,
 ) -> str:
-    """The harness's run, finished, then the version's tag moved to it; its id."""
+    """The harness's run, finished, then the version's tags (one per SAEBench eval type, or
+    CE-Bench's) moved to it; its id."""
     version = str(mv.version)
     series = {k: [(0, v)] for k, v in results.metrics.items()}
     name = f"{run.harness}-v{version}"
@@ -71,9 +82,9 @@ def record_external(
         if results.skipped:
             text = "\n".join(results.skipped) + "\n"
             tracker.log_texts(run_id, {"skipped.txt": text}, names.ARTIFACT_EXTERNAL)
-    tracker.set_version_tags(
-        names.SAE_MODEL_NAME, version, {names.external_run_tag(run.harness): run_id}
-    )
+    parts = list(results.eval_type_ids) or [""]
+    links = {names.external_run_tag(run.harness, p): run_id for p in parts}
+    tracker.set_version_tags(names.SAE_MODEL_NAME, version, links)
     return run_id
 
 

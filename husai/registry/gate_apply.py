@@ -93,11 +93,13 @@ def readings(tracker: Tracker, mv: VersionView, trial: RunView | None = None) ->
         elif key in trial.metrics:
             out[key] = Reading(float(trial.metrics[key]), f"run {trial_id}")
     out[names.GATE_BASE_GENERALISED] = _base_generalised(tracker, trial.params)
-    for harness in names.HARNESSES:  # the official harnesses' newest run on this version
-        run_id = mv.tags.get(names.external_run_tag(harness))
-        if run_id:
-            for key, value in tracker.get_run_metrics(run_id).items():
-                out[key] = Reading(float(value), f"{harness} run {run_id}")
+    for tag, run_id in mv.tags.items():  # the official harnesses' newest runs on it
+        prefix = names.official_prefix(tag)
+        if prefix is None:
+            continue
+        for key, value in tracker.get_run_metrics(run_id).items():
+            if key.startswith(prefix):  # only what this link vouches for: no stale keys
+                out[key] = Reading(float(value), f"{prefix.rstrip('/')} run {run_id}")
     return out
 
 

@@ -78,6 +78,9 @@ PARAMS = (
 # Axes the stability plots are drawn against: k and d_sae always, the others where they vary.
 AXES = (names.PARAM_K, names.PARAM_D_SAE, LAYER, names.PARAM_LM_TOKEN_BUDGET)
 ALWAYS_DRAWN = (names.PARAM_K, names.PARAM_D_SAE)
+# What a stability plot holds fixed where it varies (`_slice`).
+HELD = (names.PARAM_K, names.PARAM_D_SAE, names.PARAM_HOOK, names.PARAM_LM_TOKEN_BUDGET)
+HELD_FOR_LAYER = (names.PARAM_K, names.PARAM_D_SAE, names.PARAM_LM_TOKEN_BUDGET)
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,14 @@ def layer_of(hook: str | None) -> float:
 
 
 def _slice(d: pd.DataFrame, param: str) -> tuple[pd.DataFrame, str]:
-    """Trials to draw against `param`: where other axes (k, d_sae, layer, token budget) also
+    """Trials to draw against `param`: where other axes (k, d_sae, hook, token budget) also
     vary, only their values with the most distinct `param` values (an ablation grid's k sweep
     at one d_sae; a scaling grid's layers at one budget and d_sae); and how to say so in the
-    title."""
-    held = [a for a in AXES if a != param and a in d and d[a].nunique() >= 2]
+    title. A hook outside `blocks.<n>.` has no layer and is not on the layer plot."""
+    # The hook is held rather than its layer (two hooks of one layer are different rows),
+    # except on the layer plot, where the hook is what varies.
+    others = HELD_FOR_LAYER if param == LAYER else HELD
+    held = [a for a in others if a != param and a in d and d[a].nunique() >= 2]
     if not held:
         return d, ""
     counts = d.groupby(held)[param].nunique()
@@ -139,7 +145,11 @@ def _slice(d: pd.DataFrame, param: str) -> tuple[pd.DataFrame, str]:
     keep = pd.Series(True, index=d.index)
     for a, v in zip(held, values, strict=True):
         keep &= d[a] == v
-    return d[keep], " at " + ", ".join(f"{a} {v:g}" for a, v in zip(held, values, strict=True))
+    said = (
+        f"{a} {v:g}" if isinstance(v, int | float) else f"{a} {v}"
+        for a, v in zip(held, values, strict=True)
+    )
+    return d[keep], " at " + ", ".join(said)
 
 
 def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:

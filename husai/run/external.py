@@ -6,8 +6,10 @@ not be HUSAI's) through a small runner (`husai/harness/`), in a fresh working fo
 writes there is read into metrics (`husai.measure.official`: `saebench/<eval>/<category>/
 <metric>`, `cebench/<field>`) and recorded on a run in `husai-external` that the version links
 to (`husai.registry.external_records`), so a gate policy can check those keys. Everything that
-can be checked is checked before the harness starts: the version exists, the Python runs and
-imports the harness, the evals are SAEBench's, CE-Bench's checkout and dataset exist.
+can be checked is checked before the harness starts: the version exists and was trained on a
+language model's activations, `--model` is that model (and one SAEBench supports), the Python
+runs and imports the harness, the evals are ones SAEBench runs for a custom SAE, CE-Bench's
+checkout exists.
 
     husai external --version 3 --harness saebench --model pythia-70m-deduped \
         --evals core,sparse_probing --python ~/saebench-env/bin/python --device cuda
@@ -18,18 +20,25 @@ imports the harness, the evals are SAEBench's, CE-Bench's checkout and dataset e
 from __future__ import annotations
 
 import collections
+import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from husai import console, names
 from husai.core.errors import InputError
 from husai.measure.official import read_results
-from husai.registry.export import export_sae
-from husai.registry.external_records import HarnessRun, record_external, record_failed_external
+from husai.registry.export import export_sae, lm_model_of
+from husai.registry.external_records import (
+    HarnessOutput,
+    HarnessRun,
+    record_external,
+    record_failed_external,
+)
 from husai.registry.tracking import Tracker
 
 HARNESS_DIR = Path(__file__).resolve().parent.parent / "harness"
@@ -45,8 +54,6 @@ SAEBENCH_EVALS = (
     "sparse_probing_sae_probes",
     "unlearning",
 )
-# What `--python` must import, and the distribution whose version is recorded.
-IMPORTS = {names.HARNESS_SAEBENCH: "sae_bench", names.HARNESS_CEBENCH: "sae_bench"}
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class ExternalRequest:
 
     version: str
     harness: str
-    model: str  # the language model the harness runs (it must be in the HF cache)
+    model: str  # the model the harness runs (in the HF cache); "": the SAE's own, by name
     evals: tuple[str, ...] = ("core",)  # SAEBench only
     python: str = sys.executable
     harness_path: Path | None = None  # CE-Bench's checkout
@@ -78,46 +85,58 @@ class HarnessFailed(RuntimeError):
     """The harness exited non-zero or wrote nothing usable; its FAILED run says why."""
 
 
+@dataclass(frozen=True)
+class HarnessExit:
+    code: int
+    last_line: str  # its last non-empty output line ("" if none)
+
+
 def run_external(tracker: Tracker, req: ExternalRequest) -> ExternalOutcome:
     mv = tracker.model_version(names.SAE_MODEL_NAME, req.version, None)
     if mv is None:
         raise InputError(
             f"--version: {names.SAE_MODEL_NAME} has no version {req.version!r} in {tracker.uri}"
         )
-    harness_version = check_request(req)
-    run = HarnessRun(
-        req.harness,
-        req.model,
-        ",".join(req.evals) if req.harness == names.HARNESS_SAEBENCH else "contrastive",
-        harness_version,
-        req.device,
-    )
+    check_flags(req)
+    trial = mv.tags.get(names.TAG_TRIAL_RUN_ID)
+    req = replace(req, model=_model(req, mv.version, lm_model_of(tracker, _params(tracker, trial))))
+    probe = probe_harness(req)
+    evals = ",".join(req.evals) if req.harness == names.HARNESS_SAEBENCH else "contrastive"
+    run = HarnessRun(req.harness, req.model, evals, probe.version, req.device)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="husai-external-") as tmp:
         sae_folder = export_sae(tracker, str(mv.version), Path(tmp) / "sae").out
         work = Path(tmp) / "work"
         work.mkdir()
         console.say(f"external: {req.harness} on husai-sae v{mv.version} in {work}")
-        rc, tail = _run_harness(_command(req, sae_folder, f"husai-v{mv.version}"), work)
-        if rc != 0:
-            why = f"{req.harness} exited {rc}: {tail or 'no output'}"
+        try:
+            done = _run_harness(_command(req, sae_folder, f"husai-v{mv.version}"), work)
+        except KeyboardInterrupt:
+            record_failed_external(tracker, mv, run, "interrupted (Ctrl-C)", started)
+            raise
+        if done.code != 0:
+            why = f"{req.harness} exited {done.code}: {done.last_line or 'no output'}"
             rid = record_failed_external(tracker, mv, run, why, started)
             raise HarnessFailed(f"{why} (FAILED run {rid})")
+        asked = req.evals if req.harness == names.HARNESS_SAEBENCH else ()
         try:
-            results = read_results(req.harness, work)
+            results = read_results(req.harness, work, asked)
         except InputError as e:
             rid = record_failed_external(tracker, mv, run, str(e), started)
             raise HarnessFailed(f"{e} (FAILED run {rid})") from None
-        run_id = record_external(tracker, mv, run, results, work, started)
+        out = HarnessOutput(results.metrics, results.files, results.skipped, results.eval_type_ids)
+        run_id = record_external(tracker, mv, run, out, work, started)
     return ExternalOutcome(run_id, str(mv.version), req.harness, results.metrics, results.skipped)
 
 
-def check_request(req: ExternalRequest) -> str:
-    """Every check before the harness runs; the harness's version (for the run's params)."""
+def _params(tracker: Tracker, run_id: str | None) -> dict[str, str]:
+    return tracker.get_run_params(run_id) if run_id else {}
+
+
+def check_flags(req: ExternalRequest) -> None:
+    """What the flags alone can say is wrong."""
     if req.harness not in names.HARNESSES:
         raise InputError(f"--harness: {req.harness!r}; choose one of {', '.join(names.HARNESSES)}")
-    if not req.model:
-        raise InputError("--model: name the language model the harness runs (e.g. pythia-70m)")
     if req.harness == names.HARNESS_SAEBENCH:
         unknown = [e for e in req.evals if e not in SAEBENCH_EVALS]
         if unknown or not req.evals:
@@ -125,35 +144,92 @@ def check_request(req: ExternalRequest) -> str:
                 f"--evals: {', '.join(unknown) or 'none given'}; SAEBench's are "
                 f"{', '.join(SAEBENCH_EVALS)}"
             )
-    else:
-        checkout = req.harness_path
-        if checkout is None or not (checkout / "ce_bench" / "CE_Bench.py").is_file():
+        if "unlearning" in req.evals:  # sae-bench 0.6.0 skips it for every custom SAE
+            raise InputError("--evals: unlearning: SAEBench's custom-SAE runner skips it")
+        if "autointerp" in req.evals and not os.environ.get("OPENAI_API_KEY"):
+            raise InputError("--evals: autointerp needs OPENAI_API_KEY (SAEBench skips it)")
+        return
+    checkout = req.harness_path
+    if checkout is None or not (checkout / "ce_bench" / "CE_Bench.py").is_file():
+        raise InputError(
+            f"--harness-path: {checkout or '(not given)'} is not a CE-Bench checkout "
+            "(no ce_bench/CE_Bench.py)"
+        )
+    if not req.dataset:
+        raise InputError("--dataset: give CE-Bench's contrastive stories (folder or Hub name)")
+
+
+def _model(req: ExternalRequest, version: str, lm: str | None) -> str:
+    """The model the harness runs: the SAE's own language model, by the name it was read
+    under; a model given as a folder must be named (the harness loads models by name)."""
+    if lm is None:
+        raise InputError(
+            f"--version: husai-sae v{version} was trained on the modular-addition model's "
+            "activations or on your own rows; the official harnesses run a language model "
+            "(train on one: activations.source transformer_lens)"
+        )
+    if Path(lm).expanduser().exists():
+        if not req.model:
             raise InputError(
-                f"--harness-path: {checkout or '(not given)'} is not a CE-Bench checkout "
-                "(no ce_bench/CE_Bench.py)"
+                f"--model: husai-sae v{version} read the model in the folder {lm}; name the "
+                "model the harness should load (the same weights)"
             )
-        if not req.dataset:
-            raise InputError("--dataset: give CE-Bench's contrastive stories (folder or name)")
-    probe = (
-        f"import importlib.metadata as m, {IMPORTS[req.harness]}\n"
-        "try:\n    print(m.version('sae-bench'))\n"
-        "except m.PackageNotFoundError:\n    print('unknown')\n"
-    )
+        return req.model
+    if req.model and req.model != lm:
+        raise InputError(
+            f"--model: {req.model}, but husai-sae v{version} was trained on {lm}'s activations"
+        )
+    return lm
+
+
+@dataclass(frozen=True)
+class Probe:
+    version: str  # the harness's version, for the run's params
+    models: tuple[str, ...]  # the models it supports (SAEBench's MODEL_CONFIGS; () = any)
+
+
+PROBE = """import importlib.metadata as m, json, sys
+import {module}
+models = list(getattr({module}, "MODEL_CONFIGS", {{}}))
+try:
+    version = m.version("sae-bench")
+except m.PackageNotFoundError:
+    version = "unknown"
+print(json.dumps({{"version": version, "models": models}}))
+"""
+
+
+def probe_harness(req: ExternalRequest) -> Probe:
+    """Run `--python` once: it imports the harness (and says its version and models)."""
+    module = "sae_bench.custom_saes.run_all_evals_custom_saes"
     try:
         done = subprocess.run(
-            [req.python, "-c", probe], capture_output=True, text=True, timeout=300
+            [req.python, "-c", PROBE.format(module=module)],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=600,
         )
     except OSError as e:
         raise InputError(f"--python: {req.python} cannot run ({e.strerror})") from None
-    if done.returncode != 0:
+    except subprocess.TimeoutExpired:
+        raise InputError(f"--python: {req.python} took over 600 s to import SAEBench") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
         raise InputError(
-            f"--python: {req.python} cannot import {IMPORTS[req.harness]} "
-            f"({_last_line(done.stderr)}); give the Python of the harness's environment"
+            f"--python: {req.python} cannot import sae_bench ({_last_line(done.stderr)}); "
+            "give the Python of the harness's environment"
         )
-    version = done.stdout.strip() or "unknown"
+    found = json.loads(lines[-1])
+    models = tuple(found["models"]) if req.harness == names.HARNESS_SAEBENCH else ()
+    if models and req.model not in models:
+        raise InputError(
+            f"--model: {req.model} is not among SAEBench's models ({', '.join(models)})"
+        )
+    version = str(found["version"])
     if req.harness == names.HARNESS_CEBENCH:
         version = f"ce-bench {req.harness_path}; sae-bench {version}"
-    return version
+    return Probe(version, models)
 
 
 def _command(req: ExternalRequest, sae_folder: Path, name: str) -> list[str]:
@@ -169,19 +245,23 @@ def _command(req: ExternalRequest, sae_folder: Path, name: str) -> list[str]:
     return [req.python, str(runner), *common, *extra]
 
 
-def _run_harness(cmd: list[str], work: Path) -> tuple[int, str]:
-    """Run it in `work`, its output shown as it comes (the harness's own progress bars); the
-    exit code and its last meaningful line."""
+def _run_harness(cmd: list[str], work: Path) -> HarnessExit:
+    """Run it in `work`, its output shown as it comes (the harness's own progress bars)."""
     tail: collections.deque[str] = collections.deque(maxlen=20)
     with subprocess.Popen(
-        cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",  # a harness's bytes never stop the record of its run
     ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stderr.write(line)
             if line.strip():
                 tail.append(line.strip())
-    return proc.returncode, tail[-1] if tail else ""
+    return HarnessExit(proc.returncode, tail[-1] if tail else "")
 
 
 def _last_line(text: str) -> str:

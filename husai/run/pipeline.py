@@ -107,7 +107,8 @@ def run_pipeline(
         prepared = None
         tracker = Tracker(tracking_uri)
     else:
-        prepared, tracker = _task_inputs(sweep, cfg0, tracking_uri, steps, allow_memorised)
+        task = _task_inputs(sweep, cfg0, tracking_uri, steps, allow_memorised)
+        prepared, tracker = task.prepared, task.tracker
     outcome = _step(
         steps,
         "sweep",
@@ -194,14 +195,23 @@ def _settled(tracker: Tracker, policy: str, version: str) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class TaskInputs:
+    """The task's base model and the sweep experiment's activations, for the sweep's driver
+    (None: the sweep varies the activation set, and its driver resolves each)."""
+
+    prepared: tuple[BaseModelHandle, ActivationsHandle] | None
+    tracker: Tracker
+
+
 def _task_inputs(
     sweep: SweepConfig,
     cfg0: ExperimentConfig,
     tracking_uri: str | None,
     steps: list[Step],
     allow_memorised: bool,
-) -> tuple[tuple[BaseModelHandle, ActivationsHandle], Tracker]:
-    """The task's base model and the sweep experiment's activations, each its own step."""
+) -> TaskInputs:
+    """The base model and the activations, each its own step."""
     stages.check_before_compute(cfg0)
     tracker = Tracker(tracking_uri)
     tracker.experiment_id(experiment_of(sweep))  # the driver creates the db
@@ -215,10 +225,13 @@ def _task_inputs(
         ),
     )
     stages.require_generalised(base.version, base.generalised, base.test_acc, allow_memorised)
+    if sweep.activation_points(smoke=False) != [{}]:
+        # The experiment's own hook may be no point of the sweep: nothing extracted for it.
+        return TaskInputs(None, tracker)
     acts = _step(
         steps,
         "activations",
         lambda: stages.activations(cfg0, base, tracker),
         lambda a: f"{a.acts.key} {'cache hit' if a.cache_hit else 'computed'}",
     )
-    return (base, acts), tracker
+    return TaskInputs((base, acts), tracker)

@@ -141,7 +141,7 @@ def _run_trial(ref: SetRef, ctx: SweepContext, cfg: ExperimentConfig, last: dict
         "sweep",
         ray_trial_id=tune.get_context().get_trial_id(),
         ray_node_id=node,
-        activation_run_id=handle.run_id or None,
+        activation_run_id=handle.run_id or ref.run_id or None,
     )
     base_model, splice = None, None
     if ctx.base_run_id is not None:

@@ -7,7 +7,7 @@ trained or found once; language-model sets from the model the config names
 (`husai.run.lm_stages`), every one planned (all checks, no forward pass) before any is
 extracted. A trial then loads its own set by key, on any node (`SweepSets.ref_for`).
 
-    sets = resolve_sets(sweep, smoke, tracker)   # in `husai.run.sweep._search`
+    sets = resolve_sets(plan_sets(sweep, smoke), tracker)   # in `husai.run.sweep._search`
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def test_the_recipe_is_read_back_from_a_trial_runs_params() -> None:
     }
     cfg = scaling.trial_config(got)
     assert (cfg.activations.hook, cfg.activations.lm.token_budget) == (hook, 50000)
-    assert cfg.activations.lm.model == "pythia-70m"  # the rest of the section kept
+    assert cfg.activations.lm.model == "pythia-70m-deduped"  # the rest of the section kept
 
 
 def test_grid_points_run_each_combination_once(tmp_path: Path) -> None:

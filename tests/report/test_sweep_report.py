@@ -95,7 +95,7 @@ def test_an_ablation_grid_is_drawn_as_its_two_sweeps(tmp_path: Path) -> None:
 
 def test_a_scaling_grid_is_drawn_against_layer_and_budget_at_one_d_sae() -> None:
     """layers x budgets x d_sae: stability vs layer is drawn at one budget and d_sae, vs
-    budget at one layer and d_sae; a hook outside `blocks.<n>.` has no layer."""
+    budget at one hook and d_sae; a hook outside `blocks.<n>.` has no layer."""
     assert layer_of("blocks.3.hook_resid_post") == 3.0
     assert math.isnan(layer_of("hook_embed")) and math.isnan(layer_of(None))
     points = [(h, b, d) for h in (0, 2, 4) for b in (5e4, 1e5) for d in (1024, 2048)]
@@ -104,6 +104,7 @@ def test_a_scaling_grid_is_drawn_against_layer_and_budget_at_one_d_sae() -> None
             "status": "finished",
             names.PARAM_K: 32,
             names.PARAM_D_SAE: [d for _, _, d in points],
+            names.PARAM_HOOK: [f"blocks.{h}.hook_resid_post" for h, _, _ in points],
             LAYER: [float(h) for h, _, _ in points],
             names.PARAM_LM_TOKEN_BUDGET: [b for _, b, _ in points],
         }
@@ -113,4 +114,15 @@ def test_a_scaling_grid_is_drawn_against_layer_and_budget_at_one_d_sae() -> None
     assert at == " at d_sae 1024, lm_token_budget 50000"
     by_budget, at = _slice(df, names.PARAM_LM_TOKEN_BUDGET)
     assert sorted(by_budget[names.PARAM_LM_TOKEN_BUDGET]) == [5e4, 1e5]
-    assert at == " at d_sae 1024, layer 0"
+    assert at == " at d_sae 1024, hook blocks.0.hook_resid_post"
+    # Two hooks of one layer are different rows: the k plot holds one of them.
+    kinds = pd.DataFrame(
+        {
+            "status": "finished",
+            names.PARAM_K: [4, 8, 4, 8],
+            names.PARAM_HOOK: ["blocks.0.hook_mlp_out"] * 2 + ["blocks.0.hook_resid_post"] * 2,
+            LAYER: 0.0,
+        }
+    )
+    by_k, at = _slice(kinds, names.PARAM_K)
+    assert len(by_k) == 2 and at == " at hook blocks.0.hook_mlp_out"

@@ -59,6 +59,7 @@ def test_the_scaling_sweep_runs_every_layer_and_budget_and_draws_them(
     # Each pair trained on its own set, and measured with the LM's metrics and every null.
     assert len({t.data.params[names.PARAM_ACTIVATION_KEY] for t in search}) == 4
     for t in search:
+        assert names.RECON_LOSS_RECOVERED in t.data.metrics
         assert names.RECON_LOSS_RECOVERED_ZERO in t.data.metrics
         for null in names.NULLS:
             key = names.stability_key(names.STABILITY_PW_MCC, names.null_suffix(null))

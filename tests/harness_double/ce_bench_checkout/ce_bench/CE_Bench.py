@@ -14,8 +14,8 @@ from sae_bench.evals.autointerp.eval_config import AutoInterpEvalConfig  # noqa:
 
 def run_eval_once(dataset: Any, device: str, sae_release: str, sae_id: Any, config: Any) -> None:
     sae = sae_id  # an SAE object where the command line would give a sae-lens id
-    if getattr(sae.cfg.metadata, "hook_name", None) is None:
-        raise ValueError("Cound not determine Hook name from SAE cfg")
+    hook = sae.cfg.hook_name  # where CE-Bench reads it (an AttributeError without it)
+    assert hook, "no hook"
     score = float(os.environ.get("HUSAI_DOUBLE_SCORE", "0.8"))
     rows = [dataset[i] for i in range(len(dataset))]
     assert all({"story1", "story2", "subject"} <= set(r) for r in rows)

@@ -26,6 +26,7 @@ def _standardize(sae: Any) -> None:
         raise ValueError("Cound not determine Hook name from SAE cfg")
     if getattr(meta, "model_name", None) is None:
         raise ValueError("Cound not determine Model name from SAE cfg")
+    assert meta.model_name in MODEL_CONFIGS, meta.model_name  # the model it will load
 
 
 def run_evals(
