@@ -27,9 +27,9 @@ from husai.measure.evals.runner import run_evals
 from husai.measure.metrics import (
     ReconMetrics,
     Recovered,
+    held_out,
     loss_recovered,
     recon_metrics,
-    reconstruct,
 )
 from husai.measure.nulls import Nulls, null_decoders, untrained_sae
 from husai.measure.stability import (
@@ -247,14 +247,11 @@ def run_trial(
         seed = trained.seed
         folder = save_sae(trained.sae, workdir / f"seed_{seed}")
         sae = load_sae(folder)
-        latents, x_hat = reconstruct(sae, acts.eval)
-        lr = splice.recovered(x_hat) if splice is not None else Recovered(None)
-        recon = recon_metrics(
-            sae, acts.eval, lr.mean, recon=(latents, x_hat), loss_recovered_zero=lr.zero
-        )
-        alive = (latents != 0).any(dim=0)
-        del latents, x_hat  # [eval rows, d_sae]: not kept while the next seed is measured
-        seeds.append(SeedResult(seed, trained, sae, folder, recon, alive))
+        h = held_out(sae, acts.eval)
+        lr = splice.recovered(h.x_hat) if splice is not None else Recovered(None)
+        recon = recon_metrics(sae, acts.eval, lr.mean, recon=h, loss_recovered_zero=lr.zero)
+        seeds.append(SeedResult(seed, trained, sae, folder, recon, h.alive))
+        del h  # [eval rows, d_in]: not kept while the next seed is measured
         if on_seed is not None:  # e.g. a Ray Tune report, so ASHA can stop a poor trial early
             on_seed([s.recon for s in seeds])
 

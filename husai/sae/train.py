@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from husai import names
 from husai.config.experiment import SAEConfig, SAETrainConfig
+from husai.core import memory
 from husai.core.repro import deterministic
 from husai.model.rows import Rows, gather
 from husai.sae.batched import batched_supported, train_seeds_batched
@@ -72,6 +73,7 @@ def train_seeds(
     keeps per-seed state). All seeds at once on the seed-batched path (`husai.sae.batched`) when
     `train.seed_batched` and the architecture has one; otherwise each seed is trained when the
     caller asks for it, so a caller that stops early (an ASHA stop) trains no more."""
+    memory.fixed_mmap_threshold()  # large step buffers mapped whole: no heap growth
     if consistency is not None and len(consistency) != len(seeds):
         raise ValueError(f"{len(consistency)} consistency penalties for {len(seeds)} seeds")
     acts, target = on_active_device(acts, target)
