@@ -7,7 +7,7 @@ Measured on a 5-seed trial (d_sae 2048, batch 2048, rows on disk): the next phas
 by about 0.15 GiB. Elsewhere (no glibc) this does nothing.
 
 During training the same rising threshold puts each step's large buffers (a batch of five
-seeds' rows, 20 MB; their [2048, 2048] activations, 80 MB) in the heap, where they fragment it:
+seeds' rows is 20 MB) in the heap, where they fragment it:
 training's peak RSS grew by 0.3 GiB over its first steps (`benchmarks/activation_store.py`).
 `fixed_mmap_threshold` pins the threshold at 16 MiB, so blocks that large are mapped and
 unmapped whole. Measured: training's peak 1.28 -> 0.99 GiB on that trial. Smaller blocks stay

@@ -20,6 +20,7 @@ a local .txt/.jsonl, and a cache key that covers the model and the corpus conten
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from collections.abc import Iterator
@@ -168,29 +169,27 @@ def plan(cfg: ActivationsConfig) -> LMPlan:
             f"activations.lm.context_size: {lm.context_size} > the model's n_ctx {model.cfg.n_ctx}"
         )
     path = Path(lm.corpus).expanduser()
-    docs, c_sha = read_corpus(path, lm.text_field)
-    sides: dict[str, list[str]] = {"train": [], "eval": []}
-    for d in docs:
-        sides["eval" if held_out(d, cfg.eval_frac, cfg.split_seed) else "train"].append(d)
+    ood = None if lm.ood_corpus is None else Path(lm.ood_corpus).expanduser()
+    split = _split(
+        lm.model, path, ood, lm.text_field, lm.context_size, cfg.eval_frac, cfg.split_seed
+    )
+    sides, c_sha, ood_sha = split.docs, split.corpus_sha256, split.ood_sha256
     n_eval = max(1, round(lm.token_budget * cfg.eval_frac))
     budget = {"train": lm.token_budget - n_eval, "eval": n_eval}
-    ood_sha = None
-    if lm.ood_corpus is not None:
+    if ood is not None:
         # The shifted slice: half the held-out count, so that random held-out subsets of its
         # size (the OOD stress's null) are subsets, not the whole held-out set.
-        ood_docs, ood_sha = read_corpus(Path(lm.ood_corpus).expanduser(), lm.text_field)
-        seen = set(docs)  # a document of the main corpus is never part of the shifted slice
-        sides["ood"] = [d for d in ood_docs if d not in seen]
         budget["ood"] = max(1, n_eval // 2)
     for side in ("train", "eval"):
         if not sides[side]:
             raise ConfigError(
                 f"activations.eval_frac: {cfg.eval_frac} leaves no {side} document among the "
-                f"{len(docs)} of {path}"
+                f"{split.n_docs} of {path}"
             )
     tokens, rows = {}, {}
     for side in sides:
-        tokens[side] = token_contexts(model, sides[side], lm.context_size)
+        # An OOD corpus of nothing but main-corpus documents has no contexts: 0 positions.
+        tokens[side] = split.tokens.get(side, torch.zeros(0, lm.context_size, dtype=torch.long))
         flat = torch.nonzero(usable(model, tokens[side], lm.exclude_bos).flatten()).flatten()
         if len(flat) < budget[side]:
             have = f"{len(sides[side])} {side} documents give {len(flat)}"
@@ -226,6 +225,56 @@ def plan(cfg: ActivationsConfig) -> LMPlan:
     )
     n_docs = {side: len(docs) for side, docs in sides.items()}
     return LMPlan(key, model, cfg.hook, d_in, tokens, rows, m_sha, c_sha, n_docs)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A corpus split by document and tokenised: what every plan over the same corpus, context
+    and split shares, whatever its hook and budget."""
+
+    docs: dict[str, list[str]]  # side -> documents
+    tokens: dict[str, torch.Tensor]  # side -> [n, context] token ids (never modified)
+    corpus_sha256: str
+    ood_sha256: str | None
+    n_docs: int  # in the main corpus
+
+
+@functools.lru_cache(maxsize=2)
+def _split_cached(
+    spec: str, path: Path, ood: Path | None, text_field: str, context: int, eval_frac: float,
+    split_seed: int, stamp: tuple[tuple[int, int], ...],
+) -> _Split:  # fmt: skip
+    docs, c_sha = read_corpus(path, text_field)
+    sides: dict[str, list[str]] = {"train": [], "eval": []}
+    for d in docs:
+        sides["eval" if held_out(d, eval_frac, split_seed) else "train"].append(d)
+    ood_sha = None
+    if ood is not None:
+        ood_docs, ood_sha = read_corpus(ood, text_field)
+        seen = set(docs)  # a document of the main corpus is never part of the shifted slice
+        sides["ood"] = [d for d in ood_docs if d not in seen]
+    model = load_lm(spec)
+    tokens = {side: token_contexts(model, ds, context) for side, ds in sides.items() if ds}
+    return _Split(sides, tokens, c_sha, ood_sha, len(docs))
+
+
+def _split(
+    spec: str, path: Path, ood: Path | None, text_field: str, context: int, eval_frac: float,
+    split_seed: int,
+) -> _Split:  # fmt: skip
+    """A sweep plans one set per hook and budget over one corpus: it is read, split and
+    tokenised once. The files' size and mtime are in the cache key, so an edited corpus is
+    read again (a folder's own size and mtime: `save_to_disk` writes new files into it)."""
+    stamp = tuple(_stamp(f) for f in (path, ood) if f is not None)
+    return _split_cached(spec, path, ood, text_field, context, eval_frac, split_seed, stamp)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:  # missing: read_corpus says so, naming the field
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
 
 
 def random_base_plan(p: LMPlan, init_seed: int) -> LMPlan:

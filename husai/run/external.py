@@ -100,9 +100,9 @@ def run_external(tracker: Tracker, req: ExternalRequest) -> ExternalOutcome:
     check_flags(req)
     trial = mv.tags.get(names.TAG_TRIAL_RUN_ID)
     req = replace(req, model=_model(req, mv.version, lm_model_of(tracker, _params(tracker, trial))))
-    probe = probe_harness(req)
+    harness_version = probe_harness(req)
     evals = ",".join(req.evals) if req.harness == names.HARNESS_SAEBENCH else "contrastive"
-    run = HarnessRun(req.harness, req.model, evals, probe.version, req.device)
+    run = HarnessRun(req.harness, req.model, evals, harness_version, req.device)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="husai-external-") as tmp:
         sae_folder = export_sae(tracker, str(mv.version), Path(tmp) / "sae").out
@@ -182,12 +182,6 @@ def _model(req: ExternalRequest, version: str, lm: str | None) -> str:
     return lm
 
 
-@dataclass(frozen=True)
-class Probe:
-    version: str  # the harness's version, for the run's params
-    models: tuple[str, ...]  # the models it supports (SAEBench's MODEL_CONFIGS; () = any)
-
-
 PROBE = """import importlib.metadata as m, json, sys
 import {module}
 models = list(getattr({module}, "MODEL_CONFIGS", {{}}))
@@ -199,8 +193,9 @@ print(json.dumps({{"version": version, "models": models}}))
 """
 
 
-def probe_harness(req: ExternalRequest) -> Probe:
-    """Run `--python` once: it imports the harness (and says its version and models)."""
+def probe_harness(req: ExternalRequest) -> str:
+    """Run `--python` once: it imports the harness and says its version (returned, for the
+    run's params) and, for SAEBench, the models it has settings for (`--model` must be one)."""
     module = "sae_bench.custom_saes.run_all_evals_custom_saes"
     try:
         done = subprocess.run(
@@ -229,7 +224,7 @@ def probe_harness(req: ExternalRequest) -> Probe:
     version = str(found["version"])
     if req.harness == names.HARNESS_CEBENCH:
         version = f"ce-bench {req.harness_path}; sae-bench {version}"
-    return Probe(version, models)
+    return version
 
 
 def _command(req: ExternalRequest, sae_folder: Path, name: str) -> list[str]:

@@ -5,7 +5,7 @@ model `activations.lm.token_budget`; one set when neither is swept), each with i
 random-base null's set when `trial.nulls` asks for it. Task sets come from the base model,
 trained or found once; language-model sets from the model the config names
 (`husai.run.lm_stages`), every one planned (all checks, no forward pass) before any is
-extracted. A trial then loads its own set by key, on any node (`SweepSets.ref_for`).
+extracted. A trial then loads its own set by key, on any node (`ref_for`).
 
     sets = resolve_sets(plan_sets(sweep, smoke), tracker)   # in `husai.run.sweep._search`
 """
@@ -67,9 +67,6 @@ class SweepSets:
     @property
     def base_run_id(self) -> str | None:
         return None if self.base is None else self.base.run_id
-
-    def ref_for(self, params: Mapping[str, Any]) -> SetRef:
-        return ref_for(self.refs, params)
 
 
 def point_id(params: Mapping[str, Any]) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import husai.model.lm_source as source
 from husai.config.experiment import ActivationsConfig
 from husai.core.errors import ConfigError
 from husai.measure.lm_splice import lm_splice
@@ -248,3 +249,29 @@ def test_the_random_base_twin_is_seeded_and_reads_the_same_tokens(
         torch.equal(a.tokens[s], p.tokens[s]) and torch.equal(a.rows[s], p.rows[s])
         for s in p.tokens
     )
+
+
+def test_plans_over_one_corpus_read_and_tokenise_it_once(
+    lm: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep plans one set per hook and budget: the corpus is read once for all of them, and
+    read again once it changes. (Counted through a wrapper: this test is about the cache.)"""
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(lm[1].read_text())
+    reads: list[Path] = []
+
+    def counted(path: Path, text_field: str) -> tuple[list[str], str]:
+        reads.append(path)
+        return read_corpus(path, text_field)
+
+    monkeypatch.setattr(source, "read_corpus", counted)
+    cfg = lm_activations_cfg(lm[0], corpus)
+    a = plan(ActivationsConfig.model_validate(cfg))
+    cfg["lm"] = {**cfg["lm"], "token_budget": 800}
+    b = plan(ActivationsConfig.model_validate({**cfg, "hook": "blocks.0.hook_resid_post"}))
+    assert reads == [corpus] and a.key != b.key
+    assert torch.equal(a.tokens["train"][: len(b.tokens["train"])], b.tokens["train"])
+    with corpus.open("a") as f:  # one more document: a new corpus
+        f.write(json.dumps({"text": "w1 w8 w27 w16 w35 w2 w17 w20 w7 w18"}) + "\n")
+    c = plan(ActivationsConfig.model_validate(cfg))
+    assert reads == [corpus, corpus] and c.corpus_sha256 != b.corpus_sha256

@@ -10,7 +10,7 @@ import pytest
 from husai.config.sweep import load_sweep
 from husai.core.errors import ConfigError
 from husai.registry.tracking import Tracker
-from husai.run.sweep_sets import plan_sets, resolve_sets
+from husai.run.sweep_sets import plan_sets, ref_for, resolve_sets
 from tests.helpers import write_sweep
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.0.hook_mlp_out", "blocks.0.mlp.hook_post"]
@@ -27,7 +27,7 @@ def test_a_hook_sweep_resolves_one_set_per_hook_and_each_trial_finds_its_own(
     assert [r.d_in for r in sets.refs] == [16, 16, 32]  # d_model, d_model, d_mlp
     assert sets.base is not None and sets.base_version == "1"  # one base model for all
     assert all(r.random_base_key for r in sets.refs)  # each hook's own random-base null
-    assert sets.ref_for({"activations.hook": HOOKS[2], "sae.k": 2}) == sets.refs[2]
+    assert ref_for(sets.refs, {"activations.hook": HOOKS[2], "sae.k": 2}) == sets.refs[2]
     assert sets.key.startswith("sets-")  # the sweep run records all of them as one
     # Found, not extracted again: the same keys.
     again = resolve_sets(plan_sets(sweep, False), tracker, allow_memorised=True)
