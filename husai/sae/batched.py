@@ -47,6 +47,22 @@ def batched_supported(sae_cfg: SAEConfig) -> bool:
     return sae_cfg.architecture in BATCHED_ARCHITECTURES
 
 
+def static_step(device: torch.device) -> bool:
+    """Whether steps run with fixed shapes and no host reads (`batched_sparse.sparse_step`'s
+    `static`): on CUDA, where each read waits for the GPU's queue to drain. The CPU keeps the
+    data-sized step, which skips work that the fixed widths would do for nothing."""
+    return device.type == "cuda"
+
+
+def _next_batch(orders: list[BatchOrder], dev: torch.device) -> torch.Tensor:
+    """Every seed's next batch of row ids [S, B] on `dev`; to a GPU from pinned memory,
+    asynchronously (a pageable copy would wait)."""
+    idx = torch.stack([o.next() for o in orders])
+    if dev.type != "cuda":
+        return idx
+    return idx.pin_memory().to(dev, non_blocking=True)
+
+
 class _Stack:
     """The S seeds' parameters, stacked, with one Adam and sae-lens's LR schedule."""
 
@@ -115,6 +131,7 @@ def _train(
     # in batched_sparse); on CUDA the sparse decode stays, what was measured bit-reproducible
     # on a GPU, until the crossover is measured there too.
     dense_decode = None if dev.type == "cpu" else False
+    static = static_step(dev)
     mm_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
     orders = [BatchOrder(int(acts.shape[0]), cfg.batch_size, st.data_seed) for st in streams]
     n_seeds, d_sae, k = len(seeds), sae_cfg.d_sae, sae_cfg.k
@@ -135,7 +152,7 @@ def _train(
     bar = tqdm(range(cfg.steps), desc=f"{label} seeds {seeds_txt}", disable=not progress)
     for step in bar:
         dead = since_fired > cfg.dead_window
-        idx = torch.stack([o.next() for o in orders]).to(dev)  # [S, B]
+        idx = _next_batch(orders, dev)
         x = gather(acts, idx)
         y = x if target is None else target[idx]
         sae_in = x - p.b_dec[:, None, :] if b_dec_in else x
@@ -151,6 +168,8 @@ def _train(
             dense_grads,
             mm_dtype,
             dense_decode,
+            static,
+            dead_possible=step > cfg.dead_window,  # since_fired <= step so far
         )
         pull = torch.zeros(n_seeds, device=dev)
         for s, (penalty, lam) in enumerate(consistency or ()):
@@ -162,28 +181,31 @@ def _train(
             pull[s] = term.detach()
         p.step(out.grads)
         since_fired += 1
-        since_fired[out.fired] = 0
+        since_fired.masked_fill_(out.fired, 0)
         if threshold_lr:
             # sae-lens update_topk_threshold: EMA of the smallest positive activation.
             seen = ~torch.isnan(out.min_active)
             new = (1 - threshold_lr) * thresholds + threshold_lr * out.min_active.double()
             thresholds = torch.where(seen, new, thresholds)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            loss = out.mse + out.aux + pull
             dead_frac = (since_fired > cfg.dead_window).float().mean(1)
+            # One read back to the host per logged step (each read waits for a GPU's queue).
+            values = torch.stack([loss, out.l0, dead_frac, out.mse, out.aux, pull]).tolist()
             lr = p.opt.param_groups[0]["lr"]
             for s in range(n_seeds):
                 row = {
-                    names.CURVE_LOSS: float(out.mse[s] + out.aux[s] + pull[s]),
-                    names.CURVE_L0: float(out.l0[s]),
-                    names.CURVE_DEAD_FRAC: float(dead_frac[s]),
+                    names.CURVE_LOSS: values[0][s],
+                    names.CURVE_L0: values[1][s],
+                    names.CURVE_DEAD_FRAC: values[2][s],
                     names.CURVE_LR: lr,
-                    names.CURVE_MSE: float(out.mse[s]),
-                    names.CURVE_AUXK: float(out.aux[s]),
+                    names.CURVE_MSE: values[3][s],
+                    names.CURVE_AUXK: values[4][s],
                 }
                 if consistency is not None:
-                    row[names.CURVE_CONSISTENCY] = float(pull[s])
+                    row[names.CURVE_CONSISTENCY] = values[5][s]
                 curves[s].add(step, row)
-            bar.set_postfix(loss=f"{float((out.mse + out.aux + pull).mean()):.4g}")
+            bar.set_postfix(loss=f"{sum(values[0]) / n_seeds:.4g}")
     seconds = time.perf_counter() - start
     trained: list[TrainedSAE] = []
     for s, sae in enumerate(saes):

@@ -197,6 +197,38 @@ def test_bfloat16_agrees_with_float32_on_the_gpu(batched: bool) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_the_seed_batched_step_never_waits_for_the_gpu(arch: str) -> None:
+    """torch's sync debug mode warns at every host synchronisation (a value read back, a
+    pageable copy). Two runs that differ only by 20 unlogged steps (AuxK on dead latents
+    included) must warn equally often: the steps themselves never synchronise. On failure the
+    message lists where the extra synchronisations come from."""
+    import warnings
+
+    devices.activate("cuda")
+    x = sparse_data(2048, d_in=32, n_feat=64)
+    cfg = SAEConfig(architecture=arch, d_sae=64, k=4)
+
+    def syncs(steps: int) -> list[str]:
+        train = SAETrainConfig(
+            steps=steps, batch_size=128, lr_warmup_steps=0, lr_decay_steps=0, dead_window=5,
+            log_every=1000,
+        )  # fmt: skip
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                train_seeds(cfg, train, x, [0, 1])
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return [f"{w.filename}:{w.lineno}" for w in seen if "synchroniz" in str(w.message)]
+
+    short, long = syncs(20), syncs(40)
+    extra = sorted(set(long) - set(short)) or sorted(set(long))
+    assert len(long) == len(short), (len(short), len(long), extra)
+
+
+@pytest.mark.gpu
 def test_a_trial_over_its_gpu_share_gets_an_out_of_memory_error() -> None:
     dev = devices.activate("cuda")
     total = torch.cuda.get_device_properties(dev).total_memory

@@ -10,12 +10,15 @@ import pytest
 import torch
 from sae_lens.saes.batchtopk_sae import BatchTopK
 
+import husai.sae.batched
+import husai.sae.batched_select
 import husai.sae.batched_sparse
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.measure.metrics import recon_metrics
 from husai.measure.stability import stability_report
 from husai.sae.batched import train_seeds_batched
-from husai.sae.batched_sparse import BATCHTOPK_CANDIDATES, select, sparse_step
+from husai.sae.batched_select import BATCHTOPK_CANDIDATES, select, select_static
+from husai.sae.batched_sparse import sparse_step
 from husai.sae.build import TranscoderStepInput, build_sae, decoder, load_sae, save_sae
 from husai.sae.consistency import ConsistencyPenalty
 from husai.sae.train import train_sae, train_seeds
@@ -35,26 +38,29 @@ TRAIN = SAETrainConfig(
 
 
 def _use(kind: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    if kind == "static":  # the CUDA step (fixed widths, no host reads), here on the CPU
+        monkeypatch.setattr(husai.sae.batched, "static_step", lambda device: True)
     dense = kind == "dense"
     share = 0.0 if dense else float("inf")  # every step dense, or every step sparse
     monkeypatch.setattr(husai.sae.batched_sparse, "DENSE_DECODE_SHARE", share)
     if kind == "chunked":
-        monkeypatch.setattr(husai.sae.batched_sparse, "WHOLE_MAX_ELEMENTS", 0)
-        monkeypatch.setattr(husai.sae.batched_sparse, "CHUNK_ELEMENTS", 64 * 128)
+        monkeypatch.setattr(husai.sae.batched_select, "WHOLE_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(husai.sae.batched_select, "CHUNK_ELEMENTS", 64 * 128)
     return kind
 
 
-@pytest.fixture(params=["whole", "chunked", "dense"])
+@pytest.fixture(params=["whole", "chunked", "dense", "static"])
 def step_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways of scoring: one batched matmul (small SAEs) and cache-sized chunks seed by
     seed (large SAEs; forced here with chunks of 64 rows); each with the sparse decode, and
-    the dense decode (many latents per row: forced here for k 4 of 128)."""
+    the dense decode (many latents per row: forced here for k 4 of 128); and the step CUDA
+    runs (`static`: fixed widths, nothing read back to the host)."""
     return _use(str(request.param), monkeypatch)
 
 
-@pytest.fixture(params=["whole", "chunked"])
+@pytest.fixture(params=["whole", "chunked", "static"])
 def scoring(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The two ways of scoring with the sparse decode (BatchTopK's 300-step run; its dense
+    """The three ways of scoring with the sparse decode (BatchTopK's 300-step run; its dense
     decode is checked step by step in the gradient test)."""
     return _use(str(request.param), monkeypatch)
 
@@ -215,6 +221,12 @@ def test_batchtopk_selection_equals_sae_lens_even_when_a_row_holds_many(
     theirs = BatchTopK(k)((x @ w + b) * n)
     assert torch.equal(ours != 0, theirs != 0)
     assert torch.allclose(ours, theirs, atol=1e-4)
+    # The CUDA step's selection (the whole batch ranked at once) is the same set.
+    st, _ = select_static(x[None], (w * n)[None], (b * n)[None], n[None], "batchtopk", k, dead, 0)
+    assert torch.equal(torch.bincount(st.row, minlength=64), counts)
+    static = torch.zeros(64, d_sae)
+    static[st.row, st.lat] = (st.pre * n[st.lat]).relu()
+    assert torch.equal(static != 0, theirs != 0)
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
@@ -241,8 +253,10 @@ def test_one_step_gradients_equal_sae_lens_autograd(
     params = [torch.stack([getattr(s, n).detach() for s in saes]) for n in ("W_enc", "b_enc")]
     params += [torch.stack([getattr(s, n).detach() for s in saes]) for n in ("W_dec", "b_dec")]
     sae_in = x if transcoder else x - params[3][:, None, :]
-    dense = step_kind == "dense"
-    out = sparse_step(params, sae_in, y, dead, arch, k, 1.0, not transcoder, dense_decode=dense)
+    dense, static = step_kind == "dense", step_kind == "static"
+    out = sparse_step(
+        params, sae_in, y, dead, arch, k, 1.0, not transcoder, dense_decode=dense, static=static
+    )
     for s, sae in enumerate(saes):
         step = TranscoderStepInput(
             sae_in=x[s], coefficients={}, dead_neuron_mask=dead[s], n_training_steps=0,
@@ -291,3 +305,22 @@ def test_the_decode_is_dense_from_the_measured_share_of_latents_per_row() -> Non
     assert use_dense_decode(16, 128) and not use_dense_decode(8, 128)
     assert use_dense_decode(8 + 16, 128)  # dead latents decode too
     assert not use_dense_decode(64 + 64, 4096)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_the_cuda_step_reads_nothing_back_to_the_host(arch: str) -> None:
+    """On CUDA each value read back to the host (a count, a mask's nonzero, a bool) waits for
+    the GPU's queue to drain. Tensors on the meta device have shapes and no values, so any
+    such read raises: the static step (what the driver runs on CUDA, AuxK included) runs on
+    them; the CPU's data-sized step, which reads its dead-latent counts, does not."""
+    meta = torch.device("meta")
+    n_seeds, bsz, d_in, d_sae = 3, 64, 32, 128
+    shapes = [(n_seeds, d_in, d_sae), (n_seeds, d_sae), (n_seeds, d_sae, d_in), (n_seeds, d_in)]
+    params = [torch.empty(s, device=meta) for s in shapes]
+    x = torch.empty(n_seeds, bsz, d_in, device=meta)
+    dead = torch.empty(n_seeds, d_sae, dtype=torch.bool, device=meta)
+    out = sparse_step(params, x, x, dead, arch, 4, 1.0, True, dense_grads=True, static=True)
+    assert [tuple(g.shape) for g in out.grads] == shapes
+    assert out.fired.shape == (n_seeds, d_sae) and out.aux.shape == (n_seeds,)
+    with pytest.raises(NotImplementedError, match="meta"):
+        sparse_step(params, x, x, dead, arch, 4, 1.0, True, dense_grads=True, static=False)
