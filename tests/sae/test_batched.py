@@ -324,3 +324,29 @@ def test_the_cuda_step_reads_nothing_back_to_the_host(arch: str) -> None:
     assert out.fired.shape == (n_seeds, d_sae) and out.aux.shape == (n_seeds,)
     with pytest.raises(NotImplementedError, match="meta"):
         sparse_step(params, x, x, dead, arch, 4, 1.0, True, dense_grads=True, static=False)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_the_cuda_step_scores_large_problems_in_groups_of_seeds(
+    arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above GPU_WHOLE_MAX_ELEMENTS score elements the static step scores seeds in groups
+    (here one seed each); joined, the groups give the whole step's losses and gradients."""
+    d_in, d_sae, bsz = 32, 128, 64
+    saes = [build_sae(SAEConfig(architecture=arch, d_sae=d_sae, k=4), d_in, s) for s in range(3)]
+    names_ = ("W_enc", "b_enc", "W_dec", "b_dec")
+    params = [torch.stack([getattr(s, n).detach() for s in saes]) for n in names_]
+    x = sparse_data(3 * bsz, seed=6).view(3, bsz, d_in)
+    dead = torch.zeros(3, d_sae, dtype=torch.bool)
+    dead[1, :10] = True
+    dead[2, 30:80] = True
+    sae_in = x - params[3][:, None, :]
+
+    def step() -> list[torch.Tensor]:
+        out = sparse_step(params, sae_in, x, dead, arch, 4, 1.0, True, static=True)
+        return [out.mse, out.aux, out.l0, out.fired.float(), *out.grads]
+
+    whole = step()
+    monkeypatch.setattr(husai.sae.batched_select, "GPU_WHOLE_MAX_ELEMENTS", 1)
+    for a, b in zip(whole, step(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
