@@ -50,7 +50,9 @@ def batched_supported(sae_cfg: SAEConfig) -> bool:
 def static_step(device: torch.device) -> bool:
     """Whether steps run with fixed shapes and no host reads (`batched_sparse.sparse_step`'s
     `static`): on CUDA, where each read waits for the GPU's queue to drain. The CPU keeps the
-    data-sized step, which skips work that the fixed widths would do for nothing."""
+    data-sized step, which skips work that the fixed widths would do for nothing. Reads that
+    remain by design: the logged steps' curves, and the consistency term's matching (scipy, on
+    the CPU) every `assign_every` steps."""
     return device.type == "cuda"
 
 

@@ -203,7 +203,7 @@ def sparse_step(
     g_w, g_table = backward(grad_dec)
     lat, row, g_pre = main.lat, main.row, g_w[:n_main] * (main.pre > 0)
     if has_aux:
-        g_aux = g_w[n_main:] if aux.live is None else g_w[n_main:] * aux.live
+        g_aux = g_w[n_main:] if aux.live is None else torch.where(aux.live, g_w[n_main:], 0.0)
         lat, row = torch.cat([lat, aux.lat]), torch.cat([row, aux.row])
         g_pre = torch.cat([g_pre, g_aux])
     dense = dense_grads or dense_decode

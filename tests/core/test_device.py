@@ -218,12 +218,15 @@ def test_the_seed_batched_step_never_waits_for_the_gpu(arch: str) -> None:
         try:
             with warnings.catch_warnings(record=True) as seen:
                 warnings.simplefilter("always")
-                train_seeds(cfg, train, x, [0, 1])
+                trained = list(train_seeds(cfg, train, x, [0, 1]))  # a generator: run it
         finally:
             torch.cuda.set_sync_debug_mode("default")
+        assert len(trained) == 2
         return [f"{w.filename}:{w.lineno}" for w in seen if "synchroniz" in str(w.message)]
 
     short, long = syncs(20), syncs(40)
+    # Copying the weights back to the CPU synchronises: an empty list means the mode was off.
+    assert short, "no synchronisation seen at all: is the sync debug mode working?"
     extra = sorted(set(long) - set(short)) or sorted(set(long))
     assert len(long) == len(short), (len(short), len(long), extra)
 

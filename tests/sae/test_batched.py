@@ -327,11 +327,12 @@ def test_the_cuda_step_reads_nothing_back_to_the_host(arch: str) -> None:
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("per_group", [1, 2])
 def test_the_cuda_step_scores_large_problems_in_groups_of_seeds(
-    arch: str, monkeypatch: pytest.MonkeyPatch
+    arch: str, per_group: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Above GPU_WHOLE_MAX_ELEMENTS score elements the static step scores seeds in groups
-    (here one seed each); joined, the groups give the whole step's losses and gradients."""
+    (here of 1, or of 2 and 1); joined, the groups give the whole step's losses and gradients."""
     d_in, d_sae, bsz = 32, 128, 64
     saes = [build_sae(SAEConfig(architecture=arch, d_sae=d_sae, k=4), d_in, s) for s in range(3)]
     names_ = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -347,6 +348,7 @@ def test_the_cuda_step_scores_large_problems_in_groups_of_seeds(
         return [out.mse, out.aux, out.l0, out.fired.float(), *out.grads]
 
     whole = step()
-    monkeypatch.setattr(husai.sae.batched_select, "GPU_WHOLE_MAX_ELEMENTS", 1)
+    limit = per_group * bsz * d_sae
+    monkeypatch.setattr(husai.sae.batched_select, "GPU_WHOLE_MAX_ELEMENTS", limit)
     for a, b in zip(whole, step(), strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
