@@ -225,9 +225,10 @@ def test_a_sweep_runs_on_both_nodes_and_survives_losing_one(
     tmp_path: Path, ray_cluster: RayCluster, mlflow_server: str
 ) -> None:
     """Last in the module: it kills the worker node."""
-    # Not LEAN: the node is killed while a trial trains on it, so trials must last long enough
-    # to be caught (with evals off one ended before the kill landed, and nothing was lost).
-    experiment = {**SWEEP["experiment"], "train": {**SWEEP["experiment"]["train"], "steps": 150}}
+    # Not LEAN, and 600 steps: the node is killed while a trial trains on it, so trials must
+    # last long enough to be caught (with evals off, or 150 steps on a fast machine, trials of
+    # about 2 s ended before the kill landed, and nothing was lost).
+    experiment = {**SWEEP["experiment"], "train": {**SWEEP["experiment"]["train"], "steps": 600}}
     # No lambda (no lambda = 0 baselines) and a continuous lr: one trial run per Ray trial.
     # Two at a time, one CPU each, on nodes of one CPU: one on each node.
     path = write_sweep(
@@ -249,7 +250,10 @@ def test_a_sweep_runs_on_both_nodes_and_survives_losing_one(
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             # Once a trial has finished on the worker and another trains there: kill its raylet.
-            deadline = time.monotonic() + 300
+            # Not in the instant after that first record (its result may still be on its way
+            # to Tune, and a kill then loses nothing): a trial training there 1 s later
+            # started after it, with its whole training ahead (seen once on a fast machine).
+            deadline, first_done = time.monotonic() + 300, 0.0
             while True:
                 assert proc.poll() is None, log.read_text()[-4000:]
                 assert time.monotonic() < deadline, log.read_text()[-4000:]
@@ -259,7 +263,10 @@ def test_a_sweep_runs_on_both_nodes_and_survives_losing_one(
                     if r.data.tags.get(names.TAG_RAY_NODE_ID) == worker
                     and r.info.status == "FINISHED"
                 ]
-                if done_there and _training_on(ray_cluster, "worker"):
+                if done_there and not first_done:
+                    first_done = time.monotonic()
+                waited = first_done and time.monotonic() - first_done > 1.0
+                if waited and _training_on(ray_cluster, "worker"):
                     break
                 time.sleep(0.3)
             (raylet,) = _named(ray_cluster.node_dirs["worker"], "raylet")
