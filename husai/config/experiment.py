@@ -81,6 +81,13 @@ class BaseModelConfig(Strict):
         return self.d_model // self.n_heads
 
 
+def hook_layer(hook: str | None) -> int | None:
+    """The block index of a `blocks.<n>.` TransformerLens hook; None for any other (the
+    embeddings, a user's rows)."""
+    parts = (hook or "").split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
 class ActivationsConfig(Strict):
     """Which activations the SAEs see and how they are split (docs/design.md, "Activations")."""
 

@@ -161,12 +161,16 @@ class SweepConfig(Strict):
                 points.setdefault(json.dumps(point, sort_keys=True), point)
         return tuple(points.values())
 
+    def activation_paths(self) -> list[str]:
+        """The swept fields that choose the activation set (`ACTIVATION_FIELDS`)."""
+        return [p for p in self.swept_paths() if p in ACTIVATION_FIELDS]
+
     def activation_points(self, smoke: bool = False) -> list[dict[str, Any]]:
         """Every activation set a trial can ask for, as its values of the swept activation
         fields (`ACTIVATION_FIELDS`; [{}] when none is swept): the grid points' values (those
         --smoke runs) crossed with every choice of a sampled one. The driver resolves each
         before any trial starts."""
-        fields = [p for p in self.swept_paths() if p in ACTIVATION_FIELDS]
+        fields = self.activation_paths()
         from_grid = [
             {p: pt[p] for p in fields if p in pt} for pt in self.grid_points(smoke) or [{}]
         ]
@@ -335,9 +339,7 @@ def _check_activation_fields(cfg: SweepConfig, base: ExperimentConfig, source: s
     """The fields that choose the activation set: listed values only (each is an extraction
     the driver makes before any trial), from a source that has them."""
     a = base.activations
-    for path in cfg.swept_paths():
-        if path not in ACTIVATION_FIELDS:
-            continue
+    for path in cfg.activation_paths():
         where = f"{source}: {'search_space' if path in cfg.search_space else 'grids'}.{path}"
         if a.file is not None or a.key is not None:
             given = "file" if a.file is not None else "key"

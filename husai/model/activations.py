@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer  # noqa: TID251 (the owner)
 
-from husai.config.experiment import ActivationsConfig, ExperimentConfig
+from husai.config.experiment import ActivationsConfig, ExperimentConfig, hook_layer
 from husai.core.cache import MANIFEST
 from husai.core.errors import ConfigError, InputError, first_line
 from husai.core.hashing import stable_hash
@@ -154,10 +154,10 @@ def extract_rows(
 
 def mlp_hooks(model: HookedTransformer, hook: str) -> tuple[str, str]:
     """(MLP input, MLP output) hooks of the layer `hook` belongs to: the transcoder's ends."""
-    parts = hook.split(".")
-    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+    n = hook_layer(hook)
+    if n is None:
         raise ValueError(f"hook {hook!r} is not inside a transformer block")
-    layer = f"blocks.{parts[1]}"
+    layer = f"blocks.{n}"
     normalized = f"{layer}.ln2.hook_normalized"  # absent in a model without LayerNorm
     mlp_in = normalized if normalized in model.hook_dict else f"{layer}.hook_resid_mid"
     return mlp_in, f"{layer}.hook_mlp_out"

@@ -35,7 +35,7 @@ from sae_lens.tokenization_and_batching import (  # noqa: TID251 (its packing on
 )
 from transformer_lens import HookedTransformer  # noqa: TID251
 
-from husai.config.experiment import ActivationsConfig
+from husai.config.experiment import ActivationsConfig, hook_layer
 from husai.core.errors import ConfigError, first_line
 from husai.core.hashing import stable_hash
 from husai.model.lm_model import load_lm, model_sha256, model_sha256_of, quiet_constructor
@@ -290,8 +290,8 @@ def random_base_plan(p: LMPlan, init_seed: int) -> LMPlan:
 
 
 def _layer_stop(hook: str) -> int | None:
-    parts = hook.split(".")
-    return int(parts[1]) + 1 if parts[0] == "blocks" and parts[1].isdigit() else None
+    layer = hook_layer(hook)
+    return None if layer is None else layer + 1
 
 
 def _forward(model: HookedTransformer, hook: str, tokens: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from husai import names
+from husai.config.experiment import hook_layer
 from husai.core.errors import InputError
 from husai.registry.records import find_activations_run
 from husai.registry.tracking import Tracker
@@ -124,9 +125,8 @@ def _model_metadata(tracker: Tracker, params: dict[str, str], cfg_json: Path) ->
         meta["model_name"] = model
     if hook and hook != "user":
         meta["hook_name"] = hook
-        layer = hook.split(".")
-        if len(layer) > 2 and layer[0] == "blocks" and layer[1].isdigit():
-            meta["hook_layer"] = int(layer[1])
+        if (layer := hook_layer(hook)) is not None:
+            meta["hook_layer"] = layer
     if names.PARAM_LM_CONTEXT_SIZE in acts:
         meta["context_size"] = int(acts[names.PARAM_LM_CONTEXT_SIZE])
     cfg = json.loads(cfg_json.read_text())

@@ -31,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from husai import names  # noqa: E402
+from husai.config.experiment import hook_layer  # noqa: E402
 from husai.registry.tracking import Tracker  # noqa: E402
 from husai.registry.views import RunView  # noqa: E402
 
@@ -121,11 +122,9 @@ def _finished(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def layer_of(hook: str | None) -> float:
-    """The layer of a `blocks.<n>.` hook; NaN for any other (embeddings, a user's rows)."""
-    parts = (hook or "").split(".")
-    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit():
-        return float(parts[1])
-    return math.nan
+    """The layer of a `blocks.<n>.` hook, as a plot axis: NaN for any other."""
+    layer = hook_layer(hook)
+    return math.nan if layer is None else float(layer)
 
 
 def _slice(d: pd.DataFrame, param: str) -> tuple[pd.DataFrame, str]:

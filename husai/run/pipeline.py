@@ -225,7 +225,7 @@ def _task_inputs(
         ),
     )
     stages.require_generalised(base.version, base.generalised, base.test_acc, allow_memorised)
-    if sweep.activation_points(smoke=False) != [{}]:
+    if sweep.activation_paths():
         # The experiment's own hook may be no point of the sweep: nothing extracted for it.
         return TaskInputs(None, tracker)
     acts = _step(

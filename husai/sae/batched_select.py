@@ -144,8 +144,7 @@ def select(
         sc = mm_as(dt, torch.baddbmm, b_s[:, None, :], sae_in, w_s)
         scores, ids = sc.topk(m, dim=-1, sorted=False)
         if ka:
-            masked = torch.where(dead[:, None, :], sc, -torch.inf)
-            aux_scores, aux_ids = masked.topk(ka, dim=-1, sorted=False)
+            aux_scores, aux_ids = _dead_best(sc, dead, ka)
         else:  # no dead latent in any seed: no copy of the scores to rank nothing
             aux_scores = sc.new_empty(n_seeds, bsz, 0)
             aux_ids = ids.new_empty(n_seeds, bsz, 0)
@@ -175,6 +174,13 @@ def select(
     per_seed = [Entries.of(i[None], v[None], kp[None], d_sae) for i, v, kp in rows]
     main = _join(per_seed, bsz, d_sae)
     return main.unscale(norm), aux
+
+
+def _dead_best(sc: torch.Tensor, dead: torch.Tensor, ka: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's `ka` best scores [S, B, d_sae] among its seed's dead latents [S, d_sae] (scores,
+    ids); a seed with fewer dead latents gets -inf fillers."""
+    scores, ids = torch.where(dead[:, None, :], sc, -torch.inf).topk(ka, dim=-1, sorted=False)
+    return scores, ids
 
 
 def _join(parts: list[Entries], bsz: int, d_sae: int) -> Entries:
@@ -265,8 +271,7 @@ def select_static(
         else:
             mains.append(_batch_wide_static(sc, k))
         if ka:
-            masked = torch.where(dead[g, None, :], sc, -torch.inf)
-            aux_scores, aux_ids = masked.topk(ka, dim=-1, sorted=False)
+            aux_scores, aux_ids = _dead_best(sc, dead[g], ka)
             auxes.append(Entries.fixed(aux_ids, aux_scores, d_sae))
     main = _join(mains, bsz, d_sae).unscale(norm)
     if not ka:
