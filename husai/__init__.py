@@ -20,4 +20,9 @@ __version__ = "0.1.0"
 #    OOD as an FVU ratio with an in-distribution subset null, the transcoder stress against
 #    space-matched covariance nulls, probing with k chosen by CV on SAE-train rows, Fourier
 #    tasks and feature nulls; gate checks can say `when: lambda > 0`.
-metric_version = 5
+# 6: the surrogate null (the recipe trained on a Gaussian twin of its rows) and an excess over
+#    every null (no "strongest"), alive-only excess against the null's alive latents; gate
+#    policies name the nulls they gate on; independence at lambda > 0 scored against the
+#    lambda = 0 recipe's seeds with two-way intervals (the control reference is gone); null
+#    draws derive from the trial's seeds; the transcoder stress against surrogate nulls.
+metric_version = 6

@@ -68,7 +68,7 @@ SWEEP: dict[str, Any] = {
         "sae.k": {"type": "categorical", "choices": [2, 4]},
         "consistency.lambda": {"type": "loguniform", "low": 0.01, "high": 1.0, "zero": True},
     },
-    "objective": [{"metric": "stability/independent_pw_mcc_excess_lcb", "mode": "max"}],
+    "objective": [{"metric": "stability/independent_pw_mcc_excess_surrogate_lcb", "mode": "max"}],
     "num_samples": 3,
     "asha": {"enabled": False},
     # Off in most sweep tests (each would train another trial); tests of the stage turn it on.

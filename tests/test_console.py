@@ -25,18 +25,21 @@ def test_trial_metrics_print_every_stability_row_and_absent_bounds(
         names.RECON_EV: 0.9,
         pw: 0.6,
         names.stability_key(pw, names.null_suffix(names.NULL_COVARIANCE)): 0.65,
-        names.stability_key(pw, "_excess"): -0.05,
-        names.stability_key(pw, "_excess_lcb"): -0.08,
+        names.stability_key(pw, names.excess_suffix("covariance")): -0.05,
+        names.stability_key(pw, names.excess_suffix("covariance", "_lcb")): -0.08,
         names.TRIAL_N_SEEDS: 5,
     }
-    console.print_metrics(metrics, {names.strongest_null_tag("pw_mcc"): "covariance"})
+    why = "no base model behind a user's file"
+    console.print_metrics(metrics, {names.null_skipped_tag(names.NULL_RANDOM_BASE): why})
     out = capsys.readouterr().out
     assert "ev 0.9000" in out and "loss recovered absent" in out
     for base in names.STABILITY_BASES:
         assert base.removeprefix(names.STABILITY_PREFIX) in out
     assert "[absent, absent]" in out and "5 seeds" in out
     (line,) = [x for x in out.splitlines() if "covariance" in x and "-0.0500" in x]
-    assert "[-0.0800, absent]" in line and line.count("absent") == 3  # iso, rbase, ucb
+    assert "[-0.0800, absent]" in line and line.count("absent") == 4  # ucb; alive: all three
+    assert f"random_base skipped: {why}" in out  # a skipped null says why
+    assert "surrogate" not in out.split("excess over each null")[1]  # not computed: no row
     assert "stress:" not in out  # no eval metrics: no eval lines
 
 

@@ -18,8 +18,15 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from husai.config.lm import LanguageModelSource
+from husai.config.sae import (  # noqa: F401 (re-exported: the recipe is part of an experiment)
+    ARCHITECTURES,
+    TOPK_FAMILY,
+    Architecture,
+    SAEConfig,
+    SAETrainConfig,
+)
 from husai.config.strict import Strict
-from husai.core.hashing import stable_hash
+from husai.core.hashing import derived_seed, stable_hash
 
 
 def _is_prime(n: int) -> bool:
@@ -143,93 +150,7 @@ class ActivationsConfig(Strict):
         return self
 
 
-ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard", "matryoshka_batchtopk")
-Architecture = Literal["topk", "batchtopk", "jumprelu", "standard", "matryoshka_batchtopk"]
-TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
-
-
-class SAEConfig(Strict):
-    """One SAE recipe, built from the sae-lens training class of its architecture."""
-
-    architecture: Architecture = Field("topk", description="sae-lens training architecture")
-    d_sae: int = Field(512, ge=2, description="number of latents (dictionary size)")
-    k: int = Field(16, ge=1, description="active latents per row (topk family only)")
-    aux_loss_coefficient: float = Field(
-        1.0, ge=0, description="weight of the dead-latent AuxK loss (topk family)"
-    )
-    l1_coefficient: float = Field(1.0, ge=0, description="L1 sparsity weight (standard)")
-    l0_coefficient: float = Field(1.0, ge=0, description="L0 sparsity weight (jumprelu)")
-    jumprelu_init_threshold: float = Field(0.01, gt=0, description="initial JumpReLU threshold")
-    jumprelu_bandwidth: float = Field(0.05, gt=0, description="JumpReLU STE bandwidth")
-    sparsity_warmup_steps: int = Field(0, ge=0, description="linear warm-up of the L1/L0 weight")
-    matryoshka_widths: tuple[int, ...] | None = Field(
-        None, description="nested dictionary widths ending at d_sae; default d_sae/4, /2, 1"
-    )
-    decoder_init_norm: float = Field(0.1, gt=0, description="decoder row norm at initialisation")
-
-    @model_validator(mode="after")
-    def _shapes(self) -> SAEConfig:
-        if self.architecture in TOPK_FAMILY and self.k > self.d_sae:
-            raise ValueError(f"k: {self.k} exceeds d_sae {self.d_sae}")
-        w = self.matryoshka_widths
-        if w is not None:
-            if self.architecture != "matryoshka_batchtopk":
-                raise ValueError("matryoshka_widths: only for architecture matryoshka_batchtopk")
-            if list(w) != sorted(set(w)) or w[0] < 1 or w[-1] != self.d_sae:
-                raise ValueError(
-                    f"matryoshka_widths: must increase strictly and end at d_sae {self.d_sae}"
-                )
-        return self
-
-    def widths(self) -> list[int]:
-        if self.matryoshka_widths is not None:
-            return list(self.matryoshka_widths)
-        return sorted({max(1, self.d_sae // 4), max(1, self.d_sae // 2), self.d_sae})
-
-
-class SAETrainConfig(Strict):
-    """The training loop shared by every seed of a trial."""
-
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32",
-        description="matmul precision of SAE training: bfloat16 runs the encoder/decoder "
-        "products under autocast (for GPUs); parameters and optimizer stay float32",
-    )
-    steps: int = Field(1500, ge=1, description="optimizer steps per seed")
-    batch_size: int = Field(512, ge=1, description="rows per step")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    lr_warmup_steps: int = Field(50, ge=0, description="linear LR warm-up steps")
-    lr_decay_steps: int = Field(300, ge=0, description="linear LR decay to 0 over the last steps")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
-    dead_window: int = Field(
-        200, ge=1, description="steps without firing before a latent counts as dead (AuxK)"
-    )
-    log_every: int = Field(10, ge=1, description="steps between logged curve points")
-    seed_batched: bool = Field(
-        True,
-        description="train a trial's seeds together where a batched path exists (topk, "
-        "batchtopk; not with the consistency term); false: one after another via sae-lens",
-    )
-
-    def identity(self, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-        """The fields that make a result what it is, for cache keys and hashes: float32 (the
-        default) is left out, so keys made before `dtype` existed stay valid."""
-        data = self.model_dump(mode="json", exclude=set(exclude))
-        if data.get("dtype") == "float32":
-            del data["dtype"]
-        return data
-
-    @model_validator(mode="after")
-    def _schedule(self) -> SAETrainConfig:
-        if self.lr_warmup_steps + self.lr_decay_steps > self.steps:
-            raise ValueError(
-                f"lr_warmup_steps + lr_decay_steps ({self.lr_warmup_steps} + "
-                f"{self.lr_decay_steps}) exceed steps {self.steps}"
-            )
-        return self
-
-
-NullName = Literal["isotropic", "covariance", "random_base"]
+NullName = Literal["isotropic", "covariance", "surrogate", "random_base"]
 REMOVED_TRIAL_FIELDS = ("bootstrap_samples", "bootstrap_seed")
 
 
@@ -243,8 +164,9 @@ class TrialConfig(Strict):
         description="seeds of the untrained and null dictionaries derive from seed + offset",
     )
     nulls: tuple[NullName, ...] = Field(
-        ("isotropic", "covariance", "random_base"),
-        description="nulls the trial is scored against; the excess is over the strongest",
+        ("isotropic", "covariance", "surrogate", "random_base"),
+        description="nulls the trial is scored against, each with its own excess (surrogate: "
+        "the calibrated one; isotropic and covariance: descriptive, untrained)",
     )
     register_sae: bool = Field(True, description="register the representative SAE as husai-sae")
 
@@ -276,9 +198,28 @@ class TrialConfig(Strict):
 
     @model_validator(mode="after")
     def _offset(self) -> TrialConfig:
-        if set(self.seeds) & {s + self.random_seed_offset for s in self.seeds}:
-            raise ValueError("random_seed_offset: random-baseline seeds overlap training seeds")
+        derived = {s + self.random_seed_offset for s in self.seeds} | set(self.surrogate_seeds())
+        if set(self.seeds) & derived:
+            raise ValueError(
+                "random_seed_offset: the untrained or surrogate seeds (seed + offset, seed + 2 x "
+                "offset) overlap the training seeds"
+            )
         return self
+
+    def null_seed(self, seed: int, null: str) -> int:
+        """The seed of null `null`'s draw for trial seed `seed`: derived from the trial's own
+        seed, so a trial on fresh seeds (a confirmation) gets fresh null draws."""
+        return derived_seed(f"{null}:{seed + self.random_seed_offset}")
+
+    def surrogate_seeds(self) -> tuple[int, ...]:
+        """The surrogate null's SAE seeds (initialisation and data order), one per trial seed:
+        seed + 2 x random_seed_offset, disjoint from the trial's and the untrained ones."""
+        return tuple(s + 2 * self.random_seed_offset for s in self.seeds)
+
+    def surrogate_rows_seed(self, part: str) -> int:
+        """The seed of the surrogate's Gaussian twin rows of `part` (train, eval): one draw per
+        trial, shared by its seeds as the real rows are, fresh for fresh seeds."""
+        return derived_seed(f"surrogate_{part}:{list(self.seeds)}:{self.random_seed_offset}")
 
 
 class EvalsConfig(Strict):
@@ -301,18 +242,19 @@ class ConsistencyConfig(Strict):
         0.0, alias="lambda", ge=0, description="weight of the penalty; 0 trains the plain recipe"
     )
     ref_seed: int = Field(10_000, ge=0, description="seed of the reference SAE (not a trial seed)")
-    control_ref_seed: int = Field(
-        10_001, ge=0, description="seed of the independent control reference (not a trial seed)"
-    )
     assign_every: int = Field(
         50, ge=1, description="steps between refreshes of the Hungarian matching to the reference"
     )
 
-    @model_validator(mode="after")
-    def _distinct(self) -> ConsistencyConfig:
-        if self.ref_seed == self.control_ref_seed:
-            raise ValueError("control_ref_seed: must differ from ref_seed")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "control_ref_seed" in data:
+            raise ValueError(
+                "control_ref_seed: removed in metric_version 6 (the controls are now the lambda "
+                "= 0 recipe's own seeds, at least min_seeds of them): delete it"
+            )
+        return data
 
 
 class RuntimeConfig(Strict):
@@ -348,12 +290,11 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _reference_is_not_a_trial_seed(self) -> ExperimentConfig:
-        for name in ("ref_seed", "control_ref_seed"):
-            if getattr(self.consistency, name) in self.trial.seeds:
-                raise ValueError(
-                    f"consistency.{name}: {getattr(self.consistency, name)} is one of trial.seeds; "
-                    "the reference must never be among the compared seeds"
-                )
+        if self.consistency.ref_seed in self.trial.seeds:
+            raise ValueError(
+                f"consistency.ref_seed: {self.consistency.ref_seed} is one of trial.seeds; "
+                "the reference must never be among the compared seeds"
+            )
         return self
 
     def base_hash(self) -> str:

@@ -6,7 +6,7 @@ objective and the search settings. Part of the config layer.
     search_space:
       sae.k: {type: categorical, choices: [8, 16]}
       consistency.lambda: {type: loguniform, low: 0.001, high: 1.0, zero: true}
-    objective: [{metric: stability/independent_pw_mcc_excess_lcb, mode: max}]
+    objective: [{metric: stability/independent_pw_mcc_excess_surrogate_lcb, mode: max}]
     num_samples: 8
 
 Every search dimension names a config field by its dotted path; the impossible corner k > d_sae
@@ -312,7 +312,8 @@ def _check_copy_proof(cfg: SweepConfig, source: str) -> None:
             raise ConfigError(
                 f"{source}: objective: {o.metric} compares seeds pulled toward the same "
                 "reference, which copying inflates; with consistency.lambda > 0 use "
-                f"{names.INDEPENDENT_EXCESS_LCB} (or {names.CONSISTENCY_INDEPENDENT_GAIN_LCB})"
+                f"{names.independent_key(names.NULL_SURROGATE, '_lcb')} (or "
+                f"{names.CONSISTENCY_INDEPENDENT_GAIN_LCB})"
             )
 
 

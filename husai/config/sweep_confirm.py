@@ -30,16 +30,21 @@ def recipe_from_params(sweep: SweepConfig, params: Mapping[str, str]) -> dict[st
 
 def confirm_seeds(cfg: ExperimentConfig, n: int) -> tuple[int, ...]:
     """n training seeds disjoint from every seed the search used: its training seeds, the seeds
-    of their untrained and null dictionaries, the reference and control, and with none of the
-    new seeds' own null seeds among them."""
-    t, c = cfg.trial, cfg.consistency
-    used = {*t.seeds, *(s + t.random_seed_offset for s in t.seeds), c.ref_seed, c.control_ref_seed}
+    of their untrained and surrogate-null SAEs, the reference, and with none of the new seeds'
+    own null seeds among them."""
+    t = cfg.trial
+    off = t.random_seed_offset
+
+    def derived(s: int) -> set[int]:
+        return {s + off, s + 2 * off}
+
+    used = {*t.seeds, *(d for s in t.seeds for d in derived(s)), cfg.consistency.ref_seed}
     out: list[int] = []
     s = max(t.seeds) + 1
     while len(out) < n:
-        if s not in used and s + t.random_seed_offset not in used | set(out):
+        if s not in used and not derived(s) & (used | set(out)):
             out.append(s)
-            used.add(s + t.random_seed_offset)
+            used |= derived(s)
         s += 1
     return tuple(out)
 

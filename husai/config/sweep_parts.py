@@ -48,7 +48,14 @@ OBJECTIVE_METRICS = {
     *(
         names.stability_key(b, s)
         for b in names.STABILITY_BASES
-        for s in ("", "_delta", "_delta_lcb", "_excess", "_excess_lcb", "_alive")
+        for s in ("", "_delta", "_delta_lcb", "_alive")
+    ),
+    *(
+        names.stability_key(b, names.excess_suffix(n, bound, alive))
+        for b in names.STABILITY_BASES
+        for n in names.NULLS
+        for bound in ("", "_lcb")
+        for alive in (False, True)
     ),
     *names.COPY_PROOF_KEYS,
 }
@@ -101,6 +108,12 @@ class Objective(Strict):
 
     @model_validator(mode="after")
     def _known(self) -> Objective:
+        if self.metric in names.null_families():
+            null = names.per_null_key(self.metric, names.NULL_SURROGATE)
+            raise ValueError(
+                f"metric: {self.metric!r} names no null (metric_version 6 records an excess over "
+                f"each null, none over a 'strongest'): e.g. {null!r}"
+            )
         if self.metric not in OBJECTIVE_METRICS:
             raise ValueError(f"metric: {self.metric!r} is not a trial metric HUSAI reports")
         return self

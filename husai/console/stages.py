@@ -115,8 +115,9 @@ def print_metrics(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
     if names.CONSISTENCY_ALIGNMENT in m:
         print(
             f"  consistency: alignment to reference {fmt(g(names.CONSISTENCY_ALIGNMENT))}, "
-            f"to independent control {fmt(g(names.CONSISTENCY_ALIGNMENT_CONTROL))} "
-            f"(reference vs control {fmt(g(names.CONSISTENCY_REF_CONTROL))}); "
+            f"to the lambda = 0 seeds {fmt(g(names.CONSISTENCY_ALIGNMENT_CONTROLS))} "
+            f"(reference vs them {fmt(g(names.CONSISTENCY_REF_CONTROLS))}, they among "
+            f"themselves {fmt(g(names.CONSISTENCY_CONTROLS_PW_MCC))}); "
             f"ev drop vs lambda 0 {fmt(g(names.CONSISTENCY_EV_DROP), '+.4f')}"
         )
         print(
@@ -125,17 +126,21 @@ def print_metrics(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
             f"[{fmt(g(names.CONSISTENCY_INDEPENDENT_GAIN_LCB), '+.4f')}, "
             f"{fmt(g(names.CONSISTENCY_INDEPENDENT_GAIN_UCB), '+.4f')}]"
         )
-    print(
-        f"  independent pw_mcc (only SAEs never seen) {fmt(g(names.INDEPENDENT_PW_MCC))}, "
-        f"excess {fmt(g(names.INDEPENDENT_EXCESS), '+.4f')} "
-        f"[{fmt(g(names.INDEPENDENT_EXCESS_LCB), '+.4f')}, "
-        f"{fmt(g(names.INDEPENDENT_EXCESS_UCB), '+.4f')}]"
-    )
+    print(f"  independent pw_mcc (only SAEs never seen) {fmt(g(names.INDEPENDENT_PW_MCC))}")
+    for null in names.NULLS:
+        if names.independent_key(null) in m:
+            keys = [names.independent_key(null, b) for b in names.BOUNDS]
+            print(f"    excess over {null:<12}{_ci(m, *keys)}")
     print_evals(m)
 
 
+def _ci(m: Mapping[str, float], value: str, lcb: str, ucb: str) -> str:
+    g = m.get
+    return f"{fmt(g(value), '+.4f')} [{fmt(g(lcb), '+.4f')}, {fmt(g(ucb), '+.4f')}]"
+
+
 def print_stability(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
-    """Stability of the trained SAEs, then of each null beside the excess over the strongest."""
+    """Stability of the trained SAEs, each null's, and the excess of pw_mcc over each null."""
     g = m.get
     print("  stability        trained    alive   random    step0  delta vs random [95% CI]")
     for base in names.STABILITY_BASES:
@@ -148,19 +153,20 @@ def print_stability(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
         )
     n = g(names.TRIAL_N_SEEDS)
     seeds = "" if n is None else f", {int(n)} seeds"
-    print(f"  nulls          {''.join(f'{x:>12}' for x in names.NULLS)}  excess over the strongest "
-          f"[95% CI{seeds}]")  # fmt: skip
+    print(f"  nulls          {''.join(f'{x:>12}' for x in names.NULLS)}")
     for base in names.STABILITY_BASES:
         nulls = "".join(fmt(g(names.stability_key(base, names.null_suffix(x))), "12.4f")
                         for x in names.NULLS)  # fmt: skip
-        over = tags.get(names.strongest_null_tag(base.removeprefix(names.STABILITY_PREFIX)))
-        print(
-            f"  {base.removeprefix(names.STABILITY_PREFIX):<14}{nulls}  "
-            f"{fmt(g(names.stability_key(base, '_excess')), '+.4f')} "
-            f"[{fmt(g(names.stability_key(base, '_excess_lcb')), '+.4f')}, "
-            f"{fmt(g(names.stability_key(base, '_excess_ucb')), '+.4f')}]"
-            + ("" if over is None else f" {over}")
-        )
+        print(f"  {base.removeprefix(names.STABILITY_PREFIX):<14}{nulls}")
+    pw = names.STABILITY_PW_MCC
+    print(f"  pw_mcc excess over each null [95% CI{seeds}]        alive latents only")
+    for null in names.NULLS:
+        whole = [names.stability_key(pw, names.excess_suffix(null, b)) for b in names.BOUNDS]
+        alive = [names.stability_key(pw, names.excess_suffix(null, b, True)) for b in names.BOUNDS]
+        if whole[0] in m:
+            print(f"    {null:<12}{_ci(m, *whole):<34}{_ci(m, *alive)}")
+        elif names.null_skipped_tag(null) in tags:
+            print(f"    {null:<12}skipped: {tags[names.null_skipped_tag(null)]}")
 
 
 def print_evals(m: Mapping[str, float]) -> None:

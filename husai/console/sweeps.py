@@ -69,12 +69,12 @@ def print_sweep_trials(runs: Sequence[RunView], best_run_id: str | None) -> None
             f"{p.get(names.PARAM_D_SAE, '?'):>7}{lam:>9.3g}"
             f"{fmt(m.get(names.STABILITY_PW_MCC), '8.4f')}"
             f"{fmt(m.get(names.INDEPENDENT_PW_MCC), '8.4f')}"
-            f"{fmt(m.get(names.INDEPENDENT_EXCESS_LCB), '+9.4f')}"
+            f"{fmt(m.get(names.independent_key(names.NULL_SURROGATE, '_lcb')), '+9.4f')}"
             f"{fmt(m.get(names.RECON_EV), '8.4f')}  {status.lower()}"
         )
     print("   (* best by the sweep's objective; pw_mcc: seed vs seed; ind pw: against SAEs")
-    print("    never seen, the control reference at lambda > 0; ind lcb: lower 95% bound of")
-    print("    ind pw minus the strongest null)")
+    print("    never seen, the lambda = 0 recipe's seeds at lambda > 0; ind lcb: lower 95%")
+    print("    bound of ind pw minus the surrogate null's pw_mcc)")
 
 
 def recipe(params: Mapping[str, Any]) -> str:

@@ -23,3 +23,9 @@ def stable_hash(obj: Any) -> str:
 
     text = json.dumps(plain(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def derived_seed(label: str) -> int:
+    """A 62-bit seed named by `label` (e.g. "covariance:1000003"): the same on every platform and
+    Python, unlike hash(); fits torch.Generator.manual_seed and numpy."""
+    return int.from_bytes(hashlib.sha256(label.encode()).digest()[:8], "little") >> 2

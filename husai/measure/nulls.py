@@ -1,26 +1,33 @@
 """The nulls a trial's stability is measured against: dictionaries with no learned features, as
-many as the trial has seeds, of the trial's own shape (docs/metrics.md, stability).
+many as the trial has seeds, of the trial's own shape (docs/metrics.md, "Stability").
 
-- `isotropic`: i.i.d. Gaussian directions (uniform on the sphere): the weakest null;
-- `covariance`: rows drawn from N(0, Sigma), Sigma the covariance of the SAE-train rows: a
-  dictionary that knows the data's geometry and nothing else. On low-rank activations any
-  dictionary fitted to the data lies in the same few dimensions and matches across seeds;
-- `random_base`: the trial's own recipe (same architecture, seeds, steps, batch; no consistency
-  term) trained on the activations of the randomly initialised base model at the same hook and
-  position: the control the original research named "random model" but never built.
+- `surrogate` (the calibrated null): the trial's own recipe (architecture, k, d_sae, steps,
+  batch, lr schedule, AuxK; no consistency term) trained on a Gaussian twin of the SAE-train
+  rows (same mean, covariance and row count; `husai.model.gaussian_twin`), with seeds derived
+  from the trial's and disjoint from them. Everything the second moments force, nothing beyond:
+  on data with no features it scores what the trained SAEs score. Its dead latents are counted
+  as the trial's are, on a held-out draw of the twin of the held-out row count.
+- `random_base`: the recipe trained on the activations of the randomly initialised base model
+  at the same hook and position: the control the original research named "random model".
+- `isotropic` (i.i.d. Gaussian directions) and `covariance` (rows drawn from N(0, Sigma)):
+  untrained, descriptive only. On low-rank activations the first is far too weak and the second
+  is biased either way (no sparsity, no dead latents, no dependence on k).
 
-The random-base null depends on the recipe but not on lambda, so trials of a sweep that differ
-only in lambda share it: its decoders are cached on disk under a hash of everything they depend
-on.
+Every draw derives from the trial's own seeds (`TrialConfig.null_seed`), so a confirmation on
+fresh seeds gets fresh nulls. The trained nulls depend on the recipe but not on lambda, so trials
+that differ only in lambda share them: their decoders (and alive masks) are cached on disk under
+a hash of everything they depend on.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +41,14 @@ from husai.config.experiment import ExperimentConfig
 from husai.core.cache import check_dir, publish_dir
 from husai.core.hashing import stable_hash
 from husai.core.paths import cache_root
-from husai.measure.stability import covariance_decoders, gaussian_decoders
+from husai.measure.metrics import held_out
+from husai.measure.stability import NullDecoders, covariance_decoders, gaussian_decoders
 from husai.model.activations import ActivationSet
-from husai.sae.build import TrainingSAE, build_sae
+from husai.model.gaussian_twin import fit, twin
+from husai.model.rows import Rows
+from husai.sae.build import TrainingSAE, build_sae, load_sae, save_sae
 from husai.sae.train import train_seeds
-from husai.sae.types import SeedStreams
+from husai.sae.types import SeedStreams, TrainedSAE
 
 DECODERS_FILE = "decoders.safetensors"
 
@@ -47,10 +57,10 @@ DECODERS_FILE = "decoders.safetensors"
 class Nulls:
     """The null decoders of one trial, what each cost, and why any could not be computed."""
 
-    decoders: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    decoders: dict[str, NullDecoders] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # null -> why it is absent
-    cached: bool = False  # the random-base null came from the cache
+    cached: set[str] = field(default_factory=set)  # trained nulls that came from the cache
 
     def tags(self) -> dict[str, str]:
         return {names.null_skipped_tag(k): why for k, why in self.skipped.items()}
@@ -69,26 +79,68 @@ def null_decoders(
     """Every null `cfg.trial.nulls` asks for. `random_base`: the random-base model's activations
     (None: that null is skipped, `missing` says why)."""
     t, s = cfg.trial, cfg.sae
-    n, d_in = len(t.seeds), acts.d_in
+    d_in = acts.d_in
     out = Nulls()
     for name in t.nulls:
         start = time.perf_counter()
+        seeds = [t.null_seed(seed, name) for seed in t.seeds]
         if name == names.NULL_ISOTROPIC:
-            out.decoders[name] = gaussian_decoders(n, s.d_sae, d_in, seed=2 * t.random_seed_offset)
+            out.decoders[name] = NullDecoders(gaussian_decoders(s.d_sae, d_in, seeds))
         elif name == names.NULL_COVARIANCE:
-            out.decoders[name] = covariance_decoders(
-                acts.train, n, s.d_sae, seed=3 * t.random_seed_offset
-            )
+            out.decoders[name] = NullDecoders(covariance_decoders(acts.train, s.d_sae, seeds))
+        elif name == names.NULL_SURROGATE:
+            path = cache_root() / "nulls" / name / trained_null_key(cfg, name, acts.key)
+            out.decoders[name], hit = cached_decoders(path, lambda: surrogate(cfg, acts, progress))
+            out.cached |= {name} if hit else set()
         elif random_base is None:
             out.skipped[name] = missing
             continue
         else:
-            path = cache_root() / "nulls" / name / random_base_null_key(cfg, random_base.key)
-            out.decoders[name], out.cached = cached_decoders(
-                path, lambda: _train_on(cfg, random_base, progress)
+            path = cache_root() / "nulls" / name / trained_null_key(cfg, name, random_base.key)
+            out.decoders[name], hit = cached_decoders(
+                path, partial(_trained, cfg, random_base, cfg.trial.seeds, progress, "random-base")
             )
+            out.cached |= {name} if hit else set()
         out.seconds[name] = time.perf_counter() - start
     return out
+
+
+def surrogate(cfg: ExperimentConfig, acts: ActivationSet, progress: bool = False) -> NullDecoders:
+    """The recipe trained on a Gaussian twin of the SAE-train rows, its alive latents counted on
+    a twin draw of the held-out row count."""
+    t = cfg.trial
+    g = fit(acts.train)
+    rows = twin(acts.train, t.surrogate_rows_seed("train"), g)
+    gen = torch.Generator().manual_seed(t.surrogate_rows_seed("eval"))
+    held = g.draw(int(acts.eval.shape[0]), gen)
+    return _trained(cfg, TwinRows(rows, held), t.surrogate_seeds(), progress, "surrogate null")
+
+
+@dataclass(frozen=True)
+class TwinRows:
+    """What a trained null trains on (`train`) and counts its alive latents on (`eval`)."""
+
+    train: Rows
+    eval: torch.Tensor
+
+
+def _trained(
+    cfg: ExperimentConfig,
+    rows: TwinRows | ActivationSet,
+    seeds: tuple[int, ...],
+    progress: bool,
+    label: str,
+) -> NullDecoders:
+    trained = list(train_seeds(cfg.sae, cfg.train, rows.train, seeds, progress, label=label))
+    return NullDecoders([t.decoder for t in trained], [alive_on(t, rows.eval) for t in trained])
+
+
+def alive_on(trained: TrainedSAE, x: torch.Tensor) -> torch.Tensor:
+    """[d_sae] bool: the latents that fire on some row of `x`, the SAE encoding in its saved
+    and reloaded (inference) form, as a trial's own seeds are measured."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sae = load_sae(save_sae(trained.sae, Path(tmp) / "sae"))
+        return held_out(sae, x).alive.cpu()
 
 
 def untrained_sae(cfg: ExperimentConfig, d_in: int, seed: int) -> TrainingSAE[Any]:
@@ -97,44 +149,46 @@ def untrained_sae(cfg: ExperimentConfig, d_in: int, seed: int) -> TrainingSAE[An
     return build_sae(cfg.sae, d_in, SeedStreams.of(seed + cfg.trial.random_seed_offset).init_seed)
 
 
-def random_base_null_key(cfg: ExperimentConfig, activation_key: str) -> str:
+def trained_null_key(cfg: ExperimentConfig, null: str, activation_key: str) -> str:
+    """What a trained null's decoders depend on: its rows (the trial's activation set for the
+    surrogate, the random base model's for random_base), the recipe without lambda, the trial's
+    seeds (its own seeds derive from them) and the metric version."""
     t = cfg.trial
     return stable_hash(
         {
-            "null": names.NULL_RANDOM_BASE,
+            "null": null,
             "activations": activation_key,
             "sae": cfg.sae,
             "train": cfg.train.identity(),
             "seeds": list(t.seeds),
+            "random_seed_offset": t.random_seed_offset,
             "metric_version": husai.metric_version,
         }
     )
 
 
-def _train_on(cfg: ExperimentConfig, acts: ActivationSet, progress: bool) -> list[torch.Tensor]:
-    trained = train_seeds(
-        cfg.sae, cfg.train, acts.train, cfg.trial.seeds, progress, label="random-base null"
-    )
-    return [t.decoder for t in trained]
-
-
-def cached_decoders(
-    folder: Path, compute: Callable[[], list[torch.Tensor]]
-) -> tuple[list[torch.Tensor], bool]:
-    """(decoders, whether they came from the cache): the stored ones if `folder` holds them,
-    else `compute()` stored all or nothing. A damaged entry is computed again."""
+def cached_decoders(folder: Path, compute: Callable[[], NullDecoders]) -> tuple[NullDecoders, bool]:
+    """(null, whether it came from the cache): the stored one if `folder` holds it, else
+    `compute()` stored all or nothing. A damaged entry is computed again."""
     if folder.exists():
         problem = check_dir(folder)
         try:
             if problem is not None:
                 raise OSError(problem)
             tensors = load_file(str(folder / DECODERS_FILE))
-            return [tensors[str(i)] for i in range(len(tensors))], True
+            n = sum(1 for k in tensors if k.startswith("decoder."))
+            decoders = [tensors[f"decoder.{i}"] for i in range(n)]
+            alive = None
+            if "alive.0" in tensors:
+                alive = [tensors[f"alive.{i}"].bool() for i in range(n)]
+            return NullDecoders(decoders, alive), True
         except (OSError, KeyError, SafetensorError) as e:
             # A changed or damaged entry is never used: recomputed and replaced.
             warnings.warn(f"{folder}: {e}; recomputing it", stacklevel=2)
-    decoders = compute()
-    tensors = {str(i): d.contiguous() for i, d in enumerate(decoders)}
+    null = compute()
+    tensors = {f"decoder.{i}": d.contiguous() for i, d in enumerate(null.decoders)}
+    for i, a in enumerate(null.alive or []):
+        tensors[f"alive.{i}"] = a.to(torch.uint8).contiguous()
     shutil.rmtree(folder, ignore_errors=True)  # a damaged entry: the fresh one replaces it
     publish_dir(folder, lambda dst: save_file(tensors, str(dst / DECODERS_FILE)))
-    return decoders, False
+    return null, False

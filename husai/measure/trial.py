@@ -38,7 +38,6 @@ from husai.measure.stability import (
     representative,
     stability_metrics,
     stability_report,
-    strongest_nulls,
 )
 from husai.model.activations import ActivationSet, readout_ce
 from husai.model.base_model import HookedTransformer
@@ -64,6 +63,15 @@ class SeedResult:
         """Training curves by MLflow key (train/<name>), as (step, value) points."""
         c = self.trained.curves
         return {names.train_key(k): list(zip(c.steps, v, strict=True)) for k, v in c.values.items()}
+
+
+@dataclass(frozen=True)
+class Pull:
+    """What a lambda > 0 trial needs: the frozen reference its seeds are pulled toward, and the
+    controls its independence is scored against (the lambda = 0 recipe's seeds)."""
+
+    reference: torch.Tensor  # [d_sae, d_in]
+    controls: list[tuple[int, torch.Tensor]]  # (seed, decoder) of the lambda = 0 recipe
 
 
 @dataclass
@@ -108,22 +116,14 @@ class TrialResult:
         return {**out, **stability_metrics(self.stability)}
 
     def independent_metrics(self) -> dict[str, float | None]:
-        """pw_mcc between SAEs that never saw each other and its excess over the strongest null
+        """pw_mcc between SAEs that never saw each other and its excess over each null
         (stability/independent_pw_mcc*): what copying the reference cannot inflate."""
-        to_control = None if self.consistency is None else self.consistency.to_control
-        ind = independent_stability(self.stability, to_control)
-        ex = ind.excess
-        return {
-            names.INDEPENDENT_PW_MCC: ind.value,
-            names.INDEPENDENT_EXCESS: None if ex is None else ex.value,
-            names.INDEPENDENT_EXCESS_LCB: None if ex is None else ex.lcb,
-            names.INDEPENDENT_EXCESS_UCB: None if ex is None else ex.ucb,
-        }
+        to_controls = None if self.consistency is None else self.consistency.to_controls
+        return independent_stability(self.stability, to_controls).keyed()
 
     def tags(self) -> dict[str, str]:
-        """Which null each metric's excess is over; why a null or an eval is absent."""
-        out = {names.strongest_null_tag(m): n for m, n in strongest_nulls(self.stability).items()}
-        out.update(self.nulls.tags())
+        """Why a null or an eval is absent."""
+        out = dict(self.nulls.tags())
         if self.evals is not None:
             out.update(self.evals.tags(self.plain_contrastive))
         return out
@@ -207,7 +207,7 @@ def run_trial(
     workdir: Path,
     base_model: HookedTransformer | None = None,
     progress: bool = True,
-    references: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pull: Pull | None = None,
     on_seed: Callable[[list[ReconMetrics]], None] | None = None,
     random_base: ActivationSet | None = None,
     random_base_missing: str = "needs activations extracted from a base model",
@@ -216,9 +216,9 @@ def run_trial(
     """Train every seed, measure held-out reconstruction and cross-seed stability against the
     nulls `cfg.trial.nulls` names, run the evals.
 
-    With lambda > 0, `references` = the decoders of (reference, control): each seed is pulled
-    toward the reference; the control, trained with another seed and never used in training,
-    tells how much of the resulting alignment is copying. `on_seed` sees the held-out metrics of
+    With lambda > 0, `pull`: each seed is pulled toward its reference; its controls (the
+    lambda = 0 recipe's seeds, never pulled) tell how much of the resulting alignment is
+    copying. `on_seed` sees the held-out metrics of
     the seeds finished so far, after each seed. `random_base`: the activations of the randomly
     initialised base model, for the random-base null (None: it is skipped, for the reason
     `random_base_missing` gives). `splice`: how `recon/loss_recovered` is measured, where the
@@ -226,16 +226,16 @@ def run_trial(
     """
     preflight(cfg, acts)
     lam = cfg.consistency.lam
-    if lam > 0 and references is None:
-        raise ValueError("consistency.lambda > 0 needs a reference and a control reference")
+    if lam > 0 and pull is None:
+        raise ValueError("consistency.lambda > 0 needs a reference and the lambda = 0 controls")
     start = time.perf_counter()
     if splice is None and base_model is not None:
         splice = _SpliceCE(base_model, acts)
     seeds = []
     pulls, scale = None, None
-    if lam > 0 and references is not None:
+    if lam > 0 and pull is not None:
         # The penalty keeps per-seed state (its matching): one per seed.
-        ref = references[0]
+        ref = pull.reference
         every = cfg.consistency.assign_every
         scale = loss_scale(acts.train)
         pulls = [(ConsistencyPenalty(ref, every), lam * scale) for _ in cfg.trial.seeds]
@@ -269,9 +269,9 @@ def run_trial(
     rep = seeds[representative(report.trained["pw_mcc"])].seed
     evals = run_evals(cfg, acts, [(s.seed, s.sae) for s in seeds], base_model, progress)
     consistency = None
-    if lam > 0 and references is not None:
+    if lam > 0 and pull is not None:
         consistency = consistency_metrics(
-            [s.trained.decoder for s in seeds], references[0], references[1], d_in
+            [(s.seed, s.trained.decoder) for s in seeds], pull.reference, pull.controls, d_in
         )
     return TrialResult(
         seeds=seeds,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +39,35 @@ def max_in_memory_bytes() -> int:
     return int(mib * 2**20)
 
 
-class DiskRows:
+class LazyRows(ABC):
+    """[n, d] float32 rows that are not one tensor in memory: drawn a batch (`take`) or a block
+    at a time. Training and whole-set statistics treat every kind alike."""
+
+    @property
+    @abstractmethod
+    def shape(self) -> torch.Size: ...
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    @abstractmethod
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """[*idx.shape, d]: the rows at `idx`, as `rows[idx]` on a tensor would give them."""
+
+    @abstractmethod
+    def blocks(self, rows: int | None = None) -> Iterator[torch.Tensor]:
+        """Consecutive blocks of the rows, each a fresh tensor."""
+
+    def to_tensor(self) -> torch.Tensor:
+        """All rows in memory: only where a consumer genuinely needs them at once (a GPU)."""
+        return torch.cat(list(self.blocks()))
+
+
+class DiskRows(LazyRows):
     """[n, d] float32 rows of an `.npy` file, read a batch (or a block) at a time."""
 
     def __init__(self, path: Path) -> None:
@@ -50,13 +79,6 @@ class DiskRows:
     @property
     def shape(self) -> torch.Size:
         return torch.Size(self._arr.shape)
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    def __len__(self) -> int:
-        return int(self._arr.shape[0])
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
         """The rows at `idx` (any shape), as `rows[idx]` on a tensor would give them. Read in
@@ -85,10 +107,6 @@ class DiskRows:
             self.release()
             yield torch.from_numpy(block)
 
-    def to_tensor(self) -> torch.Tensor:
-        """All rows in memory: only where a consumer genuinely needs them at once (a GPU)."""
-        return torch.cat(list(self.blocks()))
-
     def release(self) -> None:
         """Drop the pages read so far from this process's resident memory (they stay in the
         page cache, so reading them again is cheap)."""
@@ -97,19 +115,19 @@ class DiskRows:
             raw.madvise(mmap.MADV_DONTNEED)
 
 
-Rows = torch.Tensor | DiskRows
+Rows = torch.Tensor | LazyRows
 
 
 def gather(rows: Rows, idx: torch.Tensor) -> torch.Tensor:
-    return rows.take(idx) if isinstance(rows, DiskRows) else rows[idx]
+    return rows.take(idx) if isinstance(rows, LazyRows) else rows[idx]
 
 
 def as_tensor(rows: Rows) -> torch.Tensor:
-    return rows.to_tensor() if isinstance(rows, DiskRows) else rows
+    return rows.to_tensor() if isinstance(rows, LazyRows) else rows
 
 
 def _blocks(rows: Rows) -> Iterator[torch.Tensor]:
-    if isinstance(rows, DiskRows):
+    if isinstance(rows, LazyRows):
         yield from rows.blocks()
     else:
         yield rows
@@ -117,7 +135,7 @@ def _blocks(rows: Rows) -> Iterator[torch.Tensor]:
 
 def row_mean(rows: Rows) -> torch.Tensor:
     """The mean row, float32 (float64 sums over blocks on disk)."""
-    if not isinstance(rows, DiskRows):
+    if not isinstance(rows, LazyRows):
         return rows.mean(dim=0)
     s, _, n = sums(rows)
     return (s / n).float()

@@ -9,6 +9,13 @@ from __future__ import annotations
 # The eval keys live in husai/names/evals.py; re-exported so every name is `names.<NAME>`.
 from husai.names import evals as _evals
 from husai.names.evals import *  # noqa: F403
+from husai.names.stability import *  # noqa: F403
+from husai.names.stability import (
+    INDEPENDENT_KEYS,
+    STABILITY_BASES,
+    STABILITY_SUFFIXES,
+    stability_key,
+)
 
 # --- registered models and aliases ------------------------------------------------------------
 BASE_MODEL_NAME = "husai-base"
@@ -117,98 +124,23 @@ RECON_LOSS_RECOVERED = "recon/loss_recovered"  # against mean ablation
 # Against zero ablation: language-model sets only (the task's read-out is mean-ablated).
 RECON_LOSS_RECOVERED_ZERO = "recon/loss_recovered_zero"
 
-# --- stability (trial runs) ---------------------------------------------------------------------
-STABILITY_PREFIX = "stability/"
-STABILITY_MMCS = "stability/mmcs"
-STABILITY_PW_MCC = "stability/pw_mcc"
-STABILITY_SHARED_07 = "stability/shared_frac_0.7"
-STABILITY_BASES = (
-    STABILITY_MMCS,
-    STABILITY_PW_MCC,
-    "stability/shared_frac_0.5",
-    STABILITY_SHARED_07,
-    "stability/shared_frac_0.9",
-)
-# The nulls each trial is scored against (docs/metrics.md): dictionaries with no learned features.
-NULL_ISOTROPIC = "isotropic"  # i.i.d. Gaussian directions
-NULL_COVARIANCE = "covariance"  # rows drawn from N(0, covariance of the SAE-train rows)
-NULL_RANDOM_BASE = "random_base"  # the recipe trained on a randomly initialised base model
-NULLS = (NULL_ISOTROPIC, NULL_COVARIANCE, NULL_RANDOM_BASE)
-
-
-def null_suffix(null: str) -> str:
-    """`_null_<name>`: a stability metric of one null, e.g. stability/pw_mcc_null_covariance."""
-    if null not in NULLS:
-        raise KeyError(f"not a null: {null!r}")
-    return f"_null_{null}"
-
-
-# _random: untrained sae-lens initialisations (the weak null of `_delta`); _excess: trained minus
-# the strongest null; _lcb/_ucb: the ends of the 95% interval; _alive: alive latents only.
-STABILITY_SUFFIXES = (
-    "",
-    "_random",
-    "_step0",
-    "_delta",
-    "_delta_lcb",
-    "_delta_ucb",
-    "_alive",
-    *(null_suffix(n) for n in NULLS),
-    "_excess",
-    "_excess_lcb",
-    "_excess_ucb",
-)
-# Suffixes metric_version 2 wrote and 3 does not: policies naming them are refused, with the
-# replacement named.
-REMOVED_STABILITY_SUFFIXES = {"_gaussian": null_suffix(NULL_ISOTROPIC)}
-# Which null a metric's excess is measured against: tag husai.strongest_null.<metric short name>.
-TAG_STRONGEST_NULL_PREFIX = "husai.strongest_null."
-NULL_SKIPPED_PREFIX = "husai.null_skipped."  # + null name: why it could not be computed
-TRIAL_N_SEEDS = "trial/n_seeds"  # the seeds every interval of the trial run is computed from
-
-
-def strongest_null_tag(metric: str) -> str:
-    return TAG_STRONGEST_NULL_PREFIX + metric
-
-
-def null_skipped_tag(null: str) -> str:
-    if null not in NULLS:
-        raise KeyError(f"not a null: {null!r}")
-    return NULL_SKIPPED_PREFIX + null
-
-
-def null_seconds_key(null: str) -> str:
-    """What computing one null cost, on the trial run: `null/<name>_seconds`."""
-    if null not in NULLS:
-        raise KeyError(f"not a null: {null!r}")
-    return f"null/{null}_seconds"
-
+# --- stability (trial runs): husai/names/stability.py (re-exported at the top) ---------------
 
 # --- consistency, stress, external --------------------------------------------------------------
 CONSISTENCY_PREFIX = "consistency/"
 CONSISTENCY_ALIGNMENT = "consistency/alignment_to_ref"
 CONSISTENCY_EV_DROP = "consistency/ev_drop"
-# Controls that tell "more stable" apart from "copies the reference":
-CONSISTENCY_ALIGNMENT_CONTROL = "consistency/alignment_to_control_ref"
-CONSISTENCY_REF_CONTROL = "consistency/ref_control_pw_mcc"
-# alignment_to_control_ref - ref_control_pw_mcc per seed, with its seed interval: what the pull
-# bought beyond copying the reference (lambda > 0 only)
+# Copy-proof controls (lambda > 0 only): the lambda = 0 recipe's own seeds, never used in
+# training, tell "more stable" apart from "copies the reference".
+CONSISTENCY_ALIGNMENT_CONTROLS = "consistency/alignment_to_controls"  # seed vs control, mean
+CONSISTENCY_REF_CONTROLS = "consistency/ref_controls_pw_mcc"  # reference vs control, mean
+CONSISTENCY_CONTROLS_PW_MCC = "consistency/controls_pw_mcc"  # control vs control, pair mean
+CONSISTENCY_N_CONTROLS = "consistency/n_controls"
+# alignment_to_controls - ref_controls_pw_mcc, with its two-way interval: what the pull bought
+# beyond copying the reference
 CONSISTENCY_INDEPENDENT_GAIN = "consistency/independent_gain"
 CONSISTENCY_INDEPENDENT_GAIN_LCB = "consistency/independent_gain_lcb"
 CONSISTENCY_INDEPENDENT_GAIN_UCB = "consistency/independent_gain_ucb"
-# pw_mcc between SAEs that never saw each other (lambda 0: seed vs seed; lambda > 0: seed vs the
-# control reference) and its excess over the strongest null: what copying cannot inflate, the
-# objective of every sweep that searches lambda
-INDEPENDENT_PW_MCC = "stability/independent_pw_mcc"
-INDEPENDENT_EXCESS = "stability/independent_pw_mcc_excess"
-INDEPENDENT_EXCESS_LCB = "stability/independent_pw_mcc_excess_lcb"
-INDEPENDENT_EXCESS_UCB = "stability/independent_pw_mcc_excess_ucb"
-INDEPENDENT_KEYS = (
-    INDEPENDENT_PW_MCC,
-    INDEPENDENT_EXCESS,
-    INDEPENDENT_EXCESS_LCB,
-    INDEPENDENT_EXCESS_UCB,
-)
 # Objectives a seed-vs-seed comparison of pulled seeds cannot inflate by copying the reference.
 COPY_PROOF_KEYS = frozenset(
     {*INDEPENDENT_KEYS, CONSISTENCY_INDEPENDENT_GAIN, CONSISTENCY_INDEPENDENT_GAIN_LCB}
@@ -218,7 +150,7 @@ KIND_REFERENCE = "reference"
 PARAM_REF_KEY = "ref_key"
 PARAM_REF_SEED = "ref_seed"
 PARAM_REF_RUN_ID = "ref_run_id"
-PARAM_CONTROL_REF_RUN_ID = "control_ref_run_id"
+PARAM_CONTROLS_RUN_ID = "controls_run_id"  # the lambda = 0 trial whose seeds are the controls
 PARAM_ASSIGN_EVERY = "assign_every"
 TAG_REF_RUN_ID = "husai.ref_run_id"
 # Stress tests and local external evals: husai/names/evals.py (re-exported at the top).
@@ -295,13 +227,6 @@ TUNE_DUPLICATE = "duplicate"  # 1: the trial reused another's record of the same
 TUNE_TRIAL_ERROR = "trial_error"
 
 
-def stability_key(base: str, suffix: str = "") -> str:
-    """`stability/pw_mcc` + `_delta_lcb` -> `stability/pw_mcc_delta_lcb`, checked."""
-    if base not in STABILITY_BASES or suffix not in STABILITY_SUFFIXES:
-        raise KeyError(f"not a stability metric: {base!r}{suffix!r}")
-    return base + suffix
-
-
 RECON_KEYS = {
     "fvu": RECON_FVU,
     "ev": RECON_EV,
@@ -372,7 +297,8 @@ GATE_BASE_GENERALISED = "base/generalised"
 
 
 def gateable_metrics() -> frozenset[str]:
-    """Every key a gate policy may name: the trial-run metrics of docs/metrics.md."""
+    """Every recorded key a gate policy may name: the trial-run metrics of docs/metrics.md (a
+    policy may also name a null family, `null_families()`, read once per gated null)."""
     keys = {stability_key(b, s) for b in STABILITY_BASES for s in STABILITY_SUFFIXES}
     keys |= set(RECON_KEYS.values()) | {GATE_BASE_GENERALISED} | set(INDEPENDENT_KEYS)
     keys |= {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +27,7 @@ Op = Literal[">=", "<=", ">", "<"]
 HIGHER_IS_BETTER = {">=": True, ">": True, "<=": False, "<": False}
 When = Literal["always", "lambda > 0"]
 LAMBDA_POSITIVE: When = "lambda > 0"
+NOT_APPLICABLE = "not applicable: "
 
 
 class Check(BaseModel):
@@ -55,7 +56,9 @@ class Check(BaseModel):
     @field_validator("metric")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v in names.gateable_metrics() or names.is_official_metric(v):
+        if v in names.gateable_metrics() or v in names.null_families():
+            return v
+        if names.is_official_metric(v):
             return v
         for old, new in names.REMOVED_STABILITY_SUFFIXES.items():
             if v.startswith(names.STABILITY_PREFIX) and v.endswith(old):
@@ -82,6 +85,20 @@ class Check(BaseModel):
         """A bound of an interval over seeds: only as honest as the seeds behind it."""
         return self.metric.endswith(("_lcb", "_ucb"))
 
+    @property
+    def family(self) -> bool:
+        """A null family (`..._excess_lcb`): judged once per null the policy gates on."""
+        return self.metric in names.null_families()
+
+
+@dataclass(frozen=True)
+class PolicyCheck:
+    """One check as the gate judges it: a family check becomes one per gated null."""
+
+    id: str  # `<group>.<metric short name>`: the version tag's name
+    check: Check
+    family: str | None = None  # `<group>.<family short name>` for a family's member
+
 
 class Policy(BaseModel):
     """A gate policy file: named groups of checks."""
@@ -101,6 +118,12 @@ class Policy(BaseModel):
         description="a champion measured on other activations or another metric version: a "
         "check with a champion margin fails (block) or is judged as if there were none (ignore)",
     )
+    nulls: tuple[NullName, ...] = Field(
+        ("surrogate",),
+        min_length=1,
+        description="the nulls a check on a null family (e.g. stability/"
+        "independent_pw_mcc_excess_lcb) is judged against: one check per null, all must pass",
+    )
     checks: dict[str, list[Check]] = Field(
         description="group (stability, transcoder, ood, external, recon, ...) -> checks"
     )
@@ -109,15 +132,28 @@ class Policy(BaseModel):
     def _check(self) -> Policy:
         if not self.checks or not any(self.checks.values()):
             raise ValueError("checks: a policy needs at least one check")
+        if len(set(self.nulls)) != len(self.nulls):
+            raise ValueError(f"nulls: each null at most once, got {list(self.nulls)}")
         for group, checks in self.checks.items():
-            shorts = [c.short for c in checks]
+            shorts = [pc.check.short for pc in self._expand(group, checks)]
             if len(set(shorts)) != len(shorts):
                 raise ValueError(f"checks.{group}: the same metric twice")
         return self
 
-    def items(self) -> list[tuple[str, Check]]:
-        """(check id `<group>.<metric short name>`, check) in file order."""
-        return [(f"{g}.{c.short}", c) for g, cs in self.checks.items() for c in cs]
+    def _expand(self, group: str, checks: list[Check]) -> list[PolicyCheck]:
+        out = []
+        for c in checks:
+            if not c.family:
+                out.append(PolicyCheck(f"{group}.{c.short}", c))
+                continue
+            for null in self.nulls:
+                member = c.model_copy(update={"metric": names.per_null_key(c.metric, null)})
+                out.append(PolicyCheck(f"{group}.{member.short}", member, f"{group}.{c.short}"))
+        return out
+
+    def items(self) -> list[PolicyCheck]:
+        """Every check in file order, a family's once per gated null."""
+        return [pc for g, cs in self.checks.items() for pc in self._expand(g, cs)]
 
 
 def load_policy(path: str | Path) -> Policy:
@@ -126,6 +162,9 @@ def load_policy(path: str | Path) -> Policy:
         return Policy.model_validate(read_yaml_file(path, "gate policy"))
     except ValidationError as e:
         raise ConfigError(format_validation(str(path), e)) from None
+
+
+NullName = Literal["isotropic", "covariance", "surrogate", "random_base"]
 
 
 @dataclass(frozen=True)
@@ -212,7 +251,8 @@ def evaluate(
     results = []
     # An incomparable champion's numbers mean nothing here: margins never read them.
     usable = champion if champion is not None and champion.incomparable is None else None
-    for check_id, c in policy.items():
+    for pc in policy.items():
+        check_id, c = pc.id, pc.check
         r = readings.get(c.metric, Reading(None, "missing"))
         if c.when == LAMBDA_POSITIVE and lam == 0:
             r = Reading(r.value, r.source, "lambda = 0: no consistency term (when: lambda > 0)")
@@ -220,7 +260,7 @@ def evaluate(
         if c.champion_margin is not None and usable is not None:
             champ_value = usable.readings.get(c.metric, Reading(None, "missing")).value
         if r.not_applicable is not None:
-            passed, reason = True, f"not applicable: {r.not_applicable}"
+            passed, reason = True, f"{NOT_APPLICABLE}{r.not_applicable}"
         else:
             passed, reason = _judge(c, r.value, champ_value, usable is not None)
             passed, reason = _seeds(policy, c, n_seeds, passed, reason)
@@ -241,7 +281,32 @@ def evaluate(
             )
         )
     champ = None if champion is None else champion.version
+    results = _no_null_judged(policy, results)
     return GateDecision(policy.name, version, champ, results, n_seeds, policy.min_seeds)
+
+
+def _no_null_judged(policy: Policy, results: list[CheckResult]) -> list[CheckResult]:
+    """A family check none of whose gated nulls could be computed for this version (each
+    skipped, e.g. no random base model behind a user's own file) judged nothing: it fails
+    closed rather than passing as not applicable."""
+    family_of = {pc.id: pc.family for pc in policy.items()}
+    members: dict[str, list[CheckResult]] = {}
+    for r in results:
+        family = family_of.get(r.check)
+        if family is not None:
+            members.setdefault(family, []).append(r)
+    empty = {f for f, rs in members.items() if all(r.reason.startswith(NOT_APPLICABLE) for r in rs)}
+    return [
+        replace(
+            r,
+            passed=False,
+            reason=f"no gated null ({', '.join(policy.nulls)}) could be computed for this "
+            f"version: fails closed ({r.reason})",
+        )
+        if family_of.get(r.check) in empty
+        else r
+        for r in results
+    ]
 
 
 def _seeds(

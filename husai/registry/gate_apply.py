@@ -7,8 +7,11 @@ the seed the version was registered from (the version *is* that seed's SAE); eve
 (stability, intervals, evals over seeds) from the version's trial run, the recipe's; whether its
 base model generalised from the registry. Nothing falls back from one place to another: what is
 not where its key belongs is missing, and a required check on it fails. A check marked
-`when: lambda > 0` on a lambda = 0 version, or the base-model check on a user's own
-activations, does not apply and says so. A champion margin is measured only against a champion
+`when: lambda > 0` on a lambda = 0 version, the base-model check on activations with no task
+base model (`base_version` "none"), or a check against a null the trial could not compute for
+its activations (tag `husai.null_skipped.<null>`), does not apply and says so; a trial run with
+no `base_version` at all fails the base-model check closed, and a null-family check none of
+whose gated nulls was computed fails closed. A champion margin is measured only against a champion
 trained on the same activations under the same metric version.
 
 Order of writes, so that an interrupted or concurrent gate never leaves a half-written
@@ -87,7 +90,13 @@ def readings(tracker: Tracker, mv: VersionView, trial: RunView | None = None) ->
     )
     out: dict[str, Reading] = {}
     for key in names.gateable_metrics() - {names.GATE_BASE_GENERALISED}:
-        if key in names.ARTIFACT_LEVEL_KEYS:
+        null = names.null_of(key)
+        skipped = None if null is None else trial.tags.get(names.null_skipped_tag(null))
+        if skipped is not None and key not in trial.metrics:
+            # Asked for but impossible on these activations (no random base model behind a
+            # user's own file): nothing to judge against. Not asked for at all: missing.
+            out[key] = Reading(None, "skipped", f"null {null} not computed: {skipped}")
+        elif key in names.ARTIFACT_LEVEL_KEYS:
             if seed_run is not None and key in seed_run.metrics:
                 out[key] = Reading(float(seed_run.metrics[key]), f"seed run {seed_run.run_id}")
         elif key in trial.metrics:
@@ -105,8 +114,10 @@ def readings(tracker: Tracker, mv: VersionView, trial: RunView | None = None) ->
 
 def _base_generalised(tracker: Tracker, params: Mapping[str, str]) -> Reading:
     version = params.get(names.PARAM_BASE_VERSION)
-    if version in (None, "none"):
-        return Reading(None, "no base model", "a user's own activations: no base model")
+    if version is None:  # every trial records it: its absence is not evidence of anything
+        return Reading(None, f"missing: the trial run records no {names.PARAM_BASE_VERSION}")
+    if version == "none":
+        return Reading(None, "no base model", "activations with no task base model behind them")
     base = tracker.model_version(names.BASE_MODEL_NAME, version, None)
     if base is None:
         return Reading(None, "missing")

@@ -51,11 +51,12 @@ class SeedRecord:
 
 @dataclass(frozen=True)
 class ReferenceLinks:
-    """The reference SAEs a lambda > 0 trial was pulled toward (and checked against)."""
+    """The reference SAE a lambda > 0 trial was pulled toward, and the lambda = 0 trial whose
+    seeds its independence was scored against."""
 
     ref_seed: int
     ref_run_id: str
-    control_run_id: str
+    controls_run_id: str
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def _trial_params_and_tags(
             {
                 names.PARAM_REF_SEED: ref.ref_seed,
                 names.PARAM_REF_RUN_ID: ref.ref_run_id,
-                names.PARAM_CONTROL_REF_RUN_ID: ref.control_run_id,
+                names.PARAM_CONTROLS_RUN_ID: ref.controls_run_id,
                 names.PARAM_ASSIGN_EVERY: cfg.consistency.assign_every,
             }
         )

@@ -3,8 +3,8 @@
 - `stability_vs_k.png`, `stability_vs_d_sae.png` (and `stability_vs_layer.png`,
   `stability_vs_lm_token_budget.png` where the sweep varies the hook's layer or a language
   model's token budget): pw_mcc and mmcs of each finished trial with the 95% interval of its
-  excess over the strongest null drawn around the trained value, and a band per null
-  (untrained initialisations, isotropic, covariance, random base model);
+  excess over the surrogate null (the calibrated one) drawn around the trained value, and a
+  band per null (untrained initialisations, isotropic, covariance, surrogate, random base);
 - `pareto.png`: pw_mcc against held-out FVU, the Pareto front (lower FVU, higher pw_mcc) marked;
 - `lambda_effect.png` (when a trial has lambda > 0): pw_mcc, alignment to the reference and EV
   against lambda;
@@ -35,14 +35,19 @@ from husai.config.experiment import hook_layer  # noqa: E402
 from husai.registry.tracking import Tracker  # noqa: E402
 from husai.registry.views import RunView  # noqa: E402
 
+# The excess the plots draw and the table leads with: over the calibrated null.
+HEADLINE_NULL = names.NULL_SURROGATE
+EXCESS = tuple(names.excess_suffix(HEADLINE_NULL, b) for b in names.BOUNDS)
 TABLE_METRICS = (
     names.STABILITY_PW_MCC,
     *(names.stability_key(names.STABILITY_PW_MCC, names.null_suffix(n)) for n in names.NULLS),
-    names.stability_key(names.STABILITY_PW_MCC, "_excess"),
-    names.stability_key(names.STABILITY_PW_MCC, "_excess_lcb"),
+    names.stability_key(names.STABILITY_PW_MCC, EXCESS[0]),
+    names.stability_key(names.STABILITY_PW_MCC, EXCESS[1]),
+    names.stability_key(names.STABILITY_PW_MCC, EXCESS[2]),
     names.stability_key(names.STABILITY_PW_MCC, "_alive"),
+    names.stability_key(names.STABILITY_PW_MCC, names.excess_suffix(HEADLINE_NULL, "_lcb", True)),
     names.STABILITY_MMCS,
-    names.stability_key(names.STABILITY_MMCS, "_excess_lcb"),
+    names.stability_key(names.STABILITY_MMCS, EXCESS[1]),
     names.STABILITY_SHARED_07,
     names.RECON_EV,
     names.RECON_FVU,
@@ -50,7 +55,8 @@ TABLE_METRICS = (
     names.RECON_DEAD_FRAC,
     names.RECON_LOSS_RECOVERED,
     names.INDEPENDENT_PW_MCC,
-    names.INDEPENDENT_EXCESS_LCB,
+    names.independent_key(HEADLINE_NULL, "_lcb"),
+    names.independent_key(names.NULL_RANDOM_BASE, "_lcb"),
     names.CONSISTENCY_ALIGNMENT,
     names.CONSISTENCY_INDEPENDENT_GAIN,
     names.CONSISTENCY_EV_DROP,
@@ -62,7 +68,7 @@ BANDS = (("_random", "untrained init"), *((names.null_suffix(n), n) for n in nam
 PLOT_ONLY = tuple(
     names.stability_key(b, sfx)
     for b in (names.STABILITY_PW_MCC, names.STABILITY_MMCS)
-    for sfx in (*(b for b, _ in BANDS), "_excess", "_excess_lcb", "_excess_ucb")
+    for sfx in (*(b for b, _ in BANDS), *EXCESS)
     if names.stability_key(b, sfx) not in TABLE_METRICS
 )
 # The hook's layer (blocks.<n>.), drawn on its own axis: a number, where the hook is a string.
@@ -156,10 +162,10 @@ def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:
     d, at = _slice(_finished(df), param)
     d = d.sort_values(param)
     for ax, metric in zip(axes, (names.STABILITY_PW_MCC, names.STABILITY_MMCS), strict=True):
-        excess = d[names.stability_key(metric, "_excess")]
-        # The interval of (trained - strongest null), drawn around the trained value.
-        below = excess - d[names.stability_key(metric, "_excess_lcb")]
-        above = d[names.stability_key(metric, "_excess_ucb")] - excess
+        excess = d[names.stability_key(metric, EXCESS[0])]
+        # The interval of (trained - surrogate null), drawn around the trained value.
+        below = excess - d[names.stability_key(metric, EXCESS[1])]
+        above = d[names.stability_key(metric, EXCESS[2])] - excess
         for lam, g in d.groupby(names.PARAM_LAMBDA):
             idx = g.index
             ax.errorbar(
@@ -184,7 +190,7 @@ def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
     fig.suptitle(
-        f"Stability vs {param}{at} (bars: 95% interval of the excess over the strongest null)"
+        f"Stability vs {param}{at} (bars: 95% interval of the excess over the surrogate null)"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)

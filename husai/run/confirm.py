@@ -48,8 +48,8 @@ def confirm_best(
     inputs = replace(inputs, src=replace(inputs.src, source="confirm", confirms=search))
     run_id = find_confirmation(tracker, cfg, search, outcome.sweep_run_id)
     if run_id is None:
-        refs, plain = prepare_consistency(cfg, inputs, outcome.sweep_run_id)
-        _, recorded = run_and_record(cfg, inputs, refs, plain, outcome.sweep_run_id)
+        ref, plain = prepare_consistency(cfg, inputs, outcome.sweep_run_id)
+        _, recorded = run_and_record(cfg, inputs, ref, plain, outcome.sweep_run_id)
         run_id = recorded.run_id
     else:
         console.say(f"confirmation: reusing run {run_id}")

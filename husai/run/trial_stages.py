@@ -20,13 +20,15 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from husai import console, names
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
 from husai.core import device as devices
 from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
-from husai.measure.trial import Splice, TrialResult, check_sizes, preflight, run_trial
+from husai.measure.trial import Pull, Splice, TrialResult, check_sizes, preflight, run_trial
 from husai.model.activations import ActivationSet, activation_key, load_user_activations
 from husai.model.base_model import HookedTransformer
 from husai.model.lm_source import plan
@@ -46,6 +48,7 @@ from husai.registry.trial_records import (
 )
 from husai.report.plots import plot_stability_heatmap
 from husai.run import lm_stages, stages
+from husai.sae.build import decoder, load_sae
 
 NO_BASE_MODEL = "needs activations extracted from a base model (a user's own file has none)"
 
@@ -86,11 +89,13 @@ class TrialOutcome:
 
 @dataclass(frozen=True)
 class PlainRecipe:
-    """What the same recipe at lambda = 0 measured: the baseline of ev_drop and of
-    external/contrastive_delta."""
+    """The same recipe at lambda = 0: the baseline of ev_drop and of
+    external/contrastive_delta, and its seeds the controls of independent stability."""
 
+    run_id: str
     ev: float | None
     contrastive: dict[int, float]  # seed -> external/contrastive_score
+    controls: list[tuple[int, torch.Tensor]]  # (seed, decoder), in seed order
 
 
 def trial_inputs(
@@ -195,8 +200,8 @@ def trial(
         done = None if rerun else find_recorded_trial(tracker, cfg, acts.key, acts.sha256)
         if done is not None:
             return TrialOutcome(done, None, None, duplicate=src.ray_trial_id is not None)
-        refs, plain = prepare_consistency(cfg, inputs, parent_run_id)
-        result, rec = run_and_record(cfg, inputs, refs, plain, parent_run_id, on_seed)
+        ref, plain = prepare_consistency(cfg, inputs, parent_run_id)
+        result, rec = run_and_record(cfg, inputs, ref, plain, parent_run_id, on_seed)
     return TrialOutcome(rec.run_id, result, rec)
 
 
@@ -225,19 +230,15 @@ def _trial_claim(
 
 def prepare_consistency(
     cfg: ExperimentConfig, inputs: TrialInputs, parent_run_id: str | None = None
-) -> tuple[tuple[Reference, Reference] | None, PlainRecipe | None]:
-    """For lambda > 0: (reference, control) and what the lambda = 0 recipe measured."""
+) -> tuple[Reference | None, PlainRecipe | None]:
+    """For lambda > 0: the reference and what the lambda = 0 recipe measured (its seeds are
+    the controls)."""
     if cfg.consistency.lam == 0:
         return None, None
     plain = plain_recipe(cfg, inputs, parent_run_id)
-    c, acts, tracker = cfg.consistency, inputs.acts, inputs.tracker
-    refs = (
-        stages.reference(cfg, acts, c.ref_seed, tracker),
-        stages.reference(cfg, acts, c.control_ref_seed, tracker),
-    )
-    for ref, what in zip(refs, ("reference", "control reference"), strict=True):
-        console.print_reference(ref, what)
-    return refs, plain
+    ref = stages.reference(cfg, inputs.acts, cfg.consistency.ref_seed, inputs.tracker)
+    console.print_reference(ref, "reference")
+    return ref, plain
 
 
 def plain_recipe(
@@ -257,12 +258,7 @@ def plain_recipe(
         run_id = find_recorded_trial(tracker, plain, inputs.acts.key, inputs.acts.sha256)
         if run_id is not None:
             console.print_plain_recipe(run_id)
-            scores = {}
-            for seed_run in tracker.child_runs(run_id):
-                value = seed_run.metrics.get(names.EXTERNAL_CONTRASTIVE_SCORE)
-                if value is not None and names.TAG_SEED in seed_run.tags:
-                    scores[int(seed_run.tags[names.TAG_SEED])] = value
-            return PlainRecipe(tracker.get_run_metrics(run_id).get(names.RECON_EV), scores)
+            return _recorded_plain(tracker, run_id)
         console.print_plain_recipe(None)
         # Not this Ray trial's own result: without its trial id, a resumed sweep cannot mistake it.
         # Nor a confirmation: the lambda = 0 baseline is an ordinary trial.
@@ -270,20 +266,38 @@ def plain_recipe(
         result, rec = run_and_record(plain, base_inputs, parent_run_id=parent_run_id)
         console.print_plain_recipe(rec.run_id, recorded=True)
         scores = {} if result.evals is None else result.evals.contrastive_scores()
-        return PlainRecipe(result.recon_mean["ev"], scores)
+        controls = [(s.seed, s.trained.decoder) for s in result.seeds]
+        return PlainRecipe(rec.run_id, result.recon_mean["ev"], scores, controls)
+
+
+def _recorded_plain(tracker: Tracker, run_id: str) -> PlainRecipe:
+    """A recorded lambda = 0 trial: its EV, its seeds' contrastive scores and decoders."""
+    scores, controls = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed_run in tracker.child_runs(run_id):
+            if names.TAG_SEED not in seed_run.tags:
+                continue
+            seed = int(seed_run.tags[names.TAG_SEED])
+            value = seed_run.metrics.get(names.EXTERNAL_CONTRASTIVE_SCORE)
+            if value is not None:
+                scores[seed] = value
+            folder = tracker.download(seed_run.run_id, names.ARTIFACT_SAE, Path(tmp) / str(seed))
+            controls.append((seed, decoder(load_sae(folder))))
+    ev = tracker.get_run_metrics(run_id).get(names.RECON_EV)
+    return PlainRecipe(run_id, ev, scores, sorted(controls, key=lambda c: c[0]))
 
 
 def run_and_record(
     cfg: ExperimentConfig,
     inputs: TrialInputs,
-    refs: tuple[Reference, Reference] | None = None,
+    ref: Reference | None = None,
     plain: PlainRecipe | None = None,
     parent_run_id: str | None = None,
     on_seed: Callable[[list[ReconMetrics]], None] | None = None,
 ) -> tuple[TrialResult, RecordedTrial]:
     """Train and measure the trial, fill in its deltas against the lambda = 0 recipe, record
     it (under `parent_run_id`, a sweep run, if given)."""
-    decoders = None if refs is None else (refs[0].decoder, refs[1].decoder)
+    pull = None if ref is None or plain is None else Pull(ref.decoder, plain.controls)
     started = time.time()
     with tempfile.TemporaryDirectory() as work:
         result = run_trial(
@@ -291,7 +305,7 @@ def run_and_record(
             inputs.acts,
             Path(work),
             base_model=inputs.base_model,
-            references=decoders,
+            pull=pull,
             on_seed=on_seed,
             random_base=inputs.random_base,
             random_base_missing=inputs.random_base_missing,
@@ -305,7 +319,9 @@ def run_and_record(
             # Seed by seed against the lambda = 0 recipe; {} = unknown: the delta stays absent.
             result.plain_contrastive = {} if plain is None else dict(plain.contrastive)
         links = (
-            None if refs is None else ReferenceLinks(refs[0].seed, refs[0].run_id, refs[1].run_id)
+            None
+            if ref is None or plain is None
+            else ReferenceLinks(ref.seed, ref.run_id, plain.run_id)
         )
         with tempfile.TemporaryDirectory() as tmp:
             rec = replace(trial_record(cfg, inputs.acts, result, links, Path(tmp)), started=started)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-from husai.model.rows import DiskRows, Rows, sums
+from husai.model.rows import LazyRows, Rows, sums
 
 
 def loss_scale(rows: Rows) -> float:
@@ -25,7 +25,7 @@ def loss_scale(rows: Rows) -> float:
     loss / s is the fraction of variance left unexplained (what a zero-information SAE scores 1
     on), so lambda weighs the penalty (in [0, 2]) against FVU: lambda 1 = a full unit of
     penalty costs as much as all of the variance."""
-    if isinstance(rows, DiskRows):  # block sums: E||x||^2 - ||E x||^2
+    if isinstance(rows, LazyRows):  # block sums: E||x||^2 - ||E x||^2
         s, sq, n = sums(rows)
         return float(sq / n - (s / n).pow(2).sum())
     x = rows.detach().double()

@@ -7,14 +7,14 @@ import torch
 
 from husai.config.experiment import SAETrainConfig
 from husai.core import device as devices
-from husai.model.rows import DiskRows, Rows, as_tensor
+from husai.model.rows import LazyRows, Rows, as_tensor
 
 
 def on_active_device(acts: Rows, target: torch.Tensor | None) -> tuple[Rows, torch.Tensor | None]:
     """The training rows (and transcoder targets) on the process's device, moved once. Rows
-    on disk stay there on the CPU (read a batch at a time); a GPU gets them all."""
+    on disk (or drawn per batch) stay lazy on the CPU; a GPU gets them all."""
     dev = devices.active()
-    moved = acts if isinstance(acts, DiskRows) and dev.type == "cpu" else as_tensor(acts).to(dev)
+    moved = acts if isinstance(acts, LazyRows) and dev.type == "cpu" else as_tensor(acts).to(dev)
     return moved, None if target is None else target.to(dev)
 
 

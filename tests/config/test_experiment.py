@@ -122,4 +122,6 @@ def test_removed_trial_fields_are_refused_with_why() -> None:
         from_dict({"trial": {"nulls": ["isotropic", "shuffled"]}})
     with pytest.raises(ConfigError, match="each null at most once"):
         from_dict({"trial": {"nulls": ["covariance", "covariance"]}})
-    assert from_dict({}).trial.nulls == ("isotropic", "covariance", "random_base")
+    assert from_dict({}).trial.nulls == ("isotropic", "covariance", "surrogate", "random_base")
+    with pytest.raises(ConfigError, match="control_ref_seed: removed in metric_version 6"):
+        from_dict({"consistency": {"control_ref_seed": 10_001}})

@@ -81,7 +81,7 @@ def test_asha_is_refused_for_an_objective_it_does_not_schedule_on(tmp_path: Path
     text = (
         "name: t\nexperiment: {preset: quick}\n"
         "search_space: {sae.k: {type: categorical, choices: [8]}}\n"
-        "objective: [{metric: stability/pw_mcc_excess_lcb, mode: max}]\n"
+        "objective: [{metric: stability/pw_mcc_excess_surrogate_lcb, mode: max}]\n"
     )
     assert not load_sweep(write(tmp_path, text)).asha.enabled  # off by default
     with pytest.raises(ConfigError, match=r"asha\.enabled: ASHA stops trials by their running"):
@@ -104,9 +104,10 @@ def test_a_lambda_sweep_must_use_an_objective_copying_cannot_inflate(
 ) -> None:
     head = "name: t\n" + ("" if "experiment" in space else "experiment: {preset: quick}\n")
     for metric, ok in (
-        ("stability/pw_mcc_excess_lcb", False),
+        ("stability/pw_mcc_excess_surrogate_lcb", False),
         ("stability/pw_mcc", False),
-        ("stability/independent_pw_mcc_excess_lcb", True),
+        ("stability/independent_pw_mcc_excess_surrogate_lcb", True),
+        ("stability/independent_pw_mcc_excess_random_base_lcb", True),
         ("consistency/independent_gain_lcb", True),
         ("recon/ev", True),
     ):
@@ -124,19 +125,34 @@ def test_confirmation_seeds_are_fresh_and_the_split_too() -> None:
     search = s.trial_config(params)
     cfg = confirm_config(s, params, smoke=False)
     t = search.trial
-    used = {*t.seeds, *(x + t.random_seed_offset for x in t.seeds)}
-    used |= {search.consistency.ref_seed, search.consistency.control_ref_seed}
+    used = {*t.seeds, *(x + t.random_seed_offset for x in t.seeds), *t.surrogate_seeds()}
+    used |= {search.consistency.ref_seed}
     assert len(cfg.trial.seeds) == s.confirm.n_seeds == 5
     assert not set(cfg.trial.seeds) & used
     assert cfg.activations.split_seed == search.activations.split_seed + 1
     assert (cfg.sae, cfg.consistency, cfg.train) == (search.sae, search.consistency, search.train)
     assert cfg.config_hash() != search.config_hash()
     assert len(confirm_config(s, params, smoke=True).trial.seeds) == s.smoke.confirm_seeds
-    # Taken: the search seeds 0, 1 and their null seeds 3, 4; then 2 takes 5 for its own null.
+    # Taken: the search seeds 0, 1 and their untrained and surrogate seeds 3, 4 and 6, 7; then 2
+    # takes 5 and 8 for its own: 9 and 10 are next.
     crowded = search.model_copy(
         update={"trial": t.model_copy(update={"seeds": (0, 1), "random_seed_offset": 3})}
     )
-    assert confirm_seeds(crowded, 3) == (2, 6, 7)
+    assert confirm_seeds(crowded, 3) == (2, 9, 10)
+
+
+def test_an_objective_must_name_its_null() -> None:
+    with pytest.raises(ConfigError, match="names no null .* e.g. 'stability/pw_mcc_excess_surr"):
+        load_sweep_text("stability/pw_mcc_excess_lcb")
+
+
+def load_sweep_text(metric: str) -> object:
+    from husai.config.sweep_parts import Objective
+
+    try:
+        return Objective.model_validate({"metric": metric, "mode": "max"})
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def test_the_recipe_is_read_back_from_a_trial_runs_params() -> None:

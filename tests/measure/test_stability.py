@@ -1,5 +1,5 @@
-"""Stability metrics, the nulls, alive-only scores and the jackknife-t intervals (with their
-coverage checked by simulation)."""
+"""Stability metrics, the untrained nulls, alive-only scores and the excess over each null (the
+intervals themselves, and their coverage: tests/measure/test_intervals.py)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,17 @@ import pytest
 import torch
 
 from husai import names
+from husai.measure.intervals import pair_mean
 from husai.measure.stability import (
     METRICS,
+    NullDecoders,
     covariance_decoders,
     gaussian_decoders,
-    pair_mean,
-    pair_mean_interval,
     pair_scores,
     pairwise,
     representative,
-    seed_mean_interval,
     stability_metrics,
     stability_report,
-    strongest_nulls,
     unit_rows,
 )
 
@@ -51,7 +49,7 @@ def test_transposed_decoder_is_rejected_not_transposed() -> None:
 
 
 def test_gaussian_mmcs_matches_the_known_value() -> None:
-    a, b = gaussian_decoders(2, 1024, 128, seed=0)
+    a, b = gaussian_decoders(1024, 128, seeds=[0, 1])
     mmcs = pair_scores(unit_rows(a, 128), unit_rows(b, 128))["mmcs"]
     assert 0.29 <= mmcs <= 0.31, mmcs
 
@@ -68,71 +66,14 @@ def test_pair_mean_hand_example() -> None:
     assert np.isnan(pair_mean(m, [2, 2, 2]))
 
 
-def random_effects(n: int, mu: float, su: float, se: float, rng: np.random.Generator) -> np.ndarray:
-    """Pair scores of n seeds: x_ij = mu + u_i + u_j + e_ij, seed effects u shared by the pairs
-    of a seed (what makes pairs dependent), pair noise e."""
-    u = rng.normal(0, su, n)
-    m = np.full((n, n), np.nan)
-    for i in range(n):
-        for j in range(i + 1, n):
-            m[i, j] = m[j, i] = mu + u[i] + u[j] + rng.normal(0, se)
-    return m
-
-
-@pytest.mark.parametrize(("su", "se"), [(0.03, 0.01), (0.01, 0.03), (0.05, 0.0)])
-def test_pair_mean_intervals_cover_at_five_seeds(su: float, se: float) -> None:
-    """95% jackknife-t intervals of a pair mean and of a difference of two, over 5 seeds: each
-    covers the truth at least 93% of the time and its lower bound lies above the truth at most
-    4% of the time (nominal: 95% and 2.5%; the jackknife is conservative for U-statistics). The
-    percentile bootstrap this replaced covered 53-76% at 3 seeds."""
-    rng = np.random.default_rng(0)
-    n_sim, cover, high, cover_d = 1500, 0, 0, 0
-    for _ in range(n_sim):
-        a = random_effects(5, 0.6, su, se, rng)
-        one = pair_mean_interval(a)
-        assert one.lcb is not None and one.ucb is not None and one.n_seeds == 5
-        cover += one.lcb <= 0.6 <= one.ucb
-        high += one.lcb > 0.6
-        d = pair_mean_interval(a, random_effects(5, 0.5, su, se, rng))
-        assert d.lcb is not None and d.ucb is not None
-        cover_d += d.lcb <= 0.1 <= d.ucb
-    assert cover / n_sim >= 0.93 and high / n_sim <= 0.04
-    assert cover_d / n_sim >= 0.93
-
-
-def test_seed_mean_intervals_cover_at_five_seeds() -> None:
-    rng = np.random.default_rng(1)
-    hits = 0
-    for _ in range(2000):
-        iv = seed_mean_interval(rng.normal(0.2, 0.05, 5))
-        assert iv.lcb is not None and iv.ucb is not None
-        hits += iv.lcb <= 0.2 <= iv.ucb
-    assert 0.93 <= hits / 2000 <= 0.97  # a t-interval is exact for normal draws
-
-
-def test_no_interval_from_two_seeds_and_the_jackknife_by_hand() -> None:
-    m = np.full((3, 3), np.nan)
-    m[0, 1] = m[1, 0] = 0.2
-    m[0, 2] = m[2, 0] = 0.4
-    m[1, 2] = m[2, 1] = 0.6
-    two = pair_mean_interval(m[:2, :2])
-    assert two.value == pytest.approx(0.2) and two.lcb is None and two.ucb is None
-    assert seed_mean_interval([0.1, 0.3]).lcb is None
-    # Leave one seed out: 0.6, 0.4, 0.2; jackknife se = sqrt(2/3 * 0.08) = 0.2309; t(2) 4.303.
-    three = pair_mean_interval(m)
-    half = 4.302652729911275 * np.sqrt(2 / 3 * 0.08)
-    assert three.value == pytest.approx(0.4)
-    assert three.lcb == pytest.approx(0.4 - half) and three.ucb == pytest.approx(0.4 + half)
-
-
 def test_the_covariance_null_lives_in_the_data_subspace() -> None:
     g = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(32, 4, generator=g))[0]  # a 4-dim subspace of R^32
     rows = torch.randn(2000, 4, generator=g) @ basis.T
-    a, b = covariance_decoders(rows, 2, 64, seed=5)
+    a, b = covariance_decoders(rows, 64, seeds=[5, 6])
     outside = a - (a @ basis) @ basis.T
     assert outside.norm() / a.norm() < 1e-5  # every row in the subspace
-    iso = gaussian_decoders(2, 64, 32, seed=5)
+    iso = gaussian_decoders(64, 32, seeds=[5, 6])
     # Two covariance dictionaries match far better than two isotropic ones: the data's
     # geometry alone makes dictionaries "stable".
     cov = pair_scores(unit_rows(a, 32), unit_rows(b, 32))["pw_mcc"]
@@ -152,33 +93,60 @@ def test_alive_only_scores_ignore_dead_latents() -> None:
     assert np.isnan(none)
 
 
-def test_report_deltas_nulls_and_the_excess_over_the_strongest() -> None:
-    base = torch.randn(48, 12, generator=torch.Generator().manual_seed(0))
-    trained = [
-        base + 0.05 * torch.randn(48, 12, generator=torch.Generator().manual_seed(i))
-        for i in range(4)
+def _noisy(base: torch.Tensor, n: int, seed: int, scale: float = 0.05) -> list[torch.Tensor]:
+    return [
+        base + scale * torch.randn(*base.shape, generator=torch.Generator().manual_seed(seed + i))
+        for i in range(n)
     ]
-    random = gaussian_decoders(4, 48, 12, seed=100)
+
+
+def test_report_deltas_and_an_excess_over_every_null_with_no_strongest() -> None:
+    base = torch.randn(48, 12, generator=torch.Generator().manual_seed(0))
+    trained = _noisy(base, 4, 0)
+    random = gaussian_decoders(48, 12, seeds=range(100, 104))
     # A null as stable as the trained decoders by construction: copies of them, re-noised.
     copies = [t + 0.05 * torch.randn(48, 12, generator=torch.Generator().manual_seed(9 + i))
               for i, t in enumerate(trained)]  # fmt: skip
-    nulls = {"isotropic": gaussian_decoders(4, 48, 12, 200), "covariance": copies}
+    nulls = {
+        "isotropic": NullDecoders(gaussian_decoders(48, 12, seeds=range(200, 204))),
+        "covariance": NullDecoders(copies),
+    }
     rep = stability_report(trained, random, random, nulls, 12)
     for m in METRICS:
         st = rep.metrics[m]
         assert st.delta.value == pytest.approx(st.value - st.random)
         assert st.delta.lcb is not None and st.delta.ucb is not None
         assert st.delta.lcb <= st.delta.value <= st.delta.ucb
+        assert set(st.excess) == {"isotropic", "covariance"}
     pw = rep.metrics["pw_mcc"]
     assert pw.value > 0.9 > pw.random and pw.delta.lcb is not None and pw.delta.lcb > 0.3
-    assert pw.strongest == "covariance" and pw.nulls["covariance"] > pw.nulls["isotropic"]
-    assert pw.excess is not None and pw.excess.value == pytest.approx(
-        pw.value - pw.nulls["covariance"]
-    )
-    assert pw.excess.lcb is not None and pw.excess.lcb < 0.01  # no excess over a copy
-    assert np.isnan(pw.alive)  # no alive masks given
-    assert strongest_nulls(rep)["pw_mcc"] == "covariance"
+    for null in ("isotropic", "covariance"):
+        assert pw.excess[null].value == pytest.approx(pw.value - pw.nulls[null])
+    # Far above the isotropic null, not above a copy: the gate must clear every gated null.
+    lcb_iso, lcb_copy = pw.excess["isotropic"].lcb, pw.excess["covariance"].lcb
+    assert lcb_iso is not None and lcb_iso > 0.3
+    assert lcb_copy is not None and lcb_copy < 0.01
+    assert np.isnan(pw.alive) and pw.alive_excess == {}  # no alive masks given
     assert representative(rep.trained["pw_mcc"]) in range(4)
+
+
+def test_the_alive_excess_compares_alive_latents_with_the_nulls_own_alive_latents() -> None:
+    """A trained null with dead latents is scored on its alive ones: half of each null's latents
+    are noise marked dead, so its whole-dictionary pw_mcc is low but its alive one is high, and
+    the trained SAEs (all alive) show no alive excess over it."""
+    base = torch.randn(32, 12, generator=torch.Generator().manual_seed(0))
+    trained = _noisy(base, 4, 0)
+    null = [torch.cat([w, torch.randn(32, 12, generator=torch.Generator().manual_seed(50 + i))])
+            for i, w in enumerate(_noisy(base, 4, 20))]  # fmt: skip
+    trained = [torch.cat([w, w]) for w in trained]  # the same 64 latents, all alive
+    half = torch.cat([torch.ones(32, dtype=torch.bool), torch.zeros(32, dtype=torch.bool)])
+    alive = [torch.ones(64, dtype=torch.bool)] * 4
+    nulls = {"surrogate": NullDecoders(null, [half] * 4)}
+    rep = stability_report(trained, trained, trained, nulls, 12, alive=alive)
+    pw = rep.metrics["pw_mcc"]
+    assert pw.excess["surrogate"].value > 0.2  # the dead noise drags the null's whole score
+    alive_ex = pw.alive_excess["surrogate"]
+    assert abs(alive_ex.value) < 0.02 and alive_ex.lcb is not None
 
 
 def test_stability_summary_names_every_key_and_leaves_no_bound_from_two_seeds() -> None:
@@ -186,28 +154,37 @@ def test_stability_summary_names_every_key_and_leaves_no_bound_from_two_seeds() 
     the value it names; with two seeds the bounds are None (absent when recorded), never a
     zero-width interval; a null that was not computed is absent."""
     base = torch.randn(48, 12, generator=torch.Generator().manual_seed(0))
-    trained = [base + 0.05 * torch.randn(48, 12, generator=torch.Generator().manual_seed(i))
-               for i in range(3)]  # fmt: skip
-    random = gaussian_decoders(3, 48, 12, seed=100)
-    nulls = {"isotropic": random, "covariance": random}
+    trained = _noisy(base, 3, 0)
+    random = gaussian_decoders(48, 12, seeds=[100, 101, 102])
+    nulls = {"isotropic": NullDecoders(random), "covariance": NullDecoders(random)}
     rep = stability_report(trained, random, random, nulls, 12, alive=[torch.ones(48) > 0] * 3)
     keyed = stability_metrics(rep)
-    rb = names.null_suffix(names.NULL_RANDOM_BASE)
+    absent = {
+        s
+        for n in (names.NULL_RANDOM_BASE, names.NULL_SURROGATE)
+        for s in (
+            names.null_suffix(n),
+            *(names.excess_suffix(n, b, a) for b in names.BOUNDS for a in (False, True)),
+        )
+    }
     assert set(keyed) == {
         names.stability_key(b, s)
         for b in names.STABILITY_BASES
         for s in names.STABILITY_SUFFIXES
-        if s != rb
+        if s not in absent
     }
+    assert not set(keyed) & names.null_families()  # families are never recorded
     pw = rep.metrics["pw_mcc"]
     assert keyed[names.STABILITY_PW_MCC] == pw.value
-    assert keyed[names.stability_key(names.STABILITY_PW_MCC, "_excess_lcb")] == (
-        pw.excess.lcb if pw.excess else None
-    )
+    key = names.stability_key(names.STABILITY_PW_MCC, names.excess_suffix("covariance", "_lcb"))
+    assert keyed[key] == pw.excess["covariance"].lcb
     assert keyed[names.stability_key(names.STABILITY_PW_MCC, "_alive")] == pytest.approx(pw.value)
     two = stability_metrics(
-        stability_report(trained[:2], random[:2], random[:2], {"isotropic": random[:2]}, 12)
+        stability_report(
+            trained[:2], random[:2], random[:2], {"isotropic": NullDecoders(random[:2])}, 12
+        )
     )
     assert two[names.stability_key(names.STABILITY_PW_MCC, "_delta")] is not None
     assert two[names.stability_key(names.STABILITY_PW_MCC, "_delta_lcb")] is None
-    assert two[names.stability_key(names.STABILITY_PW_MCC, "_excess_ucb")] is None
+    ucb = names.stability_key(names.STABILITY_PW_MCC, names.excess_suffix("isotropic", "_ucb"))
+    assert two[ucb] is None

@@ -27,8 +27,12 @@ from husai.registry.tracking import Tracker
 from tests.helpers import ROOT
 
 STRICT = ROOT / "gates" / "strict.yaml"
+DEFAULT = ROOT / "gates" / "default.yaml"
+SURROGATE = "stability/independent_pw_mcc_excess_surrogate_lcb"
+RANDOM_BASE = "stability/independent_pw_mcc_excess_random_base_lcb"
 GOOD = {
-    "stability/independent_pw_mcc_excess_lcb": 0.3,
+    SURROGATE: 0.3,
+    RANDOM_BASE: 0.2,
     "stress/transcoder_excess_lcb": 0.05,
     "stress/transcoder_excess_delta_lcb": 0.01,
     "stress/ood_fvu_ratio": 1.2,
@@ -43,7 +47,7 @@ GOOD = {
 }
 # One failing value per group of the strict policy.
 FAILING = {
-    "stability": ("stability/independent_pw_mcc_excess_lcb", -0.01),
+    "stability": (SURROGATE, -0.01),
     "transcoder": ("stress/transcoder_excess_lcb", -0.02),
     "ood": ("stress/ood_fvu_ratio", 2.0),
     "external": ("external/probe_excess_lcb", -0.05),
@@ -59,7 +63,12 @@ def readings(metrics: dict[str, float]) -> dict[str, Reading]:
 def test_all_checks_pass() -> None:
     d = evaluate(load_policy(STRICT), "1", readings(GOOD), None, 5)
     assert d.pass_all and d.reasons == "all checks passed"
-    assert {c.check for c in d.checks} >= {"stability.independent_pw_mcc_excess_lcb", "recon.ev"}
+    # The family check is judged once per null the policy gates on (strict: both trained nulls).
+    assert {c.check for c in d.checks} >= {
+        "stability.independent_pw_mcc_excess_surrogate_lcb",
+        "stability.independent_pw_mcc_excess_random_base_lcb",
+        "recon.ev",
+    }
 
 
 @pytest.mark.parametrize("group", sorted(FAILING))
@@ -141,7 +150,7 @@ def test_a_bound_from_too_few_seeds_fails_closed(n_seeds: int | None) -> None:
     d = evaluate(load_policy(STRICT), "1", readings(GOOD), None, n_seeds)
     failed = {c.metric for c in d.checks if not c.passed}
     assert failed == {m for m in GOOD if m.endswith("_lcb")} and not d.pass_all
-    (c,) = [c for c in d.checks if c.metric == "stability/independent_pw_mcc_excess_lcb"]
+    (c,) = [c for c in d.checks if c.metric == SURROGATE]
     assert "fails closed" in c.reason and "policy needs >= 5" in c.reason
     assert evaluate(load_policy(STRICT), "1", readings(GOOD), None, 5).pass_all
     assert d.n_seeds == n_seeds and d.min_seeds == 5
@@ -166,8 +175,9 @@ def register(
     tracker: Tracker,
     metrics: dict[str, float],
     seed: dict[str, float] | None = None,
-    params: dict[str, str] | None = None,
+    params: dict[str, str | None] | None = None,
     metric_version: str = str(husai.metric_version),
+    tags: dict[str, str] | None = None,
 ) -> str:
     """A trial run and its seed-0 child run holding `metrics` where the gate reads them
     (per-artifact keys on the seed run, the others on the trial run; `seed` adds seed-run
@@ -175,10 +185,12 @@ def register(
     it. No SAE behind it: the gate reads metrics and tags, never weights."""
     exp = tracker.experiment_id("husai/gate_test")
     c = tracker.client
-    run = c.create_run(exp, tags={names.TAG_KIND: names.KIND_TRIAL})
+    run = c.create_run(exp, tags={names.TAG_KIND: names.KIND_TRIAL, **(tags or {})})
     defaults = {names.PARAM_LAMBDA: "0.0", names.PARAM_ACTIVATION_KEY: "acts-1"}
-    for k, v in {**defaults, names.PARAM_BASE_VERSION: "none", **(params or {})}.items():
-        c.log_param(run.info.run_id, k, v)
+    given = {**defaults, names.PARAM_BASE_VERSION: "none", **(params or {})}
+    for k, v in given.items():
+        if v is not None:  # None: the param is left out of the run
+            c.log_param(run.info.run_id, k, v)
     trial = {k: v for k, v in metrics.items() if k not in names.ARTIFACT_LEVEL_KEYS}
     for k, v in {names.TRIAL_N_SEEDS: 5, **trial}.items():
         c.log_metric(run.info.run_id, k, v)
@@ -276,14 +288,14 @@ def test_each_key_is_read_from_where_it_belongs_and_nowhere_else(tracker: Tracke
     v = register(
         tracker,
         {**GOOD, "recon/ev": 0.5},  # the recipe's mean EV, on the trial run: not the artifact's
-        seed={"recon/ev": 0.97, "stability/independent_pw_mcc_excess_lcb": 0.9},
+        seed={"recon/ev": 0.97, SURROGATE: 0.9},
     )
     c = tracker.client
     trial_id = c.get_model_version(names.SAE_MODEL_NAME, v).tags[names.TAG_TRIAL_RUN_ID]
     c.log_metric(trial_id, "recon/ev", 0.5)
     found = readings_of(tracker, v)
     assert found["recon/ev"].value == 0.97 and found["recon/ev"].source.startswith("seed run ")
-    stable = names.INDEPENDENT_EXCESS_LCB
+    stable = SURROGATE
     assert found[stable].value == 0.3  # the trial run's, not the seed's
     w = register(tracker, {"recon/ev": 0.97}, seed={stable: 0.9})
     assert stable not in readings_of(tracker, w)
@@ -323,6 +335,12 @@ def test_the_base_model_must_have_generalised(tracker: Tracker) -> None:
     out = run_gate(tracker, policy, version=v, dry_run=True)
     (check,) = [c for c in out.decision.checks if c.metric == names.GATE_BASE_GENERALISED]
     assert check.passed and "not applicable" in check.reason and out.decision.pass_all
+    # A trial run that records no base_version at all says nothing: it fails closed.
+    v = register(tracker, GOOD, params={names.PARAM_BASE_VERSION: None})
+    out = run_gate(tracker, policy, version=v, dry_run=True)
+    (check,) = [c for c in out.decision.checks if c.metric == names.GATE_BASE_GENERALISED]
+    assert not check.passed and "records no base_version" in check.source
+    assert not out.decision.pass_all
 
 
 def test_consistency_checks_do_not_apply_at_lambda_0(tracker: Tracker) -> None:
@@ -354,17 +372,23 @@ def test_a_check_on_a_lambda_only_key_must_say_when(tmp_path: Path, metric: str)
         f"name: p\nchecks: {{g: [{{metric: {metric}, op: '>=', threshold: 0, "
         "when: lambda > 0}]}\n"
     )
-    assert load_policy(path).items()[0][1].when == "lambda > 0"
+    assert load_policy(path).items()[0].check.when == "lambda > 0"
 
 
 def test_a_pull_that_only_copies_the_reference_is_blocked(tracker: Tracker) -> None:
     """The shipped policy's independent-gain check: a lambda > 0 version whose seeds agree with
-    the control reference no more than the reference itself does (gain lcb < 0: it copied) is
-    blocked; one whose pull moved it toward what an independent SAE finds passes; at lambda 0
-    the check does not apply."""
-    policy = load_policy(ROOT / "gates" / "default.yaml")
+    the lambda = 0 seeds no more than the reference itself does (gain lcb < 0: it copied), or
+    by less than the policy's smallest effect worth promoting (0.01), is blocked; one whose
+    pull moved it toward what independent SAEs find passes; at lambda 0 it does not apply."""
+    policy = load_policy(DEFAULT)
     gain = "consistency/independent_gain_lcb"
-    for lam, value, verdict in (("0.5", -0.03, False), ("0.5", 0.02, True), ("0.0", -0.03, True)):
+    cases = (
+        ("0.5", -0.03, False),
+        ("0.5", 0.005, False),
+        ("0.5", 0.02, True),
+        ("0.0", -0.03, True),
+    )
+    for lam, value, verdict in cases:
         v = register(tracker, {**GOOD, gain: value}, params={names.PARAM_LAMBDA: lam})
         out = run_gate(tracker, policy, version=v, dry_run=True)
         (check,) = [c for c in out.decision.checks if c.metric == gain]
@@ -388,7 +412,7 @@ def test_a_champion_from_other_activations_or_definitions_is_not_comparable(
     strict = load_policy(STRICT)
     out = run_gate(tracker, strict, version=new, dry_run=True)
     blocked = [c for c in out.decision.checks if not c.passed]
-    assert {c.metric for c in blocked} == {"stability/independent_pw_mcc_excess_lcb", "recon/ev"}
+    assert {c.metric for c in blocked} == {SURROGATE, RANDOM_BASE, "recon/ev"}
     assert all("not comparable" in c.reason for c in blocked)
     lenient = strict.model_copy(update={"incomparable_champion": "ignore"})
     assert run_gate(tracker, lenient, version=new, dry_run=True).decision.pass_all
@@ -462,3 +486,58 @@ def test_the_mlflow_run_launcher_run_gets_links(
     gate_run = tracker.client.get_run(tags[names.TAG_LINK_GATE_RUN])
     assert gate_run.data.params[names.PARAM_GATE_VERSION] == v
     assert gate_run.info.run_id != launcher.info.run_id
+
+
+def test_every_gated_null_must_clear_and_the_default_gates_on_the_surrogate_only() -> None:
+    """An intersection-union test: strict passes only if the bound against each of its nulls
+    clears (failing against the random base alone blocks it); default names only the
+    surrogate, so the random base's bound does not decide it; no "strongest null" is chosen."""
+    strict, default = load_policy(STRICT), load_policy(DEFAULT)
+    assert strict.nulls == ("surrogate", "random_base") and default.nulls == ("surrogate",)
+    weak_rb = readings({**GOOD, RANDOM_BASE: -0.02})
+    d = evaluate(strict, "1", weak_rb, None, 5)
+    assert not d.pass_all
+    assert [c.metric for c in d.checks if not c.passed] == [RANDOM_BASE]
+    assert evaluate(default, "1", weak_rb, None, 5).pass_all
+    assert not evaluate(default, "1", readings({**GOOD, SURROGATE: -0.02}), None, 5).pass_all
+
+
+def test_a_null_the_trial_could_not_compute_is_not_applicable_but_one_must_be_judged(
+    tracker: Tracker,
+) -> None:
+    """A user's own file has no random base model: the trial tags the null skipped, and
+    strict's random-base member does not apply (and says so) while the surrogate's still
+    decides. A null never asked for is missing and fails closed; a family none of whose gated
+    nulls was computed fails closed too."""
+    skipped = {names.null_skipped_tag(names.NULL_RANDOM_BASE): "a user's own file"}
+    no_rb = {k: v for k, v in GOOD.items() if k != RANDOM_BASE}
+    v = register(tracker, no_rb, tags=skipped)
+    out = run_gate(tracker, load_policy(STRICT), version=v, dry_run=True)
+    (rb,) = [c for c in out.decision.checks if c.metric == RANDOM_BASE]
+    assert rb.passed and "not applicable" in rb.reason and "a user's own file" in rb.reason
+    assert out.decision.pass_all
+    w = register(tracker, no_rb)  # random base asked for by strict, never computed: missing
+    out = run_gate(tracker, load_policy(STRICT), version=w, dry_run=True)
+    (rb,) = [c for c in out.decision.checks if c.metric == RANDOM_BASE]
+    assert not rb.passed and "missing" in rb.reason and not out.decision.pass_all
+    only_rb = load_policy(STRICT).model_copy(update={"nulls": ("random_base",)})
+    out = run_gate(tracker, only_rb, version=v, dry_run=True)
+    (rb,) = [c for c in out.decision.checks if c.metric == RANDOM_BASE]
+    assert not rb.passed and "no gated null" in rb.reason and not out.decision.pass_all
+
+
+def test_a_policy_names_known_nulls_and_families_or_per_null_keys() -> None:
+    with pytest.raises(ValueError, match="nulls"):
+        Policy.model_validate(
+            {"name": "p", "nulls": ["strongest"], "checks": {"r": [{**EV_CHECK}]}}
+        )
+    explicit = Policy.model_validate(
+        {
+            "name": "p",
+            "checks": {"s": [{"metric": RANDOM_BASE, "op": ">=", "threshold": 0.0}]},
+        }
+    )
+    assert [pc.check.metric for pc in explicit.items()] == [RANDOM_BASE]  # named: not expanded
+
+
+EV_CHECK = {"metric": "recon/ev", "op": ">=", "threshold": 0.9}

@@ -92,7 +92,7 @@ def test_a_trial_record_becomes_a_trial_run_with_seed_children(
         representative_seed=1,
         representative_reason="medoid",
         plots_dir=plots,
-        references=ReferenceLinks(100, "ref-run", "control-run"),
+        references=ReferenceLinks(100, "ref-run", "plain-run"),
     )
     src = TrialSource("acts-key", None, "file", ray_trial_id="t1")
     out = record_trial(tracker, cfg, rec, src)
@@ -104,7 +104,7 @@ def test_a_trial_record_becomes_a_trial_run_with_seed_children(
     assert trial.tags[names.TAG_RAY_TRIAL_ID] == "t1"
     assert trial.tags[names.eval_skipped_tag("ood")] == "no slice"
     assert trial.tags[names.TAG_REF_RUN_ID] == "ref-run"
-    assert trial.params[names.PARAM_CONTROL_REF_RUN_ID] == "control-run"
+    assert trial.params[names.PARAM_CONTROLS_RUN_ID] == "plain-run"
     seeds = {r.tags[names.TAG_SEED]: r for r in tracker.child_runs(out.run_id)}
     assert set(seeds) == {"0", "1", "2"}
     assert seeds["2"].metrics == {names.RECON_EV: 0.7, names.train_key("mse"): 1.0}

@@ -80,7 +80,7 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     )
     for t in trials:
         assert names.RECON_EV in t.data.metrics
-        assert "stability/pw_mcc_excess_lcb" in t.data.metrics
+        assert "stability/pw_mcc_excess_surrogate_lcb" in t.data.metrics
         assert "stability/pw_mcc_null_random_base" in t.data.metrics
         assert names.INDEPENDENT_EXCESS_LCB in t.data.metrics  # the objective
         assert {"k", "d_sae", "lambda"} <= set(t.data.params)
@@ -305,7 +305,7 @@ class TuneResult:
 
 
 def test_best_trial_is_the_best_recorded_one_by_the_first_objective(tmp_path: Path) -> None:
-    obj = names.INDEPENDENT_EXCESS_LCB  # the helper sweep's objective
+    obj = names.independent_key(names.NULL_SURROGATE, "_lcb")  # the helper sweep's objective
     results = [
         {names.TUNE_TRIAL_RUN_ID: "a", obj: 0.1},
         {names.TUNE_TRIAL_RUN_ID: "b", obj: 0.3},

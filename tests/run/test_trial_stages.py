@@ -67,16 +67,18 @@ def test_trial_on_user_activations(
     for key in ("fvu", "ev", "mse", "l0", "dead_frac"):
         assert names.RECON_KEYS[key] in m
     assert names.RECON_LOSS_RECOVERED not in m  # no base model: absent, never 0
-    rb = names.null_suffix(names.NULL_RANDOM_BASE)
+    rb = names.NULL_RANDOM_BASE
+    absent = {names.null_suffix(rb)} | {
+        names.excess_suffix(rb, b, a) for b in names.BOUNDS for a in (False, True)
+    }
     for base in names.STABILITY_BASES:
         for suffix in names.STABILITY_SUFFIXES:
             # No base model behind a user's file: no random-base null, and the tag says why.
-            assert (names.stability_key(base, suffix) in m) == (suffix != rb), base + suffix
+            assert (names.stability_key(base, suffix) in m) == (suffix not in absent), base + suffix
     assert "base model" in trial.data.tags[names.null_skipped_tag(names.NULL_RANDOM_BASE)]
     assert m[names.TRIAL_N_SEEDS] == 3
-    for null in (names.NULL_ISOTROPIC, names.NULL_COVARIANCE):
+    for null in (names.NULL_ISOTROPIC, names.NULL_COVARIANCE, names.NULL_SURROGATE):
         assert m[names.null_seconds_key(null)] >= 0
-    assert trial.data.tags[names.strongest_null_tag("pw_mcc")] in names.NULLS
     for param in (
         "architecture",
         "k",
@@ -233,15 +235,12 @@ def test_consistency_trial_records_references_and_controls(
     assert main(["trial", "--config", str(cfg), "--activations-file", acts]) == 0
     out = capsys.readouterr().out
     assert "lambda = 0 recipe not recorded yet" in out
-    assert (
-        "reference SAE (seed 100) trained" in out
-        and "control reference SAE (seed 10001) trained" in out
-    )
+    assert "reference SAE (seed 100) trained" in out and "control" not in out
 
     tracker = Tracker(isolated_store)
     runs = all_runs(tracker)
     kinds = [r.data.tags[names.TAG_KIND] for r in runs]
-    assert kinds.count(names.KIND_REFERENCE) == 2 and kinds.count(names.KIND_TRIAL) == 2
+    assert kinds.count(names.KIND_REFERENCE) == 1 and kinds.count(names.KIND_TRIAL) == 2
     trials = {
         float(r.data.params["lambda"]): r
         for r in runs
@@ -249,19 +248,25 @@ def test_consistency_trial_records_references_and_controls(
     }
     pulled, plain = trials[0.5], trials[0.0]
     refs = {r.info.run_id: r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_REFERENCE}
-    assert (
-        pulled.data.params["ref_run_id"] in refs
-        and pulled.data.params["control_ref_run_id"] in refs
-    )
+    # The controls are the lambda = 0 trial's own seeds: linked, and counted.
+    assert pulled.data.params["ref_run_id"] in refs
+    assert pulled.data.params[names.PARAM_CONTROLS_RUN_ID] == plain.info.run_id
     assert refs[pulled.data.params["ref_run_id"]].data.params["ref_seed"] == "100"
     m = pulled.data.metrics
     for key in (
         names.CONSISTENCY_ALIGNMENT,
-        names.CONSISTENCY_ALIGNMENT_CONTROL,
-        names.CONSISTENCY_REF_CONTROL,
+        names.CONSISTENCY_ALIGNMENT_CONTROLS,
+        names.CONSISTENCY_REF_CONTROLS,
+        names.CONSISTENCY_CONTROLS_PW_MCC,
         names.CONSISTENCY_EV_DROP,
+        names.independent_key(names.NULL_SURROGATE, "_lcb"),
     ):
         assert key in m, key
+    assert m[names.CONSISTENCY_N_CONTROLS] == 3
+    assert m[names.INDEPENDENT_PW_MCC] == pytest.approx(m[names.CONSISTENCY_ALIGNMENT_CONTROLS])
+    assert m[names.CONSISTENCY_CONTROLS_PW_MCC] == pytest.approx(
+        plain.data.metrics[names.STABILITY_PW_MCC]
+    )
     assert m[names.CONSISTENCY_EV_DROP] == pytest.approx(
         plain.data.metrics[names.RECON_EV] - m[names.RECON_EV]
     )
@@ -270,17 +275,17 @@ def test_consistency_trial_records_references_and_controls(
     seeds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pulled.info.run_id]
     assert sorted(r.data.params["seed"] for r in seeds) == ["0", "1", "2"]
 
-    # Another lambda reuses both references and the lambda = 0 run.
+    # Another lambda reuses the reference and the lambda = 0 run (its seeds read back).
     cfg2 = write_cfg(
         tmp_path, {"consistency": {"lambda": 2.0, "ref_seed": 100, "assign_every": 10}}
     )
     assert main(["trial", "--config", str(cfg2), "--activations-file", acts]) == 0
     out = capsys.readouterr().out
     assert (
-        "lambda = 0 recipe found" in out and out.count("SAE (seed") == 2 and "trained:" not in out
+        "lambda = 0 recipe found" in out and out.count("SAE (seed") == 1 and "trained:" not in out
     )
     kinds = [r.data.tags[names.TAG_KIND] for r in all_runs(tracker)]
-    assert kinds.count(names.KIND_REFERENCE) == 2 and kinds.count(names.KIND_TRIAL) == 3
+    assert kinds.count(names.KIND_REFERENCE) == 1 and kinds.count(names.KIND_TRIAL) == 3
 
 
 @pytest.mark.fresh_store

@@ -18,7 +18,7 @@ from husai.measure.evals.contrastive import ContrastiveResult
 from husai.measure.evals.ood import OODResult
 from husai.measure.evals.probing import ProbeResult
 from husai.measure.evals.transcoder import TranscoderStress
-from husai.measure.stability import Interval, seed_mean_interval
+from husai.measure.intervals import Interval, seed_mean_interval
 
 NO_PLAIN_RECIPE = "lambda = 0: this recipe is its own baseline, so there is nothing to compare"
 PLAIN_UNKNOWN = "the lambda = 0 recipe's contrastive scores are not recorded for every seed"

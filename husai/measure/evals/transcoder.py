@@ -4,11 +4,12 @@ to model a computation (MLP input -> MLP output) as when it only reconstructs (M
 With the trial's architecture, k, d_sae, training settings and seeds (no consistency term):
 N transcoders MLP in -> MLP out and N SAEs on the MLP input, on the trial's own training rows.
 The two families' decoders live in different spaces (MLP output vs MLP input), whose geometry
-alone makes random dictionaries agree to different degrees, so each family is measured against
-its own space-matched null: N covariance-null dictionaries (rows drawn from N(0, Sigma), Sigma
-the covariance of that family's target rows, as in the stability nulls).
-- `transcoder_excess` = pw_mcc(transcoders) - pw_mcc(MLP-out covariance null);
-- `mlp_in_sae_excess` = pw_mcc(SAEs) - pw_mcc(MLP-in covariance null);
+alone makes SAEs agree to different degrees, so each family is measured against its own
+space-matched surrogate null (as the stability's): the family trained, with the surrogate's
+seeds, on a jointly Gaussian twin of the (MLP-in, MLP-out) rows (same joint mean, covariance and
+row count): transcoders twin-in -> twin-out, SAEs on twin-in.
+- `transcoder_excess` = pw_mcc(transcoders) - pw_mcc(transcoder surrogate);
+- `mlp_in_sae_excess` = pw_mcc(SAEs) - pw_mcc(MLP-in SAE surrogate);
 - `transcoder_excess_delta` = the first minus the second: what strict gates read;
 - `transcoder_delta` = pw_mcc(transcoders) - pw_mcc(SAEs), raw (metric_version <= 4).
 Every interval is a jackknife over seeds that leaves the same seed index out of all four
@@ -35,13 +36,9 @@ import husai
 from husai.config.experiment import ExperimentConfig
 from husai.core.cache import publish_text, read_text
 from husai.core.hashing import stable_hash
-from husai.measure.stability import (
-    Interval,
-    covariance_decoders,
-    pair_mean,
-    pair_mean_interval,
-    pairwise,
-)
+from husai.measure.intervals import Interval, pair_mean, pair_mean_interval
+from husai.measure.stability import pairwise
+from husai.model.gaussian_twin import joint_twin
 from husai.sae.train import train_seeds
 
 
@@ -64,7 +61,7 @@ class TranscoderStress:
     mlp_in_hook: str
     mlp_out_hook: str
     seconds: float  # spent here: ~0 when `cached`
-    # Against each family's space-matched covariance null (None: no interval, < 3 seeds).
+    # Against each family's space-matched surrogate null (None: no interval, < 3 seeds).
     transcoder_null_pw_mcc: float
     sae_null_pw_mcc: float
     transcoder_excess: float
@@ -106,9 +103,15 @@ def transcoder_stress(
     d_out, d_in = int(mlp_out.shape[1]), int(mlp_in.shape[1])
     t_mat = pairwise(transcoders, d_out)["pw_mcc"]
     s_mat = pairwise(saes, d_in)["pw_mcc"]
-    n, d_sae, seed = len(seeds), cfg.sae.d_sae, 3 * cfg.trial.random_seed_offset
-    tn_mat = pairwise(covariance_decoders(mlp_out, n, d_sae, seed), d_out)["pw_mcc"]
-    sn_mat = pairwise(covariance_decoders(mlp_in, n, d_sae, seed), d_in)["pw_mcc"]
+    t = cfg.trial
+    twin_in, twin_out = joint_twin(mlp_in, mlp_out, t.surrogate_rows_seed("transcoder"))
+    null_seeds = t.surrogate_seeds()
+    mapped_null = train_seeds(
+        cfg.sae, cfg.train, twin_in, null_seeds, progress, target=twin_out, label="transcoder null"
+    )
+    plain_null = train_seeds(cfg.sae, cfg.train, twin_in, null_seeds, progress, label="MLP-in null")
+    tn_mat = pairwise([m.decoder for m in mapped_null], d_out)["pw_mcc"]
+    sn_mat = pairwise([p.decoder for p in plain_null], d_in)["pw_mcc"]
     d = paired_seed_delta(t_mat, s_mat)
     t_ex, s_ex = pair_mean_interval(t_mat, tn_mat), pair_mean_interval(s_mat, sn_mat)
     ex_d = excess_delta(t_mat, tn_mat, s_mat, sn_mat)
@@ -151,6 +154,7 @@ def stress_key(cfg: ExperimentConfig, activation_key: str, hooks: tuple[str, str
             "sae": cfg.sae,
             "train": cfg.train.identity(),
             "seeds": list(t.seeds),
+            "random_seed_offset": t.random_seed_offset,
             "metric_version": husai.metric_version,
         }
     )
