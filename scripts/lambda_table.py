@@ -2,7 +2,7 @@
 quick preset (TopK k 16, d_sae 512, 5 seeds, 1,500 steps), one trial per lambda recorded in
 an MLflow store, printed as a markdown table.
 
-Evals are off and the nulls are the isotropic and covariance ones (the random-base null costs
+Evals are off and the nulls are the covariance and surrogate ones (the random-base null costs
 about 100 s per trial and does not change what the table is about): the table is about
 stability, copying and reconstruction. One run each; training is deterministic on CPU.
 
@@ -20,15 +20,17 @@ from husai.config.loading import deep_merge, from_dict, preset_dict
 from husai.run.trial_stages import trial, trial_inputs
 
 OVERRIDES = {
-    "trial": {"seeds": [0, 1, 2, 3, 4], "nulls": ["isotropic", "covariance"]},
+    "trial": {"seeds": [0, 1, 2, 3, 4], "nulls": ["covariance", "surrogate"]},
     "evals": {"transcoder": False, "ood": False, "probing": False, "contrastive": False},
 }
-SEED_VS_SEED_LCB = names.stability_key(names.STABILITY_PW_MCC, "_excess_lcb")
+SEED_VS_SEED_LCB = names.stability_key(
+    names.STABILITY_PW_MCC, names.excess_suffix(names.NULL_SURROGATE, "_lcb")
+)
 COLUMNS = (
     ("`stability/pw_mcc`", names.STABILITY_PW_MCC, ".4f"),
     ("excess lcb (seed vs seed)", SEED_VS_SEED_LCB, "+.4f"),
     ("independent pw_mcc", names.INDEPENDENT_PW_MCC, ".4f"),
-    ("independent excess lcb", names.INDEPENDENT_EXCESS_LCB, "+.4f"),
+    ("independent excess lcb", names.independent_key(names.NULL_SURROGATE, "_lcb"), "+.4f"),
     ("alignment to reference", names.CONSISTENCY_ALIGNMENT, ".4f"),
     ("independent gain [95% CI]", names.CONSISTENCY_INDEPENDENT_GAIN, "+.4f"),
     ("`recon/ev`", names.RECON_EV, ".4f"),
@@ -44,7 +46,7 @@ def main() -> None:
     args.store.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{args.store / 'mlflow.db'}"
     rows: list[tuple[float, str]] = []
-    ref_control, scale = None, None
+    ref_controls, scale = None, None
     for lam in args.lambdas:
         data = deep_merge(preset_dict("quick"), {**OVERRIDES, "consistency": {"lambda": lam}})
         cfg = from_dict({**data, "name": "lambda_table"}, f"lambda {lam:g}")
@@ -53,7 +55,7 @@ def main() -> None:
         done = trial(cfg, inputs)
         run = inputs.tracker.get_run(done.run_id)
         m = run.metrics
-        ref_control = m.get(names.CONSISTENCY_REF_CONTROL, ref_control)
+        ref_controls = m.get(names.CONSISTENCY_REF_CONTROLS, ref_controls)
         scale = run.params.get(names.PARAM_CONSISTENCY_SCALE, scale)
         cells = []
         for _, key, spec in COLUMNS:
@@ -71,7 +73,7 @@ def main() -> None:
     print("| lambda | " + " | ".join(c for c, _, _ in COLUMNS) + " |")
     print("|---" * (len(COLUMNS) + 1) + "|")
     print("\n".join(row for _, row in sorted(rows)))
-    print(f"\nreference vs control pw_mcc {ref_control}; consistency.scale s = {scale}")
+    print(f"\nreference vs the lambda = 0 seeds: pw_mcc {ref_controls}; consistency.scale {scale}")
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def plot_stability_vs(df: pd.DataFrame, param: str, path: Path) -> Path:
                 label=f"trained, lambda {lam:.3g}",
             )
         for (suffix, label), colour in zip(
-            BANDS, ("0.75", "0.55", "tab:orange", "tab:red"), strict=True
+            BANDS, ("0.75", "0.55", "tab:orange", "tab:green", "tab:red"), strict=True
         ):
             key = names.stability_key(metric, suffix)
             band = d.dropna(subset=[key]).groupby(param)[key].agg(["min", "max"])

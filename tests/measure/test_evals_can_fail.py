@@ -119,29 +119,41 @@ def evals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, EvalResults]:
     }
 
 
-def _group(group: str, metrics: dict[str, float | None]) -> bool:
-    """Whether the strict policy's `group` passes on these numbers (5 seeds, lambda 0)."""
+def _group(group: str, metrics: dict[str, float | None], also: tuple[str, ...] = ()) -> bool:
+    """Whether the strict policy's `group` (and the groups `also` names) passes on these
+    numbers (5 seeds, lambda 0)."""
     readings = {k: Reading(v, "test") for k, v in metrics.items()}
     decision = evaluate(STRICT, "1", readings, None, n_seeds=5, lam=0.0)
-    checks = [c for c in decision.checks if c.check.startswith(group + ".") and c.required]
+    prefixes = tuple(g + "." for g in (group, *also))
+    checks = [c for c in decision.checks if c.check.startswith(prefixes) and c.required]
     assert checks, group
     return all(c.passed for c in checks)
 
 
-@pytest.mark.parametrize("group", ["external", "ood"])
+def _seed_metrics(results: EvalResults) -> dict[str, float | None]:
+    """Per-artifact keys as the gate reads them from one seed's run (the first), with that
+    seed's in-distribution `recon/ev` (= the slice's EV + the drop, on the same held-out rows)."""
+    m = results.seed_metrics(SEEDS[0])
+    ev, drop = m[names.STRESS_OOD_EV], m[names.STRESS_OOD_DROP]
+    assert ev is not None and drop is not None
+    return {**m, names.RECON_EV: ev + drop}
+
+
+# The OOD ratio asks how much worse an SAE does out of distribution: an SAE that learned nothing
+# has nothing to lose, so the ratio is judged beside the reconstruction floor on the SAE's own
+# held-out rows (recon/ev >= 0.9), which is what fails it.
+GROUPS = {"external": (), "ood": ("recon",)}
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
 def test_strict_eval_groups_fail_untrained_saes_and_pass_trained_ones(
     evals: dict[str, EvalResults], group: str
 ) -> None:
-    seed_metrics = {  # per-artifact keys are read from one seed's run: the first
-        k: v for k, v in evals["trained"].seed_metrics(SEEDS[0]).items()
-    }
-    trained = {**evals["trained"].trial_metrics(None), **seed_metrics}
-    untrained = {
-        **evals["untrained"].trial_metrics(None),
-        **evals["untrained"].seed_metrics(SEEDS[0]),
-    }
-    assert _group(group, trained), {k: v for k, v in trained.items() if "/" in k}
-    assert not _group(group, untrained)
+    trained = {**evals["trained"].trial_metrics(None), **_seed_metrics(evals["trained"])}
+    untrained = {**evals["untrained"].trial_metrics(None), **_seed_metrics(evals["untrained"])}
+    also = GROUPS[group]
+    assert _group(group, trained, also), {k: v for k, v in trained.items() if "/" in k}
+    assert not _group(group, untrained, also)
 
 
 def test_probing_and_contrastive_each_separate_trained_from_untrained(
@@ -189,15 +201,14 @@ def test_the_contrastive_delta_fails_a_pull_that_cost_contrastive_quality(
 
 def test_ood_ratio_needs_the_ev_floor_beside_it(evals: dict[str, EvalResults]) -> None:
     """An SAE that learned nothing has nothing to lose out of distribution: its FVU ratio sits
-    near 1, inside the in-distribution null; the EV floor on the slice is what fails it."""
-    u = evals["untrained"].seed_metrics(SEEDS[0])
-    ratio, q95, ev = (
-        u["stress/ood_fvu_ratio"],
-        u["stress/ood_fvu_ratio_null_q95"],
-        u["stress/ood_ev"],
-    )
-    assert ratio is not None and q95 is not None and ev is not None
-    assert abs(ratio - 1) < 0.2 and ev < 0.8
+    near 1, inside the in-distribution null, and passes strict's ood group alone; the
+    reconstruction floor on its own held-out rows is what fails it. (A separate EV floor on the
+    slice decides nothing more: recon/ev >= 0.9 and a ratio <= 1.5 imply EV >= 0.85 there.)"""
+    u = _seed_metrics(evals["untrained"])
+    ratio, q95 = u["stress/ood_fvu_ratio"], u["stress/ood_fvu_ratio_null_q95"]
+    assert ratio is not None and q95 is not None
+    assert abs(ratio - 1) < 0.2
+    assert _group("ood", u) and not _group("recon", u)
 
 
 def _featureless(n: int, d: int, seed: int, rank: int = 8) -> torch.Tensor:
@@ -235,7 +246,7 @@ def _transcoder_group(t: Any) -> bool:
 
 def test_transcoder_group_fails_recipes_that_learn_nothing_and_passes_one_that_does() -> None:
     """On a known dictionary, transcoders and MLP-input SAEs of matched width beat their
-    space-matched covariance nulls alike: strict's transcoder group passes. The same recipe with
+    space-matched surrogate nulls alike: strict's transcoder group passes. The same recipe with
     a learning rate too small to move it from its initialisation (untrained) fails; so does an
     over-complete recipe (d_sae 32 on rank 8, as the stability ground truth uses) on featureless
     data, where transcoders fit a covariance and nothing else."""
@@ -245,7 +256,7 @@ def test_transcoder_group_fails_recipes_that_learn_nothing_and_passes_one_that_d
     untrained = transcoder_stress(_recipe(16, lr=1e-9), *data, hooks)
     noise = transcoder_stress(_recipe(32), _featureless(n, 32, 2), _featureless(n, 32, 3), hooks)
     assert _transcoder_group(learned), learned
-    assert learned.transcoder_excess_lcb is not None and learned.transcoder_excess_lcb > 0.2
+    assert learned.transcoder_excess_lcb is not None and learned.transcoder_excess_lcb > 0.1
     for nothing in (untrained, noise):
         assert not _transcoder_group(nothing), nothing
         assert nothing.transcoder_excess_lcb is not None and nothing.transcoder_excess_lcb < 0

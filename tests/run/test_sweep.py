@@ -82,7 +82,9 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
         assert names.RECON_EV in t.data.metrics
         assert "stability/pw_mcc_excess_surrogate_lcb" in t.data.metrics
         assert "stability/pw_mcc_null_random_base" in t.data.metrics
-        assert names.INDEPENDENT_EXCESS_LCB in t.data.metrics  # the objective
+        assert (
+            names.independent_key(names.NULL_SURROGATE, "_lcb") in t.data.metrics
+        )  # the objective
         assert {"k", "d_sae", "lambda"} <= set(t.data.params)
         lam = float(t.data.params["lambda"])
         assert (names.CONSISTENCY_INDEPENDENT_GAIN_LCB in t.data.metrics) is (lam > 0)
@@ -96,7 +98,10 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
     (confirm,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_CONFIRM]
     assert confirm.data.tags[names.TAG_CONFIRMS] == best == out.best_trial_run_id
     assert out.confirm_run_id == confirm.info.run_id
-    assert out.confirmed_value == confirm.data.metrics[names.INDEPENDENT_EXCESS_LCB]
+    assert (
+        out.confirmed_value
+        == confirm.data.metrics[names.independent_key(names.NULL_SURROGATE, "_lcb")]
+    )
     mv = tracker.client.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
     assert mv.tags[names.TAG_TRIAL_RUN_ID] == confirm.info.run_id
     assert sweep_run.data.metrics[names.SWEEP_N_TRIALS] == 3
