@@ -24,6 +24,7 @@ as a PNG next to it.
 
     .venv/bin/python benchmarks/calibration.py [--draws 10] [--out /tmp/calibration]
     .venv/bin/python benchmarks/calibration.py --reduced --out DIR   # one set of each kind
+    .venv/bin/python benchmarks/calibration.py --report RUN.json --out DIR   # redraw a run
 """
 
 from __future__ import annotations
@@ -71,7 +72,11 @@ class Outcome:
     excess_lcb: float | None
     excess_ucb: float | None
     excess_covariance: float
+    excess_covariance_lcb: float | None
     promoted: bool  # the default policy's stability check passed
+    # What metric_version 5 decided: the excess over the strongest untrained null (the higher
+    # of isotropic and covariance by point estimate), its lower bound >= 0.
+    promoted_before: bool
     seconds: float
 
 
@@ -149,9 +154,19 @@ def outcome(
         excess_lcb=key(names.excess_suffix("surrogate", "_lcb")),
         excess_ucb=key(names.excess_suffix("surrogate", "_ucb")),
         excess_covariance=need(names.excess_suffix("covariance")),
+        excess_covariance_lcb=key(names.excess_suffix("covariance", "_lcb")),
         promoted=promoted(m),
+        promoted_before=_before(key),
         seconds=seconds,
     )
+
+
+def _before(key: Callable[[str], float | None]) -> bool:
+    from husai import names
+
+    strongest = max(("isotropic", "covariance"), key=lambda n: key(names.null_suffix(n)) or 0.0)
+    lcb = key(names.excess_suffix(strongest, "_lcb"))
+    return lcb is not None and lcb >= 0.0
 
 
 def quick_spectrum(store: Path) -> np.ndarray:
@@ -229,13 +244,16 @@ def report(rows: list[Outcome], out: Path) -> str:
     if fl:
         k, n = sum(r.promoted for r in fl), len(fl)
         lo, hi = clopper_pearson(k, n)
+        kb = sum(r.promoted_before for r in fl)
+        lo_b, hi_b = clopper_pearson(kb, n)
         lines += [
             f"False promotions on featureless sets: {k}/{n} = {k / n:.1%} "
-            f"(Clopper-Pearson 95% [{lo:.1%}, {hi:.1%}])",
+            f"(Clopper-Pearson 95% [{lo:.1%}, {hi:.1%}]); against the strongest untrained null "
+            f"(metric_version 5): {kb}/{n} = {kb / n:.1%} [{lo_b:.1%}, {hi_b:.1%}]",
             "",
             "| setting | PR | d_sae (x PR) | k | trials | promoted | excess over surrogate, "
-            "mean (sd) | excess over covariance, mean |",
-            "|---|---|---|---|---|---|---|---|",
+            "mean (sd) | excess over covariance, mean | promoted by v5's rule |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for key in sorted({(r.setting, r.multiple) for r in fl}, key=lambda t: (t[0], t[1])):
             g = [r for r in fl if (r.setting, r.multiple) == key]
@@ -245,7 +263,7 @@ def report(rows: list[Outcome], out: Path) -> str:
                 f"| {key[0]} | {np.mean([r.pr for r in g]):.1f} | {g[0].d_sae} ({key[1]:g}x) | "
                 f"{g[0].k} | {len(g)} | {sum(r.promoted for r in g)} | "
                 f"{ex.mean():+.4f} ({ex.std(ddof=1) if len(ex) > 1 else 0:.4f}) | "
-                f"{cov.mean():+.4f} |"
+                f"{cov.mean():+.4f} | {sum(r.promoted_before for r in g)} |"
             )
         lines.append("")
     ft = [r for r in rows if r.kind == "features"]
@@ -266,7 +284,8 @@ def report(rows: list[Outcome], out: Path) -> str:
                 g = [r for r in ft if r.d_sae == d_sae and r.share == s]
                 if g:
                     ex = np.mean([r.excess for r in g])
-                    cells.append(f"{sum(r.promoted for r in g)}/{len(g)} ({ex:+.3f})")
+                    before = sum(r.promoted_before for r in g)
+                    cells.append(f"{sum(r.promoted for r in g)}/{len(g)} ({ex:+.3f}; v5 {before})")
                 else:
                     cells.append("-")
             cover = "covers" if d_sae >= N_FEATURES else "cannot cover"
@@ -290,15 +309,17 @@ def plot(rows: list[Outcome], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     fl = [r for r in rows if r.kind == "featureless"]
     settings = sorted({r.setting for r in fl})
-    for i, s in enumerate(settings):
-        for mult, marker in zip(MULTIPLES, "os^", strict=True):
+    styles = zip(MULTIPLES, "os^", ("tab:blue", "tab:orange", "tab:green"), strict=True)
+    for j, (mult, marker, colour) in enumerate(styles):
+        for i, s in enumerate(settings):
             g = [r for r in fl if r.setting == s and r.multiple == mult]
             a.scatter(
-                [i + (mult.bit_length() - 3) * 0.12] * len(g),
+                [i + (j - 1) * 0.2] * len(g),
                 [r.excess for r in g],
                 marker=marker,
+                color=colour,
                 s=14,
-                label=f"{mult}x PR" if i == 0 else None,
+                label=f"d_sae {mult}x PR" if i == 0 else None,
             )
     a.axhline(0, color="k", linewidth=0.8)
     a.set_xticks(range(len(settings)), settings, rotation=20, fontsize=7)
@@ -330,7 +351,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/calibration"))
     ap.add_argument("--store", type=Path, help="store of the quick preset (default: under --out)")
     ap.add_argument("--reduced", action="store_true", help="one featureless and one feature set")
+    ap.add_argument(
+        "--report", type=Path, help="print the tables and draw the plot of a saved run's JSON"
+    )
     args = ap.parse_args()
+    if args.report is not None:
+        saved = [Outcome(**r) for r in json.loads(args.report.read_text())]
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(report(saved, args.out))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HUSAI_CACHE_DIR", str(args.out / "cache"))
     from tqdm.auto import tqdm
@@ -349,8 +378,8 @@ def main() -> None:
         from husai.model.synthetic import gaussian, power_law_spectrum, sparse_features
 
         spectrum = power_law_spectrum(D, 11.0)
-        rows = gaussian(N_ROWS, spectrum, 17)
-        log(outcome("featureless", "gaussian_pr11", 0, rows, 0.0, 88, 6, 8))
+        data = gaussian(N_ROWS, spectrum, 17)
+        log(outcome("featureless", "gaussian_pr11", 0, data, 0.0, 88, 6, 8))
         fs = sparse_features(N_ROWS, D, BACKGROUND_RANK, N_FEATURES, FEATURE_K, 0.5, 29)
         log(outcome("features", "share0.5", 0, fs.rows, 0.5, 64, 4, 8))
     else:
