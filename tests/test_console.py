@@ -51,6 +51,7 @@ def check(name: str, passed: bool, required: bool = True) -> CheckResult:
 
 def test_gate_table_fits_80_columns_and_names_what_blocked() -> None:
     checks = [check(f"group{i}.a_long_metric_name_{i}", i != 2) for i in range(12)]
+    checks.append(check("stability.independent_pw_mcc_excess_random_base_lcb", True))
     checks.append(check("optional.x", False, required=False))
     table = console.gate_table(GateDecision("strict", "7", "3", checks))
     assert all(len(line) <= 80 for line in table.splitlines()), table

@@ -88,6 +88,11 @@ class SweepConfig(Strict):
         self._check_grids()
         if not 1 <= len(self.objective) <= 2:
             raise ValueError("objective: give one metric, or two for a Pareto search")
+        if self.confirm.deferred_evals and not self.confirm.enabled:
+            raise ValueError(
+                "confirm.deferred_evals: only the confirmation would run them, and "
+                "confirm.enabled is false: they would never run"
+            )
         if self.asha.enabled and self.objective[0].metric not in ASHA_OBJECTIVES:
             raise ValueError(
                 f"asha.enabled: ASHA stops trials by their running held-out "
@@ -204,10 +209,17 @@ class SweepConfig(Strict):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def trial_config(
-        self, params: dict[str, Any], smoke: bool = False, source: str | None = None
+        self,
+        params: dict[str, Any],
+        smoke: bool = False,
+        source: str | None = None,
+        confirmation: bool = False,
     ) -> ExperimentConfig:
-        """The experiment of one trial: the base experiment with the sampled values set."""
+        """The experiment of one trial: the base experiment with the sampled values set; a
+        search trial (not the `confirmation`) without `confirm.deferred_evals`."""
         data = self.base_experiment(smoke).model_dump()
+        if not confirmation and self.confirm.deferred_evals:
+            data["evals"] = {**data["evals"], **dict.fromkeys(self.confirm.deferred_evals, False)}
         for path, value in params.items():
             *outer, field = SWEEPABLE[path]
             part = data

@@ -52,7 +52,7 @@ def confirm_seeds(cfg: ExperimentConfig, n: int) -> tuple[int, ...]:
 def confirm_config(sweep: SweepConfig, params: dict[str, Any], smoke: bool) -> ExperimentConfig:
     """The best recipe again on fresh seeds and (confirm.fresh_split) a fresh SAE-train /
     SAE-eval split: split_seed + 1. Registration is the confirmation stage's, after it."""
-    cfg = sweep.trial_config(params, smoke)
+    cfg = sweep.trial_config(params, smoke, confirmation=True)
     n = sweep.smoke.confirm_seeds if smoke else sweep.confirm.n_seeds
     data = cfg.model_dump(by_alias=True)
     data["trial"] = {**data["trial"], "seeds": list(confirm_seeds(cfg, n)), "register_sae": False}

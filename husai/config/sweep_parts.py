@@ -154,3 +154,8 @@ class Confirm(Strict):
     fresh_split: bool = Field(
         True, description="draw a new SAE-train / SAE-eval row split for the confirmation"
     )
+    deferred_evals: tuple[Literal["transcoder", "ood", "probing", "contrastive"], ...] = Field(
+        (),
+        description="evals the search's trials skip and only the confirmation runs (an eval "
+        "that does not drive the objective costs the search time for nothing)",
+    )

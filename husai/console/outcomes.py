@@ -27,8 +27,12 @@ def gate_table(d: GateDecision) -> str:
         na = c.reason.startswith("not applicable")
         value = "n/a" if na else "missing" if c.value is None else f"{c.value:.4f}"
         verdict = ("pass" if c.passed else "FAIL") + ("" if c.required else " (opt)")
+        name = c.check
+        if len(name) > 40:  # a long check (a null family's member) gets a line of its own
+            lines.append(f"  {name}")
+            name = ""
         lines.append(
-            f"  {c.check:<40} {value:>9}  {c.op + ' ' + format(c.threshold, 'g'):<12} {verdict}"
+            f"  {name:<40} {value:>9}  {c.op + ' ' + format(c.threshold, 'g'):<12} {verdict}"
         )
     if d.pass_all:
         lines.append("decision: PASS -> champion")

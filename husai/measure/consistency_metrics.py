@@ -38,6 +38,9 @@ class ConsistencyMetrics:
     independent_gain: Interval
     # [n seeds, m controls] pw_mcc(seed, control); NaN where the two share an initialisation
     to_controls: np.ndarray = field(repr=False, compare=False)
+    # An upper estimate of the variance one plain SAE (the reference) adds to a score against
+    # it, from the controls' own pair matrix; NaN with fewer than 3 controls
+    reference_variance: float = float("nan")
     ev_drop: float | None = None  # ev(lambda = 0 recipe) - ev(this recipe); filled by the caller
 
     def keyed(self) -> dict[str, float | None]:
@@ -77,6 +80,7 @@ def consistency_metrics(
     c_mat = pairwise([w for _, w in controls], d_in)["pw_mcc"]
     n, m = x.shape
     off = ~np.eye(m, dtype=bool)
+    ref_var = unit_effect_variance(c_mat)
     return ConsistencyMetrics(
         alignment_to_ref=float(np.mean([pair_scores(u, ref)["pw_mcc"] for _, u in units])),
         alignment_to_controls=cross_mean(x, range(n), range(m)),
@@ -85,6 +89,7 @@ def consistency_metrics(
         n_controls=m,
         independent_gain=gain_interval(x, y, c_mat),
         to_controls=x,
+        reference_variance=ref_var,
     )
 
 

@@ -203,7 +203,7 @@ class IndependentStability:
 
 
 def independent_stability(
-    report: StabilityReport, to_controls: np.ndarray | None
+    report: StabilityReport, to_controls: np.ndarray | None, reference_variance: float = 0.0
 ) -> IndependentStability:
     """pw_mcc measured only between SAEs that never saw each other, and its excess over each
     null (docs/metrics.md, "Independent stability").
@@ -214,7 +214,10 @@ def independent_stability(
     without the pull): `to_controls` [n seeds, m controls], NaN where a seed and a control share
     their initialisation. Copying the reference then scores what the reference shares with
     independent SAEs, no more. The excess subtracts the null's pair mean, with a two-way
-    jackknife (leave a seed out of the table and of the null, leave a control out)."""
+    jackknife (leave a seed out of the table and of the null, leave a control out) plus
+    `reference_variance`: seeds pulled toward one reference share its randomness, which no
+    seed left out reveals (copies of it have none of their own), so the interval carries an
+    estimate of one SAE's (`consistency_metrics`); copying cannot narrow it."""
     st = report.metrics["pw_mcc"]
     if to_controls is None:
         return IndependentStability(st.value, dict(st.excess))
@@ -229,7 +232,10 @@ def independent_stability(
         def theta(rows: Sequence[int], cols: Sequence[int], pw: np.ndarray = pw) -> float:
             return cross_mean(x, rows, cols) - pair_mean(pw, rows)
 
-        excess[null] = cross_interval(theta, n, m)
+        iv = cross_interval(theta, n, m, reference_variance)
+        if not np.isfinite(reference_variance):  # the reference's share unknown: no bound
+            iv = Interval(iv.value, None, None, iv.n_seeds)
+        excess[null] = iv
     return IndependentStability(cross_mean(x, range(n), range(m)), excess)
 
 

@@ -118,8 +118,10 @@ class TrialResult:
     def independent_metrics(self) -> dict[str, float | None]:
         """pw_mcc between SAEs that never saw each other and its excess over each null
         (stability/independent_pw_mcc*): what copying the reference cannot inflate."""
-        to_controls = None if self.consistency is None else self.consistency.to_controls
-        return independent_stability(self.stability, to_controls).keyed()
+        c = self.consistency
+        if c is None:
+            return independent_stability(self.stability, None).keyed()
+        return independent_stability(self.stability, c.to_controls, c.reference_variance).keyed()
 
     def tags(self) -> dict[str, str]:
         """Why a null or an eval is absent."""

@@ -10,20 +10,19 @@ scores (each SAE has an effect shared by every pair it is in, each pair its own 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pytest
 
 from husai.measure.consistency_metrics import gain_interval
 from husai.measure.intervals import (
+    Interval,
     cross_interval,
     cross_mean,
-    pair_mean,
     pair_mean_interval,
     seed_mean_interval,
     unit_effect_variance,
 )
+from husai.measure.stability import MetricStability, StabilityReport, independent_stability
 
 GAIN_MARGIN = 0.01  # gates/default.yaml: consistency/independent_gain_lcb >= 0.01
 
@@ -123,19 +122,22 @@ def _controls(b: np.ndarray, mu: float, se: float, rng: np.random.Generator) -> 
     return c
 
 
-def _excess_interval(x: np.ndarray, null: np.ndarray) -> tuple[float, float | None, float | None]:
-    """The independent excess at lambda > 0 as `independent_stability` computes it."""
-    n, m = x.shape
-
-    def theta(r: Sequence[int], c: Sequence[int]) -> float:
-        return cross_mean(x, r, c) - pair_mean(null, r)
-
-    iv = cross_interval(theta, n, m)
+def _excess_interval(
+    x: np.ndarray, null: np.ndarray, controls: np.ndarray
+) -> tuple[float, float | None, float | None]:
+    """The independent excess at lambda > 0, by `independent_stability` itself: the seeds x
+    controls table `x` against a null's pair matrix, with the reference variance the controls'
+    own pair matrix gives."""
+    nan = float("nan")
+    none = Interval(nan, None, None, 0)
+    st = MetricStability(nan, nan, nan, none, nan, {}, {}, {})
+    report = StabilityReport({"pw_mcc": st}, x.shape[0], {}, {}, {"surrogate": {"pw_mcc": null}})
+    iv = independent_stability(report, x, unit_effect_variance(controls)).excess["surrogate"]
     return iv.value, iv.lcb, iv.ucb
 
 
-def _excess(x: np.ndarray, null: np.ndarray) -> tuple[float, float | None]:
-    value, lcb, _ = _excess_interval(x, null)
+def _excess(x: np.ndarray, null: np.ndarray, controls: np.ndarray) -> tuple[float, float | None]:
+    value, lcb, _ = _excess_interval(x, null, controls)
     return value, lcb
 
 
@@ -154,12 +156,13 @@ def test_independent_stability_and_gain_intervals_cover_at_5x5_and_8x8(
         a, b = rng.normal(0, su, size), rng.normal(0, su, size)
         x = _table(size, size, 0.62, a, b, se, rng)  # truth: 0.62 + 0 effects
         null = random_effects(size, 0.60, su, se, rng)
-        value, lcb, ucb = _excess_interval(x, null)
+        controls = _controls(b, 0.60, se, rng)
+        value, lcb, ucb = _excess_interval(x, null, controls)
         assert lcb is not None and ucb is not None
         cover_ex += lcb <= 0.02 <= ucb
         r = rng.normal(0, su)  # the reference: one plain SAE of its own
         y = 0.60 + r + b + rng.normal(0, se, size)
-        g = gain_interval(x, y, _controls(b, 0.60, se, rng))
+        g = gain_interval(x, y, controls)
         assert g.lcb is not None and g.ucb is not None
         cover_gain += g.lcb <= 0.02 <= g.ucb
     assert cover_ex / n_sim >= 0.93, cover_ex / n_sim
@@ -195,7 +198,7 @@ def test_copying_the_reference_passes_stability_and_gain_in_at_most_5_percent(
         np.fill_diagonal(copying, np.nan)
         plain = _table(size, size, 0.60, rng.normal(0, su, size), b, se, rng)
         for kind, x in (("copying", copying), ("plain", plain)):
-            _, ex_lcb = _excess(x, null)
+            _, ex_lcb = _excess(x, null, controls)
             g = gain_interval(x, y, controls)
             passed[kind]["stability"] += ex_lcb is not None and ex_lcb >= 0.0
             passed[kind]["gain"] += g.lcb is not None and g.lcb >= GAIN_MARGIN
