@@ -176,6 +176,9 @@ class Reading:
     # Why the check does not apply to this version (e.g. a consistency check at lambda 0): it
     # passes, and says so. None: it applies.
     not_applicable: str | None = None
+    # The key is a null's and the trial could not compute that null for its activations
+    # (a family none of whose gated nulls was computed fails closed).
+    null_skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,11 +254,14 @@ def evaluate(
     results = []
     # An incomparable champion's numbers mean nothing here: margins never read them.
     usable = champion if champion is not None and champion.incomparable is None else None
+    skipped: set[str] = set()  # checks on a null the trial could not compute
     for pc in policy.items():
         check_id, c = pc.id, pc.check
         r = readings.get(c.metric, Reading(None, "missing"))
         if c.when == LAMBDA_POSITIVE and lam == 0:
             r = Reading(r.value, r.source, "lambda = 0: no consistency term (when: lambda > 0)")
+        if r.null_skipped:
+            skipped.add(check_id)
         champ_value = None
         if c.champion_margin is not None and usable is not None:
             champ_value = usable.readings.get(c.metric, Reading(None, "missing")).value
@@ -281,21 +287,24 @@ def evaluate(
             )
         )
     champ = None if champion is None else champion.version
-    results = _no_null_judged(policy, results)
+    results = _no_null_judged(policy, results, skipped)
     return GateDecision(policy.name, version, champ, results, n_seeds, policy.min_seeds)
 
 
-def _no_null_judged(policy: Policy, results: list[CheckResult]) -> list[CheckResult]:
+def _no_null_judged(
+    policy: Policy, results: list[CheckResult], skipped: set[str]
+) -> list[CheckResult]:
     """A family check none of whose gated nulls could be computed for this version (each
     skipped, e.g. no random base model behind a user's own file) judged nothing: it fails
-    closed rather than passing as not applicable."""
+    closed rather than passing as not applicable. (Not applicable for another reason, such as
+    `when: lambda > 0` at lambda 0, stays as it is.)"""
     family_of = {pc.id: pc.family for pc in policy.items()}
-    members: dict[str, list[CheckResult]] = {}
+    members: dict[str, list[str]] = {}
     for r in results:
         family = family_of.get(r.check)
         if family is not None:
-            members.setdefault(family, []).append(r)
-    empty = {f for f, rs in members.items() if all(r.reason.startswith(NOT_APPLICABLE) for r in rs)}
+            members.setdefault(family, []).append(r.check)
+    empty = {f for f, ids in members.items() if all(i in skipped for i in ids)}
     return [
         replace(
             r,

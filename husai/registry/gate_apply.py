@@ -95,7 +95,9 @@ def readings(tracker: Tracker, mv: VersionView, trial: RunView | None = None) ->
         if skipped is not None and key not in trial.metrics:
             # Asked for but impossible on these activations (no random base model behind a
             # user's own file): nothing to judge against. Not asked for at all: missing.
-            out[key] = Reading(None, "skipped", f"null {null} not computed: {skipped}")
+            out[key] = Reading(
+                None, "skipped", f"null {null} not computed: {skipped}", null_skipped=True
+            )
         elif key in names.ARTIFACT_LEVEL_KEYS:
             if seed_run is not None and key in seed_run.metrics:
                 out[key] = Reading(float(seed_run.metrics[key]), f"seed run {seed_run.run_id}")

@@ -526,6 +526,32 @@ def test_a_null_the_trial_could_not_compute_is_not_applicable_but_one_must_be_ju
     assert not rb.passed and "no gated null" in rb.reason and not out.decision.pass_all
 
 
+def test_a_family_not_applicable_for_another_reason_does_not_fail_closed() -> None:
+    """Only nulls the trial could not compute make a family judge nothing: a family check that
+    does not apply at lambda 0 (`when: lambda > 0`) passes there, as any check would."""
+    policy = Policy.model_validate(
+        {
+            "name": "p",
+            "nulls": ["random_base"],
+            "checks": {
+                "s": [
+                    {
+                        "metric": names.INDEPENDENT_EXCESS_LCB,
+                        "op": ">=",
+                        "threshold": 0.0,
+                        "when": "lambda > 0",
+                    }
+                ]  # fmt: skip
+            },
+        }
+    )
+    skipped = {RANDOM_BASE: Reading(None, "skipped", "no base model", null_skipped=True)}
+    plain = evaluate(policy, "1", skipped, None, 5, lam=0.0)
+    assert plain.pass_all and "lambda = 0" in plain.checks[0].reason
+    pulled = evaluate(policy, "1", skipped, None, 5, lam=0.5)
+    assert not pulled.pass_all and "no gated null" in pulled.checks[0].reason
+
+
 def test_a_policy_names_known_nulls_and_families_or_per_null_keys() -> None:
     with pytest.raises(ValueError, match="nulls"):
         Policy.model_validate(
