@@ -5,6 +5,7 @@ accepted as something else."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,9 @@ from husai.cli import EXIT_BAD_INPUT, main
 from husai.config.loading import load, resolve
 from husai.core.errors import ConfigError
 from husai.registry.tracking import Tracker
-from tests.helpers import store_path, write_cfg
+from tests.helpers import ROOT, free_port, store_path, write_cfg
 
+GATE = ["gate", "--policy", str(ROOT / "gates" / "default.yaml"), "--alias", "candidate"]
 SWEEP_HEAD = "name: s\nexperiment: {preset: quick}\nobjective: [{metric: recon/fvu, mode: min}]\n"
 
 
@@ -131,6 +133,32 @@ def test_activations_that_overflow_float32_are_refused(
     assert not store_path(isolated_store).exists()
 
 
+@pytest.mark.fresh_store
+@pytest.mark.parametrize("which", ["all", "held-out"])
+def test_rows_with_no_variance_are_refused_before_training(
+    tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
+    """Identical rows (or identical held-out rows: FVU divides by their variance) trained and
+    then crashed in the metrics; now one line naming the file, before any run."""
+    rows = np.ones((200, 8), dtype="float32")
+    if which == "held-out":  # vary only the SAE-train side of the default split
+        from husai.config.experiment import ActivationsConfig
+        from husai.model.activations import split_indices
+
+        a = ActivationsConfig()
+        train, _ = split_indices(200, 1.0 - a.eval_frac, a.split_seed)
+        rows[train.numpy()] = np.random.default_rng(0).normal(size=(len(train), 8))
+    path = tmp_path / "flat.npy"
+    np.save(path, rows)
+    cfg = write_cfg(tmp_path)
+    code = main(["trial", "--config", str(cfg), "--activations-file", str(path)])
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    side = "SAE-train" if which == "all" else "held-out"
+    assert f"{path}: the {side} rows" in err and "no variance" in err and "\n" not in err
+    assert not store_path(isolated_store).exists()
+
+
 def test_an_unusable_tracking_uri_is_one_line(
     tmp_path: Path, isolated_store: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -146,6 +174,42 @@ def test_an_unusable_tracking_uri_is_one_line(
     assert code == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert f"tracking URI {uri}: cannot create {blocker}" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("uri", ["foo://bar", "file:///tmp/store", "/tmp/a/folder"])
+def test_a_tracking_uri_mlflow_cannot_open_is_one_line_before_any_compute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], uri: str
+) -> None:
+    """MLflow's own error for an unknown scheme is a 42-line traceback from its registry."""
+    acts = tmp_path / "acts.npy"
+    np.save(acts, np.random.default_rng(0).normal(size=(256, 8)).astype("float32"))
+    argv = ["trial", "--config", str(write_cfg(tmp_path)), "--activations-file", str(acts)]
+    assert main([*argv, "--tracking-uri", uri]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert f"tracking URI {uri}:" in err and len(err.splitlines()) == 1
+    assert "unknown scheme 'foo'" in err if uri.startswith("foo") else "file store" in err
+    # The gate's own exit code 2 means "blocked": a store it cannot open is 1, as ever.
+    assert main([*GATE, "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"tracking URI {uri}:" in err and len(err.splitlines()) == 1
+
+
+def test_an_unreachable_tracking_server_is_one_line_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow's client retries an unreachable server with back-off for minutes (a gate was
+    still waiting after 240 s): every command checks the server answers first."""
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("HUSAI_TRACKING_CONNECT_TIMEOUT_S", "2")
+    start = time.monotonic()
+    assert main([*GATE, "--tracking-uri", uri]) == 1
+    took = time.monotonic() - start
+    err = capsys.readouterr().err.strip()
+    assert f"tracking server {uri} did not answer within 2 s" in err and "mlflow server" in err
+    assert len(err.splitlines()) == 1 and took < 10, took
+    monkeypatch.setenv("HUSAI_TRACKING_CONNECT_TIMEOUT_S", "soon")
+    assert main([*GATE, "--tracking-uri", uri]) == 1
+    assert "HUSAI_TRACKING_CONNECT_TIMEOUT_S: expected a positive number" in capsys.readouterr().err
 
 
 def test_experiments_open_on_their_runs_in_the_mlflow_ui(tracker: Tracker) -> None:

@@ -348,6 +348,13 @@ def load_user_activations(path: Path, cfg: ActivationsConfig) -> ActivationSet:
         train_rows, eval_rows = split_indices(x.shape[0], 1.0 - cfg.eval_frac, cfg.split_seed)
     except ValueError as e:
         raise ActivationCacheError(f"{path}: {e}") from None
+    for side, rows in (("SAE-train", train_rows), ("held-out", eval_rows)):
+        # FVU divides by the rows' variance: rows that never vary leave nothing to reconstruct.
+        if float(x[rows].double().var(dim=0).sum()) == 0.0:
+            raise ActivationCacheError(
+                f"{path}: the {side} rows (split seed {cfg.split_seed}) are all the same row: "
+                "they have no variance to reconstruct"
+            )
     return ActivationSet(
         key=key,
         p=None,

@@ -14,6 +14,9 @@ import fcntl
 import functools
 import os
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -21,7 +24,7 @@ from pathlib import Path
 import husai
 from husai import names
 from husai.core import device as devices
-from husai.core.errors import InputError
+from husai.core.errors import InputError, ServiceUnavailable
 from husai.core.paths import project_root
 
 TRACKED_PACKAGES = (
@@ -48,6 +51,75 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
         # elsewhere), so pin them to an absolute path once, here.
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     return uri
+
+
+# Schemes MLflow can open as a tracking and registry store (SQLAlchemy dialects may name a driver,
+# e.g. postgresql+psycopg2).
+SERVER_SCHEMES = ("http", "https")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+OTHER_SCHEMES = ("databricks",)
+CONNECT_TIMEOUT_ENV = "HUSAI_TRACKING_CONNECT_TIMEOUT_S"
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A URI MLflow can open as a store, or a one-line InputError naming it and what works
+    (MLflow's own error is a 40-line traceback from deep inside its registry)."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if ":" in uri else ""
+    if scheme in (*SERVER_SCHEMES, *DATABASE_SCHEMES, *OTHER_SCHEMES):
+        return
+    if scheme in ("", "file"):
+        raise InputError(
+            f"tracking URI {uri}: a plain folder (MLflow's file store) is not supported; use "
+            "sqlite:///<path>/mlflow.db, or http(s)://<server>"
+        )
+    raise InputError(
+        f"tracking URI {uri}: unknown scheme {scheme!r}; use sqlite:///<path>/mlflow.db, "
+        "http(s)://<server>, or a database (postgresql://, mysql://, mssql://)"
+    )
+
+
+def connect_timeout() -> float:
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, str(DEFAULT_CONNECT_TIMEOUT_S))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise InputError(
+            f"{CONNECT_TIMEOUT_ENV}: expected a positive number of seconds, got {raw!r}"
+        )
+    return value
+
+
+def check_server(uri: str, timeout: float | None = None) -> None:
+    """A tracking server at an http(s) URI answers within `timeout` seconds (default
+    HUSAI_TRACKING_CONNECT_TIMEOUT_S, 30), or ServiceUnavailable says so in one line: MLflow's
+    client would retry with back-off for minutes. Any HTTP answer counts (a server behind
+    authentication answers 401); only no answer at all does not."""
+    if uri.split(":", 1)[0].lower() not in SERVER_SCHEMES:
+        return
+    limit = connect_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    health = uri.rstrip("/") + "/health"
+    why = "no answer"
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with urllib.request.urlopen(health, timeout=max(0.1, min(left, 5.0))):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            why = str(reason) or type(e).__name__
+        if time.monotonic() + 0.5 >= deadline:
+            break
+        time.sleep(0.5)
+    raise ServiceUnavailable(
+        f"tracking server {uri} did not answer within {limit:g} s ({why}); check that "
+        f"`mlflow server` runs there and the address is right ({CONNECT_TIMEOUT_ENV} sets the wait)"
+    )
 
 
 def sqlite_path(uri: str) -> Path | None:

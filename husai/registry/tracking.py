@@ -27,7 +27,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, 
 
 from husai import names
 from husai.registry.provenance import (
+    check_server,
     check_store_folder,
+    check_tracking_uri,
     creating_store,
     git_sha,
     package_versions,
@@ -61,9 +63,11 @@ class Tracker(RegistryCalls):
 
     def __init__(self, tracking_uri: str | None = None) -> None:
         self.uri = resolve_tracking_uri(tracking_uri)
+        check_tracking_uri(self.uri)
         db = sqlite_path(self.uri)
         if db is not None:
             check_store_folder(self.uri, db)
+        check_server(self.uri)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         # A new store logs its schema migrations at INFO; errors must stay one line on stderr.
         for name in ("mlflow.store.db.utils", "alembic"):
