@@ -88,11 +88,6 @@ class SweepConfig(Strict):
         self._check_grids()
         if not 1 <= len(self.objective) <= 2:
             raise ValueError("objective: give one metric, or two for a Pareto search")
-        if self.confirm.deferred_evals and not self.confirm.enabled:
-            raise ValueError(
-                "confirm.deferred_evals: only the confirmation would run them, and "
-                "confirm.enabled is false: they would never run"
-            )
         if self.asha.enabled and self.objective[0].metric not in ASHA_OBJECTIVES:
             raise ValueError(
                 f"asha.enabled: ASHA stops trials by their running held-out "

@@ -159,3 +159,22 @@ class Confirm(Strict):
         description="evals the search's trials skip and only the confirmation runs (an eval "
         "that does not drive the objective costs the search time for nothing)",
     )
+    register_unconfirmed: bool = Field(
+        False,
+        description="with enabled false: register the search's best trial as husai-sae and "
+        "point `candidate` at it (judged on the numbers that selected it); by default a sweep "
+        "without a confirmation registers nothing and moves no alias",
+    )
+
+    @model_validator(mode="after")
+    def _without_confirmation(self) -> Confirm:
+        if self.deferred_evals and not self.enabled:
+            raise ValueError(
+                "deferred_evals: only the confirmation would run them, and enabled is false: "
+                "they would never run"
+            )
+        if self.register_unconfirmed and self.enabled:
+            raise ValueError(
+                "register_unconfirmed: with the confirmation on, its SAE is what is registered"
+            )
+        return self

@@ -83,9 +83,10 @@ def record_outcome(
     counts: tuple[int, int, int],
     best: tuple[str, float] | None,
 ) -> SweepOutcome:
-    """Counts (trials, recorded, duplicates) and the best trial on the sweep run; the best
-    trial's SAE becomes `candidate`, unless the sweep confirms it first (then the
-    confirmation's does, `record_confirmation`)."""
+    """Counts (trials, recorded, duplicates) and the best trial on the sweep run. A sweep that
+    confirms its best recipe registers the confirmation's SAE (`record_confirmation`); one that
+    does not registers nothing and moves no alias, unless its file asks
+    (`confirm.register_unconfirmed`): then the best trial's SAE becomes `candidate`."""
     n_trials, n_recorded, n_duplicates = counts
     tracker.log_metrics(
         sweep_run_id,
@@ -99,7 +100,7 @@ def record_outcome(
     if best is not None:
         tracker.set_tags(sweep_run_id, {names.TAG_BEST_TRIAL_RUN_ID: best[0]})
         tracker.log_metrics(sweep_run_id, {names.SWEEP_BEST_VALUE: best[1]})
-    if best is not None and not sweep.confirm.enabled:
+    if best is not None and not sweep.confirm.enabled and sweep.confirm.register_unconfirmed:
         version = register_trial_sae(
             tracker, best[0], f"best trial of sweep {sweep.name} (run {sweep_run_id})"
         )

@@ -156,7 +156,13 @@ def run_pipeline(
         ),
     )
     if outcome.sae_version is None:
-        raise StepFailed("step 'gate': the sweep registered no candidate (no trial finished)")
+        why = (
+            "no trial finished"
+            if outcome.best_trial_run_id is None
+            else "its confirmation is off and it registers nothing unconfirmed "
+            "(confirm.register_unconfirmed)"
+        )
+        raise StepFailed(f"step 'gate': the sweep registered no candidate ({why})")
     version = outcome.sae_version
     decided = _settled(tracker, policy.name, version)
     gate = _step(

@@ -19,7 +19,8 @@ import pytest
 from husai import names
 from husai.cli import EXIT_BAD_INPUT, main
 from husai.config.sweep import load_sweep, sampled_params
-from husai.registry.sweep_records import open_sweep_run
+from husai.core.errors import ConfigError
+from husai.registry.sweep_records import open_sweep_run, record_outcome, reused_sweep
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, register_trial_sae
 from husai.report.sweep_report import log_sweep_report
@@ -362,6 +363,37 @@ def test_finishing_a_sweep_records_its_stopped_and_failed_trials(
     sweep_run = tracker.get_run(sweep_run_id)
     assert sweep_run.metrics[names.SWEEP_N_TRIALS] == 2
     assert names.TAG_BEST_TRIAL_RUN_ID not in sweep_run.tags
+
+
+def test_a_sweep_without_a_confirmation_leaves_candidate_where_it_was(
+    tmp_path: Path, tracker: Tracker
+) -> None:
+    """An ablation reports every recipe and selects none: with the confirmation off a sweep
+    registers nothing and moves no alias (running the ablation after `make demo` used to replace
+    the demo's confirmed candidate with an unconfirmed search trial), found again or not. Only
+    `confirm.register_unconfirmed` asks otherwise, and it is refused beside a confirmation."""
+    c = tracker.client
+    exp = tracker.experiment_id("husai/demo")
+    run = c.create_run(exp)
+    c.set_terminated(run.info.run_id)
+    c.create_registered_model(names.SAE_MODEL_NAME)
+    mv = c.create_model_version(
+        names.SAE_MODEL_NAME, f"{run.info.artifact_uri}/sae_model", run_id=run.info.run_id
+    )
+    tracker.set_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE, str(mv.version))
+    sweep = load_sweep(write_sweep(tmp_path, confirm={"enabled": False}))
+    with open_sweep_run(tracker, sweep, "h", "f", False, 1, "ray", "acts", "1") as sweep_run_id:
+        out = record_outcome(tracker, sweep, sweep_run_id, (1, 1, 0), ("a-trial-run", 0.2))
+    assert out.best_trial_run_id == "a-trial-run" and out.sae_version is None
+    again = reused_sweep(tracker, sweep_run_id)
+    assert again.sae_version is None
+    holder = c.get_model_version_by_alias(names.SAE_MODEL_NAME, names.ALIAS_CANDIDATE)
+    assert holder.version == mv.version
+    assert len(c.search_model_versions(f"name = '{names.SAE_MODEL_NAME}'")) == 1
+    with pytest.raises(ConfigError, match="register_unconfirmed: with the confirmation on"):
+        load_sweep(write_sweep(tmp_path, confirm={"enabled": True, "register_unconfirmed": True}))
+    with pytest.raises(ConfigError, match="deferred_evals: only the confirmation"):
+        load_sweep(write_sweep(tmp_path, confirm={"enabled": False, "deferred_evals": ["ood"]}))
 
 
 def test_lost_attempts_and_reported_errors_are_recorded_failed_with_their_reason(

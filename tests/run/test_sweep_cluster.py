@@ -175,6 +175,8 @@ def test_a_sweep_submitted_as_a_ray_job_writes_to_the_server_with_asha(
         # ASHA schedules on held-out FVU: only a reconstruction objective may use it.
         objective=[{"metric": "recon/ev", "mode": "max"}],
         asha={"enabled": True, "grace_period": 1, "reduction_factor": 2},
+        # No confirmation: the file asks for the search's best to be registered itself.
+        confirm={"enabled": False, "register_unconfirmed": True},
     )
     submit = [
         *("ray", "job", "submit", "--address", ray_cluster.dashboard, "--"),
