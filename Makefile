@@ -48,8 +48,11 @@ test: lint typecheck
 test-fast: $(DEV_STAMP)
 	$(BIN)/pytest -m "not slow"
 
+# The demo's sweep opens on its runs table only with the address printed first (MLflow 3's UI
+# otherwise opens every experiment on its GenAI overview).
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1
+	@$(BIN)/python -c "from husai.console.text import ui_address; from husai.registry.tracking import Tracker; t = Tracker(); e = t.find_experiment_id('husai/quick_sweep'); print('open', ui_address(t.uri, e) if e else 'http://127.0.0.1:5000 (no demo sweep yet: run make demo)')"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -38,7 +38,7 @@ def cmd_train_base(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     handle = stages.base_model(cfg, tracker)
     tracker.link_env_run(handle.links())
     console.print_base(handle)
-    print(console.ui_hint(tracker.uri))
+    print(console.ui_hint(tracker.uri, tracker.experiment_id(names.EXPERIMENT_BASE)))
     return 0
 
 
@@ -56,7 +56,7 @@ def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
         lm = lm_activations(cfg, tracker, p)
         tracker.link_env_run({names.TAG_LINK_ACTIVATIONS_RUN: lm.run_id})
         console.print_acts(lm)
-        print(console.ui_hint(tracker.uri))
+        print(console.ui_hint(tracker.uri, tracker.experiment_id(names.EXPERIMENT_ACTIVATIONS)))
         return 0
     check_hook(cfg)
     tracker = Tracker(args.tracking_uri or None)
@@ -65,7 +65,7 @@ def cmd_extract(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
     acts = stages.activations(cfg, base, tracker)
     tracker.link_env_run({**base.links(), names.TAG_LINK_ACTIVATIONS_RUN: acts.run_id})
     console.print_acts(acts)
-    print(console.ui_hint(tracker.uri))
+    print(console.ui_hint(tracker.uri, tracker.experiment_id(names.EXPERIMENT_ACTIVATIONS)))
     return 0
 
 
@@ -97,7 +97,8 @@ def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
         if version is not None:
             holds = tracker.set_alias(names.SAE_MODEL_NAME, args.alias, version)
         console.print_alias(args.alias, version, holds)
-    print(console.ui_hint(tracker.uri))
+    experiment = tracker.experiment_id(names.EXPERIMENT_SWEEP_PREFIX + cfg.name)
+    print(console.ui_hint(tracker.uri, experiment))
     return 0
 
 
@@ -120,7 +121,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         links[names.TAG_LINK_SAE_VERSION] = str(out.sae_version)
     tracker.link_env_run(links)
     console.print_sweep(out, tracker.child_runs(out.sweep_run_id))
-    print(console.ui_hint(tracker.uri))
+    print(console.ui_hint(tracker.uri, tracker.get_run(out.sweep_run_id).experiment_id))
     return 0
 
 
@@ -180,7 +181,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     if res.gate.gate_run_id is not None:
         links[names.TAG_LINK_GATE_RUN] = res.gate.gate_run_id
     tracker.link_env_run(links)
-    print(res.summary(tracker.uri))
+    experiment = tracker.get_run(res.sweep.sweep_run_id).experiment_id
+    print(res.summary(tracker.uri, experiment))
     return 0 if res.gate.decision.pass_all else EXIT_GATE_BLOCKED
 
 

@@ -63,7 +63,7 @@ def test_real_process_exit_code(tmp_path: Path, isolated_store: str) -> None:
 
 
 def test_extract_twice_trains_once_then_hits(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_store: str
 ) -> None:
     import yaml
 
@@ -76,3 +76,7 @@ def test_extract_twice_trains_once_then_hits(
     second = capsys.readouterr().out
     assert "reused" in second and "cache hit (disk)" in second
     assert "mlflow ui --backend-store-uri sqlite:///" in second
+    from husai.registry.tracking import Tracker
+
+    acts_exp = Tracker(isolated_store).find_experiment_id("husai-activations")
+    assert f"#/experiments/{acts_exp}?workflowType=machine_learning" in second

@@ -38,7 +38,7 @@ from husai.console.sweeps import (
     trial_line,
     trial_stopped,
 )
-from husai.console.text import error, fmt, interrupted, say, ui_hint
+from husai.console.text import error, fmt, interrupted, say, ui_address, ui_hint
 
 __all__ = [
     "error",
@@ -71,5 +71,6 @@ __all__ = [
     "trial_done",
     "trial_line",
     "trial_stopped",
+    "ui_address",
     "ui_hint",
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from husai import names
-from husai.console.text import fmt
+from husai.console.text import fmt, ui_hint
 
 if TYPE_CHECKING:  # types only: printing an error must not import MLflow, torch or sae-lens
     from husai.registry.gate import GateDecision
@@ -103,6 +103,7 @@ def pipeline_summary(
     decision: GateDecision,
     steps: Sequence[tuple[str, float]],
     tracking_uri: str,
+    experiment_id: str,
 ) -> str:
     """What the pipeline found, readable on an 80-column terminal: the best recipe's numbers
     in the search and, beside them, on the confirmation's fresh seeds (what the gate judged)."""
@@ -139,8 +140,7 @@ def pipeline_summary(
             line = " "
         line += item
     lines.append(line)
-    lines.append("MLflow UI:")
-    lines.append(f"  mlflow ui --backend-store-uri {tracking_uri}")
+    lines.append(ui_hint(tracking_uri, experiment_id))
     lines.append(f"  sweep run {sweep.sweep_run_id}: trials, seeds, report/report.html")
     lines.append(
         f"  husai-sae v{sweep.sae_version} (candidate); gate runs in {names.EXPERIMENT_GATES}"

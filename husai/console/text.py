@@ -15,8 +15,30 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
     return "absent".rjust(int(width) if width else 0)
 
 
-def ui_hint(uri: str) -> str:
-    return f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}"
+# Where `mlflow ui` serves a local store (and `make ui` starts it).
+UI_HOST, UI_PORT = "127.0.0.1", 5000
+# MLflow 3's UI opens an experiment on its GenAI overview unless the address asks for the
+# model-training view (the experiment's `mlflow.experimentKind` tag does not decide it).
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
+
+
+def ui_address(uri: str, experiment_id: str) -> str:
+    """The address of an experiment's runs table: on the tracking server itself, or where
+    `mlflow ui` serves a local store."""
+    server = uri.startswith(("http://", "https://"))
+    base = uri.rstrip("/") if server else f"http://{UI_HOST}:{UI_PORT}"
+    return f"{base}/#/experiments/{experiment_id}?{UI_WORKFLOW_QUERY}"
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """How to look at what a command recorded, as a few lines."""
+    address = ui_address(uri, experiment_id)
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow UI: {address}"
+    return (
+        f"MLflow UI: mlflow ui --backend-store-uri {uri} --host {UI_HOST} --port {UI_PORT}\n"
+        f"  then open {address}"
+    )
 
 
 def error(command: str, message: object) -> None:

@@ -243,9 +243,11 @@ def record_reference(
     folder: Path,
     started: float | None = None,
     sha256: str | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """A reference SAE as its own run, linked from every trial that uses it; `started`: when
-    its training began (epoch seconds); `sha256`: the cache entry's checksum."""
+    its training began (epoch seconds); `sha256`: the cache entry's checksum; `parent_run_id`:
+    the sweep run it was made for (nested there), if any."""
     s = cfg.sae
     params = {
         names.PARAM_REF_KEY: key,
@@ -261,7 +263,7 @@ def record_reference(
         tags[names.TAG_CONTENT_SHA256] = sha256
     name = f"reference-{s.architecture}-k{s.k}-d{s.d_sae}-seed{seed}"
     experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
-    with tracker.run(experiment, name, tags, params, started=started) as run_id:
+    with tracker.run(experiment, name, tags, params, parent_run_id, started) as run_id:
         tracker.log_artifacts(run_id, folder, names.ARTIFACT_SAE)
     return run_id
 

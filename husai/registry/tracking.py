@@ -97,6 +97,11 @@ class Tracker(RegistryCalls):
             self._experiments[name] = self._experiment_id(name)
         return self._experiments[name]
 
+    def find_experiment_id(self, name: str) -> str | None:
+        """Experiment `name`'s id if it exists (nothing is made)."""
+        exp = self.client.get_experiment_by_name(name)
+        return None if exp is None else str(exp.experiment_id)
+
     def _experiment_id(self, name: str) -> str:
         kind = {names.MLFLOW_EXPERIMENT_KIND: names.EXPERIMENT_KIND_MODEL_DEVELOPMENT}
         exp = self.client.get_experiment_by_name(name)

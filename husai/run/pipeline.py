@@ -57,7 +57,8 @@ class PipelineResult:
     confirmed_metrics: Mapping[str, float] | None = None  # None: the sweep does not confirm
     confirmed_tags: Mapping[str, str] = field(default_factory=dict)
 
-    def summary(self, tracking_uri: str) -> str:
+    def summary(self, tracking_uri: str, experiment_id: str) -> str:
+        """The summary; `experiment_id`: the sweep's experiment, where the UI address points."""
         return console.pipeline_summary(
             self.sweep,
             self.best_params,
@@ -68,6 +69,7 @@ class PipelineResult:
             self.gate.decision,
             [(s.name, s.seconds) for s in self.steps],
             tracking_uri,
+            experiment_id,
         )
 
 

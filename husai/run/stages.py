@@ -350,12 +350,14 @@ def reference(
     seed: int,
     tracker: Tracker,
     cache_dir: Path | None = None,
+    parent_run_id: str | None = None,
 ) -> Reference:
     """A reference SAE of the consistency objective: the plain recipe (same sae and train
-    settings, lambda 0) trained with `seed`, never one of the trial's seeds; its own run."""
+    settings, lambda 0) trained with `seed`, never one of the trial's seeds; its own run,
+    nested under `parent_run_id` (the sweep run it is made for) if given."""
     key = reference_key(cfg, acts.key, seed)
     with claim(tracker, "reference", key):  # trials sharing a reference train it once
-        return _reference(cfg, acts, seed, tracker, key, cache_dir)
+        return _reference(cfg, acts, seed, tracker, key, cache_dir, parent_run_id)
 
 
 def _reference(
@@ -365,6 +367,7 @@ def _reference(
     tracker: Tracker,
     key: str,
     cache_dir: Path | None,
+    parent_run_id: str | None,
 ) -> Reference:
     path = (cache_dir or cache_root()) / "references" / key
     run_id = find_reference_run(tracker, cfg, key)
@@ -380,7 +383,10 @@ def _reference(
     if run_id is None:
         # A reference read from the cache was trained before: its run starts now.
         begun = started if source == "computed" else None
-        run_id = record_reference(tracker, cfg, acts.key, seed, key, path, begun, manifest_of(path))
+        sha = manifest_of(path)
+        run_id = record_reference(
+            tracker, cfg, acts.key, seed, key, path, begun, sha, parent_run_id
+        )
     return Reference(
         seed=seed,
         key=key,

@@ -35,6 +35,7 @@ from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
 from husai.model.lm_model import load_lm
 from husai.registry.handles import ActivationsHandle, BaseModelHandle
+from husai.registry.records import log_activations_input
 from husai.registry.sweep_records import (
     SweepOutcome,
     experiment_of,
@@ -294,6 +295,9 @@ def _search(
             sets.base_version,
         )
     with run_ctx as sweep_run_id:
+        if previous is None:  # the UI's Dataset column: every set the sweep's trials read
+            for ref in sets.refs:
+                log_activations_input(tracker, ref.key, None, [sweep_run_id], ref.run_id or None)
         ctx = SweepContext(
             sweep_path=str(Path(sweep_path).resolve()),
             smoke=smoke,

@@ -236,7 +236,8 @@ def prepare_consistency(
     if cfg.consistency.lam == 0:
         return None, None
     plain = plain_recipe(cfg, inputs, parent_run_id)
-    ref = stages.reference(cfg, inputs.acts, cfg.consistency.ref_seed, inputs.tracker)
+    c, tracker = cfg.consistency, inputs.tracker
+    ref = stages.reference(cfg, inputs.acts, c.ref_seed, tracker, parent_run_id=parent_run_id)
     console.print_reference(ref, "reference")
     return ref, plain
 

@@ -48,6 +48,10 @@ def test_pipeline_smoke_leaves_the_whole_tree_and_reuses_it(
     assert "the same recipe as run" in printed.err
     assert code in (0, 2), out  # 2 = the gate blocked: a result, recorded like a pass
     assert "best recipe:" in out and "stages: base model" in out and "mlflow ui" in out
+    # The UI address opens the sweep's own experiment on its runs table (MLflow 3 opens an
+    # experiment on its GenAI overview unless the address asks for the training view).
+    sweep_exp = Tracker(isolated_store).client.get_experiment_by_name("husai/tiny_sweep")
+    assert f"#/experiments/{sweep_exp.experiment_id}?workflowType=machine_learning" in out
     assert "[confirm]" in out
     summary = out[out.index("=" * 78) :].splitlines()
     long = [line for line in summary if len(line) > 80 and isolated_store not in line]

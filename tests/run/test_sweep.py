@@ -90,6 +90,12 @@ def test_smoke_sweep_leaves_a_complete_mlflow_tree(
         lam = float(t.data.params["lambda"])
         assert (names.CONSISTENCY_INDEPENDENT_GAIN_LCB in t.data.metrics) is (lam > 0)
         assert (names.PARAM_CONSISTENCY_SCALE in t.data.params) is (lam > 0)
+    # The reference SAEs of its lambda > 0 trials sit under the sweep run that made them, not
+    # at the top level beside it; the sweep run lists the activation set its trials read.
+    refs = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_REFERENCE]
+    assert refs and all(r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id for r in refs)
+    inputs = [d.dataset.name for d in sweep_run.inputs.dataset_inputs]
+    assert inputs == [sweep_run.data.params[names.PARAM_ACTIVATION_KEY]]
     # A stability sweep runs without ASHA: k = 2 reconstructs worse than k = 4, and no trial
     # was stopped for it (the file refuses ASHA on a stability objective: tests/config).
     assert not [r for r in runs if r.data.tags.get(names.TAG_STOPPED_EARLY)]
