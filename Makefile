@@ -52,7 +52,7 @@ test-fast: $(DEV_STAMP)
 # otherwise opens every experiment on its GenAI overview).
 ui: $(STAMP)
 	@$(BIN)/python -c "from husai.console.text import ui_address; from husai.registry.tracking import Tracker; t = Tracker(); e = t.find_experiment_id('husai/quick_sweep'); print('open', ui_address(t.uri, e) if e else 'http://127.0.0.1:5000 (no demo sweep yet: run make demo)')"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

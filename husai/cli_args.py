@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--tracking-uri",
         type=str,
         default="",
-        help="MLflow store; default $MLFLOW_TRACKING_URI or sqlite:///<project>/mlruns/mlflow.db",
+        help="MLflow store; default $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db",
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,8 +17,9 @@ import yaml
 
 from husai import names
 from husai.cli import build_parser, main
+from husai.registry import provenance
 from husai.registry.tracking import Tracker
-from tests.helpers import ROOT, TINY
+from tests.helpers import ROOT, TINY, user_acts, write_cfg
 
 MLPROJECT_TYPE = {str: "string", float: "float", int: "float"}  # MLflow has no int type
 
@@ -113,3 +115,45 @@ def test_mlflow_run_entry_points(
     acts_run = tracker.client.get_run(tags[names.TAG_LINK_ACTIVATIONS_RUN])
     assert acts_run.data.params[names.PARAM_BASE_VERSION] == "1"  # the base model reused
     assert acts_run.data.tags[names.TAG_KIND] == names.KIND_ACTIVATIONS
+
+
+@pytest.mark.slow
+def test_a_bare_mlflow_run_finds_what_husai_registered(
+    tmp_path: Path, isolated_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing set, HUSAI's store is the one MLflow itself opens: after a HUSAI command
+    registered `candidate`, `mlflow run . -e gate` started in the project's folder finds it.
+    (HUSAI's default used to be mlruns/mlflow.db, and the bare `mlflow run` made an empty
+    ./mlflow.db and failed with "husai-sae has no alias 'candidate'".) The project here is a
+    copy of MLproject and conda.yaml in a folder of its own, so the repository's store is
+    never touched."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("MLproject", "conda.yaml"):
+        shutil.copy(ROOT / name, project / name)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setattr(provenance, "project_root", lambda: project)
+    monkeypatch.chdir(project)
+    argv = ["trial", "--config", str(write_cfg(tmp_path)), "--activations-file"]
+    assert main([*argv, str(user_acts(tmp_path)), "--alias", "candidate"]) == 0
+    assert (project / "mlflow.db").exists() and not (project / "mlruns" / "mlflow.db").exists()
+
+    bindir = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{bindir}:{os.environ['PATH']}"
+    proc = subprocess.run(
+        [
+            *(str(Path(bindir) / "mlflow"), "run", ".", "-e", "gate", "--env-manager", "local"),
+            *("-P", "alias=candidate", "-P", "dry_run=yes"),
+            *("-P", f"policy={ROOT / 'gates' / 'default.yaml'}"),
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    printed = proc.stdout + proc.stderr
+    assert "has no alias" not in printed, printed[-3000:]
+    assert "gate default on husai-sae version 1" in printed, printed[-3000:]
+    assert "dry run: nothing recorded" in printed

@@ -2,9 +2,10 @@
 package versions and the device the process computes on. No MLflow calls here (they are all
 in `husai.registry.tracking`).
 
-The default store is `sqlite:///<project>/mlruns/mlflow.db` with artifacts in
-`<project>/mlruns/artifacts`; an explicit `--tracking-uri` or `MLFLOW_TRACKING_URI` points at
-another store or a tracking server.
+The default store is MLflow's own default, `sqlite:///<project>/mlflow.db`, with artifacts in
+`<project>/mlruns/artifacts`: `mlflow run`, `mlflow ui` and the Python client started in the
+project's folder with nothing set find what HUSAI recorded. An explicit `--tracking-uri` or
+`MLFLOW_TRACKING_URI` points at another store or a tracking server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -39,8 +41,23 @@ TRACKED_PACKAGES = (
 )
 
 
+LEGACY_STORE = Path("mlruns") / "mlflow.db"  # the default before: MLflow's tools looked elsewhere
+
+
 def default_tracking_uri() -> str:
-    return "sqlite:///" + str(project_root() / "mlruns" / "mlflow.db")
+    """`sqlite:///<project>/mlflow.db`, the file MLflow itself opens when nothing is set; a
+    store left at the old default (`mlruns/mlflow.db`) and none at the new one is still used,
+    with a warning saying how to move it."""
+    root = project_root()
+    db, legacy = root / "mlflow.db", root / LEGACY_STORE
+    if not db.exists() and legacy.exists():
+        warnings.warn(
+            f"using the store at {legacy} (HUSAI's default before 0.1.0); `mlflow run` and "
+            f"`mlflow ui` look for {db}: move it there (mv {legacy} {db})",
+            stacklevel=2,
+        )
+        return "sqlite:///" + str(legacy)
+    return "sqlite:///" + str(db)
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:

@@ -88,8 +88,17 @@ class Tracker(RegistryCalls):
 
     # --- experiments and runs -------------------------------------------------------------
     def artifact_root(self) -> Path | None:
+        """Where a SQLite store's experiments keep their artifacts: `mlruns/artifacts` beside
+        the database (as MLflow's own default keeps them under `mlruns/`), or `artifacts` beside
+        one that already lives in a folder named mlruns."""
         db = sqlite_path(self.uri)
-        return None if db is None else db.parent / "artifacts"
+        if db is None:
+            return None
+        return (
+            db.parent / "artifacts"
+            if db.parent.name == "mlruns"
+            else db.parent / "mlruns" / "artifacts"
+        )
 
     def experiment_id(self, name: str) -> str:
         """Experiment `name` (made if missing), tagged so the MLflow UI opens it on its runs."""

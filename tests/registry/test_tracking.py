@@ -8,8 +8,10 @@ import pytest
 
 import husai
 from husai import names
+from husai.registry import provenance
 from husai.registry.provenance import default_tracking_uri, resolve_tracking_uri
 from husai.registry.tracking import Tracker
+from tests.helpers import ROOT
 
 
 def test_uri_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -19,17 +21,40 @@ def test_uri_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert resolve_tracking_uri(None) == default_tracking_uri()
     assert default_tracking_uri().startswith("sqlite:////")
-    assert default_tracking_uri().endswith("/mlruns/mlflow.db")
+    # MLflow's own default when nothing is set: mlflow.db in the project's folder.
+    with monkeypatch.context() as m:
+        m.setattr(provenance, "project_root", lambda: tmp_path)
+        assert default_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    assert provenance.project_root() == ROOT
     # Relative SQLite paths are pinned to absolute ones (trials run in other directories).
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri("sqlite:///rel/m.db") == f"sqlite:///{tmp_path}/rel/m.db"
     assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
-def test_artifacts_live_beside_the_database(tracker: Tracker, isolated_store: str) -> None:
+def test_artifacts_live_under_mlruns_beside_the_database(
+    tracker: Tracker, isolated_store: str, tmp_path: Path
+) -> None:
     exp = tracker.client.get_experiment(tracker.experiment_id("husai/some-sweep"))
     db_dir = Path(isolated_store.removeprefix("sqlite:///")).parent
-    assert exp.artifact_location == (db_dir / "artifacts" / "husai_some-sweep").as_uri()
+    want = db_dir / "mlruns" / "artifacts" / "husai_some-sweep"
+    assert exp.artifact_location == want.as_uri()
+    # A store that already lives in a folder named mlruns keeps its artifacts beside it.
+    old = Tracker(f"sqlite:///{tmp_path}/elsewhere/mlruns/mlflow.db")
+    assert old.artifact_root() == tmp_path / "elsewhere" / "mlruns" / "artifacts"
+
+
+def test_a_store_at_the_old_default_is_used_with_a_warning_to_move_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provenance, "project_root", lambda: tmp_path)
+    assert default_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "mlruns" / "mlflow.db").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"move it there \(mv .*mlruns/mlflow.db .*/mlflow.db\)"):
+        assert default_tracking_uri() == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    (tmp_path / "mlflow.db").write_bytes(b"")  # moved (or a new one made): the new default
+    assert default_tracking_uri() == f"sqlite:///{tmp_path}/mlflow.db"
 
 
 def test_run_ends_failed_on_error_and_carries_standard_tags(tracker: Tracker) -> None:
