@@ -336,6 +336,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     except ConfigError as e:
         raise ConfigError(f"{path}: experiment: {e}") from None
     _check_activation_fields(cfg, base, str(path))
+    cfg.confirm.check_split(base.activations.key, str(path))
     _check_every_point(cfg, str(path))
     _check_k_vs_d_sae(cfg, str(path))
     _check_copy_proof(cfg, str(path))

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from husai import names
 from husai.config.strict import Strict
+from husai.core.errors import ConfigError
 
 # Sweepable fields: dotted path -> where it sits in the experiment dict.
 SWEEPABLE = {
@@ -178,3 +179,12 @@ class Confirm(Strict):
                 "register_unconfirmed: with the confirmation on, its SAE is what is registered"
             )
         return self
+
+    def check_split(self, key: str | None, source: str) -> None:
+        """A cached set's split is part of its key: a confirmation cannot draw a fresh one."""
+        if key is not None and self.enabled and self.fresh_split:
+            raise ConfigError(
+                f"{source}: confirm.fresh_split: the experiment's rows are a cached set "
+                f"(experiment.activations.key {key}) whose key fixes its split; set "
+                "confirm.fresh_split: false, or give the rows as experiment.activations.file"
+            )

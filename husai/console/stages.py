@@ -30,8 +30,9 @@ def print_acts(handle: ActivationsHandle) -> None:
     acts = handle.acts
     state = f"cache hit ({handle.source})" if handle.cache_hit else "cache miss, computed"
     where = "" if acts.position is None else f" pos {acts.position}"  # None: every token's row
+    at = "your own rows" if acts.hook is None else f"at {acts.hook}{where}"  # a user's file
     print(
-        f"activations {acts.key} at {acts.hook}{where}: {state}; "
+        f"activations {acts.key} {at}: {state}; "
         f"{acts.train.shape[0]} train + {acts.eval.shape[0]} held-out rows, d_in {acts.d_in}; "
         f"run {handle.run_id}"
     )

@@ -102,6 +102,9 @@ ACT_N_OOD = "acts/n_ood_rows"
 TAG_CACHE = "husai.cache"  # "hit" / "miss"
 # A language model's activations (activations.source: transformer_lens)
 PARAM_ACT_SOURCE = "activation_source"
+ACT_SOURCE_FILE = "file"  # its value for a user's own file, cached by a sweep
+PARAM_ACT_FILE = "activation_file"  # that file's resolved path, and its checksum:
+PARAM_ACT_FILE_SHA256 = "activation_file_sha256"
 PARAM_LM_MODEL = "lm_model"
 PARAM_LM_MODEL_SHA256 = "lm_model_sha256"  # weights, config and tokenizer
 PARAM_LM_CORPUS = "lm_corpus"

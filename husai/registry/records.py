@@ -136,6 +136,27 @@ def record_null_activations(
     return _record_activation_set(tracker, cfg, names.KIND_NULL_ACTIVATIONS, name, which, rec)
 
 
+def record_file_activations(
+    tracker: Tracker, cfg: ExperimentConfig, file: Path, file_sha256: str, rec: ActivationsRecord
+) -> str:
+    """A user's own activation file, cached under its key, as a run in husai-activations, so
+    that a sweep's trial processes (on any node) load it by key; the run names the file (its
+    path and checksum) and the split."""
+    a = cfg.activations
+    params = {
+        names.PARAM_ACTIVATION_KEY: rec.key,
+        names.PARAM_ACT_SOURCE: names.ACT_SOURCE_FILE,
+        names.PARAM_ACT_FILE: str(file),
+        names.PARAM_ACT_FILE_SHA256: file_sha256,
+        names.PARAM_SPLIT_SEED: a.split_seed,
+        names.PARAM_EVAL_FRAC: a.eval_frac,
+        names.PARAM_D_IN: rec.d_in,
+    }
+    name = f"acts-file-{file.stem}-{rec.key[:8]}"
+    identity = stable_hash({"file_sha256": file_sha256})
+    return _log_activation_run(tracker, names.KIND_ACTIVATIONS, name, identity, params, rec)
+
+
 @dataclass(frozen=True)
 class LMSetInfo:
     """What an LM activation set was made from (husai.model.lm_source's plan)."""

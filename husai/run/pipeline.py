@@ -103,25 +103,24 @@ def run_pipeline(
     sweep = load_sweep(sweep_path)
     cfg0 = sweep.base_experiment(smoke)
     steps: list[Step] = []
-    if cfg0.activations.source == "transformer_lens":
-        # No task base model: the sweep's driver plans, checks and extracts the language
-        # model's sets itself (`husai.run.sweep_sets`) before the store is opened.
-        prepared = None
-        tracker = Tracker(tracking_uri)
+    a = cfg0.activations
+    if a.source == "transformer_lens" or a.file is not None or a.key is not None:
+        # No task base model: the sweep's driver plans and checks the language model's sets
+        # or the user's own rows itself (`husai.run.sweep_sets`) before the store is opened.
+        prepared, uri = None, tracking_uri  # the driver opens the store after its checks
     else:
         task = _task_inputs(sweep, cfg0, tracking_uri, steps, allow_memorised)
-        prepared, tracker = task.prepared, task.tracker
+        prepared, uri = task.prepared, task.tracker.uri
     outcome = _step(
         steps,
         "sweep",
-        lambda: run_sweep(
-            sweep_path, smoke, tracker.uri, ray_address, prepared=prepared, confirm=False
-        ),
+        lambda: run_sweep(sweep_path, smoke, uri, ray_address, prepared=prepared, confirm=False),
         lambda s: (
             f"run {s.sweep_run_id} {'reused' if s.reused else 'finished'}: "
             f"{s.n_recorded} of {s.n_trials} trials recorded in full"
         ),
     )
+    tracker = Tracker(uri)
     if sweep.confirm.enabled:
         searched = outcome
         outcome = _step(

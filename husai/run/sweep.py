@@ -29,7 +29,7 @@ from husai import names
 from husai.config.experiment import ExperimentConfig
 from husai.config.sweep import SweepConfig, load_sweep, sampled_params
 from husai.core import device as devices
-from husai.core.errors import ConfigError, first_line
+from husai.core.errors import first_line
 from husai.core.paths import cache_root
 from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
@@ -46,22 +46,26 @@ from husai.registry.sweep_records import (
 )
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource
-from husai.registry.views import RunView
 from husai.run import stages
 from husai.run.confirm import confirm_best
 from husai.run.ray_runtime import (
     check_reachable,
     cluster_address,
-    kill_private_ray,
     remove_private_ray_dir,
     start_ray,
     trial_resources,
 )
-from husai.run.sweep_driver import DriverWatch, kill_recorded, refuse_if_alive
+from husai.run.sweep_driver import (
+    DriverWatch,
+    check_unchanged,
+    interrupted_run,
+    ready_to_resume,
+    refuse_if_alive,
+)
 from husai.run.sweep_end import finish_sweep, record_lost_attempt
 from husai.run.sweep_progress import TrialLines
 from husai.run.sweep_search import make_tuner
-from husai.run.sweep_sets import SetRef, plan_sets, ref_for, resolve_sets
+from husai.run.sweep_sets import PlannedSets, SetRef, plan_sets, ref_for, resolve_sets
 from husai.run.trial_stages import TrialInputs, base_model_copy, trial
 
 
@@ -132,7 +136,7 @@ def _run_trial(ref: SetRef, ctx: SweepContext, cfg: ExperimentConfig, last: dict
     cache = cache_root(default=Path(ctx.cache_dir))
     handle = stages.activations_by_key(ref.key, tracker, cache)
     acts = handle.acts
-    random_base, why = None, "not asked for (trial.nulls)"
+    random_base, why = None, ref.random_base_missing
     if ref.random_base_key is not None:
         random_base, why = stages.activations_by_key(ref.random_base_key, tracker, cache).acts, ""
     node = _node_id()
@@ -240,9 +244,20 @@ def run_sweep(
     experiment (the pipeline), so they are not looked up and loaded twice. A base model that
     did not generalise is refused unless `allow_memorised`. `confirm`: run the confirmation
     stage after the search (`husai.run.confirm`; the pipeline runs it as its own step)."""
-    sweep, tracker = load_sweep(sweep_path), Tracker(tracking_uri)
+    sweep = load_sweep(sweep_path)
+    planned = None if resume else plan_sets(sweep, smoke)  # every set checked before the store
+    tracker = Tracker(tracking_uri)
     out = _search(
-        sweep_path, sweep, tracker, smoke, ray_address, resume, rerun, prepared, allow_memorised
+        sweep_path,
+        sweep,
+        tracker,
+        smoke,
+        ray_address,
+        resume,
+        rerun,
+        prepared,
+        allow_memorised,
+        planned,
     )
     return confirm_best(tracker, sweep, out, allow_memorised) if confirm else out
 
@@ -257,18 +272,19 @@ def _search(
     rerun: bool,
     prepared: tuple[BaseModelHandle, ActivationsHandle] | None,
     allow_memorised: bool = False,
+    planned: PlannedSets | None = None,
 ) -> SweepOutcome:
     address = cluster_address(ray_address)  # a ray:// address refused, a dead head found,
     if address not in (None, "auto"):  # before the base model, the activations or any run
         check_reachable(address)
-    previous = _interrupted_run(tracker, sweep) if resume else None
+    previous = interrupted_run(tracker, sweep) if resume else None
     if previous is not None:
         refuse_if_alive(previous)
         smoke = previous.params[names.SWEEP_PARAM_SMOKE] == "True"
-        _check_unchanged(previous, sweep.fingerprint(smoke), sweep_path)
+        check_unchanged(previous, sweep.fingerprint(smoke), sweep_path)
     fingerprint = sweep.fingerprint(smoke)
     cfg0 = sweep.base_experiment(smoke)
-    planned = plan_sets(sweep, smoke)  # every check of every activation set, before the store
+    planned = planned or plan_sets(sweep, smoke)  # a resumed sweep's: its own smoke setting
     tracker.experiment_id(experiment_of(sweep))  # created here, before any trial process writes
     sets = resolve_sets(planned, tracker, prepared, allow_memorised)
     if previous is None and not rerun:
@@ -279,7 +295,7 @@ def _search(
     storage = cache_root() / "ray_results"
     run_ctx: AbstractContextManager[str]
     if previous is not None:
-        ray_name = _ready_to_resume(previous, storage)
+        ray_name = ready_to_resume(previous, storage)
         run_ctx = tracker.reopen(previous.run_id)
     else:
         ray_name = f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -314,39 +330,6 @@ def _search(
         trials = _fit(tracker, sweep, ctx, ray_address, resumed, folder, n_seeds, n_samples)
         src = TrialSource(sets.key, sets.base_version, "sweep")
         return finish_sweep(tracker, sweep, smoke, sets.refs, src, sweep_run_id, trials)
-
-
-def _interrupted_run(tracker: Tracker, sweep: SweepConfig) -> RunView:
-    """The newest sweep run of this sweep that did not finish, for --resume."""
-    previous = tracker.latest_unfinished(experiment_of(sweep), names.KIND_SWEEP)
-    if previous is None:
-        raise ConfigError(
-            f"--resume: no interrupted sweep {sweep.name!r} in the store {tracker.uri}"
-        )
-    return previous
-
-
-def _check_unchanged(previous: RunView, fingerprint: str, sweep_path: Path) -> None:
-    """Before any compute: a resumed sweep must be the sweep that was interrupted."""
-    if previous.tags.get(names.TAG_SWEEP_HASH) != fingerprint:
-        raise ConfigError(
-            f"--resume: {sweep_path} changed since sweep run {previous.run_id} started; "
-            "resume with the file as it was, or start a new sweep without --resume"
-        )
-
-
-def _ready_to_resume(previous: RunView, storage: Path) -> str:
-    """The interrupted sweep's Ray Tune folder, after killing what its Ray left behind."""
-    ray_name = previous.params[names.SWEEP_PARAM_RAY_NAME]
-    if not (storage / ray_name).exists():
-        raise ConfigError(
-            f"--resume: sweep run {previous.run_id} stopped before Ray saved any state "
-            f"(no {storage / ray_name}); start the sweep again without --resume"
-        )
-    left = previous.tags.get(names.TAG_RAY_TEMP_DIR)
-    if killed := (kill_private_ray(left) if left else 0) + kill_recorded(previous):
-        warnings.warn(f"killed {killed} leftover processes of the interrupted sweep", stacklevel=3)
-    return ray_name
 
 
 def _fit(

@@ -16,13 +16,18 @@ import os
 import socket
 import threading
 import time
+import warnings
+from pathlib import Path
 
 import psutil
 
 from husai import names
-from husai.core.errors import InputError
+from husai.config.sweep import SweepConfig
+from husai.core.errors import ConfigError, InputError
+from husai.registry.sweep_records import experiment_of
 from husai.registry.tracking import Tracker
 from husai.registry.views import RunView
+from husai.run.ray_runtime import kill_private_ray
 
 HEARTBEAT_S = 20.0
 FRESH_S = 3 * HEARTBEAT_S  # a heartbeat younger than this is a live driver on another host
@@ -121,3 +126,37 @@ def kill_recorded(previous: RunView) -> int:
                 psutil.Process(int(item.split(":")[0])).kill()
                 killed += 1
     return killed
+
+
+# --- what --resume checks before it touches anything --------------------------------------------
+def interrupted_run(tracker: Tracker, sweep: SweepConfig) -> RunView:
+    """The newest sweep run of this sweep that did not finish, for --resume."""
+    previous = tracker.latest_unfinished(experiment_of(sweep), names.KIND_SWEEP)
+    if previous is None:
+        raise ConfigError(
+            f"--resume: no interrupted sweep {sweep.name!r} in the store {tracker.uri}"
+        )
+    return previous
+
+
+def check_unchanged(previous: RunView, fingerprint: str, sweep_path: Path) -> None:
+    """Before any compute: a resumed sweep must be the sweep that was interrupted."""
+    if previous.tags.get(names.TAG_SWEEP_HASH) != fingerprint:
+        raise ConfigError(
+            f"--resume: {sweep_path} changed since sweep run {previous.run_id} started; "
+            "resume with the file as it was, or start a new sweep without --resume"
+        )
+
+
+def ready_to_resume(previous: RunView, storage: Path) -> str:
+    """The interrupted sweep's Ray Tune folder, after killing what its Ray left behind."""
+    ray_name = previous.params[names.SWEEP_PARAM_RAY_NAME]
+    if not (storage / ray_name).exists():
+        raise ConfigError(
+            f"--resume: sweep run {previous.run_id} stopped before Ray saved any state "
+            f"(no {storage / ray_name}); start the sweep again without --resume"
+        )
+    left = previous.tags.get(names.TAG_RAY_TEMP_DIR)
+    if killed := (kill_private_ray(left) if left else 0) + kill_recorded(previous):
+        warnings.warn(f"killed {killed} leftover processes of the interrupted sweep", stacklevel=3)
+    return ray_name

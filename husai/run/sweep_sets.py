@@ -5,7 +5,9 @@ model `activations.lm.token_budget`; one set when neither is swept), each with i
 random-base null's set when `trial.nulls` asks for it. Task sets come from the base model,
 trained or found once; language-model sets from the model the config names
 (`husai.run.lm_stages`), every one planned (all checks, no forward pass) before any is
-extracted. A trial then loads its own set by key, on any node (`ref_for`).
+extracted; a user's own rows (`activations.file` or `.key`) are one set, checked before the
+store opens and cached under their key (`husai.run.user_sets`). A trial then loads its own
+set by key, on any node (`ref_for`).
 
     sets = resolve_sets(plan_sets(sweep, smoke), tracker)   # in `husai.run.sweep._search`
 """
@@ -24,10 +26,12 @@ from husai.config.sweep import SweepConfig
 from husai.config.sweep_parts import ACTIVATION_FIELDS
 from husai.core import device as devices
 from husai.measure.trial import check_sizes
+from husai.model.activations import ActivationSet
 from husai.model.lm_source import LMPlan, plan
 from husai.registry.handles import ActivationsHandle, BaseModelHandle
 from husai.registry.tracking import Tracker
-from husai.run import lm_stages, stages
+from husai.run import lm_stages, stages, user_sets
+from husai.run.user_sets import NOT_ASKED
 
 
 @dataclass(frozen=True)
@@ -40,16 +44,18 @@ class SetRef:
     d_in: int
     hook: str | None
     run_id: str  # its husai-activations run ("" for an entry found on disk only)
-    random_base_key: str | None  # the random-base null's set (None: not asked for)
+    random_base_key: str | None  # the random-base null's set (None: skipped, for this reason:)
+    random_base_missing: str = NOT_ASKED
 
 
 @dataclass(frozen=True)
 class SweepSets:
     """Every set of a sweep, and the task base model they came from (None for a language
-    model's)."""
+    model's, or for a user's file)."""
 
     refs: tuple[SetRef, ...]
-    base: BaseModelHandle | None
+    base_run_id: str | None
+    base_version: str | None
 
     @property
     def key(self) -> str:
@@ -59,14 +65,6 @@ class SweepSets:
             return self.refs[0].key
         joined = ",".join(r.key for r in self.refs)
         return f"sets-{hashlib.sha256(joined.encode()).hexdigest()[:16]}"
-
-    @property
-    def base_version(self) -> str | None:
-        return None if self.base is None else self.base.version
-
-    @property
-    def base_run_id(self) -> str | None:
-        return None if self.base is None else self.base.run_id
 
 
 def point_id(params: Mapping[str, Any]) -> str:
@@ -90,6 +88,8 @@ class PlannedSets:
     points: list[dict[str, Any]]
     cfgs: list[ExperimentConfig]
     plans: list[LMPlan] | None  # a language model's plans; None for the task's sets
+    fixed: bool = False  # the user's own rows (activations.file or .key): one set
+    own: ActivationSet | None = None  # the user's file, read and checked
 
 
 def plan_sets(sweep: SweepConfig, smoke: bool) -> PlannedSets:
@@ -98,6 +98,9 @@ def plan_sets(sweep: SweepConfig, smoke: bool) -> PlannedSets:
     corpus, budget). Raises a one-line error naming the field; creates nothing."""
     points = sweep.activation_points(smoke)
     cfgs = [sweep.trial_config(pt, smoke, f"sweep {sweep.name}: activations {pt}") for pt in points]
+    a = cfgs[0].activations
+    if a.file is not None or a.key is not None:  # load_sweep refused sweeping its fields
+        return PlannedSets(points, cfgs, None, fixed=True, own=user_sets.check_file(cfgs[0]))
     if cfgs[0].activations.source != "transformer_lens":
         for cfg in cfgs:  # each point's hook checked before the base model is trained
             stages.check_before_compute(cfg)
@@ -123,7 +126,12 @@ def resolve_sets(
     pipeline)."""
     points, cfgs = planned.points, planned.cfgs
     if planned.plans is not None:
-        return SweepSets(tuple(_lm_refs(points, cfgs, planned.plans, tracker)), None)
+        return SweepSets(tuple(_lm_refs(points, cfgs, planned.plans, tracker)), None, None)
+    if planned.fixed:
+        own = user_sets.user_set(cfgs[0], planned.own, tracker, allow_memorised)
+        null = None if own.random_base is None else own.random_base.acts.key
+        ref = _ref(points[0], own.handle, null, own.random_base_missing)
+        return SweepSets((ref,), own.base_run_id, own.base_version)
     if prepared is not None:
         base, acts = prepared
     else:
@@ -136,7 +144,7 @@ def resolve_sets(
         if names.NULL_RANDOM_BASE in cfg.trial.nulls:
             null = stages.random_base_activations(cfg, tracker).acts.key
         refs.append(_ref(pt, handle, null))
-    return SweepSets(tuple(refs), base)
+    return SweepSets(tuple(refs), base.run_id, base.version)
 
 
 def _lm_refs(
@@ -158,6 +166,8 @@ def _lm_refs(
     return refs
 
 
-def _ref(point: dict[str, Any], handle: ActivationsHandle, null: str | None) -> SetRef:
+def _ref(
+    point: dict[str, Any], handle: ActivationsHandle, null: str | None, why: str = NOT_ASKED
+) -> SetRef:
     a = handle.acts
-    return SetRef(point_id(point), a.key, a.d_in, a.hook, handle.run_id, null)
+    return SetRef(point_id(point), a.key, a.d_in, a.hook, handle.run_id, null, "" if null else why)

@@ -29,7 +29,7 @@ from husai.core import device as devices
 from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
 from husai.measure.trial import Pull, Splice, TrialResult, check_sizes, preflight, run_trial
-from husai.model.activations import ActivationSet, activation_key, load_user_activations
+from husai.model.activations import ActivationSet, load_user_activations
 from husai.model.base_model import HookedTransformer
 from husai.model.lm_source import plan
 from husai.registry.claims import claim
@@ -48,13 +48,8 @@ from husai.registry.trial_records import (
 )
 from husai.report.plots import plot_stability_heatmap
 from husai.run import lm_stages, stages
+from husai.run.user_sets import NO_BASE_MODEL, NOT_ASKED, by_key
 from husai.sae.build import decoder, load_sae
-
-NO_BASE_MODEL = "needs activations extracted from a base model (a user's own file has none)"
-
-
-# A language model's set by key: the config is not read for its model, so no twin is built.
-NO_LM_NULL = "a language model's set by key: give the config's activations.lm instead"
 
 
 @dataclass(frozen=True)
@@ -120,7 +115,7 @@ def trial_inputs(
         console.print_acts(handle)
         src = TrialSource(handle.acts.key, None, a.source, activation_run_id=handle.run_id)
         splice = lm_splice(p.model, a.hook, handle.path, handle.acts.train)
-        random_base, why = None, "not asked for (trial.nulls)"
+        random_base, why = None, NOT_ASKED
         if names.NULL_RANDOM_BASE in cfg.trial.nulls:
             null = lm_stages.lm_random_base(cfg, tracker, p)
             console.print_null_acts(null)
@@ -143,34 +138,18 @@ def _inputs_by_key(
     cfg: ExperimentConfig, key: str, tracking_uri: str | None, allow_memorised: bool
 ) -> TrialInputs:
     tracker = Tracker(tracking_uri)
-    handle = stages.activations_by_key(key, tracker)
-    preflight(cfg, handle.acts)
-    if not handle.run_id:
-        src = TrialSource(handle.acts.key, None, "key")
-        why = f"activation set {key} is on disk but no run in this store records its base model"
-        return TrialInputs(tracker, handle.acts, src, None, None, why)
-    params = tracker.get_run_params(handle.run_id)
-    if names.PARAM_BASE_RUN_ID not in params:  # a language model's rows: no task base model
-        src = TrialSource(handle.acts.key, None, "key", activation_run_id=handle.run_id)
-        return TrialInputs(tracker, handle.acts, src, None, None, NO_LM_NULL)
-    base_run, base_version = params[names.PARAM_BASE_RUN_ID], params[names.PARAM_BASE_VERSION]
-    registered = tracker.find_base_by_run(base_run)
-    if registered is not None:
-        v, gen, acc = registered.version, registered.generalised, registered.test_acc
-        stages.require_generalised(v, gen, acc, allow_memorised)
-    src = TrialSource(handle.acts.key, base_version, "key")
-    base_model = stages.base_model_of_run(tracker, base_run)
-    # The random-base null is built from the config: only if the config describes these
-    # activations (its base model, hook and split give this very key).
-    if activation_key(base_run, base_version, cfg.base_hash(), cfg.activations) != key:
-        why = f"the config does not describe the base model and split of activation set {key}"
-        return TrialInputs(tracker, handle.acts, src, base_model, None, why)
-    return TrialInputs(tracker, handle.acts, src, base_model, *_random_base(cfg, tracker))
+    found = by_key(cfg, key, tracker, allow_memorised)
+    acts, run_id = found.handle.acts, found.handle.run_id or None
+    src = TrialSource(acts.key, found.base_version, "key", activation_run_id=run_id)
+    base_run = found.base_run_id
+    base_model = None if base_run is None else stages.base_model_of_run(tracker, base_run)
+    null = None if found.random_base is None else found.random_base.acts
+    return TrialInputs(tracker, acts, src, base_model, null, found.random_base_missing)
 
 
 def _random_base(cfg: ExperimentConfig, tracker: Tracker) -> tuple[ActivationSet | None, str]:
     if names.NULL_RANDOM_BASE not in cfg.trial.nulls:
-        return None, "not asked for (trial.nulls)"
+        return None, NOT_ASKED
     handle = stages.random_base_activations(cfg, tracker)
     console.print_null_acts(handle)
     return handle.acts, ""

@@ -25,7 +25,7 @@ def test_a_hook_sweep_resolves_one_set_per_hook_and_each_trial_finds_its_own(
     sets = resolve_sets(plan_sets(sweep, False), tracker, allow_memorised=True)
     assert [r.hook for r in sets.refs] == HOOKS and len({r.key for r in sets.refs}) == 3
     assert [r.d_in for r in sets.refs] == [16, 16, 32]  # d_model, d_model, d_mlp
-    assert sets.base is not None and sets.base_version == "1"  # one base model for all
+    assert sets.base_run_id is not None and sets.base_version == "1"  # one base model for all
     assert all(r.random_base_key for r in sets.refs)  # each hook's own random-base null
     assert ref_for(sets.refs, {"activations.hook": HOOKS[2], "sae.k": 2}) == sets.refs[2]
     assert sets.key.startswith("sets-")  # the sweep run records all of them as one
