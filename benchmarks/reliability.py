@@ -1,8 +1,10 @@
 """Reliability, counted: bad inputs refused before compute, faults survived, duplicates under
 concurrency. Every case runs the real CLI or stage against its own temporary MLflow store.
 
-- Bad inputs: each config, sweep file or flag below goes to `husai.cli.main`; refused before
-  compute means exit 2, one line on stderr, and no MLflow database created (so no run).
+- Bad inputs, by kind: experiment configs, sweep files, activation files and tracking stores,
+  each given to `husai.cli.main`. Refused cleanly means the expected exit code (2 for bad
+  input; 1 for a tracking server that does not answer, within its deadline), one line on
+  stderr, and no MLflow database created (so no run).
 - Faults: a changed cache entry (values altered, same shapes), a truncated one, NaN rows, a
   stale staging folder, `--resume` against a sweep whose driver is alive.
 - Concurrency: 4 identical `husai trial` processes started at once on a new store; a duplicate
@@ -21,8 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import psutil
 import yaml
 
@@ -70,6 +74,91 @@ SPACES = [
     ("empty space", "{}"),
 ]
 
+K_SPACE = "search_space: {sae.k: {type: categorical, choices: [8, 16]}}\n"
+SWEEP_FILES = [  # fields a sweep cannot honour: refused at load, naming the field
+    (
+        "set by key, confirmed on a fresh split",
+        SWEEP_HEAD.replace(
+            "{preset: quick}", "{preset: quick, activations: {key: %s}}" % ("0" * 16)
+        )
+        + K_SPACE,
+    ),
+    (
+        "own file, hook swept",
+        SWEEP_HEAD.replace("{preset: quick}", "{preset: quick, activations: {file: a.npy}}")
+        + "search_space: {activations.hook: "
+        + "{type: categorical, choices: [blocks.0.hook_resid_post]}}\n",
+    ),
+    (
+        "register_unconfirmed with a confirmation",
+        SWEEP_HEAD + K_SPACE + "confirm: {register_unconfirmed: true}\n",
+    ),
+    (
+        "deferred evals, no confirmation",
+        SWEEP_HEAD + K_SPACE + "confirm: {enabled: false, deferred_evals: [transcoder]}\n",
+    ),
+]
+UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing answers
+CONNECT_TIMEOUT_S = 5  # HUSAI_TRACKING_CONNECT_TIMEOUT_S for this run (default 30)
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str
+    what: str
+    argv: list[str]  # "{path}": the case's file
+    text: str | bytes | None  # the config or sweep file written at {path}
+    rows: np.ndarray | None = None  # an activation file written at {path}.npy
+    code: int = 2  # the exit code that means "refused cleanly"
+
+
+def _rows(kind: str) -> np.ndarray:
+    """A user's activation file that must be refused."""
+    from husai.model.task import split_indices
+
+    x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    if kind == "constant":
+        return np.ones_like(x)
+    if kind == "constant held-out":  # varied SAE-train rows, identical held-out ones
+        _, held = split_indices(200, 0.8, 0)
+        x[held.numpy()] = 1.0
+    elif kind == "nan":
+        x[3, 3] = np.nan
+    elif kind == "1-d":
+        return x[:, 0].copy()
+    return x
+
+
+def cases() -> list[Case]:
+    trial, sweep = ["trial", "--config", "{path}"], ["sweep", "--sweep", "{path}"]
+    own = ["trial", "--preset", "quick", "--activations-file", "{path}.npy"]
+    out = [Case("experiment configs", w, trial, f"preset: quick\n{t}\n") for w, t in CONFIGS]
+    out.append(Case("experiment configs", "non-UTF-8 config", trial, b"sae: {k: \xff\xfe}\n"))
+    out += [Case("sweep files", w, sweep, SWEEP_HEAD + f"search_space: {s}\n") for w, s in SPACES]
+    out += [Case("sweep files", w, sweep, t) for w, t in SWEEP_FILES]
+    for what in ("constant", "constant held-out", "nan", "1-d"):
+        out.append(Case("activation files", f"{what} rows (trial)", own, None, _rows(what)))
+    sweep_own = SWEEP_HEAD.replace("{preset: quick}", "{preset: quick, activations: {file: %s}}")
+    out.append(
+        Case("activation files", "constant rows (sweep)", sweep, sweep_own, _rows("constant"))
+    )
+    quick = ["trial", "--preset", "quick", "--tracking-uri"]
+    out += [
+        Case("tracking stores", "unknown URI scheme", [*quick, "foo://bar"], None),
+        Case("tracking stores", "a plain folder as the URI", [*quick, "{path}"], None),
+        Case(
+            "tracking stores", "server not answering (trial)", [*quick, UNREACHABLE], None, code=1
+        ),
+        Case(
+            "tracking stores",
+            "server not answering (gate)",
+            ["gate", "--alias", "candidate", "--tracking-uri", UNREACHABLE],
+            None,
+            code=1,
+        ),
+    ]
+    return out
+
 
 def _cli(argv: list[str], folder: Path) -> tuple[int, str, int]:
     """(exit code, stderr, runs written) of one CLI call in a fresh store."""
@@ -91,26 +180,39 @@ def _cli(argv: list[str], folder: Path) -> tuple[int, str, int]:
     return code, err.getvalue().strip(), runs
 
 
-def bad_inputs(tmp: Path) -> list[tuple[str, bool, int]]:
-    """(what, refused before compute, runs written) per bad input."""
+@dataclass(frozen=True)
+class Refusal:
+    case: Case
+    refused: bool  # the expected exit code, one line, no database
+    runs: int
+    seconds: float
+
+
+def bad_inputs(tmp: Path) -> list[Refusal]:
+    os.environ["HUSAI_TRACKING_CONNECT_TIMEOUT_S"] = str(CONNECT_TIMEOUT_S)
     out = []
-    cases = [(w, ["trial", "--config"], t, "c.yaml") for w, t in CONFIGS]
-    cases += [
-        (w, ["sweep", "--sweep"], SWEEP_HEAD + f"search_space: {s}\n", "s.yaml") for w, s in SPACES
-    ]
-    cases.append(("non-UTF-8 config", ["trial", "--config"], None, "c.yaml"))
-    for i, (what, argv, text, name) in enumerate(cases):
+    for i, case in enumerate(cases()):
         folder = tmp / f"bad{i}"
         folder.mkdir()
-        path = folder / name
-        if text is None:
-            path.write_bytes(b"sae: {k: \xff\xfe}\n")
+        path = folder / "input.yaml"
+        if case.rows is not None:
+            np.save(folder / "input.yaml.npy", case.rows)
+        text = case.text
+        if isinstance(text, str) and "%s" in text:
+            text = text % f"{path}.npy"
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        elif text is not None:
+            path.write_text(text)
         else:
-            path.write_text(text if name == "s.yaml" else f"preset: quick\n{text}\n")
-        code, err, runs = _cli([*argv, str(path)], folder)
+            path.mkdir()  # the plain folder case's URI; unused by the others
+        argv = [a.replace("{path}", str(path)) for a in case.argv]
+        start = time.perf_counter()
+        code, err, runs = _cli(argv, folder)
+        seconds = time.perf_counter() - start
         made_db = (folder / "store" / "mlflow.db").exists()
-        refused = code == 2 and len(err.splitlines()) == 1 and not made_db
-        out.append((what, refused, runs))
+        refused = code == case.code and len(err.splitlines()) == 1 and not made_db
+        out.append(Refusal(case, refused, runs, seconds))
     return out
 
 
@@ -213,19 +315,31 @@ def main() -> None:
         bad = bad_inputs(tmp)
         injected = faults(tmp)
         rounds, dups, failed = concurrency(tmp)
-    for what, refused, made in bad:
-        print(f"  bad input: {what:<30} refused before compute: {refused}  runs written: {made}")
+    for r in bad:
+        c = r.case
+        print(
+            f"  {c.kind + ': ' + c.what:<62} refused cleanly: {r.refused}  runs written: {r.runs}"
+            f"  ({r.seconds:.1f} s)"
+        )
     for what, ok in injected:
         print(f"  fault: {what:<40} survived: {ok}")
     print(f"  concurrency: {rounds} round(s) of 4 identical trials, processes failed: {failed}")
+    print("\n| kind | cases | refused cleanly / survived | runs written or duplicates |")
+    print("|---|---|---|---|")
+    for kind in dict.fromkeys(r.case.kind for r in bad):
+        mine = [r for r in bad if r.case.kind == kind]
+        print(
+            f"| bad input: {kind} | {len(mine)} | {sum(r.refused for r in mine)} "
+            f"| {sum(r.runs for r in mine)} |"
+        )
+    print(f"| faults injected | {len(injected)} | {sum(ok for _, ok in injected)} | |")
     print(
-        "\n| bad inputs tried | refused before compute | runs written | faults injected "
-        "| survived | concurrency rounds | duplicates |"
+        f"| concurrency rounds (4 processes) | {rounds} | {rounds - min(rounds, failed)} | {dups} |"
     )
-    print("|---|---|---|---|---|---|---|")
+    slowest = max((r for r in bad if r.case.code == 1), key=lambda r: r.seconds)
     print(
-        f"| {len(bad)} | {sum(r for _, r, _ in bad)} | {sum(m for _, _, m in bad)} "
-        f"| {len(injected)} | {sum(ok for _, ok in injected)} | {rounds} | {dups} |"
+        f"\nA server that does not answer was refused after {slowest.seconds:.1f} s at most "
+        f"(HUSAI_TRACKING_CONNECT_TIMEOUT_S={CONNECT_TIMEOUT_S})."
     )
 
 

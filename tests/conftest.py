@@ -8,16 +8,10 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import torch
 
@@ -26,7 +20,7 @@ from husai.config.loading import from_dict
 from husai.core import device as devices
 from husai.core import repro
 from husai.registry.tracking import Tracker
-from tests.helpers import TINY, free_port
+from tests.helpers import TINY, MlflowServer, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -112,59 +106,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real tracking server with proxied artifacts, on loopback, lean (one worker, no job
     execution: 2 processes instead of ~15). One per session (it takes ~15 s to start): the
     tests that use it write to experiments of their own."""
-    tmp_path = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    (tmp_path / "server").mkdir()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            "sqlite:///" + str(tmp_path / "server" / "mlflow.db"),
-            "--artifacts-destination",
-            str(tmp_path / "server" / "artifacts"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: stopped as one below
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            err = proc.stderr.read().decode() if proc.stderr is not None else ""
-            raise RuntimeError("mlflow server did not start: " + err[-2000:])
-        time.sleep(0.5)
-    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    folder = tmp_path_factory.mktemp("mlflow-server") / "server"
+    server = MlflowServer.start(folder, free_port())
     try:
-        yield url
+        yield server.url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        deadline = time.monotonic() + 15
-        while any(psutil.pid_exists(p) for p in family) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = [p for p in family if psutil.pid_exists(p)]
-        assert left == [], f"mlflow server processes left: {left}"
+        server.stop()

@@ -5,8 +5,14 @@ each other."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -297,3 +303,66 @@ def lm_activations_cfg(model: Path, corpus: Path, **lm: object) -> dict[str, Any
             **lm,
         },
     }
+
+
+@dataclass
+class MlflowServer:
+    """A real tracking server with proxied artifacts, on loopback, lean (one worker, no job
+    execution: 2 processes instead of ~15), its store and artifacts in `folder`: started again
+    on the same folder and port, it is the same server."""
+
+    proc: subprocess.Popen
+    folder: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, folder: Path, port: int) -> MlflowServer:
+        folder.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1",
+               "--backend-store-uri", "sqlite:///" + str(folder / "mlflow.db"),
+               "--artifacts-destination", str(folder / "artifacts")]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: stopped as one
+        )
+        server = cls(proc, folder, port)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(server.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return server
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                err = proc.stderr.read().decode() if proc.stderr is not None else ""
+                raise RuntimeError("mlflow server did not start: " + err[-2000:])
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Stop the server and every process of it (asserted gone)."""
+        family = [self.proc.pid] + [
+            c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)
+        ]
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        deadline = time.monotonic() + 15
+        while any(psutil.pid_exists(p) for p in family) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [p for p in family if psutil.pid_exists(p)]
+        assert left == [], f"mlflow server processes left: {left}"

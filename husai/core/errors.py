@@ -17,6 +17,11 @@ class ServiceUnavailable(RuntimeError):
     one line, naming the address and what to check, and exits 1."""
 
 
+class TrackingLost(ServiceUnavailable):
+    """The tracking server stopped answering mid-command: what was recorded stays, and no
+    further MLflow call is made (each would wait out the client's retries)."""
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's text: errors are reported as one line."""
     text = str(e).strip()

@@ -228,6 +228,8 @@ TUNE_RAY_TRIAL_ID = "trial_id"  # Tune's own key in every result: the Ray trial 
 TUNE_DUPLICATE = "duplicate"  # 1: the trial reused another's record of the same recipe
 # A trial that raised reports its error's last line and ends (Tune retries only lost attempts).
 TUNE_TRIAL_ERROR = "trial_error"
+# A trial whose tracking server stopped answering: why, in one line; the driver stops the sweep.
+TUNE_TRACKING_LOST = "tracking_lost"
 
 
 RECON_KEYS = {

@@ -26,7 +26,7 @@ from pathlib import Path
 import husai
 from husai import names
 from husai.core import device as devices
-from husai.core.errors import InputError, ServiceUnavailable
+from husai.core.errors import InputError, ServiceUnavailable, first_line
 from husai.core.paths import project_root
 
 TRACKED_PACKAGES = (
@@ -137,6 +137,19 @@ def check_server(uri: str, timeout: float | None = None) -> None:
         f"tracking server {uri} did not answer within {limit:g} s ({why}); check that "
         f"`mlflow server` runs there and the address is right ({CONNECT_TIMEOUT_ENV} sets the wait)"
     )
+
+
+def server_lost(uri: str, e: BaseException, timeout: float = 5.0) -> str | None:
+    """Why `e` happened, in one line, if it is the tracking server at `uri` going away (a
+    server URI whose /health no longer answers within `timeout`); None for anything else."""
+    if uri.split(":", 1)[0].lower() not in SERVER_SCHEMES:
+        return None
+    try:
+        check_server(uri, timeout)
+    except ServiceUnavailable:
+        cause = first_line(e).split(" with exception")[0][:200]  # MLflow's adds the whole URL
+        return f"tracking server {uri} stopped answering ({cause})"
+    return None
 
 
 def sqlite_path(uri: str) -> Path | None:

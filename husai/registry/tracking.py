@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from husai import names
+from husai.core.errors import TrackingLost
 from husai.registry.provenance import (
     check_server,
     check_store_folder,
@@ -175,6 +176,8 @@ class Tracker(RegistryCalls):
     def _until_done(self, run_id: str, final: str = "FINISHED") -> Iterator[None]:
         try:
             yield
+        except TrackingLost:
+            raise  # the run stays RUNNING: a resumed command finds it unfinished
         except KeyboardInterrupt:
             self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
             raise

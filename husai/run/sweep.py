@@ -29,12 +29,13 @@ from husai import names
 from husai.config.experiment import ExperimentConfig
 from husai.config.sweep import SweepConfig, load_sweep, sampled_params
 from husai.core import device as devices
-from husai.core.errors import first_line
+from husai.core.errors import TrackingLost, first_line
 from husai.core.paths import cache_root
 from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
 from husai.model.lm_model import load_lm
 from husai.registry.handles import ActivationsHandle, BaseModelHandle
+from husai.registry.provenance import server_lost
 from husai.registry.records import log_activations_input
 from husai.registry.sweep_records import (
     SweepOutcome,
@@ -57,10 +58,12 @@ from husai.run.ray_runtime import (
 )
 from husai.run.sweep_driver import (
     DriverWatch,
+    TrackingWatch,
     check_unchanged,
     interrupted_run,
     ready_to_resume,
     refuse_if_alive,
+    wait_to_be_stopped,
 )
 from husai.run.sweep_end import finish_sweep, record_lost_attempt
 from husai.run.sweep_progress import TrialLines
@@ -105,6 +108,8 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
         devices.share(dev, gpu, sweep.resources.cpu)
         _run_trial(ref_for(ctx.sets, params), ctx, cfg, last)
     except Exception as e:
+        if (lost := server_lost(ctx.tracking_uri, e)) is not None:
+            wait_to_be_stopped(lost, {**last, names.TUNE_NODE_ID: _node_id()})
         dev = devices.active()
         oom = dev.type == "cuda" and devices.is_out_of_memory(e)
         if dev.type == "cuda" and not oom:
@@ -348,6 +353,7 @@ def _fit(
     if temp_dir is not None:  # so that --resume can clean up after a killed driver
         tracker.set_tags(ctx.sweep_run_id, {names.TAG_RAY_TEMP_DIR: temp_dir})
     watch = DriverWatch(tracker, ctx.sweep_run_id)  # so that --resume knows it is alive
+    lost = TrackingWatch()
     try:
         watch.start()
         # Per-seed reports carry only the ASHA metric: Tune must not demand the objective.
@@ -359,6 +365,7 @@ def _fit(
         callbacks = [
             TrialLines(ctx.sweep_path, n_samples, sweep.objective[0].metric),
             LostAttempts(ctx),
+            lost,
         ]
         grid = make_tuner(fn, sweep, ctx.smoke, resume, folder, n_seeds, callbacks).fit()
         trials = [grid[i] for i in range(len(grid))]
@@ -367,6 +374,11 @@ def _fit(
         # Stops the private instance we started; on a user's cluster only disconnects.
         ray.shutdown()
         remove_private_ray_dir(temp_dir)
+    if lost.why is not None:  # no MLflow call now: each would wait out the client's retries
+        raise TrackingLost(
+            f"sweep {sweep.name} stopped: {lost.why}; what it recorded stays: once the server "
+            "answers, continue with --resume yes"
+        )
     tracker.end_running_children(ctx.sweep_run_id)
     if grid.num_terminated + grid.num_errors < n_samples:
         # Tune caught a signal, saved its state and returned early: the sweep is unfinished.
