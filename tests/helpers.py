@@ -183,6 +183,18 @@ def runs_of_kind(tracker: Tracker, kind: str, experiment: str | None = None) -> 
     return [r for r in runs if r.data.tags.get(names.TAG_KIND) == kind]
 
 
+def finished_trials(tracker: Tracker, experiment: str = "husai/tiny_sweep") -> list:
+    """The FINISHED trial runs of a sweep's experiment (none while it does not exist)."""
+    exp = tracker.client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return [
+        r
+        for r in tracker.client.search_runs([exp.experiment_id])
+        if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL and r.info.status == "FINISHED"
+    ]
+
+
 def sweep_temp_dir(tracker: Tracker, sweep_run_id: str) -> str:
     """The private Ray instance a sweep started (recorded on its sweep run)."""
     return tracker.client.get_run(sweep_run_id).data.tags[names.TAG_RAY_TEMP_DIR]

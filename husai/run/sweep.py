@@ -58,15 +58,13 @@ from husai.run.ray_runtime import (
 )
 from husai.run.sweep_driver import (
     DriverWatch,
-    TrackingWatch,
     check_unchanged,
     interrupted_run,
     ready_to_resume,
     refuse_if_alive,
-    wait_to_be_stopped,
 )
 from husai.run.sweep_end import finish_sweep, record_lost_attempt
-from husai.run.sweep_progress import TrialLines
+from husai.run.sweep_progress import TrackingWatch, TrialLines, wait_to_be_stopped
 from husai.run.sweep_search import make_tuner
 from husai.run.sweep_sets import PlannedSets, SetRef, plan_sets, ref_for, resolve_sets
 from husai.run.trial_stages import TrialInputs, base_model_copy, trial

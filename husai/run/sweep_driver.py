@@ -7,31 +7,23 @@ the driver's descendants: Ray's agents rewrite their command lines, so the temp 
 cannot be relied on). `--resume yes` refuses a sweep whose driver is alive (same host, pid
 running) or whose heartbeat is fresh (another host), and after a SIGKILL kills exactly the
 recorded processes that are still the same processes (a reused pid has another start time).
-
-A tracking server that stops answering mid-sweep: the trial that meets it reports it and waits
-(`wait_to_be_stopped`); the driver (`TrackingWatch`) stops the sweep as Ctrl-C would, makes no
-further MLflow call, and says to --resume once the server is back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import signal
 import socket
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import psutil
-from ray import tune
 
-from husai import console, names
+from husai import names
 from husai.config.sweep import SweepConfig
-from husai.core.errors import ConfigError, InputError, TrackingLost
+from husai.core.errors import ConfigError, InputError
 from husai.registry.sweep_records import experiment_of
 from husai.registry.tracking import Tracker
 from husai.registry.views import RunView
@@ -168,35 +160,3 @@ def ready_to_resume(previous: RunView, storage: Path) -> str:
     if killed := (kill_private_ray(left) if left else 0) + kill_recorded(previous):
         warnings.warn(f"killed {killed} leftover processes of the interrupted sweep", stacklevel=3)
     return ray_name
-
-
-class TrackingWatch(tune.Callback):
-    """In the driver: the first trial that reports its tracking server gone (a result with
-    `TUNE_TRACKING_LOST`) stops the sweep as Ctrl-C would. SIGUSR1 is Tune's own stop signal:
-    it saves its state with the running trials unfinished, so --resume runs them again."""
-
-    def __init__(self) -> None:
-        self.why: str | None = None
-
-    def on_trial_result(
-        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
-    ) -> None:
-        why = result.get(names.TUNE_TRACKING_LOST)
-        if why and self.why is None:
-            self.why = str(why)
-            console.say(f"sweep stopping: {why}")
-            # Tune's own lines on this signal advise Tuner.restore: --resume is the way here.
-            logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-
-LOST_WAIT_S = 600.0  # how long a trial whose server went away waits for the driver to stop it
-
-
-def wait_to_be_stopped(why: str, last: dict[str, Any]) -> None:
-    """In a trial: report the lost tracking server (with `last`, its newest report), then wait.
-    The driver's `TrackingWatch` stops the sweep on this report and Tune saves this trial
-    unfinished, so that --resume runs it again; returning would mark it finished."""
-    tune.report({**last, names.TUNE_TRACKING_LOST: why})
-    time.sleep(LOST_WAIT_S)
-    raise TrackingLost(why)  # not stopped: an errored trial, which --resume also runs again

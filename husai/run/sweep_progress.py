@@ -4,20 +4,29 @@ Ray Tune callback.
 Ray Tune's own reporter prints every metric of every result in boxes (dozens of stability keys
 per trial); a researcher watching a sweep wants the recipe, how far it got and the objective.
 The full numbers are in MLflow. The lines themselves are `husai.console`'s.
+
+A tracking server that stops answering mid-sweep: the trial that meets it reports it and waits
+(`wait_to_be_stopped`); the driver (`TrackingWatch`) stops the sweep as Ctrl-C would, makes no
+further MLflow call, and says to --resume once the server is back.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import signal
 import sys
 import time
 from typing import Any
 
+from ray import tune
 from ray.tune import Callback
 from tqdm.auto import tqdm
 
 from husai import console, names
 from husai.config.sweep import load_sweep, sampled_params
+from husai.core.errors import TrackingLost
 
 
 def _finite(x: Any) -> float | None:
@@ -85,3 +94,35 @@ class TrialLines(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._say(self._line(trial, f"FAILED (see the Ray log under {trial.path})"), trial)
+
+
+class TrackingWatch(Callback):
+    """In the driver: the first trial that reports its tracking server gone (a result with
+    `TUNE_TRACKING_LOST`) stops the sweep as Ctrl-C would. SIGUSR1 is Tune's own stop signal:
+    it saves its state with the running trials unfinished, so --resume runs them again."""
+
+    def __init__(self) -> None:
+        self.why: str | None = None
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        why = result.get(names.TUNE_TRACKING_LOST)
+        if why and self.why is None:
+            self.why = str(why)
+            console.say(f"sweep stopping: {why}")
+            # Tune's own lines on this signal advise Tuner.restore: --resume is the way here.
+            logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+LOST_WAIT_S = 600.0  # how long a trial whose server went away waits for the driver to stop it
+
+
+def wait_to_be_stopped(why: str, last: dict[str, Any]) -> None:
+    """In a trial: report the lost tracking server (with `last`, its newest report), then wait.
+    The driver's `TrackingWatch` stops the sweep on this report and Tune saves this trial
+    unfinished, so that --resume runs it again; returning would mark it finished."""
+    tune.report({**last, names.TUNE_TRACKING_LOST: why})
+    time.sleep(LOST_WAIT_S)
+    raise TrackingLost(why)  # not stopped: an errored trial, which --resume also runs again

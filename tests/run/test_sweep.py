@@ -32,6 +32,7 @@ from husai.run.sweep_sets import SetRef
 from tests.helpers import (
     MEMORISED_OK,
     SWEEP,
+    finished_trials,
     ray_processes_left,
     runs_of_kind,
     sweep_temp_dir,
@@ -188,23 +189,13 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
     )
     tracker = Tracker(isolated_store)
 
-    def finished_trials() -> list:
-        exp = tracker.client.get_experiment_by_name("husai/tiny_sweep")
-        if exp is None:
-            return []
-        return [
-            r
-            for r in tracker.client.search_runs([exp.experiment_id])
-            if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL and r.info.status == "FINISHED"
-        ]
-
     deadline = time.monotonic() + 240
-    while not finished_trials() and proc.poll() is None and time.monotonic() < deadline:
+    while not finished_trials(tracker) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
     proc.send_signal(getattr(signal, how))
     _, err = proc.communicate(timeout=120)
-    done_before = len(finished_trials())
+    done_before = len(finished_trials(tracker))
     assert 1 <= done_before < 3
     (interrupted,) = runs_of_kind(tracker, names.KIND_SWEEP, "husai/tiny_sweep")
     first_ray = sweep_temp_dir(tracker, interrupted.info.run_id)
@@ -228,7 +219,7 @@ def test_interrupted_sweep_resumes_without_losing_or_duplicating_trials(
         if foreign is not None:
             foreign.stop()
     assert out.n_trials == 3  # Ray: every trial once
-    trials = finished_trials()
+    trials = finished_trials(tracker)
     sweep_runs = [
         r
         for r in tracker.client.search_runs(

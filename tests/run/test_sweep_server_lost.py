@@ -20,6 +20,7 @@ from tests.helpers import (
     MEMORISED_OK,
     SWEEP,
     MlflowServer,
+    finished_trials,
     free_port,
     ray_processes_left,
     sweep_temp_dir,
@@ -27,17 +28,6 @@ from tests.helpers import (
 )
 
 LR = {"type": "loguniform", "low": 1e-3, "high": 1e-2}
-
-
-def _finished_trials(tracker: Tracker) -> list:
-    exp = tracker.client.get_experiment_by_name("husai/tiny_sweep")
-    if exp is None:
-        return []
-    return [
-        r
-        for r in tracker.client.search_runs([exp.experiment_id])
-        if r.data.tags.get(names.TAG_KIND) == names.KIND_TRIAL and r.info.status == "FINISHED"
-    ]
 
 
 @pytest.mark.slow
@@ -66,11 +56,11 @@ def test_a_server_lost_mid_sweep_stops_it_cleanly_and_resume_finishes_it(tmp_pat
     tracker = Tracker(server.url)
     try:
         deadline = time.monotonic() + 240
-        while not _finished_trials(tracker) and proc.poll() is None:
+        while not finished_trials(tracker) and proc.poll() is None:
             assert time.monotonic() < deadline, "no trial finished in 240 s"
             time.sleep(0.5)
         assert proc.poll() is None, "the sweep ended before its server could be stopped"
-        done_before = {r.info.run_id for r in _finished_trials(tracker)}
+        done_before = {r.info.run_id for r in finished_trials(tracker)}
     finally:
         server.stop()
     _, err = proc.communicate(timeout=300)
@@ -98,7 +88,7 @@ def test_a_server_lost_mid_sweep_stops_it_cleanly_and_resume_finishes_it(tmp_pat
         assert ray_processes_left(sweep_temp_dir(tracker, interrupted.info.run_id)) == []
         out = run_sweep(path, tracking_uri=server.url, resume=True, allow_memorised=True)
         assert out.sweep_run_id == interrupted.info.run_id and out.n_trials == 3
-        trials = _finished_trials(tracker)
+        trials = finished_trials(tracker)
         # Exactly three trials: those finished before the outage kept, none recorded twice.
         assert len(trials) == 3 and out.n_recorded == 3
         assert done_before <= {t.info.run_id for t in trials}
