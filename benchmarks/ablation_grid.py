@@ -8,14 +8,19 @@ dictionaries with a bootstrap interval.
 (a) `plain`: the script a researcher without HUSAI would write (the original research's shape):
     dense TopK, Adam, a loop over recipes and seeds, the stability numbers into a JSON file; no
     tracking, no nulls beyond random dictionaries, no records.
-(b) `husai sweep --sweep sweeps/ablation_grid.yaml` into a temporary store: every trial, seed
-    run, SAE artifact, null (isotropic, covariance, random base) and interval recorded in
-    MLflow, then `husai report` (the sweep's report with its plots).
+(b) `husai sweep --sweep sweeps/ablation_grid.yaml` as shipped into a temporary store: every
+    trial, seed run, SAE artifact, null (surrogate, random base, covariance, isotropic) and
+    interval recorded in MLflow, then `husai report` (the sweep's report with its plots).
+(c) the same sweep with only the nulls the default gate policy gates on (the surrogate) and the
+    two untrained ones: what a gated answer costs.
 
 The quick preset's base model and activations are made first (not timed): both read the same
-SAE-train rows. Each side runs in its own process, back to back, nothing else running; wall
-time and peak RSS (the process and its children, Ray's workers included, sampled every
-0.1 s) are printed as a table with the ratio, followed by where HUSAI's time went (from MLflow).
+SAE-train rows. Every HUSAI side starts with cold null caches and a store of its own. Each side
+runs in its own process, back to back, nothing else running; wall time and peak RSS (the
+process and its children, Ray's workers included, sampled every 0.1 s) are printed as a table
+with the ratio and each side's share of the machine's float32 matmul peak (measured here first:
+a 2048^3 matmul, best of 20), counting 6 x batch x d_in x d_sae FLOPs per SAE step for every
+SAE a side trains (its nulls' included), followed by where HUSAI's time went (from MLflow).
 
     .venv/bin/python benchmarks/ablation_grid.py
 """
@@ -125,13 +130,13 @@ def measured(argv: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     return time.perf_counter() - start, peak, out
 
 
-def breakdown(uri: str) -> list[tuple[str, float]]:
+def breakdown(uri: str, sweep_name: str) -> list[tuple[str, float]]:
     """Where the HUSAI sweep's time went, from the runs it recorded."""
     from husai import names
     from husai.registry.tracking import Tracker
 
     tracker = Tracker(uri)
-    exp = tracker.client.get_experiment_by_name(names.EXPERIMENT_SWEEP_PREFIX + "ablation_grid")
+    exp = tracker.client.get_experiment_by_name(names.EXPERIMENT_SWEEP_PREFIX + sweep_name)
     runs = tracker.client.search_runs([exp.experiment_id])
     (sweep,) = [r for r in runs if r.data.tags[names.TAG_KIND] == names.KIND_SWEEP]
     trials = sorted(
@@ -151,6 +156,50 @@ def breakdown(uri: str) -> list[tuple[str, float]]:
     ]
 
 
+def matmul_peak() -> float:
+    """This machine's float32 matmul rate (GFLOP/s) with torch's default threads: 2048^3,
+    best of 20."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = float("inf")
+    for _ in range(20):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def tflop(d_in: int, trained_per_recipe: int) -> float:
+    """Dense-equivalent TFLOPs of training `trained_per_recipe` SAEs of every recipe."""
+    per_sae = sum(6 * BATCH * d_in * d_sae * STEPS for _, d_sae in RECIPES)
+    return per_sae * trained_per_recipe / 1e12
+
+
+def husai_side(tmp: Path, name: str, sweep: Path, prepared: Path, env: dict[str, str]) -> dict:
+    """One HUSAI side in a copy of the prepared store, its null and reference caches cold."""
+    import shutil
+
+    db = tmp / f"{name}.db"
+    shutil.copyfile(prepared, db)
+    for cold in ("nulls", "references", "ray_results"):
+        shutil.rmtree(tmp / "cache" / cold, ignore_errors=True)
+    uri = "sqlite:///" + str(db)
+    husai_cli = [sys.executable, "-m", "husai"]
+    wall, rss, out = measured(
+        [*husai_cli, "sweep", "--sweep", str(sweep), "--tracking-uri", uri], env
+    )
+    run_id = next(
+        line.split("sweep run ")[1].split()[0].rstrip(".,;:")
+        for line in out.splitlines()
+        if "sweep run " in line
+    )
+    report_wall, _, _ = measured(
+        [*husai_cli, "report", "--sweep-run", run_id, "--tracking-uri", uri], env
+    )
+    return {"uri": uri, "sweep": wall, "rss": rss, "report": report_wall}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plain", nargs=2, metavar=("ROWS", "OUT"), help=argparse.SUPPRESS)
@@ -162,51 +211,64 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="husai-ablation-"))
     env = {**os.environ, "HUSAI_CACHE_DIR": str(tmp / "cache")}
     os.environ.update(env)
-    uri = "sqlite:///" + str(tmp / "mlflow.db")
+    prepared = tmp / "prepared.db"
     import torch
+    import yaml
 
     from husai.config.sweep import load_sweep
     from husai.registry.tracking import Tracker
     from husai.run import stages
 
     cfg = load_sweep(SWEEP).base_experiment()
-    tracker = Tracker(uri)
+    tracker = Tracker("sqlite:///" + str(prepared))
     base = stages.base_model(cfg, tracker, progress=False)
     acts = stages.activations(cfg, base, tracker)
     stages.random_base_activations(cfg, tracker)
     rows = tmp / "rows.pt"
     torch.save(acts.acts.train.clone(), rows)
+    d_in = acts.acts.d_in
     print(f"data: {tuple(acts.acts.train.shape)} SAE-train rows of the quick preset ({tmp})")
+    gated = tmp / "ablation_grid_gated.yaml"
+    spec = yaml.safe_load(SWEEP.read_text())
+    spec["name"] = "ablation_grid_gated"
+    spec["experiment"]["trial"]["nulls"] = ["isotropic", "covariance", "surrogate"]
+    gated.write_text(yaml.safe_dump(spec))
+    peak = matmul_peak()
 
-    py = sys.executable
-    husai_cli = [py, "-m", "husai"]
     plain_wall, plain_rss, _ = measured(
-        [py, __file__, "--plain", str(rows), str(tmp / "p.json")], env
+        [sys.executable, __file__, "--plain", str(rows), str(tmp / "p.json")], env
     )
-    sweep_argv = [*husai_cli, "sweep", "--sweep", str(SWEEP), "--tracking-uri", uri]
-    sweep_wall, sweep_rss, out = measured(sweep_argv, env)
-    run_id = next(
-        line.split("sweep run ")[1].split()[0].rstrip(".,;:")
-        for line in out.splitlines()
-        if "sweep run " in line
-    )
-    report_wall, report_rss, _ = measured(
-        [*husai_cli, "report", "--sweep-run", run_id, "--tracking-uri", uri], env
-    )
-    husai_wall = sweep_wall + report_wall
+    shipped = husai_side(tmp, "shipped", SWEEP, prepared, env)
+    only_gated = husai_side(tmp, "gated", gated, prepared, env)
 
-    print(f"\n{os.cpu_count()} CPUs; 7 recipes x 5 seeds, {STEPS} steps at batch {BATCH}")
-    print("| | wall s | peak RSS MiB |")
-    print("|---|---|---|")
-    print(f"| (a) plain PyTorch script | {plain_wall:.1f} | {plain_rss:.0f} |")
-    print(f"| (b) husai sweep | {sweep_wall:.1f} | {sweep_rss:.0f} |")
-    print(f"| (b) husai report | {report_wall:.1f} | {report_rss:.0f} |")
-    print(f"| speed-up (a) / (b, sweep + report) | {plain_wall / husai_wall:.2f}x | |")
-    print("\nwhere the husai sweep's time went (from its MLflow runs):")
-    print("| part | s |")
-    print("|---|---|")
-    for name, value in breakdown(uri):
-        print(f"| {name} | {value:.1f} |")
+    b, c = shipped, only_gated
+    sides = [
+        ("(a) plain PyTorch script, no nulls", plain_wall, 0.0, plain_rss, 1),
+        ("(b) husai sweep, every null (+ report)", b["sweep"], b["report"], b["rss"], 3),
+        ("(c) husai sweep, gated nulls (+ report)", c["sweep"], c["report"], c["rss"], 2),
+    ]
+    print(f"\n{os.cpu_count()} CPUs, float32 matmul peak {peak:.0f} GFLOP/s (2048^3, best of 20)")
+    print(f"7 recipes x 5 seeds, {STEPS} steps at batch {BATCH}, d_in {d_in}")
+    print(
+        "| side | SAEs trained | wall s (sweep + report) | peak RSS MiB | speed-up vs (a) "
+        "| share of matmul peak |"
+    )
+    print("|---|---|---|---|---|---|")
+    for label, wall, report, rss, per_recipe in sides:
+        total = wall + report
+        share = tflop(d_in, 5 * per_recipe) * 1e3 / wall / peak  # GFLOP / s / (GFLOP/s)
+        walls = f"{wall:.1f}" + (f" + {report:.1f}" if report else "")
+        print(
+            f"| {label} | {35 * per_recipe} | {walls} | {rss:.0f} "
+            f"| {plain_wall / total:.2f}x | {share:.1%} |"
+        )
+    sweeps = (("(b)", b, "ablation_grid"), ("(c)", c, "ablation_grid_gated"))
+    for name, side, sweep_name in sweeps:
+        print(f"\nwhere the husai sweep's time went, {name} (from its MLflow runs):")
+        print("| part | s |")
+        print("|---|---|")
+        for part, value in breakdown(side["uri"], sweep_name):
+            print(f"| {part} | {value:.1f} |")
 
 
 if __name__ == "__main__":

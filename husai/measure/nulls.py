@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -75,45 +75,111 @@ def null_decoders(
     random_base: ActivationSet | None,
     missing: str = "needs activations extracted from a base model",
     progress: bool = False,
+    trained: Mapping[str, StackedNull] | None = None,
 ) -> Nulls:
     """Every null `cfg.trial.nulls` asks for. `random_base`: the random-base model's activations
-    (None: that null is skipped, `missing` says why)."""
+    (None: that null is skipped, `missing` says why). `trained`: trained nulls already trained
+    in the trial's own stack (`null_jobs`), stored in the cache here."""
     t, s = cfg.trial, cfg.sae
     d_in = acts.d_in
     out = Nulls()
     for name in t.nulls:
         start = time.perf_counter()
         seeds = [t.null_seed(seed, name) for seed in t.seeds]
+        done = (trained or {}).get(name)
         if name == names.NULL_ISOTROPIC:
             out.decoders[name] = NullDecoders(gaussian_decoders(s.d_sae, d_in, seeds))
         elif name == names.NULL_COVARIANCE:
             out.decoders[name] = NullDecoders(covariance_decoders(acts.train, s.d_sae, seeds))
-        elif name == names.NULL_SURROGATE:
-            path = cache_root() / "nulls" / name / trained_null_key(cfg, name, acts.key)
-            out.decoders[name], hit = cached_decoders(path, lambda: surrogate(cfg, acts, progress))
-            out.cached |= {name} if hit else set()
-        elif random_base is None:
+        elif name == names.NULL_RANDOM_BASE and random_base is None:
             out.skipped[name] = missing
             continue
+        elif done is not None:
+            out.decoders[name], _ = cached_decoders(done.job.folder, done.decoders)
+            start -= done.seconds  # its share of the stack it trained in
         else:
-            path = cache_root() / "nulls" / name / trained_null_key(cfg, name, random_base.key)
-            out.decoders[name], hit = cached_decoders(
-                path, partial(_trained, cfg, random_base, cfg.trial.seeds, progress, "random-base")
-            )
+            job = _job(cfg, acts, random_base, name)
+            train = partial(_train_job, cfg, job, progress)
+            out.decoders[name], hit = cached_decoders(job.folder, train)
             out.cached |= {name} if hit else set()
         out.seconds[name] = time.perf_counter() - start
     return out
 
 
-def surrogate(cfg: ExperimentConfig, acts: ActivationSet, progress: bool = False) -> NullDecoders:
-    """The recipe trained on a Gaussian twin of the SAE-train rows, its alive latents counted on
-    a twin draw of the held-out row count."""
+@dataclass(frozen=True)
+class NullJob:
+    """A trained null: where its decoders are cached, what it trains on (made when asked: a
+    twin is drawn only if it is trained), its seeds."""
+
+    name: str
+    folder: Path
+    rows: Callable[[], TwinRows | ActivationSet]
+    seeds: tuple[int, ...]
+    label: str
+
+
+@dataclass(frozen=True)
+class StackedNull:
+    """A trained null's SAEs, trained in the trial's stack, with the rows it was trained on."""
+
+    job: NullJob
+    rows: TwinRows | ActivationSet
+    saes: list[TrainedSAE]
+
+    @property
+    def seconds(self) -> float:
+        return sum(t.seconds for t in self.saes)
+
+    def decoders(self) -> NullDecoders:
+        return NullDecoders(
+            [t.decoder for t in self.saes], [alive_on(t, self.rows.eval) for t in self.saes]
+        )
+
+
+def _train_job(cfg: ExperimentConfig, job: NullJob, progress: bool) -> NullDecoders:
+    return _trained(cfg, job.rows(), job.seeds, progress, job.label)
+
+
+def _job(
+    cfg: ExperimentConfig, acts: ActivationSet, random_base: ActivationSet | None, name: str
+) -> NullJob:
+    t = cfg.trial
+    if name == names.NULL_SURROGATE:
+        key, seeds = trained_null_key(cfg, name, acts.key), t.surrogate_seeds()
+        rows: Callable[[], TwinRows | ActivationSet] = partial(surrogate_rows, cfg, acts)
+        label = "surrogate null"
+    else:
+        assert random_base is not None
+        key, seeds = trained_null_key(cfg, name, random_base.key), t.seeds
+        rows, label = (lambda: random_base), "random-base"
+    return NullJob(name, cache_root() / "nulls" / name / key, rows, tuple(seeds), label)
+
+
+def null_jobs(
+    cfg: ExperimentConfig, acts: ActivationSet, random_base: ActivationSet | None
+) -> list[NullJob]:
+    """The trained nulls `cfg.trial.nulls` asks for that the cache lacks (a damaged entry is
+    left to `null_decoders`), for the trial to train in its own stack."""
+    jobs = []
+    for name in cfg.trial.nulls:
+        if name not in names.TRAINED_NULLS or (
+            name == names.NULL_RANDOM_BASE and random_base is None
+        ):
+            continue
+        job = _job(cfg, acts, random_base, name)
+        if not job.folder.exists():
+            jobs.append(job)
+    return jobs
+
+
+def surrogate_rows(cfg: ExperimentConfig, acts: ActivationSet) -> TwinRows:
+    """A Gaussian twin of the SAE-train rows to train on, and a twin draw of the held-out row
+    count to count alive latents on."""
     t = cfg.trial
     g = fit(acts.train)
     rows = twin(acts.train, t.surrogate_rows_seed("train"), g)
     gen = torch.Generator().manual_seed(t.surrogate_rows_seed("eval"))
-    held = g.draw(int(acts.eval.shape[0]), gen)
-    return _trained(cfg, TwinRows(rows, held), t.surrogate_seeds(), progress, "surrogate null")
+    return TwinRows(rows, g.draw(int(acts.eval.shape[0]), gen))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +19,7 @@ import torch
 
 from husai import names
 from husai.config.experiment import ExperimentConfig
+from husai.core import device as devices
 from husai.core import memory
 from husai.core.errors import InputError
 from husai.measure.consistency_metrics import ConsistencyMetrics, consistency_metrics
@@ -31,7 +32,7 @@ from husai.measure.metrics import (
     loss_recovered,
     recon_metrics,
 )
-from husai.measure.nulls import Nulls, null_decoders, untrained_sae
+from husai.measure.nulls import Nulls, StackedNull, null_decoders, null_jobs, untrained_sae
 from husai.measure.stability import (
     StabilityReport,
     independent_stability,
@@ -44,8 +45,8 @@ from husai.model.base_model import HookedTransformer
 from husai.model.rows import row_mean
 from husai.sae.build import SAE, decoder, load_sae, save_sae
 from husai.sae.consistency import ConsistencyPenalty, loss_scale
-from husai.sae.train import train_seeds
-from husai.sae.types import TrainedSAE
+from husai.sae.train import stacks, train_members, train_seeds
+from husai.sae.types import Consistency, TrainedSAE
 
 RECON_FIELDS = tuple(names.RECON_KEYS)
 
@@ -241,9 +242,7 @@ def run_trial(
         every = cfg.consistency.assign_every
         scale = loss_scale(acts.train)
         pulls = [(ConsistencyPenalty(ref, every), lam * scale) for _ in cfg.trial.seeds]
-    trained_seeds = train_seeds(
-        cfg.sae, cfg.train, acts.train, cfg.trial.seeds, progress, consistency=pulls
-    )
+    trained_seeds, stacked = _train_with_nulls(cfg, acts, random_base, pulls, progress)
     for trained in trained_seeds:
         memory.give_back()  # training's freed buffers, before the held-out rows are encoded
         seed = trained.seed
@@ -259,7 +258,7 @@ def run_trial(
 
     d_in, t = acts.d_in, cfg.trial
     random = [decoder(untrained_sae(cfg, d_in, s)) for s in t.seeds]
-    nulls = null_decoders(cfg, acts, random_base, random_base_missing, progress)
+    nulls = null_decoders(cfg, acts, random_base, random_base_missing, progress, stacked)
     report = stability_report(
         trained=[s.trained.decoder for s in seeds],
         random=random,
@@ -289,6 +288,44 @@ def run_trial(
         consistency_scale=scale,
         evals=evals,
     )
+
+
+def _train_with_nulls(
+    cfg: ExperimentConfig,
+    acts: ActivationSet,
+    random_base: ActivationSet | None,
+    pulls: list[Consistency] | None,
+    progress: bool,
+) -> tuple[Iterable[TrainedSAE], dict[str, StackedNull]]:
+    """The trial's seeds, and in the same stack its trained nulls the cache lacks, where the
+    recipe stacks and every set is in memory; else the seeds alone (lazily: an ASHA stop
+    between seeds trains no more), the nulls left to `null_decoders`."""
+    seeds = cfg.trial.seeds
+    jobs = null_jobs(cfg, acts, random_base) if stacks(cfg.sae, cfg.train) else []
+    n_members = len(seeds) + sum(len(job.seeds) for job in jobs)
+    # CPU only, as measured (benchmarks/ablation_grid.py), and never near the machine's memory.
+    per_seed = training_bytes(cfg, acts.d_in) / len(seeds)
+    if devices.active().type != "cpu" or per_seed * n_members > machine_bytes() / 4:
+        jobs = []
+    plans = [(job, job.rows()) for job in jobs]
+    own, theirs = acts.train, [r.train for _, r in plans]
+    if not plans or not isinstance(own, torch.Tensor):  # a set on disk trains seed by seed
+        return train_seeds(cfg.sae, cfg.train, own, seeds, progress, consistency=pulls), {}
+    rows: list[torch.Tensor] = [own] * len(seeds)
+    for (job, _), t in zip(plans, theirs, strict=True):
+        if not isinstance(t, torch.Tensor):  # a random base model's set on disk
+            return train_seeds(cfg.sae, cfg.train, own, seeds, progress, consistency=pulls), {}
+        rows += [t] * len(job.seeds)
+    members = [*seeds, *(s for job, _ in plans for s in job.seeds)]
+    pull_of: list[Consistency | None] | None = None
+    if pulls is not None:
+        pull_of = [*pulls, *([None] * (len(members) - len(seeds)))]
+    trained = train_members(cfg.sae, cfg.train, rows, members, progress, "trial + nulls", pull_of)
+    out, at = {}, len(seeds)
+    for job, r in plans:
+        out[job.name] = StackedNull(job, r, trained[at : at + len(job.seeds)])
+        at += len(job.seeds)
+    return trained[: len(seeds)], out
 
 
 def _mean_recon(recons: list[ReconMetrics]) -> dict[str, float | None]:

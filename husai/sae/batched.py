@@ -56,10 +56,15 @@ def static_step(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def _next_batch(orders: list[BatchOrder], dev: torch.device) -> torch.Tensor:
-    """Every seed's next batch of row ids [S, B] on `dev`; to a GPU from pinned memory,
-    asynchronously (a pageable copy would wait)."""
+def _next_batch(
+    orders: list[BatchOrder], dev: torch.device, offsets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Every seed's next batch of row ids [S, B] on `dev` (`offsets` [S]: where each member's
+    rows start in the pooled rows); to a GPU from pinned memory, asynchronously (a pageable
+    copy would wait)."""
     idx = torch.stack([o.next() for o in orders])
+    if offsets is not None:
+        idx += offsets[:, None]
     if dev.type != "cuda":
         return idx
     return idx.pin_memory().to(dev, non_blocking=True)
@@ -109,19 +114,64 @@ def train_seeds_batched(
         raise ValueError(f"target shape {tuple(target.shape)} != input {tuple(acts.shape)}")
     acts, target = on_active_device(acts, target)
     with deterministic():
-        return _train(sae_cfg, cfg, acts, seeds, progress, target, label, consistency)
+        return _train(sae_cfg, cfg, _Pool.of([acts]), seeds, progress, target, label, consistency)
+
+
+def train_members_batched(
+    sae_cfg: SAEConfig,
+    cfg: SAETrainConfig,
+    rows: Sequence[torch.Tensor],
+    seeds: Sequence[int],
+    progress: bool = False,
+    label: str = "SAE",
+    consistency: Sequence[Consistency | None] | None = None,
+) -> list[TrainedSAE]:
+    """One SAE per member (`rows[i]`, `seeds[i]`, `consistency[i]`: its own rows, seed and
+    penalty), all in one stack; each equals training it alone (`train_seeds_batched` on its
+    rows): its own batches, initialisation and Adam, with the members' rows pooled once."""
+    if not batched_supported(sae_cfg):
+        raise ValueError(f"no seed-batched path for architecture {sae_cfg.architecture!r}")
+    if len(rows) != len(seeds) or (consistency is not None and len(consistency) != len(seeds)):
+        raise ValueError(f"{len(seeds)} members: one rows, seed (and penalty) each")
+    moved = {id(r): on_active_device(r, None)[0] for r in rows}
+    pool = _Pool.of([moved[id(r)] for r in rows])
+    with deterministic():
+        return _train(sae_cfg, cfg, pool, seeds, progress, None, label, consistency)
+
+
+class _Pool:
+    """The rows every member trains on: one tensor (members with their own rows pooled, each
+    with its offset and row count), or the one set all share (which may stay lazy)."""
+
+    def __init__(self, rows: Rows, offsets: torch.Tensor | None, n_rows: list[int]) -> None:
+        self.rows, self.offsets, self.n_rows = rows, offsets, n_rows
+
+    @classmethod
+    def of(cls, members: Sequence[Rows]) -> _Pool:
+        unique = list({id(r): r for r in members}.values())
+        if len(unique) == 1:
+            return cls(unique[0], None, [int(unique[0].shape[0])] * max(1, len(members)))
+        start, at, tensors = 0, {}, []
+        for r in unique:
+            if not isinstance(r, torch.Tensor):
+                raise ValueError("members with rows of their own need them in memory")
+            at[id(r)], start = start, start + int(r.shape[0])
+            tensors.append(r)
+        offsets = torch.tensor([at[id(r)] for r in members], dtype=torch.long)
+        return cls(torch.cat(tensors), offsets, [int(r.shape[0]) for r in members])
 
 
 def _train(
     sae_cfg: SAEConfig,
     cfg: SAETrainConfig,
-    acts: Rows,
+    pool: _Pool,
     seeds: Sequence[int],
     progress: bool,
     target: torch.Tensor | None,
     label: str,
-    consistency: Sequence[Consistency] | None,
+    consistency: Sequence[Consistency | None] | None,
 ) -> list[TrainedSAE]:
+    acts = pool.rows
     streams = [SeedStreams.of(s) for s in seeds]
     d_in, transcoder = int(acts.shape[1]), target is not None
     saes = [build_sae(sae_cfg, d_in, st.init_seed, transcoder=transcoder) for st in streams]
@@ -135,7 +185,11 @@ def _train(
     dense_decode = None if dev.type == "cpu" else False
     static = static_step(dev)
     mm_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    orders = [BatchOrder(int(acts.shape[0]), cfg.batch_size, st.data_seed) for st in streams]
+    n_rows = pool.n_rows if pool.offsets is not None else [int(acts.shape[0])] * len(streams)
+    orders = [
+        BatchOrder(n, cfg.batch_size, st.data_seed) for n, st in zip(n_rows, streams, strict=True)
+    ]
+    offsets = None if pool.offsets is None else pool.offsets.to(dev)
     n_seeds, d_sae, k = len(seeds), sae_cfg.d_sae, sae_cfg.k
     aux_coeff = sae_cfg.aux_loss_coefficient
     c = saes[0].cfg
@@ -154,7 +208,7 @@ def _train(
     bar = tqdm(range(cfg.steps), desc=f"{label} seeds {seeds_txt}", disable=not progress)
     for step in bar:
         dead = since_fired > cfg.dead_window
-        idx = _next_batch(orders, dev)
+        idx = _next_batch(orders, dev, offsets)
         x = gather(acts, idx)
         y = x if target is None else target[idx]
         sae_in = x - p.b_dec[:, None, :] if b_dec_in else x
@@ -174,7 +228,10 @@ def _train(
             dead_possible=step > cfg.dead_window,  # since_fired <= step so far
         )
         pull = torch.zeros(n_seeds, device=dev)
-        for s, (penalty, lam) in enumerate(consistency or ()):
+        for s, member_pull in enumerate(consistency or ()):
+            if member_pull is None:  # a member trained without the term (a null)
+                continue
+            penalty, lam = member_pull
             # The consistency extension's term (build._ConsistencyMixin), seed by seed.
             with torch.enable_grad():
                 w = p.W_dec[s].detach().requires_grad_(True)
@@ -204,7 +261,7 @@ def _train(
                     names.CURVE_MSE: values[3][s],
                     names.CURVE_AUXK: values[4][s],
                 }
-                if consistency is not None:
+                if consistency is not None and consistency[s] is not None:
                     row[names.CURVE_CONSISTENCY] = values[5][s]
                 curves[s].add(step, row)
             bar.set_postfix(loss=f"{sum(values[0]) / n_seeds:.4g}")

@@ -26,7 +26,7 @@ from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.core import memory
 from husai.core.repro import deterministic
 from husai.model.rows import Rows, gather
-from husai.sae.batched import batched_supported, train_seeds_batched
+from husai.sae.batched import batched_supported, train_members_batched, train_seeds_batched
 from husai.sae.build import (
     TranscoderStepInput,
     build_sae,
@@ -85,6 +85,33 @@ def train_seeds(
     for i, seed in enumerate(seeds):
         pull = None if consistency is None else consistency[i]
         yield train_sae(sae_cfg, train_cfg, acts, seed, pull, progress, target, label)
+
+
+def stacks(sae_cfg: SAEConfig, train_cfg: SAETrainConfig) -> bool:
+    """Whether SAEs of this recipe train in one stack (`train_members`' single pass)."""
+    return train_cfg.seed_batched and batched_supported(sae_cfg)
+
+
+def train_members(
+    sae_cfg: SAEConfig,
+    train_cfg: SAETrainConfig,
+    rows: Sequence[torch.Tensor],
+    seeds: Sequence[int],
+    progress: bool = False,
+    label: str = "SAE",
+    consistency: Sequence[Consistency | None] | None = None,
+) -> list[TrainedSAE]:
+    """One SAE per member, each on its own rows (`rows[i]`, in memory), seed and penalty: a
+    trial's seeds and its trained nulls in one stack where the recipe `stacks`, else one after
+    another. Each equals training it alone."""
+    memory.fixed_mmap_threshold()
+    if stacks(sae_cfg, train_cfg):
+        return train_members_batched(sae_cfg, train_cfg, rows, seeds, progress, label, consistency)
+    pulls = consistency or [None] * len(seeds)
+    return [
+        train_sae(sae_cfg, train_cfg, r, s, pull, progress, label=label)
+        for r, s, pull in zip(rows, seeds, pulls, strict=True)
+    ]
 
 
 def _train(

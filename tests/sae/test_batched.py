@@ -13,6 +13,7 @@ from sae_lens.saes.batchtopk_sae import BatchTopK
 import husai.sae.batched
 import husai.sae.batched_select
 import husai.sae.batched_sparse
+from husai import names
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.measure.metrics import recon_metrics
 from husai.measure.stability import stability_report
@@ -21,7 +22,7 @@ from husai.sae.batched_select import BATCHTOPK_CANDIDATES, select, select_static
 from husai.sae.batched_sparse import sparse_step
 from husai.sae.build import TranscoderStepInput, build_sae, decoder, load_sae, save_sae
 from husai.sae.consistency import ConsistencyPenalty
-from husai.sae.train import train_sae, train_seeds
+from husai.sae.train import train_members, train_sae, train_seeds
 from husai.sae.types import TrainedSAE
 from tests.helpers import sparse_data
 
@@ -352,3 +353,27 @@ def test_the_cuda_step_scores_large_problems_in_groups_of_seeds(
     monkeypatch.setattr(husai.sae.batched_select, "GPU_WHOLE_MAX_ELEMENTS", limit)
     for a, b in zip(whole, step(), strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu"])
+def test_members_with_rows_of_their_own_each_equal_training_alone(arch: str) -> None:
+    # A trial's seeds on its rows beside two nulls' seeds on rows of their own, one stack; for
+    # an architecture without the batched path (jumprelu) one after another.
+    a = sparse_data(600, d_in=16, n_feat=48, seed=0)
+    b = sparse_data(500, d_in=16, n_feat=48, seed=1)
+    sae_cfg = SAEConfig(architecture=arch, d_sae=48, k=4, l0_coefficient=0.01)  # type: ignore[arg-type]
+    cfg = SAETrainConfig(steps=30, batch_size=64, lr=3e-3, lr_warmup_steps=0, lr_decay_steps=0)
+    ref = decoder(train_sae(sae_cfg, cfg, a, 9).sae)
+
+    def pull() -> tuple[ConsistencyPenalty, float]:  # its matching is state: one per SAE
+        return ConsistencyPenalty(ref, 5), 0.5
+
+    pulls = [pull(), None, None, pull()]
+    got = train_members(sae_cfg, cfg, [a, b, b, a], [0, 7, 8, 1], consistency=pulls)
+    on_a = list(train_seeds(sae_cfg, cfg, a, [0, 1], consistency=[pull(), pull()]))
+    on_b = list(train_seeds(sae_cfg, cfg, b, [7, 8]))
+    for mine, alone in zip(got, [on_a[0], on_b[0], on_b[1], on_a[1]], strict=True):
+        assert mine.seed == alone.seed
+        torch.testing.assert_close(mine.decoder, alone.decoder, rtol=0, atol=1e-5)
+    # The pulled members carry the consistency curve; the nulls do not.
+    assert [names.CURVE_CONSISTENCY in m.curves.values for m in got] == [True, False, False, True]
