@@ -16,7 +16,8 @@ many as the trial has seeds, of the trial's own shape (docs/metrics.md, "Stabili
 Every draw derives from the trial's own seeds (`TrialConfig.null_seed`), so a confirmation on
 fresh seeds gets fresh nulls. The trained nulls depend on the recipe but not on lambda, so trials
 that differ only in lambda share them: their decoders (and alive masks) are cached on disk under
-a hash of everything they depend on.
+a hash of everything they depend on. A trained null the cache lacks trains in the trial's own
+stack where it can (`null_jobs`; `husai.measure.trial`), else after the trial's seeds.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ gradient through that product is exactly zero, so it is left out). tests/sae/tes
 it against sae-lens's own step at float tolerance. Each seed ends as an ordinary sae-lens SAE
 (the weights are copied into `build_sae`'s module), so saving, loading and metrics are unchanged.
 
+Members need not share rows: `train_members_batched` stacks a trial's seeds with its trained
+nulls' seeds (the surrogate's Gaussian twin, the random base model's rows), the rows pooled
+once and each member drawing its batches from its own part; each equals training it alone.
+
 Device: the stacked parameters, Adam's state and every per-step tensor live on the device of
 `acts` (moved there once by `husai.sae.train.train_seeds`); the seeds' sae-lens modules stay on
 the CPU, initialised there, and receive the trained weights at the end.
