@@ -77,7 +77,7 @@ def train_seeds(
     if consistency is not None and len(consistency) != len(seeds):
         raise ValueError(f"{len(consistency)} consistency penalties for {len(seeds)} seeds")
     acts, target = on_active_device(acts, target)
-    if train_cfg.seed_batched and batched_supported(sae_cfg):
+    if stacks(sae_cfg, train_cfg):
         yield from train_seeds_batched(
             sae_cfg, train_cfg, acts, seeds, progress, target, label, consistency
         )
