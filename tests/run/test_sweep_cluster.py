@@ -34,7 +34,14 @@ import pytest
 from husai import names
 from husai.registry.tracking import Tracker
 from husai.run.ray_runtime import kill_processes_of, machine_address, processes_of
-from tests.helpers import SWEEP, free_port, ray_processes_left, runs_of_kind, write_sweep
+from tests.helpers import (
+    SWEEP,
+    free_port,
+    ray_processes_left,
+    runs_of_kind,
+    user_acts,
+    write_sweep,
+)
 
 BIN = Path(sys.executable).parent  # ray, husai: what an activated environment puts on PATH
 LR = {"type": "loguniform", "low": 1e-3, "high": 1e-2}  # continuous: no recipe proposed twice
@@ -215,6 +222,50 @@ def test_a_sweep_submitted_as_a_ray_job_writes_to_the_server_with_asha(
     assert tracker.client.get_run(best).info.artifact_uri.startswith("mlflow-artifacts:")
     got = tracker.download_model_version(names.SAE_MODEL_NAME, str(mv.version), tmp_path / "dl")
     assert any(got.rglob("*.safetensors")), sorted(got.rglob("*"))
+
+
+@pytest.mark.slow
+def test_a_sweep_on_a_users_file_runs_on_both_nodes_each_loading_it_by_key(
+    tmp_path: Path, ray_cluster: RayCluster, mlflow_server: str
+) -> None:
+    # The driver reads the file and records its set once; each node loads it by key, the
+    # worker from the set's MLflow run (its cache starts without it). No base model anywhere.
+    npy = user_acts(tmp_path)
+    experiment = {
+        "name": "own_cluster",
+        "activations": {"file": str(npy), "eval_frac": 0.25},
+        "sae": {"architecture": "topk", "d_sae": 32, "k": 4},
+        "train": {**SWEEP["experiment"]["train"], "steps": 150},
+        "trial": {"seeds": [0, 1, 2], "nulls": ["isotropic", "covariance", "surrogate"]},
+        "evals": dict.fromkeys(("transcoder", "ood", "probing", "contrastive"), False),
+    }
+    path = write_sweep(
+        tmp_path,
+        name="own_cluster",
+        num_samples=2,
+        max_concurrency=2,  # one CPU per trial, nodes of one CPU: one trial on each node
+        experiment=experiment,
+        search_space={"train.lr": LR},
+    )
+    env = {**ray_cluster.env, "HUSAI_CACHE_DIR": str(ray_cluster.cache("driver"))}
+    command = [
+        *("husai", "sweep", "--sweep", str(path), "--ray-address", ray_cluster.gcs),
+        *("--tracking-uri", mlflow_server),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    finished = [
+        r for r in trial_runs(Tracker(mlflow_server), "husai/own_cluster")
+        if r.info.status == "FINISHED"
+    ]  # fmt: skip
+    assert len(finished) == 2
+    assert {r.data.tags[names.TAG_RAY_NODE_ID] for r in finished} == set(
+        ray_cluster.node_ids.values()
+    )
+    (key,) = {r.data.params[names.PARAM_ACTIVATION_KEY] for r in finished}
+    assert {r.data.params[names.PARAM_BASE_VERSION] for r in finished} == {"none"}
+    for node in ("head", "worker", "driver"):
+        assert (ray_cluster.cache(node) / "activations" / key).is_dir(), node
 
 
 def _training_on(cluster: RayCluster, node: str) -> bool:
