@@ -22,18 +22,21 @@ UI_HOST, UI_PORT = "127.0.0.1", 5000
 UI_WORKFLOW_QUERY = "workflowType=machine_learning"
 
 
+def _served(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def ui_address(uri: str, experiment_id: str) -> str:
     """The address of an experiment's runs table: on the tracking server itself, or where
     `mlflow ui` serves a local store."""
-    server = uri.startswith(("http://", "https://"))
-    base = uri.rstrip("/") if server else f"http://{UI_HOST}:{UI_PORT}"
+    base = uri.rstrip("/") if _served(uri) else f"http://{UI_HOST}:{UI_PORT}"
     return f"{base}/#/experiments/{experiment_id}?{UI_WORKFLOW_QUERY}"
 
 
 def ui_hint(uri: str, experiment_id: str) -> str:
     """How to look at what a command recorded, as a few lines."""
     address = ui_address(uri, experiment_id)
-    if uri.startswith(("http://", "https://")):
+    if _served(uri):
         return f"MLflow UI: {address}"
     return (
         f"MLflow UI: mlflow ui --backend-store-uri {uri} --host {UI_HOST} --port {UI_PORT}\n"

@@ -300,22 +300,21 @@ def _train_with_nulls(
     """The trial's seeds, and in the same stack its trained nulls the cache lacks, where the
     recipe stacks and every set is in memory; else the seeds alone (lazily: an ASHA stop
     between seeds trains no more), the nulls left to `null_decoders`."""
-    seeds = cfg.trial.seeds
+    seeds, own = cfg.trial.seeds, acts.train
     jobs = null_jobs(cfg, acts, random_base) if stacks(cfg.sae, cfg.train) else []
     n_members = len(seeds) + sum(len(job.seeds) for job in jobs)
-    # CPU only, as measured (benchmarks/ablation_grid.py), and never near the machine's memory.
+    # CPU only, as measured (benchmarks/ablation_grid.py), and never near the machine's memory;
+    # sets on disk train seed by seed (a random base model's too).
     per_seed = training_bytes(cfg, acts.d_in) / len(seeds)
+    in_memory = isinstance(own, torch.Tensor) and (
+        random_base is None or isinstance(random_base.train, torch.Tensor)
+    )
     if devices.active().type != "cpu" or per_seed * n_members > machine_bytes() / 4:
         jobs = []
-    plans = [(job, job.rows()) for job in jobs]
-    own, theirs = acts.train, [r.train for _, r in plans]
-    if not plans or not isinstance(own, torch.Tensor):  # a set on disk trains seed by seed
+    if not jobs or not in_memory:
         return train_seeds(cfg.sae, cfg.train, own, seeds, progress, consistency=pulls), {}
-    rows: list[torch.Tensor] = [own] * len(seeds)
-    for (job, _), t in zip(plans, theirs, strict=True):
-        if not isinstance(t, torch.Tensor):  # a random base model's set on disk
-            return train_seeds(cfg.sae, cfg.train, own, seeds, progress, consistency=pulls), {}
-        rows += [t] * len(job.seeds)
+    plans = [(job, job.rows()) for job in jobs]  # a twin of rows in memory is in memory
+    rows = [own] * len(seeds) + [r.train for job, r in plans for _ in job.seeds]
     members = [*seeds, *(s for job, _ in plans for s in job.seeds)]
     pull_of: list[Consistency | None] | None = None
     if pulls is not None:

@@ -330,11 +330,18 @@ def _read_user_matrix(path: Path) -> torch.Tensor:
     return x.float().contiguous()
 
 
-def load_user_activations(path: Path, cfg: ActivationsConfig) -> ActivationSet:
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_user_activations(
+    path: Path, cfg: ActivationsConfig, digest: str | None = None
+) -> ActivationSet:
     """Bring your own activations: held-out split with the config's seed; the key is a content
-    hash of the file plus the split, so the same file and split always get the same key."""
+    hash of the file plus the split, so the same file and split always get the same key.
+    `digest`: the file's `file_sha256`, where the caller has it."""
     x = _read_user_matrix(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = digest or file_sha256(path)
     key = stable_hash(
         {
             "format": CACHE_FORMAT,

@@ -79,6 +79,11 @@ CONNECT_TIMEOUT_ENV = "HUSAI_TRACKING_CONNECT_TIMEOUT_S"
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
 
+def is_server_uri(uri: str) -> bool:
+    """Whether `uri` names a tracking server (http or https), not a database."""
+    return uri.split(":", 1)[0].lower() in SERVER_SCHEMES
+
+
 def check_tracking_uri(uri: str) -> None:
     """A URI MLflow can open as a store, or a one-line InputError naming it and what works
     (MLflow's own error is a 40-line traceback from deep inside its registry)."""
@@ -114,7 +119,7 @@ def check_server(uri: str, timeout: float | None = None) -> None:
     HUSAI_TRACKING_CONNECT_TIMEOUT_S, 30), or ServiceUnavailable says so in one line: MLflow's
     client would retry with back-off for minutes. Any HTTP answer counts (a server behind
     authentication answers 401); only no answer at all does not."""
-    if uri.split(":", 1)[0].lower() not in SERVER_SCHEMES:
+    if not is_server_uri(uri):
         return
     limit = connect_timeout() if timeout is None else timeout
     deadline = time.monotonic() + limit
@@ -142,7 +147,7 @@ def check_server(uri: str, timeout: float | None = None) -> None:
 def server_lost(uri: str, e: BaseException, timeout: float = 5.0) -> str | None:
     """Why `e` happened, in one line, if it is the tracking server at `uri` going away (a
     server URI whose /health no longer answers within `timeout`); None for anything else."""
-    if uri.split(":", 1)[0].lower() not in SERVER_SCHEMES:
+    if not is_server_uri(uri):
         return None
     try:
         check_server(uri, timeout)

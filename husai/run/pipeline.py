@@ -107,10 +107,10 @@ def run_pipeline(
     if a.source == "transformer_lens" or a.file is not None or a.key is not None:
         # No task base model: the sweep's driver plans and checks the language model's sets
         # or the user's own rows itself (`husai.run.sweep_sets`) before the store is opened.
-        prepared, uri = None, tracking_uri  # the driver opens the store after its checks
+        prepared, opened, uri = None, None, tracking_uri  # the driver opens it after its checks
     else:
         task = _task_inputs(sweep, cfg0, tracking_uri, steps, allow_memorised)
-        prepared, uri = task.prepared, task.tracker.uri
+        prepared, opened, uri = task.prepared, task.tracker, task.tracker.uri
     outcome = _step(
         steps,
         "sweep",
@@ -120,7 +120,7 @@ def run_pipeline(
             f"{s.n_recorded} of {s.n_trials} trials recorded in full"
         ),
     )
-    tracker = Tracker(uri)
+    tracker = opened or Tracker(uri)
     if sweep.confirm.enabled:
         searched = outcome
         outcome = _step(

@@ -26,12 +26,11 @@ from husai.config.sweep import SweepConfig
 from husai.config.sweep_parts import ACTIVATION_FIELDS
 from husai.core import device as devices
 from husai.measure.trial import check_sizes
-from husai.model.activations import ActivationSet
 from husai.model.lm_source import LMPlan, plan
 from husai.registry.handles import ActivationsHandle, BaseModelHandle
 from husai.registry.tracking import Tracker
 from husai.run import lm_stages, stages, user_sets
-from husai.run.user_sets import NOT_ASKED
+from husai.run.user_sets import NOT_ASKED, UserFile
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,13 @@ class PlannedSets:
     points: list[dict[str, Any]]
     cfgs: list[ExperimentConfig]
     plans: list[LMPlan] | None  # a language model's plans; None for the task's sets
-    fixed: bool = False  # the user's own rows (activations.file or .key): one set
-    own: ActivationSet | None = None  # the user's file, read and checked
+    own: UserFile | None = None  # the user's file, read and checked
+
+    @property
+    def fixed(self) -> bool:
+        """The user's own rows (activations.file or .key): one set, nothing extracted."""
+        a = self.cfgs[0].activations
+        return a.file is not None or a.key is not None
 
 
 def plan_sets(sweep: SweepConfig, smoke: bool) -> PlannedSets:
@@ -100,7 +104,7 @@ def plan_sets(sweep: SweepConfig, smoke: bool) -> PlannedSets:
     cfgs = [sweep.trial_config(pt, smoke, f"sweep {sweep.name}: activations {pt}") for pt in points]
     a = cfgs[0].activations
     if a.file is not None or a.key is not None:  # load_sweep refused sweeping its fields
-        return PlannedSets(points, cfgs, None, fixed=True, own=user_sets.check_file(cfgs[0]))
+        return PlannedSets(points, cfgs, None, own=user_sets.check_file(cfgs[0]))
     if cfgs[0].activations.source != "transformer_lens":
         for cfg in cfgs:  # each point's hook checked before the base model is trained
             stages.check_before_compute(cfg)

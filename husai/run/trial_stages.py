@@ -48,7 +48,7 @@ from husai.registry.trial_records import (
 )
 from husai.report.plots import plot_stability_heatmap
 from husai.run import lm_stages, stages
-from husai.run.user_sets import NO_BASE_MODEL, NOT_ASKED, by_key
+from husai.run.user_sets import NO_BASE_MODEL, NOT_ASKED, asked_random_base, by_key
 from husai.sae.build import decoder, load_sae
 
 
@@ -148,11 +148,8 @@ def _inputs_by_key(
 
 
 def _random_base(cfg: ExperimentConfig, tracker: Tracker) -> tuple[ActivationSet | None, str]:
-    if names.NULL_RANDOM_BASE not in cfg.trial.nulls:
-        return None, NOT_ASKED
-    handle = stages.random_base_activations(cfg, tracker)
-    console.print_null_acts(handle)
-    return handle.acts, ""
+    null = asked_random_base(cfg, tracker)
+    return (None, NOT_ASKED) if null is None else (null.acts, "")
 
 
 def trial(

@@ -13,7 +13,6 @@ random-base null only where the config describes that base model and split.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,6 +24,7 @@ from husai.measure.trial import preflight
 from husai.model.activations import (
     ActivationSet,
     activation_key,
+    file_sha256,
     load_activations,
     load_user_activations,
     save_activations,
@@ -43,6 +43,15 @@ NO_LM_NULL = "a language model's set by key: give the config's activations.lm in
 
 
 @dataclass(frozen=True)
+class UserFile:
+    """The user's file, read, split and checked: its rows, where it is and its checksum."""
+
+    acts: ActivationSet
+    path: Path  # resolved
+    sha256: str
+
+
+@dataclass(frozen=True)
 class UserSet:
     """A user's set, cached and recorded, and what it says about its base model."""
 
@@ -53,21 +62,23 @@ class UserSet:
     random_base_missing: str
 
 
-def check_file(cfg: ExperimentConfig) -> ActivationSet | None:
+def check_file(cfg: ExperimentConfig) -> UserFile | None:
     """The user's file (`activations.file`) read, split and checked against the recipe (batch,
     memory); None without one. Raises a one-line error naming the file; opens no store."""
     a = cfg.activations
     if a.file is None:
         return None
     devices.activate(cfg.runtime.device, cfg.runtime.deterministic)
-    acts = load_user_activations(Path(a.file), a)
+    path = Path(a.file).resolve()
+    digest = file_sha256(path)
+    acts = load_user_activations(path, a, digest)
     preflight(cfg, acts)
-    return acts
+    return UserFile(acts, path, digest)
 
 
 def user_set(
     cfg: ExperimentConfig,
-    own: ActivationSet | None,
+    own: UserFile | None,
     tracker: Tracker,
     allow_memorised: bool = False,
 ) -> UserSet:
@@ -106,25 +117,30 @@ def by_key(
     if activation_key(base_run, version, cfg.base_hash(), cfg.activations) != key:
         why = f"the config does not describe the base model and split of activation set {key}"
         return UserSet(handle, base_run, version, None, why)
+    null = asked_random_base(cfg, tracker)
+    return UserSet(handle, base_run, version, null, NOT_ASKED if null is None else "")
+
+
+def asked_random_base(cfg: ExperimentConfig, tracker: Tracker) -> ActivationsHandle | None:
+    """The random-base null's rows for the task set `cfg` describes, if `trial.nulls` asks."""
     if names.NULL_RANDOM_BASE not in cfg.trial.nulls:
-        return UserSet(handle, base_run, version, None, NOT_ASKED)
+        return None
     null = stages.random_base_activations(cfg, tracker)
     console.print_null_acts(null)
-    return UserSet(handle, base_run, version, null, "")
+    return null
 
 
-def _cached_file(cfg: ExperimentConfig, own: ActivationSet, tracker: Tracker) -> ActivationsHandle:
-    file = Path(str(cfg.activations.file)).resolve()
-    with claim(tracker, "activations", own.key):  # concurrent first runs record it once
+def _cached_file(cfg: ExperimentConfig, own: UserFile, tracker: Tracker) -> ActivationsHandle:
+    key = own.acts.key
+    with claim(tracker, "activations", key):  # concurrent first runs record it once
         path, run_id, source = stages.activation_entry(
-            own.key, tracker, None, compute=lambda: partial(save_activations, own)
+            key, tracker, None, compute=lambda: partial(save_activations, own.acts)
         )
-        acts = load_activations(path, own.key)
+        acts = load_activations(path, key)
         hit = source != "computed"
         if run_id is None:
-            digest = hashlib.sha256(file.read_bytes()).hexdigest()
             rec = stages.activations_record(acts, path, hit)
-            run_id = record_file_activations(tracker, cfg, file, digest, rec)
+            run_id = record_file_activations(tracker, cfg, own.path, own.sha256, rec)
     handle = ActivationsHandle(acts=acts, run_id=run_id, cache_hit=hit, source=source, path=path)
     console.print_acts(handle)
     return handle

@@ -124,7 +124,7 @@ def train_seeds_batched(
 def train_members_batched(
     sae_cfg: SAEConfig,
     cfg: SAETrainConfig,
-    rows: Sequence[torch.Tensor],
+    rows: Sequence[Rows],
     seeds: Sequence[int],
     progress: bool = False,
     label: str = "SAE",

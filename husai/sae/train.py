@@ -95,7 +95,7 @@ def stacks(sae_cfg: SAEConfig, train_cfg: SAETrainConfig) -> bool:
 def train_members(
     sae_cfg: SAEConfig,
     train_cfg: SAETrainConfig,
-    rows: Sequence[torch.Tensor],
+    rows: Sequence[Rows],
     seeds: Sequence[int],
     progress: bool = False,
     label: str = "SAE",

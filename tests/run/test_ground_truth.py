@@ -111,10 +111,12 @@ def test_a_featureless_low_rank_gaussian_is_blocked_by_the_default_gate(
     (trial,) = runs_of_kind(Tracker(isolated_store), names.KIND_TRIAL)
     m, pw = trial.data.metrics, names.STABILITY_PW_MCC
     # The weak null would call these SAEs very stable; the calibrated one does not: the excess
-    # over the surrogate is about 0 (measured -0.003 [-0.010, +0.004]) and its bound below 0.
+    # over the surrogate is about 0 (measured -0.003 [-0.010, +0.004]) and its bound below 0;
+    # its interval reaches 0 or nearly (a null too strong, as the covariance null was at -0.36,
+    # would put it far below; the upper end need not straddle 0 on every CPU).
     assert m[names.stability_key(pw, "_delta_lcb")] > 0.3
     excess = [m[names.stability_key(pw, names.excess_suffix("surrogate", b))] for b in names.BOUNDS]
-    assert abs(excess[0]) < 0.03 and excess[1] < 0, excess
+    assert abs(excess[0]) < 0.03 and excess[1] < 0 and excess[2] > -0.02, excess
     capsys.readouterr()
     assert gate("default.yaml") == 2
     out = capsys.readouterr().out

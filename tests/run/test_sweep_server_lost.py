@@ -40,8 +40,8 @@ def test_a_server_lost_mid_sweep_stops_it_cleanly_and_resume_finishes_it(tmp_pat
     path = write_sweep(tmp_path, num_samples=3, experiment=experiment, search_space=space)
     folder, port = tmp_path / "server", free_port()
     server = MlflowServer.start(folder, port)
-    # MLflow's client retries a failed call for about 4 minutes by default (a server back
-    # within that window costs nothing); one quick retry keeps this test short.
+    # MLflow's client retries a failed call 7 times with back-off by default (about 4 minutes,
+    # by MLflow's own account); one quick retry keeps this test short.
     env = {
         **os.environ,
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
