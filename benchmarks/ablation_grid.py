@@ -13,6 +13,8 @@ dictionaries with a bootstrap interval.
     interval recorded in MLflow, then `husai report` (the sweep's report with its plots).
 (c) the same sweep with only the nulls the default gate policy gates on (the surrogate) and the
     two untrained ones: what a gated answer costs.
+(d) (c) with `bundle: false`: each grid point its own Ray Tune trial and stack, as before grid
+    bundles (the four k at d_sae 128 otherwise train as one stack): what bundling saves.
 
 The quick preset's base model and activations are made first (not timed): both read the same
 SAE-train rows. Every HUSAI side starts with cold null caches and a store of its own. Each side
@@ -233,6 +235,9 @@ def main() -> None:
     spec["name"] = "ablation_grid_gated"
     spec["experiment"]["trial"]["nulls"] = ["isotropic", "covariance", "surrogate"]
     gated.write_text(yaml.safe_dump(spec))
+    unbundled = tmp / "ablation_grid_unbundled.yaml"
+    spec = {**spec, "name": "ablation_grid_unbundled", "bundle": False}
+    unbundled.write_text(yaml.safe_dump(spec))
     peak = matmul_peak()
 
     plain_wall, plain_rss, _ = measured(
@@ -240,12 +245,14 @@ def main() -> None:
     )
     shipped = husai_side(tmp, "shipped", SWEEP, prepared, env)
     only_gated = husai_side(tmp, "gated", gated, prepared, env)
+    one_by_one = husai_side(tmp, "unbundled", unbundled, prepared, env)
 
-    b, c = shipped, only_gated
+    b, c, d = shipped, only_gated, one_by_one
     sides = [
         ("(a) plain PyTorch script, no nulls", plain_wall, 0.0, plain_rss, 1),
         ("(b) husai sweep, every null (+ report)", b["sweep"], b["report"], b["rss"], 3),
         ("(c) husai sweep, gated nulls (+ report)", c["sweep"], c["report"], c["rss"], 2),
+        ("(d) (c) without grid bundles (+ report)", d["sweep"], d["report"], d["rss"], 2),
     ]
     print(f"\n{os.cpu_count()} CPUs, float32 matmul peak {peak:.0f} GFLOP/s (2048^3, best of 20)")
     print(f"7 recipes x 5 seeds, {STEPS} steps at batch {BATCH}, d_in {d_in}")
@@ -262,7 +269,11 @@ def main() -> None:
             f"| {label} | {35 * per_recipe} | {walls} | {rss:.0f} "
             f"| {plain_wall / total:.2f}x | {share:.1%} |"
         )
-    sweeps = (("(b)", b, "ablation_grid"), ("(c)", c, "ablation_grid_gated"))
+    sweeps = (
+        ("(b)", b, "ablation_grid"),
+        ("(c)", c, "ablation_grid_gated"),
+        ("(d)", d, "ablation_grid_unbundled"),
+    )
     for name, side, sweep_name in sweeps:
         print(f"\nwhere the husai sweep's time went, {name} (from its MLflow runs):")
         print("| part | s |")

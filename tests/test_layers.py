@@ -52,6 +52,7 @@ OWNERS = {
         "husai.run.sweep_search",
         "husai.run.ray_runtime",
         "husai.run.sweep_progress",
+        "husai.run.sweep_trial",
     ),
     "optuna": ("husai.run.sweep_search",),
     "matplotlib": ("husai.report",),

@@ -41,6 +41,7 @@ from husai.config.sweep_parts import (
     Objective,
     Resources,
     Smoke,
+    check_gpu_share,
 )
 from husai.core.errors import ConfigError
 
@@ -75,6 +76,12 @@ class SweepConfig(Strict):
     )
     resources: Resources = Field(default_factory=Resources)
     asha: Asha = Field(default_factory=Asha)
+    bundle: bool = Field(
+        True,
+        description="grid sweeps without sampled dimensions or ASHA: grid points that differ "
+        "only in sae.k (lambda 0, TopK or BatchTopK) train as one stack in one Ray Tune trial; "
+        "each point is still recorded as its own trial run",
+    )
     confirm: Confirm = Field(default_factory=Confirm)
     smoke: Smoke = Field(default_factory=Smoke)
 
@@ -198,7 +205,8 @@ class SweepConfig(Strict):
         activations and metric version are matched separately, on the sweep run."""
         # Without grids the file dumps as it did before they existed: old fingerprints hold.
         # Retries change how a trial is scheduled, never what it measures.
-        left_out = {"retries"} if self.grids else {"grids", "retries"}
+        # Bundling too: the same trials, stacked (each member equal to training it alone).
+        left_out = {"retries", "bundle"} if self.grids else {"grids", "retries", "bundle"}
         dump = self.model_dump(mode="json", exclude=left_out)
         blob = json.dumps({"sweep": dump, "smoke": smoke}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -340,7 +348,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     _check_every_point(cfg, str(path))
     _check_k_vs_d_sae(cfg, str(path))
     _check_copy_proof(cfg, str(path))
-    _check_gpu_share(cfg, str(path))
+    check_gpu_share(cfg.base_experiment().runtime.device, cfg.resources.gpu, str(path))
     return cfg
 
 
@@ -367,22 +375,6 @@ def _check_activation_fields(cfg: SweepConfig, base: ExperimentConfig, source: s
                 f"{where}: type: each value is an activation set extracted before any trial "
                 "starts; list the values (type: grid or categorical)"
             )
-
-
-def _check_gpu_share(cfg: SweepConfig, path: str) -> None:
-    """A trial runs on the GPU Ray gives it: asking for CUDA while giving it none would fail
-    every trial on its node, so it is refused here."""
-    device = cfg.base_experiment().runtime.device
-    if device.startswith("cuda") and cfg.resources.gpu == 0:
-        raise ConfigError(
-            f"{path}: resources.gpu: 0, but experiment.runtime.device is {device}: give each "
-            "trial a GPU share (e.g. gpu: 0.25) or use device auto"
-        )
-    if device.startswith("cuda:") and device != "cuda:0":
-        raise ConfigError(
-            f"{path}: experiment.runtime.device: {device}: a trial sees only the GPU Ray "
-            "assigned to it (as cuda:0); use auto or cuda"
-        )
 
 
 GRID_KEY = "grid"  # a grid sweep's Tune config: the grid point under this key

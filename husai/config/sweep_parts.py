@@ -188,3 +188,18 @@ class Confirm(Strict):
                 f"(experiment.activations.key {key}) whose key fixes its split; set "
                 "confirm.fresh_split: false, or give the rows as experiment.activations.file"
             )
+
+
+def check_gpu_share(device: str, gpu: float, path: str) -> None:
+    """A trial runs on the GPU Ray gives it: asking for CUDA (the experiment's `device`) while
+    giving it no share (`gpu`) would fail every trial on its node, so it is refused here."""
+    if device.startswith("cuda") and gpu == 0:
+        raise ConfigError(
+            f"{path}: resources.gpu: 0, but experiment.runtime.device is {device}: give each "
+            "trial a GPU share (e.g. gpu: 0.25) or use device auto"
+        )
+    if device.startswith("cuda:") and device != "cuda:0":
+        raise ConfigError(
+            f"{path}: experiment.runtime.device: {device}: a trial sees only the GPU Ray "
+            "assigned to it (as cuda:0); use auto or cuda"
+        )

@@ -31,6 +31,7 @@ from husai.console.stages import (
     print_summary,
 )
 from husai.console.sweeps import (
+    bundle_done,
     print_sweep,
     print_sweep_trials,
     recipe,
@@ -68,6 +69,7 @@ __all__ = [
     "say",
     "step_done",
     "step_started",
+    "bundle_done",
     "trial_done",
     "trial_line",
     "trial_stopped",

@@ -91,6 +91,11 @@ def trial_line(n: int, n_samples: int, params: Mapping[str, Any], what: str) -> 
     return f"trial {n}/{n_samples} [{recipe(params)}] {what}"
 
 
+def bundle_done(seconds: float, n_points: int) -> str:
+    """The end of a grid bundle's line: its points trained as one stack, each recorded."""
+    return f"done in {seconds:.0f} s: {n_points} trials trained as one stack, each recorded"
+
+
 def trial_done(
     seconds: float,
     objective: str,

@@ -8,9 +8,8 @@ every seed. Returns a TrialResult, which also names its numbers by their MLflow 
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +18,6 @@ import torch
 
 from husai import names
 from husai.config.experiment import ExperimentConfig
-from husai.core import device as devices
 from husai.core import memory
 from husai.core.errors import InputError
 from husai.measure.consistency_metrics import ConsistencyMetrics, consistency_metrics
@@ -32,7 +30,7 @@ from husai.measure.metrics import (
     loss_recovered,
     recon_metrics,
 )
-from husai.measure.nulls import Nulls, StackedNull, null_decoders, null_jobs, untrained_sae
+from husai.measure.nulls import Nulls, null_decoders, untrained_sae
 from husai.measure.stability import (
     StabilityReport,
     independent_stability,
@@ -40,13 +38,13 @@ from husai.measure.stability import (
     stability_metrics,
     stability_report,
 )
+from husai.measure.stack import Trained, machine_bytes, training_bytes, trial_stack
 from husai.model.activations import ActivationSet, readout_ce
 from husai.model.base_model import HookedTransformer
 from husai.model.rows import row_mean
 from husai.sae.build import SAE, decoder, load_sae, save_sae
 from husai.sae.consistency import ConsistencyPenalty, loss_scale
-from husai.sae.train import stacks, train_members, train_seeds
-from husai.sae.types import Consistency, TrainedSAE
+from husai.sae.types import TrainedSAE
 
 RECON_FIELDS = tuple(names.RECON_KEYS)
 
@@ -150,27 +148,6 @@ def check_sizes(cfg: ExperimentConfig, n_train_rows: int, d_in: int) -> None:
     check_memory(cfg, d_in)
 
 
-# Bytes per float32, and copies of each weight matrix while training: the parameter, its
-# gradient and Adam's two moments, for W_enc and W_dec.
-FLOAT32, WEIGHT_COPIES, ACTIVATION_COPIES = 4, 8, 4
-
-
-def training_bytes(cfg: ExperimentConfig, d_in: int) -> int:
-    """A lower estimate of the memory one trial's seed-batched training holds at once: every
-    seed's weights with gradients and Adam state, and a few [batch, d_sae] activations per seed."""
-    n, d_sae, batch = len(cfg.trial.seeds), cfg.sae.d_sae, cfg.train.batch_size
-    weights = WEIGHT_COPIES * d_in * d_sae
-    return FLOAT32 * n * (weights + ACTIVATION_COPIES * batch * d_sae)
-
-
-def machine_bytes() -> int:
-    """Physical memory of this machine (0 where the platform does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
 def check_memory(cfg: ExperimentConfig, d_in: int) -> None:
     """Refuse a shape that cannot fit in this machine's memory, before anything is trained."""
     need, have = training_bytes(cfg, d_in), machine_bytes()
@@ -215,6 +192,7 @@ def run_trial(
     random_base: ActivationSet | None = None,
     random_base_missing: str = "needs activations extracted from a base model",
     splice: Splice | None = None,
+    trained: Trained | None = None,
 ) -> TrialResult:
     """Train every seed, measure held-out reconstruction and cross-seed stability against the
     nulls `cfg.trial.nulls` names, run the evals.
@@ -226,6 +204,8 @@ def run_trial(
     initialised base model, for the random-base null (None: it is skipped, for the reason
     `random_base_missing` gives). `splice`: how `recon/loss_recovered` is measured, where the
     caller has its own (a language model's held-out contexts); else the base model's read-out.
+    `trained`: the trial's SAEs already trained in a sweep's grid bundle
+    (`husai.measure.stack.bundle_stack`); None: trained here (`trial_stack`).
     """
     preflight(cfg, acts)
     lam = cfg.consistency.lam
@@ -242,23 +222,26 @@ def run_trial(
         every = cfg.consistency.assign_every
         scale = loss_scale(acts.train)
         pulls = [(ConsistencyPenalty(ref, every), lam * scale) for _ in cfg.trial.seeds]
-    trained_seeds, stacked = _train_with_nulls(cfg, acts, random_base, pulls, progress)
-    for trained in trained_seeds:
+    # A bundle trained before this call: the trial is credited its members' share of it.
+    before = 0.0 if trained is None else _stack_share(trained)
+    if trained is None:
+        trained = trial_stack(cfg, acts, random_base, pulls, progress)
+    for seed_sae in trained.seeds:
         memory.give_back()  # training's freed buffers, before the held-out rows are encoded
-        seed = trained.seed
-        folder = save_sae(trained.sae, workdir / f"seed_{seed}")
+        seed = seed_sae.seed
+        folder = save_sae(seed_sae.sae, workdir / f"seed_{seed}")
         sae = load_sae(folder)
         h = held_out(sae, acts.eval)
         lr = splice.recovered(h.x_hat) if splice is not None else Recovered(None)
         recon = recon_metrics(sae, acts.eval, lr.mean, recon=h, loss_recovered_zero=lr.zero)
-        seeds.append(SeedResult(seed, trained, sae, folder, recon, h.alive))
+        seeds.append(SeedResult(seed, seed_sae, sae, folder, recon, h.alive))
         del h  # [eval rows, d_in]: not kept while the next seed is measured
         if on_seed is not None:  # e.g. a Ray Tune report, so ASHA can stop a poor trial early
             on_seed([s.recon for s in seeds])
 
     d_in, t = acts.d_in, cfg.trial
     random = [decoder(untrained_sae(cfg, d_in, s)) for s in t.seeds]
-    nulls = null_decoders(cfg, acts, random_base, random_base_missing, progress, stacked)
+    nulls = null_decoders(cfg, acts, random_base, random_base_missing, progress, trained.nulls)
     report = stability_report(
         trained=[s.trained.decoder for s in seeds],
         random=random,
@@ -283,48 +266,18 @@ def run_trial(
             "medoid: the seed whose decoder has the highest mean pw_mcc to the other seeds"
         ),
         recon_mean=_mean_recon([s.recon for s in seeds]),
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start + before,
         consistency=consistency,
         consistency_scale=scale,
         evals=evals,
     )
 
 
-def _train_with_nulls(
-    cfg: ExperimentConfig,
-    acts: ActivationSet,
-    random_base: ActivationSet | None,
-    pulls: list[Consistency] | None,
-    progress: bool,
-) -> tuple[Iterable[TrainedSAE], dict[str, StackedNull]]:
-    """The trial's seeds, and in the same stack its trained nulls the cache lacks, where the
-    recipe stacks and every set is in memory; else the seeds alone (lazily: an ASHA stop
-    between seeds trains no more), the nulls left to `null_decoders`."""
-    seeds, own = cfg.trial.seeds, acts.train
-    jobs = null_jobs(cfg, acts, random_base) if stacks(cfg.sae, cfg.train) else []
-    n_members = len(seeds) + sum(len(job.seeds) for job in jobs)
-    # CPU only, as measured (benchmarks/ablation_grid.py), and never near the machine's memory;
-    # sets on disk train seed by seed (a random base model's too).
-    per_seed = training_bytes(cfg, acts.d_in) / len(seeds)
-    in_memory = isinstance(own, torch.Tensor) and (
-        random_base is None or isinstance(random_base.train, torch.Tensor)
-    )
-    if devices.active().type != "cpu" or per_seed * n_members > machine_bytes() / 4:
-        jobs = []
-    if not jobs or not in_memory:
-        return train_seeds(cfg.sae, cfg.train, own, seeds, progress, consistency=pulls), {}
-    plans = [(job, job.rows()) for job in jobs]  # a twin of rows in memory is in memory
-    rows = [own] * len(seeds) + [r.train for job, r in plans for _ in job.seeds]
-    members = [*seeds, *(s for job, _ in plans for s in job.seeds)]
-    pull_of: list[Consistency | None] | None = None
-    if pulls is not None:
-        pull_of = [*pulls, *([None] * (len(members) - len(seeds)))]
-    trained = train_members(cfg.sae, cfg.train, rows, members, progress, "trial + nulls", pull_of)
-    out, at = {}, len(seeds)
-    for job, r in plans:
-        out[job.name] = StackedNull(job, r, trained[at : at + len(job.seeds)])
-        at += len(job.seeds)
-    return trained[: len(seeds)], out
+def _stack_share(trained: Trained) -> float:
+    """Seconds of a shared stack credited to one trial: its seeds' and its nulls' shares
+    (each member of a stack is credited an equal share of its wall time)."""
+    seeds = list(trained.seeds)  # a bundle's are a list: reading them consumes nothing
+    return sum(t.seconds for t in seeds) + sum(n.seconds for n in trained.nulls.values())
 
 
 def _mean_recon(recons: list[ReconMetrics]) -> dict[str, float | None]:

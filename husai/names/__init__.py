@@ -226,6 +226,10 @@ TUNE_TRIAL_RUN_ID = "trial_run_id"  # the MLflow trial run, in a finished trial'
 TUNE_NODE_ID = "node_id"  # Tune's own results carry only the host name, the same for loopback
 TUNE_RAY_TRIAL_ID = "trial_id"  # Tune's own key in every result: the Ray trial id
 TUNE_DUPLICATE = "duplicate"  # 1: the trial reused another's record of the same recipe
+# A grid bundle's last report: its points' trial runs and duplicate flags, comma-separated in
+# point order ("" / 0 for a point not recorded); the driver reads each run's metrics.
+TUNE_BUNDLE_RUN_IDS = "bundle_trial_run_ids"
+TUNE_BUNDLE_DUPLICATES = "bundle_duplicates"
 # A trial that raised reports its error's last line and ends (Tune retries only lost attempts).
 TUNE_TRIAL_ERROR = "trial_error"
 # A trial whose tracking server stopped answering: why, in one line; the driver stops the sweep.

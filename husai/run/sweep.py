@@ -3,7 +3,9 @@
 The driver resolves the base model and activations once, creates the store, the experiment and
 the sweep run (SQLite must not be created by several processes at once), then runs Ray Tune.
 Each trial is one `husai trial` (N seeds, `husai.run.trial_stages`) recorded as a child of the
-sweep run; after each seed it reports the running mean held-out FVU, so ASHA can stop it. At the
+sweep run, run in a Ray worker by `husai.run.sweep_trial` (a grid bundle of points that differ
+only in k is one Tune trial and several trial runs); after each seed it reports the running
+mean held-out FVU, so ASHA can stop it. At the
 end the best trial (first objective) is tagged on the sweep run; the confirmation stage
 (`husai.run.confirm`) trains its recipe again on fresh seeds, and that run's representative SAE
 becomes `husai-sae@candidate` (without `confirm`, the best trial's own).
@@ -15,10 +17,8 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 import warnings
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,10 @@ import ray
 from ray import tune
 
 from husai import names
-from husai.config.experiment import ExperimentConfig
-from husai.config.sweep import SweepConfig, load_sweep, sampled_params
-from husai.core import device as devices
+from husai.config.sweep import SweepConfig, load_sweep
 from husai.core.errors import TrackingLost, first_line
 from husai.core.paths import cache_root
-from husai.measure.lm_splice import lm_splice
-from husai.measure.metrics import ReconMetrics
-from husai.model.lm_model import load_lm
 from husai.registry.handles import ActivationsHandle, BaseModelHandle
-from husai.registry.provenance import server_lost
 from husai.registry.records import log_activations_input
 from husai.registry.sweep_records import (
     SweepOutcome,
@@ -47,7 +41,6 @@ from husai.registry.sweep_records import (
 )
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource
-from husai.run import stages
 from husai.run.confirm import confirm_best
 from husai.run.ray_runtime import (
     check_reachable,
@@ -56,6 +49,7 @@ from husai.run.ray_runtime import (
     start_ray,
     trial_resources,
 )
+from husai.run.sweep_bundles import points_of, tune_trials
 from husai.run.sweep_driver import (
     DriverWatch,
     check_unchanged,
@@ -64,122 +58,14 @@ from husai.run.sweep_driver import (
     refuse_if_alive,
 )
 from husai.run.sweep_end import finish_sweep, record_lost_attempt
-from husai.run.sweep_progress import TrackingWatch, TrialLines, wait_to_be_stopped
+from husai.run.sweep_progress import TrackingWatch, TrialLines
 from husai.run.sweep_search import make_tuner
-from husai.run.sweep_sets import PlannedSets, SetRef, plan_sets, ref_for, resolve_sets
-from husai.run.trial_stages import TrialInputs, base_model_copy, trial
-
-
-@dataclass(frozen=True)
-class SweepContext:
-    """Everything a trial process needs; small and picklable."""
-
-    sweep_path: str
-    smoke: bool
-    tracking_uri: str
-    sweep_run_id: str
-    sets: tuple[SetRef, ...]  # every activation set a trial can ask for (`husai.run.sweep_sets`)
-    cache_dir: str  # the driver's cache, for workers whose node sets no HUSAI_CACHE_DIR
-    base_run_id: str | None  # the task's base model; None for a language model's sets
-    base_version: str | None
-    rerun: bool  # train every trial again, even a recipe already recorded
+from husai.run.sweep_sets import PlannedSets, plan_sets, ref_for, resolve_sets
+from husai.run.sweep_trial import SweepContext, trainable
 
 
 class SweepInterrupted(KeyboardInterrupt):
     """Ray Tune stopped on a signal and saved its state; `--resume yes` continues the sweep."""
-
-
-# --- one trial, in a Ray worker ----------------------------------------------------------------
-def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
-    """One Ray Tune trial: a full HUSAI trial recorded under the sweep run."""
-    last: dict[str, Any] = {}  # its newest per-seed report, kept for the record if it fails
-    try:
-        sweep = load_sweep(ctx.sweep_path)
-        params = sampled_params(sweep, config)
-        cfg = sweep.trial_config(params, ctx.smoke)
-        rt, gpu = cfg.runtime, sweep.resources.gpu
-        dev = devices.activate(rt.device, rt.deterministic, ray_gpu_ids=ray.get_gpu_ids())
-        # Torch would start one thread per core in every trial process; trials sharing a
-        # machine then oversubscribe it (two 2-thread trials on 2 cores ran ~20x slower here).
-        # On a shared GPU the trial's memory is capped at its share (and its peak reset: Ray
-        # reuses actors).
-        devices.share(dev, gpu, sweep.resources.cpu)
-        _run_trial(ref_for(ctx.sets, params), ctx, cfg, last)
-    except Exception as e:
-        if (lost := server_lost(ctx.tracking_uri, e)) is not None:
-            wait_to_be_stopped(lost, {**last, names.TUNE_NODE_ID: _node_id()})
-        dev = devices.active()
-        oom = dev.type == "cuda" and devices.is_out_of_memory(e)
-        if dev.type == "cuda" and not oom:
-            raise  # a CUDA error can leave the process unusable: Tune replaces it and retries
-        # Reported, not raised: Tune would run a trial that raised again (`retries`), and the
-        # same recipe raises the same way; only a lost attempt (its worker or node died) is run
-        # again. The traceback goes to this worker's Ray log; the sweep records the line on the
-        # trial's FAILED run (husai.trial_error).
-        traceback.print_exc()
-        why = f"{type(e).__name__}: {first_line(e)}"
-        if oom:
-            why = (
-                f"out of GPU memory on {devices.describe(dev).name}: the trial's share is "
-                f"resources.gpu = {gpu:g} of the card; give it a larger share or a "
-                f"smaller recipe ({first_line(e)})"
-            )
-        tune.report({**last, names.TUNE_TRIAL_ERROR: why, names.TUNE_NODE_ID: _node_id()})
-
-
-def _node_id() -> str:
-    return str(ray.get_runtime_context().get_node_id())
-
-
-def _run_trial(ref: SetRef, ctx: SweepContext, cfg: ExperimentConfig, last: dict[str, Any]) -> None:
-    cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"register_sae": False})})
-    tracker = Tracker(ctx.tracking_uri)
-    # The node's own cache where its `ray start` set HUSAI_CACHE_DIR (a node that lacks the
-    # activations fetches them from their MLflow run), else the driver's.
-    cache = cache_root(default=Path(ctx.cache_dir))
-    handle = stages.activations_by_key(ref.key, tracker, cache)
-    acts = handle.acts
-    random_base, why = None, ref.random_base_missing
-    if ref.random_base_key is not None:
-        random_base, why = stages.activations_by_key(ref.random_base_key, tracker, cache).acts, ""
-    node = _node_id()
-    src = TrialSource(
-        acts.key,
-        ctx.base_version,
-        "sweep",
-        ray_trial_id=tune.get_context().get_trial_id(),
-        ray_node_id=node,
-        activation_run_id=handle.run_id or ref.run_id or None,
-    )
-    base_model, splice = None, None
-    if ctx.base_run_id is not None:
-        base_model = base_model_copy(tracker, ctx.base_run_id)
-    elif (lm := cfg.activations.lm) is not None:  # a language model's held-out contexts
-        splice = lm_splice(load_lm(lm.model), cfg.activations.hook, handle.path, acts.train)
-    inputs = TrialInputs(tracker, acts, src, base_model, random_base, why, splice)
-
-    def on_seed(recons: list[ReconMetrics]) -> None:
-        fvu = sum(r.fvu for r in recons) / len(recons)
-        last.update({names.TUNE_ASHA_METRIC: fvu, names.TUNE_SEEDS_DONE: len(recons)})
-        tune.report({**last, names.TUNE_NODE_ID: node})
-
-    # A recipe already recorded (proposed twice, or found by a resumed sweep) is reused: Tune
-    # and Optuna get its recorded numbers, and nothing is trained twice.
-    done = trial(cfg, inputs, ctx.sweep_run_id, on_seed, rerun=ctx.rerun)
-    dev = devices.active()
-    if dev.type == "cuda" and not done.reused:
-        # What the trial held at its peak on its GPU share (benchmarks/gpu_sweep.py reads it).
-        peak = devices.peak_memory_mib(dev)
-        tracker.log_metrics(done.run_id, {names.SYSTEM_PEAK_GPU_MIB: peak})
-    tune.report(
-        {
-            **tracker.get_run_metrics(done.run_id),
-            names.TUNE_SEEDS_DONE: len(cfg.trial.seeds) + 1,
-            names.TUNE_TRIAL_RUN_ID: done.run_id,
-            names.TUNE_DUPLICATE: float(done.duplicate),
-            names.TUNE_NODE_ID: node,
-        }
-    )
 
 
 class LostAttempts(tune.Callback):
@@ -193,32 +79,31 @@ class LostAttempts(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         ctx, last = self.ctx, dict(trial.last_result or {})
         sweep = load_sweep(ctx.sweep_path)
-        ref = ref_for(ctx.sets, sampled_params(sweep, dict(trial.config)))
-        src = TrialSource(
-            ref.key,
-            ctx.base_version,
-            "sweep",
-            ray_trial_id=trial.trial_id,
-            ray_node_id=last.get(names.TUNE_NODE_ID),
-        )
         error = _newest_failure(trial)
-        try:
-            record_lost_attempt(
-                Tracker(ctx.tracking_uri),
-                sweep,
-                ctx.smoke,
-                ref.d_in,
-                ref.hook,
-                src,
-                ctx.sweep_run_id,
-                dict(trial.config),
-                last,
-                error,
+        for params in points_of(sweep, dict(trial.config)):  # a bundle: each of its points
+            ref = ref_for(ctx.sets, params)
+            src = TrialSource(
+                ref.key,
+                ctx.base_version,
+                "sweep",
+                ray_trial_id=trial.trial_id,
+                ray_node_id=last.get(names.TUNE_NODE_ID),
             )
-        except Exception as e:  # the sweep goes on; the retry still records the trial
-            warnings.warn(
-                f"could not record a lost attempt of {trial}: {first_line(e)}", stacklevel=1
-            )
+            try:
+                record_lost_attempt(
+                    Tracker(ctx.tracking_uri),
+                    sweep.trial_config(params, ctx.smoke),
+                    ref.d_in,
+                    ref.hook,
+                    src,
+                    ctx.sweep_run_id,
+                    last,
+                    error,
+                )
+            except Exception as e:  # the sweep goes on; the retry still records the trial
+                warnings.warn(
+                    f"could not record a lost attempt of {trial}: {first_line(e)}", stacklevel=1
+                )
 
 
 def _newest_failure(trial: Any) -> str:
@@ -294,7 +179,7 @@ def _search(
         done = find_finished_sweep(tracker, sweep, fingerprint, sets.key)
         if done is not None:
             return reused_sweep(tracker, done)
-    n_samples = sweep.n_trials(smoke)
+    n_samples = sweep.n_trials(smoke)  # trial runs; Tune runs a bundle of them as one
     storage = cache_root() / "ray_results"
     run_ctx: AbstractContextManager[str]
     if previous is not None:
@@ -330,7 +215,8 @@ def _search(
         )
         folder, n_seeds = storage / ray_name, len(cfg0.trial.seeds)
         resumed = previous is not None
-        trials = _fit(tracker, sweep, ctx, ray_address, resumed, folder, n_seeds, n_samples)
+        n_tune = tune_trials(sweep, smoke)
+        trials = _fit(tracker, sweep, ctx, ray_address, resumed, folder, n_seeds, n_tune)
         src = TrialSource(sets.key, sets.base_version, "sweep")
         return finish_sweep(tracker, sweep, smoke, sets.refs, src, sweep_run_id, trials)
 
@@ -346,7 +232,7 @@ def _fit(
     n_samples: int,
 ) -> list[Any]:
     """Start (or join) Ray, run the sweep's Tuner (new, or restored from `folder`) to the end,
-    shut Ray down; Tune's results."""
+    shut Ray down; Tune's results (`n_samples`: Tune trials, a grid bundle counting once)."""
     temp_dir = start_ray(ray_address)
     if temp_dir is not None:  # so that --resume can clean up after a killed driver
         tracker.set_tags(ctx.sweep_run_id, {names.TAG_RAY_TEMP_DIR: temp_dir})
@@ -381,8 +267,9 @@ def _fit(
     if grid.num_terminated + grid.num_errors < n_samples:
         # Tune caught a signal, saved its state and returned early: the sweep is unfinished.
         recorded = recorded_trial_count(tracker, ctx.sweep_run_id)
+        n_runs = sweep.n_trials(ctx.smoke)
         raise SweepInterrupted(
-            f"sweep {sweep.name} interrupted with {recorded} of {n_samples} trials recorded; "
+            f"sweep {sweep.name} interrupted with {recorded} of {n_runs} trials recorded; "
             "continue with --resume yes"
         )
     return trials

@@ -7,14 +7,16 @@ results come in as plain objects with `.metrics`, `.config` and `.error`.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from husai import names
-from husai.config.sweep import SweepConfig, sampled_params
-from husai.registry.sweep_records import SweepOutcome, experiment_of, record_outcome
+from husai.config.experiment import ExperimentConfig
+from husai.config.sweep import GRID_KEY, SweepConfig, sampled_params
+from husai.registry.sweep_records import SweepOutcome, record_outcome
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, record_stopped_trial
+from husai.run.sweep_bundles import is_bundle, points_of
 from husai.run.sweep_sets import SetRef, ref_for
 
 
@@ -45,7 +47,9 @@ def finish_sweep(
     trials: list[Any],
 ) -> SweepOutcome:
     """Record the trials ASHA stopped (or that failed) before they were recorded, then the
-    sweep's outcome. `trials`: Tune's results (anything with `.metrics`, `.config`, `.error`)."""
+    sweep's outcome. `trials`: Tune's results (anything with `.metrics`, `.config`, `.error`);
+    a grid bundle's stands for each of its points."""
+    trials = [p for t in trials for p in _points(tracker, sweep, t)]
     results = [t.metrics or {} for t in trials]
     for r, t in zip(results, trials, strict=True):
         if names.TUNE_TRIAL_RUN_ID not in r:
@@ -70,28 +74,66 @@ def finish_sweep(
     return record_outcome(tracker, sweep, sweep_run_id, counts, best)
 
 
+@dataclass(frozen=True)
+class _PointResult:
+    """One point of a grid bundle, as a Tune result of its own."""
+
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    error: object
+
+
+def _points(tracker: Tracker, sweep: SweepConfig, t: Any) -> list[Any]:
+    """A Tune result, or a bundle's as one result per point: a recorded point's metrics are
+    its trial run's (the bundle reported only the run ids); one not recorded keeps the
+    bundle's report (its error, its node) and is recorded stopped like any trial."""
+    config = dict(t.config or {})
+    if not is_bundle(config):
+        return [t]
+    r = dict(t.metrics or {})
+    points = points_of(sweep, config)
+    runs = str(r.pop(names.TUNE_BUNDLE_RUN_IDS, "")).split(",")
+    dups = str(r.pop(names.TUNE_BUNDLE_DUPLICATES, "")).split(",")
+    out = []
+    for i, point in enumerate(points):
+        run_id = runs[i] if i < len(runs) else ""
+        metrics = dict(r)
+        if run_id:
+            dup = i < len(dups) and dups[i] == "1"
+            metrics = {
+                **tracker.get_run_metrics(run_id),
+                names.TUNE_TRIAL_RUN_ID: run_id,
+                names.TUNE_DUPLICATE: float(dup),
+            }
+        out.append(_PointResult(metrics, {GRID_KEY: point}, None if run_id else t.error))
+    return out
+
+
 def record_lost_attempt(
     tracker: Tracker,
-    sweep: SweepConfig,
-    smoke: bool,
+    cfg: ExperimentConfig,
     d_in: int,
     hook: str | None,
     src: TrialSource,
     sweep_run_id: str,
-    config: dict[str, Any],
     last: dict[str, Any],
     error: object,
 ) -> str | None:
-    """An attempt of a trial that Tune lost (its worker or node died) and runs again: a FAILED
+    """An attempt of a trial (recipe `cfg`; a grid bundle's point: each is asked about) that
+    Tune lost (its worker or node died) and runs again: a FAILED
     run of the recipe with its last report and the reason (`src` names the Ray trial and, when
     the attempt reported, its node). An attempt lost while it was writing its record left that
     record RUNNING: it (and its seed runs) becomes the FAILED run instead. One lost after its
     record was finished (before Tune heard) is not marked: the retry reuses that record, and
     None is returned. Otherwise the retry records the trial itself."""
     why = f"attempt lost, run again: {last_line(error)}"
-    experiment = experiment_of(sweep)
+    experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
     mark = {names.TAG_TRIAL_ERROR: why[:500], names.TAG_LOST_ATTEMPT: "true"}
-    mine = {names.MLFLOW_PARENT_TAG: sweep_run_id, names.TAG_RAY_TRIAL_ID: str(src.ray_trial_id)}
+    mine = {
+        names.MLFLOW_PARENT_TAG: sweep_run_id,
+        names.TAG_RAY_TRIAL_ID: str(src.ray_trial_id),
+        names.TAG_CONFIG_HASH: cfg.config_hash(),
+    }
     if tracker.find_runs(experiment, {}, mine):
         return None
     half = tracker.running_runs(experiment, mine)
@@ -101,7 +143,6 @@ def record_lost_attempt(
         tracker.mark_failed(run.run_id)
     if half:
         return half[0].run_id
-    cfg = sweep.trial_config(sampled_params(sweep, config), smoke)
     return record_stopped_trial(
         tracker, cfg, d_in, hook, src, sweep_run_id, _last_report(last), why, lost=True
     )

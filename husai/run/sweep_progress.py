@@ -25,8 +25,9 @@ from ray.tune import Callback
 from tqdm.auto import tqdm
 
 from husai import console, names
-from husai.config.sweep import load_sweep, sampled_params
+from husai.config.sweep import load_sweep
 from husai.core.errors import TrackingLost
+from husai.run.sweep_bundles import points_of, shown_params
 
 
 def _finite(x: Any) -> float | None:
@@ -67,7 +68,7 @@ class TrialLines(Callback):
 
     def _line(self, trial: Any, what: str) -> str:
         n = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
-        params = sampled_params(self.sweep, trial.config)
+        params = shown_params(points_of(self.sweep, trial.config))  # a bundle: k 8|16|32
         return console.trial_line(n, self.n_samples, params, what)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -79,6 +80,9 @@ class TrialLines(Callback):
         secs = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
         if names.TUNE_TRIAL_ERROR in r:
             self._say(self._line(trial, f"FAILED: {r[names.TUNE_TRIAL_ERROR]}"), trial)
+        elif names.TUNE_BUNDLE_RUN_IDS in r:  # each point's numbers are in MLflow and the table
+            n = len(str(r[names.TUNE_BUNDLE_RUN_IDS]).split(","))
+            self._say(self._line(trial, console.bundle_done(secs, n)), trial)
         elif names.TUNE_TRIAL_RUN_ID in r:
             value, ev = _finite(r.get(self.objective)), _finite(r.get(names.RECON_EV))
             dup = str(r[names.TUNE_TRIAL_RUN_ID]) if r.get(names.TUNE_DUPLICATE) else None

@@ -16,7 +16,7 @@ import copy
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from husai.config.loading import from_dict
 from husai.core import device as devices
 from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
+from husai.measure.stack import Trained, bundle_stack
 from husai.measure.trial import Pull, Splice, TrialResult, check_sizes, preflight, run_trial
 from husai.model.activations import ActivationSet, load_user_activations
 from husai.model.base_model import HookedTransformer
@@ -181,6 +182,46 @@ def trial(
     return TrialOutcome(rec.run_id, result, rec)
 
 
+def bundle_trials(
+    cfgs: list[ExperimentConfig],
+    inputs: TrialInputs,
+    parent_run_id: str,
+    on_trial: Callable[[int, TrialOutcome], None],
+    rerun: bool = False,
+) -> list[TrialOutcome]:
+    """A sweep's grid bundle (`husai.run.sweep_bundles`): trials that differ only in k, on
+    one activation set, each found or made as `trial` would, the ones to make trained as one
+    stack (`bundle_stack`; where they cannot stack, one after another) and each recorded as
+    its own trial run. `on_trial(i, outcome)` after each point is found or recorded."""
+    tracker, src, acts = inputs.tracker, inputs.src, inputs.acts
+    assert src.ray_trial_id is not None, "a bundle is a sweep's Ray Tune trial"
+    out: dict[int, TrialOutcome] = {}
+    for i, cfg in enumerate(cfgs):  # recorded by an earlier attempt of this bundle
+        if (own := find_ray_trial(tracker, cfg, src.ray_trial_id, parent_run_id)) is not None:
+            out[i] = TrialOutcome(own, None, None)
+            on_trial(i, out[i])
+    with ExitStack() as held:
+        # Every claim at once, in one order (by identity) so that two bundles never deadlock.
+        rest = sorted(
+            (i for i in range(len(cfgs)) if i not in out), key=lambda i: cfgs[i].config_hash()
+        )
+        for i in rest:
+            held.enter_context(_trial_claim(tracker, cfgs[i], acts.key, src.ray_trial_id))
+        for i in rest:
+            done = None if rerun else find_recorded_trial(tracker, cfgs[i], acts.key, acts.sha256)
+            if done is not None:
+                out[i] = TrialOutcome(done, None, None, duplicate=True)
+                on_trial(i, out[i])
+        todo = [i for i in range(len(cfgs)) if i not in out]
+        stacked = bundle_stack([cfgs[i] for i in todo], acts, inputs.random_base, progress=True)
+        for j, i in enumerate(todo):
+            trained = None if stacked is None else stacked[j]
+            result, rec = run_and_record(cfgs[i], inputs, None, None, parent_run_id, None, trained)
+            out[i] = TrialOutcome(rec.run_id, result, rec)
+            on_trial(i, out[i])
+    return [out[i] for i in range(len(cfgs))]
+
+
 _LOADED_BASE: dict[tuple[str, str], HookedTransformer] = {}
 
 
@@ -271,9 +312,10 @@ def run_and_record(
     plain: PlainRecipe | None = None,
     parent_run_id: str | None = None,
     on_seed: Callable[[list[ReconMetrics]], None] | None = None,
+    trained: Trained | None = None,
 ) -> tuple[TrialResult, RecordedTrial]:
-    """Train and measure the trial, fill in its deltas against the lambda = 0 recipe, record
-    it (under `parent_run_id`, a sweep run, if given)."""
+    """Train (unless a bundle `trained` it) and measure the trial, fill in its deltas against
+    the lambda = 0 recipe, record it (under `parent_run_id`, a sweep run, if given)."""
     pull = None if ref is None or plain is None else Pull(ref.decoder, plain.controls)
     started = time.time()
     with tempfile.TemporaryDirectory() as work:
@@ -287,6 +329,7 @@ def run_and_record(
             random_base=inputs.random_base,
             random_base_missing=inputs.random_base_missing,
             splice=inputs.splice,
+            trained=trained,
         )
         if result.consistency is not None and plain is not None and plain.ev is not None:
             ev = result.recon_mean["ev"]

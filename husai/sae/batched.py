@@ -129,18 +129,25 @@ def train_members_batched(
     progress: bool = False,
     label: str = "SAE",
     consistency: Sequence[Consistency | None] | None = None,
+    ks: Sequence[int] | None = None,
 ) -> list[TrainedSAE]:
-    """One SAE per member (`rows[i]`, `seeds[i]`, `consistency[i]`: its own rows, seed and
-    penalty), all in one stack; each equals training it alone (`train_seeds_batched` on its
-    rows): its own batches, initialisation and Adam, with the members' rows pooled once."""
+    """One SAE per member (`rows[i]`, `seeds[i]`, `consistency[i]`, `ks[i]`: its own rows,
+    seed, penalty and k; None: `sae_cfg.k`), all in one stack; each equals training it alone
+    (`train_seeds_batched` on its rows, at its k): its own batches, initialisation and Adam,
+    with the members' rows pooled once."""
     if not batched_supported(sae_cfg):
         raise ValueError(f"no seed-batched path for architecture {sae_cfg.architecture!r}")
-    if len(rows) != len(seeds) or (consistency is not None and len(consistency) != len(seeds)):
-        raise ValueError(f"{len(seeds)} members: one rows, seed (and penalty) each")
+    n = len(seeds)
+    if (
+        len(rows) != n
+        or (consistency is not None and len(consistency) != n)
+        or (ks is not None and len(ks) != n)
+    ):
+        raise ValueError(f"{n} members: one rows, seed (and penalty, and k) each")
     moved = {id(r): on_active_device(r, None)[0] for r in rows}
     pool = _Pool.of([moved[id(r)] for r in rows])
     with deterministic():
-        return _train(sae_cfg, cfg, pool, seeds, progress, None, label, consistency)
+        return _train(sae_cfg, cfg, pool, seeds, progress, None, label, consistency, ks)
 
 
 class _Pool:
@@ -174,11 +181,17 @@ def _train(
     target: torch.Tensor | None,
     label: str,
     consistency: Sequence[Consistency | None] | None,
+    ks: Sequence[int] | None = None,
 ) -> list[TrainedSAE]:
     acts = pool.rows
     streams = [SeedStreams.of(s) for s in seeds]
     d_in, transcoder = int(acts.shape[1]), target is not None
-    saes = [build_sae(sae_cfg, d_in, st.init_seed, transcoder=transcoder) for st in streams]
+    ks = [sae_cfg.k] * len(seeds) if ks is None else list(ks)
+    # Each member's module carries its own k, so what is saved and measured is its recipe.
+    saes = [
+        build_sae(sae_cfg.model_copy(update={"k": kk}), d_in, st.init_seed, transcoder=transcoder)
+        for kk, st in zip(ks, streams, strict=True)
+    ]
     w0 = [decoder(sae) for sae in saes]
     dev = acts.device
     p = _Stack(saes, cfg, dev)
@@ -194,7 +207,8 @@ def _train(
         BatchOrder(n, cfg.batch_size, st.data_seed) for n, st in zip(n_rows, streams, strict=True)
     ]
     offsets = None if pool.offsets is None else pool.offsets.to(dev)
-    n_seeds, d_sae, k = len(seeds), sae_cfg.d_sae, sae_cfg.k
+    n_seeds, d_sae = len(seeds), sae_cfg.d_sae
+    k: int | list[int] = ks[0] if len(set(ks)) == 1 else ks
     aux_coeff = sae_cfg.aux_loss_coefficient
     c = saes[0].cfg
     b_dec_in = c.apply_b_dec_to_input

@@ -14,6 +14,7 @@ latents; tests/sae/test_batched.py checks each against sae-lens's own step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -123,7 +124,7 @@ def select(
     b_s: torch.Tensor,
     norm: torch.Tensor,
     arch: str,
-    k: int,
+    k: int | Sequence[int],
     dead: torch.Tensor,
     k_aux: list[int],
     dt: torch.dtype = torch.float32,
@@ -133,10 +134,19 @@ def select(
 
     TopK keeps each row's k best; BatchTopK keeps each row's m best relu'd scores as candidates
     for its batch-wide choice (`_batch_wide`). Small problems go through one batched matmul;
-    large ones seed by seed in cache-sized chunks.
+    large ones seed by seed in cache-sized chunks. `k` per member (a bundle of grid points):
+    each run of members sharing k is chosen on its own and the runs joined.
     """
     n_seeds, bsz, _ = sae_in.shape
     d_sae, dev = w_s.shape[2], sae_in.device
+    groups = k_groups(k, n_seeds)
+    if len(groups) > 1:
+        runs = [
+            select(sae_in[g], w_s[g], b_s[g], norm[g], arch, kg, dead[g], k_aux[g], dt)
+            for g, kg in groups
+        ]
+        return _join([r[0] for r in runs], bsz, d_sae), _join([r[1] for r in runs], bsz, d_sae)
+    k = groups[0][1]
     m = k if arch == "topk" else min(d_sae, BATCHTOPK_CANDIDATES * k)
     ka = max(k_aux)
     whole_max = GPU_WHOLE_MAX_ELEMENTS if dev.type == "cuda" else WHOLE_MAX_ELEMENTS
@@ -174,6 +184,19 @@ def select(
     per_seed = [Entries.of(i[None], v[None], kp[None], d_sae) for i, v, kp in rows]
     main = _join(per_seed, bsz, d_sae)
     return main.unscale(norm), aux
+
+
+def k_groups(k: int | Sequence[int], n_seeds: int) -> list[tuple[slice, int]]:
+    """The members as runs sharing one k, (members, k) in order: one run for a plain stack."""
+    ks = [k] * n_seeds if isinstance(k, int) else list(k)
+    if len(ks) != n_seeds:
+        raise ValueError(f"{len(ks)} values of k for {n_seeds} members")
+    out, start = [], 0
+    for i in range(1, n_seeds + 1):
+        if i == n_seeds or ks[i] != ks[start]:
+            out.append((slice(start, i), ks[start]))
+            start = i
+    return out
 
 
 def _dead_best(sc: torch.Tensor, dead: torch.Tensor, ka: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,7 +270,7 @@ def select_static(
     b_s: torch.Tensor,
     norm: torch.Tensor,
     arch: str,
-    k: int,
+    k: int | Sequence[int],
     dead: torch.Tensor,
     ka: int,
     dt: torch.dtype = torch.float32,
@@ -256,9 +279,17 @@ def select_static(
     docstring). AuxK ranks `ka` (the widest k_aux, 0: no latent can be dead yet) masked scores
     in every seed; a seed with fewer dead latents gets -inf fillers, kept in place but not
     live, which is exactly `select`'s choice. Seeds are scored in groups of at most
-    GPU_WHOLE_MAX_ELEMENTS score elements (one seed at least)."""
+    GPU_WHOLE_MAX_ELEMENTS score elements (one seed at least); `k` per member as in `select`."""
     n_seeds, bsz, _ = sae_in.shape
     d_sae = w_s.shape[2]
+    groups = k_groups(k, n_seeds)
+    if len(groups) > 1:
+        runs = [
+            select_static(sae_in[g], w_s[g], b_s[g], norm[g], arch, kg, dead[g], ka, dt)
+            for g, kg in groups
+        ]
+        return _join([r[0] for r in runs], bsz, d_sae), _join([r[1] for r in runs], bsz, d_sae)
+    k = groups[0][1]
     per = max(1, GPU_WHOLE_MAX_ELEMENTS // (bsz * d_sae))
     mains: list[Entries] = []
     auxes: list[Entries] = []

@@ -16,7 +16,7 @@ no value read back to the host (`select_static`): the GPU's queue never drains m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -148,7 +148,7 @@ def sparse_step(
     y: torch.Tensor,
     dead: torch.Tensor,
     arch: str,
-    k: int,
+    k: int | Sequence[int],
     aux_coeff: float,
     b_dec_in: bool,
     dense_grads: bool = False,
@@ -161,7 +161,8 @@ def sparse_step(
     (`dense_decode`: the decode and its gradients as dense batched matmuls; None: decided for
     this step by `use_dense_decode`, from k and this step's AuxK width). `static`: fixed
     widths, no host reads; `dead_possible` False (the driver knows no latent can be dead yet)
-    lets it skip AuxK's ranking."""
+    lets it skip AuxK's ranking. `k`: one for every member, or one per member (a bundle of
+    grid points; `batched_select.select` chooses each run of members sharing k on its own)."""
     w_enc, b_enc, w_dec, b_dec = params
     n_seeds, bsz, d_in = sae_in.shape
     dev = sae_in.device
@@ -186,7 +187,8 @@ def sparse_step(
     # w.r.t. the bag weights and W_dec, both sparse in what they touch.
     n_rows, n_main, has_aux = n_seeds * bsz, len(main.lat), aux_width > 0
     if dense_decode is None:
-        dense_decode = use_dense_decode(k + aux_width, d_sae)
+        widest = k if isinstance(k, int) else max(k)
+        dense_decode = use_dense_decode(widest + aux_width, d_sae)
     decode = _dense_decode if dense_decode else _sparse_decode
     parts = [(main, act), (aux, aux.pre)] if has_aux else [(main, act)]
     dec, backward = decode(parts, w_dec, n_rows, dt=mm_dtype)

@@ -100,17 +100,22 @@ def train_members(
     progress: bool = False,
     label: str = "SAE",
     consistency: Sequence[Consistency | None] | None = None,
+    ks: Sequence[int] | None = None,
 ) -> list[TrainedSAE]:
-    """One SAE per member, each on its own rows (`rows[i]`, in memory), seed and penalty: a
-    trial's seeds and its trained nulls in one stack where the recipe `stacks`, else one after
+    """One SAE per member, each on its own rows (`rows[i]`, in memory), seed, penalty and k
+    (`ks[i]`; None: `sae_cfg.k`): a trial's seeds and its trained nulls, or a bundle of grid
+    points that differ only in k, in one stack where the recipe `stacks`, else one after
     another. Each equals training it alone."""
     memory.fixed_mmap_threshold()
     if stacks(sae_cfg, train_cfg):
-        return train_members_batched(sae_cfg, train_cfg, rows, seeds, progress, label, consistency)
+        return train_members_batched(
+            sae_cfg, train_cfg, rows, seeds, progress, label, consistency, ks
+        )
     pulls = consistency or [None] * len(seeds)
+    each = [sae_cfg.k] * len(seeds) if ks is None else ks
     return [
-        train_sae(sae_cfg, train_cfg, r, s, pull, progress, label=label)
-        for r, s, pull in zip(rows, seeds, pulls, strict=True)
+        train_sae(sae_cfg.model_copy(update={"k": k}), train_cfg, r, s, pull, progress, label=label)
+        for r, s, pull, k in zip(rows, seeds, pulls, each, strict=True)
     ]
 
 

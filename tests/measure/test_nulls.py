@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import husai.measure.trial
+import husai.measure.stack
 from husai import names
 from husai.config.loading import load
 from husai.measure.nulls import null_decoders
@@ -92,13 +92,13 @@ def test_trained_nulls_in_the_trials_stack_equal_those_trained_after_it(
         calls.clear()
         with monkeypatch.context() as m:
             if not stacked:
-                m.setattr(husai.measure.trial, "stacks", lambda *_: False)
+                m.setattr(husai.measure.stack, "stacks", lambda *_: False)
             return run_trial(cfg, acts, tmp_path / cache, progress=False, random_base=other)
 
     calls: list[int] = []
-    real = husai.measure.trial.train_members
+    real = husai.measure.stack.train_members
     monkeypatch.setattr(
-        husai.measure.trial,
+        husai.measure.stack,
         "train_members",
         lambda *a, **k: calls.append(len(a[3])) or real(*a, **k),  # type: ignore[func-returns-value]
     )

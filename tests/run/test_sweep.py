@@ -398,19 +398,22 @@ def test_lost_attempts_and_reported_errors_are_recorded_failed_with_their_reason
 ) -> None:
     sweep = load_sweep(write_sweep(tmp_path))
     config = {"sae.k": 4, "consistency.lambda.off": True}
+    cfg = sweep.trial_config(sampled_params(sweep, config))
     run_ctx = open_sweep_run(tracker, sweep, "h", "f", False, 2, "ray-name", "acts", "1")
     with run_ctx as sweep_run_id:
         # An attempt lost before it wrote anything: a new FAILED run of its recipe.
         src = TrialSource("acts", "1", "sweep", ray_trial_id="t1", ray_node_id="n1")
         report = {names.TUNE_SEEDS_DONE: 1, names.TUNE_ASHA_METRIC: 0.4, "extra": 1.0}
         error = "1 (occurred at x)\nThe actor abc is unavailable: RpcError: Socket closed\n"
-        rid = record_lost_attempt(
-            tracker, sweep, False, 16, None, src, sweep_run_id, config, report, error
-        )
+        rid = record_lost_attempt(tracker, cfg, 16, None, src, sweep_run_id, report, error)
         # An attempt lost while writing its record left it (and a seed run) RUNNING: that
         # record becomes the FAILED run, nothing new is written.
         experiment = "husai/" + sweep.name
-        tags = {names.TAG_RAY_TRIAL_ID: "t2", names.TAG_KIND: names.KIND_TRIAL}
+        tags = {
+            names.TAG_RAY_TRIAL_ID: "t2",
+            names.TAG_KIND: names.KIND_TRIAL,
+            names.TAG_CONFIG_HASH: cfg.config_hash(),  # every run has it from its start
+        }
         half = tracker.client.create_run(
             tracker.experiment_id(experiment),
             tags={**tags, names.MLFLOW_PARENT_TAG: sweep_run_id},
@@ -419,26 +422,20 @@ def test_lost_attempts_and_reported_errors_are_recorded_failed_with_their_reason
             tracker.experiment_id(experiment), tags={names.MLFLOW_PARENT_TAG: half}
         ).info.run_id
         src2 = TrialSource("acts", "1", "sweep", ray_trial_id="t2")
-        assert (
-            record_lost_attempt(
-                tracker, sweep, False, 16, None, src2, sweep_run_id, config, {}, error
-            )
-            == half
-        )
+        assert record_lost_attempt(tracker, cfg, 16, None, src2, sweep_run_id, {}, error) == half
         # An attempt lost after its record finished: the retry reuses the record; nothing new.
         done = tracker.client.create_run(
             tracker.experiment_id(experiment),
-            tags={names.TAG_RAY_TRIAL_ID: "t4", names.MLFLOW_PARENT_TAG: sweep_run_id},
+            tags={
+                names.TAG_RAY_TRIAL_ID: "t4",
+                names.MLFLOW_PARENT_TAG: sweep_run_id,
+                names.TAG_CONFIG_HASH: cfg.config_hash(),
+            },
         ).info.run_id
         tracker.client.set_terminated(done)
         src4 = TrialSource("acts", "1", "sweep", ray_trial_id="t4")
         before = len(tracker.child_runs(sweep_run_id))
-        assert (
-            record_lost_attempt(
-                tracker, sweep, False, 16, None, src4, sweep_run_id, config, {}, error
-            )
-            is None
-        )
+        assert record_lost_attempt(tracker, cfg, 16, None, src4, sweep_run_id, {}, error) is None
         assert len(tracker.child_runs(sweep_run_id)) == before
         # A trial that raised reports its error's line and ends; the sweep records it FAILED.
         raised = TuneResult({names.TUNE_TRIAL_ERROR: "ValueError: boom", "trial_id": "t3"}, config)

@@ -377,3 +377,26 @@ def test_members_with_rows_of_their_own_each_equal_training_alone(arch: str) -> 
         torch.testing.assert_close(mine.decoder, alone.decoder, rtol=0, atol=1e-5)
     # The pulled members carry the consistency curve; the nulls do not.
     assert [names.CURVE_CONSISTENCY in m.curves.values for m in got] == [True, False, False, True]
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_a_bundle_with_a_k_per_member_equals_each_point_trained_alone(
+    arch: str, step_kind: str
+) -> None:
+    """Grid points that differ only in k (a bundle) train as one stack, each member at its own
+    k; each equals its point's seeds trained alone, and its saved SAE carries its k. AuxK is
+    part of it (short dead window), in every way of scoring and decoding."""
+    x = sparse_data(800, d_in=16, n_feat=48, seed=3)
+    sae_cfg = SAEConfig(architecture=arch, d_sae=48, k=4)
+    cfg = SAETrainConfig(
+        steps=40, batch_size=64, lr=3e-3, lr_warmup_steps=0, lr_decay_steps=0, dead_window=5
+    )
+    ks, seeds = [2, 2, 8, 8, 4], [0, 1, 0, 1, 5]
+    got = train_members(sae_cfg, cfg, [x] * 5, seeds, ks=ks)
+    for mine, k, seed in zip(got, ks, seeds, strict=True):
+        (alone,) = train_seeds(sae_cfg.model_copy(update={"k": k}), cfg, x, [seed])
+        assert mine.seed == seed and mine.sae.cfg.k == k
+        torch.testing.assert_close(mine.decoder, alone.decoder, rtol=0, atol=1e-5)
+        assert mine.curves.values[names.CURVE_AUXK] == pytest.approx(
+            alone.curves.values[names.CURVE_AUXK], rel=1e-4, abs=1e-6
+        )
