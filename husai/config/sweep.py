@@ -77,10 +77,11 @@ class SweepConfig(Strict):
     resources: Resources = Field(default_factory=Resources)
     asha: Asha = Field(default_factory=Asha)
     bundle: bool = Field(
-        True,
+        False,
         description="grid sweeps without sampled dimensions or ASHA: grid points that differ "
-        "only in sae.k (lambda 0, TopK or BatchTopK) train as one stack in one Ray Tune trial; "
-        "each point is still recorded as its own trial run",
+        "only in sae.k (lambda 0, TopK or BatchTopK) train as one stack in one Ray Tune trial, "
+        "each still recorded as its own trial run (CPU only; measured slower on a 2-core CPU, "
+        "where a larger stack costs more per SAE)",
     )
     confirm: Confirm = Field(default_factory=Confirm)
     smoke: Smoke = Field(default_factory=Smoke)

@@ -35,7 +35,14 @@ def _sweep(tmp_path: Path, npy: Path, name: str = "bundled", **over: object) -> 
         "trial": {"seeds": [0, 1, 2], "nulls": ["surrogate", "covariance", "isotropic"]},
         "evals": {"transcoder": False, "ood": False, "probing": False, "contrastive": False},
     }
-    data = {**SWEEP, "name": name, "experiment": experiment, "search_space": {}, "grids": GRIDS}
+    data = {
+        **SWEEP,
+        "name": name,
+        "experiment": experiment,
+        "search_space": {},
+        "grids": GRIDS,
+        "bundle": True,
+    }
     data.pop("num_samples")
     data.update(over)
     path = tmp_path / f"{name}.yaml"
@@ -44,7 +51,9 @@ def _sweep(tmp_path: Path, npy: Path, name: str = "bundled", **over: object) -> 
 
 
 def test_grid_points_that_differ_only_in_k_form_one_bundle(tmp_path: Path) -> None:
-    ablation = load_sweep(ROOT / "sweeps" / "ablation_grid.yaml")
+    shipped = load_sweep(ROOT / "sweeps" / "ablation_grid.yaml")
+    assert tune_grid(shipped) == shipped.grid_points()  # off unless asked for
+    ablation = shipped.model_copy(update={"bundle": True})
     grid = tune_grid(ablation)
     # The four k at d_sae 128 as one Tune trial; each other d_sae alone.
     assert [len(g[BUNDLE_KEY]) if BUNDLE_KEY in g else 1 for g in grid] == [4, 1, 1, 1]
