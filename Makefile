@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: demo test test-fast lint typecheck format ui clean
+.PHONY: demo test test-fast lint typecheck format docs docs-serve ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(DEV_STAMP): $(STAMP)
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,docs]'
 	touch $@
 
 # The main job (`husai pipeline`, MLproject `main`): base model (trained once) -> activations
@@ -40,8 +40,16 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix husai tests benchmarks scripts
 	$(BIN)/ruff format husai tests benchmarks scripts
 
+# The documentation site (mkdocs.yml; the reference pages are generated from the code at build
+# time): broken links, missing pages and pages left out of the nav fail the build.
+docs: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(CURDIR)/site
+
+docs-serve: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
 # The whole suite, slow tests (real training, mlflow run) included: what CI runs.
-test: lint typecheck
+test: lint typecheck docs
 	$(BIN)/pytest
 
 # For iterating: skips the slow tests.
@@ -55,4 +63,4 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info site

@@ -76,7 +76,7 @@ def main() -> None:
         from husai.config.sweep import load_sweep
         from husai.registry.tracking import Tracker
         from husai.run import stages
-        from husai.run.sweep import run_sweep
+        from husai.run.sweep.driver import run_sweep
 
         tracker = Tracker(uri)
         paths = {g: sweep_file(Path(tmp), g, args) for g in args.shares}

@@ -226,7 +226,7 @@ def faults(tmp: Path) -> list[tuple[str, bool]]:
     from husai.registry.tracking import Tracker
     from husai.registry.views import RunView
     from husai.run import stages
-    from husai.run.sweep_driver import refuse_if_alive
+    from husai.run.sweep.resume import refuse_if_alive
 
     os.environ["HUSAI_CACHE_DIR"] = str(tmp / "fault-cache")
     tracker = Tracker(f"sqlite:///{tmp}/faults.db")

@@ -70,7 +70,7 @@ def main() -> None:
     from husai.config.sweep import load_sweep
     from husai.registry.tracking import Tracker
     from husai.run import stages
-    from husai.run.sweep import run_sweep
+    from husai.run.sweep.driver import run_sweep
 
     cfg = load_sweep(path).base_experiment()
     tracker = Tracker(uri)

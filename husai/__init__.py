@@ -3,6 +3,12 @@
 An MLflow-tracked experiment registry: a modular-addition transformer, SAEs trained on its
 activations with many seeds, cross-seed stability against nulls that learned nothing, Ray
 Tune sweeps and a release gate on the MLflow Model Registry. See README.md for how to run it.
+
+The packages, from the bottom layer up (docs/design.md, "1. The layers"): `core`, `names`, `config`,
+`model`, `sae`, `measure`, `registry`, `report`, `console`, `run`; the command line is `cli`
+(its options in `cli_args`); `harness` holds the official benchmarks' runners, run in their
+own Python. `base_model` is a compatibility shim only: `husai-base` versions registered before
+the layered layout import their code from it.
 """
 
 __version__ = "0.1.0"
@@ -25,4 +31,6 @@ __version__ = "0.1.0"
 #    policies name the nulls they gate on; independence at lambda > 0 scored against the
 #    lambda = 0 recipe's seeds with two-way intervals (the control reference is gone); null
 #    draws derive from the trial's seeds; the transcoder stress against surrogate nulls.
-metric_version = 6
+# 7: the local stand-in evals' keys renamed external/* -> local/* (the official harnesses keep
+#    saebench/* and cebench/*); a policy naming an old key is refused with the new one.
+metric_version = 7

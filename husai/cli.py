@@ -3,6 +3,13 @@
     husai train-base --preset quick          # train (or reuse) the base model, register husai-base
     husai extract --config my.yaml           # base model + cached, logged activations
     husai trial --preset quick               # one SAE recipe x seeds: metrics, stability, registry
+    husai sweep --sweep sweeps/quick.yaml    # Ray Tune + Optuna over recipes, the best confirmed
+    husai gate --version 3 --policy gates/default.yaml   # promote (champion) or block a version
+    husai pipeline --sweep sweeps/quick.yaml --policy gates/default.yaml   # all of it, end to end
+    husai report --sweep-run RUN_ID          # a sweep's report: plots and the trials table
+    husai export --version 3 --out DIR       # a registered SAE as a plain sae-lens folder
+    husai external --version 3 --harness saebench   # an official benchmark on a registered SAE
+    husai --version
 
 Bad input (config, checkpoint, cache entry) exits 2 with one line naming the file and field,
 before any compute and before any run is created.
@@ -104,7 +111,7 @@ def cmd_trial(cfg: ExperimentConfig, args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from husai.registry.tracking import Tracker
-    from husai.run.sweep import run_sweep
+    from husai.run.sweep.driver import run_sweep
 
     out = run_sweep(
         Path(args.sweep),

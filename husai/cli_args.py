@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+import husai
 from husai.config.loading import PRESETS
 
 DESCRIPTION = "HUSAI: are sparse autoencoder features reproducible across seeds?"
@@ -71,6 +72,7 @@ def _allow_memorised(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="husai", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"husai {husai.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMAND_HELP.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -24,7 +24,7 @@ import yaml
 from husai import names
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.registry.tracking import Tracker
-from husai.run.ray_runtime import processes_of
+from husai.run.sweep.ray_runtime import processes_of
 from husai.sae.build import TrainStepInput
 
 ROOT = Path(__file__).resolve().parent.parent

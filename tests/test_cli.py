@@ -80,3 +80,15 @@ def test_extract_twice_trains_once_then_hits(
 
     acts_exp = Tracker(isolated_store).find_experiment_id("husai-activations")
     assert f"#/experiments/{acts_exp}?workflowType=machine_learning" in second
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import husai
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"husai {husai.__version__}"
+    from importlib.metadata import version
+
+    assert husai.__version__ == version("husai")  # the package and its metadata agree

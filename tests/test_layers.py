@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "husai"
 
 # Bottom to top. A module may import its own layer (acyclically) and any layer below it.
@@ -48,13 +50,13 @@ OWNERS = {
     # harness: the official harnesses load the exported SAE folder with sae-lens themselves.
     "sae_lens": ("husai.sae.build", "husai.model.lm_source", "husai.harness"),
     "ray": (
-        "husai.run.sweep",
-        "husai.run.sweep_search",
-        "husai.run.ray_runtime",
-        "husai.run.sweep_progress",
-        "husai.run.sweep_trial",
+        "husai.run.sweep.driver",
+        "husai.run.sweep.search",
+        "husai.run.sweep.ray_runtime",
+        "husai.run.sweep.progress",
+        "husai.run.sweep.trial",
     ),
-    "optuna": ("husai.run.sweep_search",),
+    "optuna": ("husai.run.sweep.search",),
     "matplotlib": ("husai.report",),
 }
 # Imports inside functions hide arrows; allowed only where import time was measured to matter.
@@ -320,21 +322,24 @@ def test_benchmarks_import_what_the_package_has() -> None:
     assert missing == []
 
 
-def test_every_cited_section_of_the_design_exists() -> None:
-    """Docstrings cite docs/design.md by section (`docs/design.md, "Release gate"`): each cited
-    name begins a heading there."""
+@pytest.mark.parametrize("doc", ["design.md", "metrics.md"])
+def test_every_cited_section_of_the_docs_exists(doc: str) -> None:
+    """Docstrings cite docs/design.md and docs/metrics.md by section (`docs/design.md,
+    "Release gate"`; `docs/metrics.md, "Stress tests" and "Local evals"`): each cited name
+    begins a heading there."""
     root = PACKAGE.parent
     headings = [
         line.lstrip("#").strip()
-        for line in (root / "docs" / "design.md").read_text().splitlines()
+        for line in (root / "docs" / doc).read_text().splitlines()
         if line.startswith("#")
     ]
-    cited = re.compile(r'docs/design\.md,\s+"([^"]+)"')
+    cited = re.compile(rf'docs/{re.escape(doc)},\s+((?:"[^"]+"(?:,\s*|\s+and\s+)?)+)')
     files = [*PACKAGE.rglob("*.py"), *(root / "gates").glob("*.yaml"), root / "gates" / "README.md"]
     missing = [
         f"{f.relative_to(root)}: {name}"
         for f in files
-        for name in cited.findall(" ".join(f.read_text().split()))
+        for group in cited.findall(" ".join(f.read_text().split()))
+        for name in re.findall(r'"([^"]+)"', group)
         if not any(h.startswith(name) for h in headings)
     ]
     assert missing == []
@@ -346,3 +351,18 @@ def test_every_gateable_metric_is_a_whole_key() -> None:
 
     assert all(not k.endswith("/") and "/" in k for k in names.gateable_metrics())
     assert names.ARTIFACT_LEVEL_KEYS.issubset(names.gateable_metrics())
+
+
+def test_every_package_docstring_names_all_its_modules() -> None:
+    """A package's docstring is its index: it names (in backticks) every module and subpackage
+    in it, so a reader finds each one from the package it sits in."""
+    unnamed = []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        folder = init.parent
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        parts = [p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "__main__")]
+        parts += [d.name for d in folder.iterdir() if (d / "__init__.py").exists()]
+        for name in sorted(parts):
+            if f"`{name}`" not in doc and f"`{name}/`" not in doc:
+                unnamed.append(f"{folder.relative_to(PACKAGE.parent)}: {name}")
+    assert unnamed == []

@@ -54,13 +54,24 @@ def test_entry_points_match_cli() -> None:
         assert ep["command"].startswith(f"python -m husai {name} ")
 
 
-def test_conda_env_pins_match_pyproject() -> None:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    pinned = {d for d in deps if "==" in d}
-    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
-    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
-    assert pinned <= set(pip)
-    assert "torch==2.13.0" in pip
+def test_python_env_is_mlflows_and_pins_what_pyproject_pins() -> None:
+    """MLproject names python_env.yaml (MLflow's current format), MLflow's own project loader
+    reads it, and it pins every version pyproject.toml pins, torch first as the CPU-safe
+    2.13.0, the project itself installed from its folder."""
+    from mlflow.projects._project_spec import load_project
+    from mlflow.utils.environment import _PythonEnv
+
+    project = load_project(str(ROOT))
+    assert project.env_type == "python_env" and project.env_config_path == str(
+        ROOT / "python_env.yaml"
+    )
+    env = _PythonEnv.from_yaml(project.env_config_path)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = {d for d in deps["dependencies"] if "==" in d}
+    assert pinned <= set(env.dependencies)
+    assert "torch==2.13.0" in env.build_dependencies and "." in env.dependencies
+    assert deps["requires-python"] == f">={env.python}"
+    assert not (ROOT / "conda.yaml").exists()
 
 
 @pytest.mark.slow
@@ -125,11 +136,11 @@ def test_a_bare_mlflow_run_finds_what_husai_registered(
     registered `candidate`, `mlflow run . -e gate` started in the project's folder finds it.
     (HUSAI's default used to be mlruns/mlflow.db, and the bare `mlflow run` made an empty
     ./mlflow.db and failed with "husai-sae has no alias 'candidate'".) The project here is a
-    copy of MLproject and conda.yaml in a folder of its own, so the repository's store is
+    copy of MLproject and python_env.yaml in a folder of its own, so the repository's store is
     never touched."""
     project = tmp_path / "project"
     project.mkdir()
-    for name in ("MLproject", "conda.yaml"):
+    for name in ("MLproject", "python_env.yaml"):
         shutil.copy(ROOT / name, project / name)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setattr(provenance, "project_root", lambda: project)

@@ -1,6 +1,6 @@
 """The confirmation's recipe: the best search trial's swept values read back from its run's
 params, fresh seeds disjoint from every seed the search used, and (by default) a fresh
-SAE-train / SAE-eval split. Part of the config layer; `husai.run.confirm` runs it.
+SAE-train / SAE-eval split. Part of the config layer; `husai.run.sweep.confirm` runs it.
 """
 
 from __future__ import annotations

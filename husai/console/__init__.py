@@ -3,7 +3,10 @@ the gate's decision, the pipeline's progress and summary, one line per trial of 
 
 Lines are built here from the values the other layers hand over; a metric that was not computed
 prints as `absent`, never as a number. Summaries fit an 80-column terminal. Callers use
-`from husai import console` and `console.<function>`; the submodules split it by what is printed.
+`from husai import console` and `console.<function>`; the submodules split it by what is printed:
+`stage_lines` (what a stage found or made, a trial's numbers), `sweeps` (a sweep's trials and
+its running lines), `outcomes` (the gate, the pipeline's summary, exports) and `text` (how
+values, errors and addresses are written).
 """
 
 from husai.console.outcomes import (
@@ -16,7 +19,7 @@ from husai.console.outcomes import (
     step_done,
     step_started,
 )
-from husai.console.stages import (
+from husai.console.stage_lines import (
     print_acts,
     print_alias,
     print_base,

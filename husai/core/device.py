@@ -8,7 +8,7 @@
     cuda:N    GPU N
 
 One process, one device: the entry point (`husai.run.stages` for the CLI,
-`husai.run.sweep_trial.trainable` in a Ray trial) calls `activate` once; the trial moves its
+`husai.run.sweep.trial.trainable` in a Ray trial) calls `activate` once; the trial moves its
 activations there (`active()`), and compute code creates its tensors where its inputs already
 are, so no compute function takes or reads a device setting. Runs record `active_info()`.
 """

@@ -1,5 +1,5 @@
-"""Small-sample intervals over seeds (docs/metrics.md, "Intervals"): what every bound HUSAI
-records rests on.
+"""Small-sample intervals over seeds (docs/metrics.md, "Stability across seeds"): what every
+bound HUSAI records rests on.
 
 - A mean over seed pairs (`pair_mean`) is a U-statistic: pairs share seeds and are not
   independent. Its 95% interval is a jackknife over seeds (leave one seed out, recompute) with a

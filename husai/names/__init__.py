@@ -2,12 +2,15 @@
 
 The metric keys are a public contract (docs/metrics.md defines each): users compare them in the
 MLflow UI and gates read them. Nothing else in the package spells an MLflow key as a literal.
+The stress tests' and evals' names are in `evals`, stability's and its nulls' in `stability`;
+both are re-exported here.
 """
 
 from __future__ import annotations
 
 # The eval keys live in husai/names/evals.py; re-exported so every name is `names.<NAME>`.
 from husai.names import evals as _evals
+from husai.names import stability as _stability
 from husai.names.evals import *  # noqa: F403
 from husai.names.stability import *  # noqa: F403
 from husai.names.stability import (
@@ -144,6 +147,18 @@ CONSISTENCY_N_CONTROLS = "consistency/n_controls"
 CONSISTENCY_INDEPENDENT_GAIN = "consistency/independent_gain"
 CONSISTENCY_INDEPENDENT_GAIN_LCB = "consistency/independent_gain_lcb"
 CONSISTENCY_INDEPENDENT_GAIN_UCB = "consistency/independent_gain_ucb"
+# Every consistency key a gate policy may name, listed (not found by prefix).
+GATEABLE_CONSISTENCY_KEYS = (
+    CONSISTENCY_ALIGNMENT,
+    CONSISTENCY_EV_DROP,
+    CONSISTENCY_ALIGNMENT_CONTROLS,
+    CONSISTENCY_REF_CONTROLS,
+    CONSISTENCY_CONTROLS_PW_MCC,
+    CONSISTENCY_N_CONTROLS,
+    CONSISTENCY_INDEPENDENT_GAIN,
+    CONSISTENCY_INDEPENDENT_GAIN_LCB,
+    CONSISTENCY_INDEPENDENT_GAIN_UCB,
+)
 # Objectives a seed-vs-seed comparison of pulled seeds cannot inflate by copying the reference.
 COPY_PROOF_KEYS = frozenset(
     {*INDEPENDENT_KEYS, CONSISTENCY_INDEPENDENT_GAIN, CONSISTENCY_INDEPENDENT_GAIN_LCB}
@@ -310,12 +325,21 @@ def gateable_metrics() -> frozenset[str]:
     policy may also name a null family, `null_families()`, read once per gated null)."""
     keys = {stability_key(b, s) for b in STABILITY_BASES for s in STABILITY_SUFFIXES}
     keys |= set(RECON_KEYS.values()) | {GATE_BASE_GENERALISED} | set(INDEPENDENT_KEYS)
-    keys |= {
-        v
-        for k, v in globals().items()
-        if k.startswith(("STRESS_", "EXTERNAL_", "CONSISTENCY_"))
-        and isinstance(v, str)
-        and "/" in v
-        and not v.endswith("/")  # the group prefixes are not metrics
-    }
+    keys |= set(_evals.GATEABLE_EVAL_KEYS) | set(GATEABLE_CONSISTENCY_KEYS)
     return frozenset(keys)
+
+
+def retired_key(key: str) -> str | None:
+    """Why a key a gate policy names is no longer recorded, and what to name instead; None:
+    it was never a key (or still is one)."""
+    for old, new in _stability.REMOVED_STABILITY_SUFFIXES.items():
+        if key.startswith(_stability.STABILITY_PREFIX) and key.endswith(old):
+            return f"{key!r} was removed in metric_version 3; use {key.removesuffix(old) + new!r}"
+    for old_prefix, new_prefix in _evals.RENAMED_EVAL_PREFIXES.items():
+        renamed = new_prefix + key.removeprefix(old_prefix)
+        if key.startswith(old_prefix) and renamed in gateable_metrics():
+            return (
+                f"{key!r} was renamed in metric_version 7 (a local stand-in, not the official "
+                f"harness); use {renamed!r}"
+            )
+    return None

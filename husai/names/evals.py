@@ -1,13 +1,13 @@
-"""MLflow names of the stress tests and local external evals (docs/metrics.md, "Evals"):
-metric keys, tags, and the helpers that build per-task keys. Part of `husai.names`, which
-re-exports everything here; import `husai.names`, not this module.
+"""MLflow names of the stress tests and local evals (docs/metrics.md, "Stress tests" and
+"Local evals"): metric keys, tags, and the helpers that build per-task keys. Part of
+`husai.names`, which re-exports everything here; import `husai.names`, not this module.
 """
 
-# Stress tests and local external evals (docs/metrics.md). The headline keys, then the values
+# Stress tests and local evals (docs/metrics.md). The headline keys, then the values
 # they are differences of, so a reader can see what moved. Trial runs carry all; seed runs
 # carry the per-seed ones (SEED_EVAL_KEYS).
 STRESS_PREFIX = "stress/"
-EXTERNAL_PREFIX = "external/"
+LOCAL_PREFIX = "local/"
 STRESS_TRANSCODER_DELTA = "stress/transcoder_delta"  # raw pw_mcc difference (continuity)
 STRESS_TRANSCODER_DELTA_LCB = "stress/transcoder_delta_lcb"
 STRESS_TRANSCODER_DELTA_UCB = "stress/transcoder_delta_ucb"
@@ -34,36 +34,82 @@ STRESS_OOD_FVU_RATIO_NULL_Q95 = "stress/ood_fvu_ratio_null_q95"
 STRESS_OOD_MSE_RATIO = "stress/ood_mse_ratio"
 STRESS_OOD_MSE_RATIO_NULL_Q95 = "stress/ood_mse_ratio_null_q95"
 STRESS_OOD_PROBE_DROP = "stress/ood_probe_drop"  # probe AUC in distribution - out
-EXTERNAL_PROBE_DELTA = "external/probe_delta"  # SAE AUC - raw-activation probe AUC
-EXTERNAL_PROBE_DELTA_LCB = "external/probe_delta_lcb"
-EXTERNAL_PROBE_DELTA_UCB = "external/probe_delta_ucb"
-EXTERNAL_PROBE_AUC = "external/probe_auc"
-EXTERNAL_PROBE_BASELINE_AUC = "external/probe_baseline_auc"
-EXTERNAL_PROBE_NULL_AUC = "external/probe_null_auc"  # the stronger feature null, the SAE's k
-EXTERNAL_PROBE_EXCESS = "external/probe_excess"  # SAE AUC - the null's AUC
-EXTERNAL_PROBE_EXCESS_LCB = "external/probe_excess_lcb"
-EXTERNAL_PROBE_EXCESS_UCB = "external/probe_excess_ucb"
-EXTERNAL_CONTRASTIVE_SCORE = "external/contrastive_score"
-EXTERNAL_CONTRASTIVE_NULL = "external/contrastive_null"  # the stronger feature null's score
-EXTERNAL_CONTRASTIVE_EXCESS = "external/contrastive_excess"  # score - null, seed by seed
-EXTERNAL_CONTRASTIVE_EXCESS_LCB = "external/contrastive_excess_lcb"
-EXTERNAL_CONTRASTIVE_EXCESS_UCB = "external/contrastive_excess_ucb"
+LOCAL_PROBE_DELTA = "local/probe_delta"  # SAE AUC - raw-activation probe AUC
+LOCAL_PROBE_DELTA_LCB = "local/probe_delta_lcb"
+LOCAL_PROBE_DELTA_UCB = "local/probe_delta_ucb"
+LOCAL_PROBE_AUC = "local/probe_auc"
+LOCAL_PROBE_BASELINE_AUC = "local/probe_baseline_auc"
+LOCAL_PROBE_NULL_AUC = "local/probe_null_auc"  # the stronger feature null, the SAE's k
+LOCAL_PROBE_EXCESS = "local/probe_excess"  # SAE AUC - the null's AUC
+LOCAL_PROBE_EXCESS_LCB = "local/probe_excess_lcb"
+LOCAL_PROBE_EXCESS_UCB = "local/probe_excess_ucb"
+LOCAL_CONTRASTIVE_SCORE = "local/contrastive_score"
+LOCAL_CONTRASTIVE_NULL = "local/contrastive_null"  # the stronger feature null's score
+LOCAL_CONTRASTIVE_EXCESS = "local/contrastive_excess"  # score - null, seed by seed
+LOCAL_CONTRASTIVE_EXCESS_LCB = "local/contrastive_excess_lcb"
+LOCAL_CONTRASTIVE_EXCESS_UCB = "local/contrastive_excess_ucb"
 # Against the lambda = 0 recipe, seed by seed: lambda > 0 only (absent at lambda 0, and why).
-EXTERNAL_CONTRASTIVE_DELTA = "external/contrastive_delta"
-EXTERNAL_CONTRASTIVE_DELTA_LCB = "external/contrastive_delta_lcb"
-EXTERNAL_CONTRASTIVE_DELTA_UCB = "external/contrastive_delta_ucb"
+LOCAL_CONTRASTIVE_DELTA = "local/contrastive_delta"
+LOCAL_CONTRASTIVE_DELTA_LCB = "local/contrastive_delta_lcb"
+LOCAL_CONTRASTIVE_DELTA_UCB = "local/contrastive_delta_ucb"
+# Every stress and local-eval key a gate policy may name, listed (not found by prefix).
+GATEABLE_EVAL_KEYS = (
+    STRESS_TRANSCODER_DELTA,
+    STRESS_TRANSCODER_DELTA_LCB,
+    STRESS_TRANSCODER_DELTA_UCB,
+    STRESS_TRANSCODER_PW_MCC,
+    STRESS_MLP_IN_SAE_PW_MCC,
+    STRESS_TRANSCODER_NULL_PW_MCC,
+    STRESS_MLP_IN_NULL_PW_MCC,
+    STRESS_TRANSCODER_EXCESS,
+    STRESS_TRANSCODER_EXCESS_LCB,
+    STRESS_TRANSCODER_EXCESS_UCB,
+    STRESS_MLP_IN_SAE_EXCESS,
+    STRESS_MLP_IN_SAE_EXCESS_LCB,
+    STRESS_MLP_IN_SAE_EXCESS_UCB,
+    STRESS_TRANSCODER_EXCESS_DELTA,
+    STRESS_TRANSCODER_EXCESS_DELTA_LCB,
+    STRESS_TRANSCODER_EXCESS_DELTA_UCB,
+    STRESS_OOD_DROP,
+    STRESS_OOD_EV,
+    STRESS_OOD_FVU_RATIO,
+    STRESS_OOD_FVU_RATIO_NULL_Q95,
+    STRESS_OOD_MSE_RATIO,
+    STRESS_OOD_MSE_RATIO_NULL_Q95,
+    STRESS_OOD_PROBE_DROP,
+    LOCAL_PROBE_DELTA,
+    LOCAL_PROBE_DELTA_LCB,
+    LOCAL_PROBE_DELTA_UCB,
+    LOCAL_PROBE_AUC,
+    LOCAL_PROBE_BASELINE_AUC,
+    LOCAL_PROBE_NULL_AUC,
+    LOCAL_PROBE_EXCESS,
+    LOCAL_PROBE_EXCESS_LCB,
+    LOCAL_PROBE_EXCESS_UCB,
+    LOCAL_CONTRASTIVE_SCORE,
+    LOCAL_CONTRASTIVE_NULL,
+    LOCAL_CONTRASTIVE_EXCESS,
+    LOCAL_CONTRASTIVE_EXCESS_LCB,
+    LOCAL_CONTRASTIVE_EXCESS_UCB,
+    LOCAL_CONTRASTIVE_DELTA,
+    LOCAL_CONTRASTIVE_DELTA_LCB,
+    LOCAL_CONTRASTIVE_DELTA_UCB,
+)
+# Renamed at metric_version 7 (the local stand-ins are not the official harnesses): a policy
+# naming the old key is refused with the new one.
+RENAMED_EVAL_PREFIXES = {"external/": LOCAL_PREFIX}
 # (value, lower bound, upper bound) of the seed t-intervals, in that order.
-PROBE_DELTA_KEYS = (EXTERNAL_PROBE_DELTA, EXTERNAL_PROBE_DELTA_LCB, EXTERNAL_PROBE_DELTA_UCB)
-PROBE_EXCESS_KEYS = (EXTERNAL_PROBE_EXCESS, EXTERNAL_PROBE_EXCESS_LCB, EXTERNAL_PROBE_EXCESS_UCB)
+PROBE_DELTA_KEYS = (LOCAL_PROBE_DELTA, LOCAL_PROBE_DELTA_LCB, LOCAL_PROBE_DELTA_UCB)
+PROBE_EXCESS_KEYS = (LOCAL_PROBE_EXCESS, LOCAL_PROBE_EXCESS_LCB, LOCAL_PROBE_EXCESS_UCB)
 CONTRASTIVE_EXCESS_KEYS = (
-    EXTERNAL_CONTRASTIVE_EXCESS,
-    EXTERNAL_CONTRASTIVE_EXCESS_LCB,
-    EXTERNAL_CONTRASTIVE_EXCESS_UCB,
+    LOCAL_CONTRASTIVE_EXCESS,
+    LOCAL_CONTRASTIVE_EXCESS_LCB,
+    LOCAL_CONTRASTIVE_EXCESS_UCB,
 )
 CONTRASTIVE_DELTA_KEYS = (
-    EXTERNAL_CONTRASTIVE_DELTA,
-    EXTERNAL_CONTRASTIVE_DELTA_LCB,
-    EXTERNAL_CONTRASTIVE_DELTA_UCB,
+    LOCAL_CONTRASTIVE_DELTA,
+    LOCAL_CONTRASTIVE_DELTA_LCB,
+    LOCAL_CONTRASTIVE_DELTA_UCB,
 )
 TAG_CONTRASTIVE_DELTA_ABSENT = "husai.contrastive_delta_absent"
 TAG_PROBE_FREQUENCIES = "husai.probe_key_frequencies"  # the Fourier tasks' f, e.g. "14,23"
@@ -74,10 +120,10 @@ HEADLINE_EVAL_KEYS = (
     STRESS_TRANSCODER_EXCESS_DELTA_LCB,
     STRESS_OOD_FVU_RATIO,
     STRESS_OOD_EV,
-    EXTERNAL_PROBE_EXCESS,
-    EXTERNAL_PROBE_EXCESS_LCB,
-    EXTERNAL_CONTRASTIVE_EXCESS,
-    EXTERNAL_CONTRASTIVE_EXCESS_LCB,
+    LOCAL_PROBE_EXCESS,
+    LOCAL_PROBE_EXCESS_LCB,
+    LOCAL_CONTRASTIVE_EXCESS,
+    LOCAL_CONTRASTIVE_EXCESS_LCB,
 )
 # Per-artifact eval keys: the gate reads them from the registered seed's own run.
 ARTIFACT_LEVEL_EVAL_KEYS = (
@@ -91,16 +137,16 @@ ARTIFACT_LEVEL_EVAL_KEYS = (
 )
 SEED_EVAL_KEYS = (
     *ARTIFACT_LEVEL_EVAL_KEYS,
-    EXTERNAL_PROBE_DELTA,
-    EXTERNAL_PROBE_AUC,
-    EXTERNAL_PROBE_NULL_AUC,
-    EXTERNAL_PROBE_EXCESS,
-    EXTERNAL_CONTRASTIVE_SCORE,
-    EXTERNAL_CONTRASTIVE_NULL,
-    EXTERNAL_CONTRASTIVE_EXCESS,
+    LOCAL_PROBE_DELTA,
+    LOCAL_PROBE_AUC,
+    LOCAL_PROBE_NULL_AUC,
+    LOCAL_PROBE_EXCESS,
+    LOCAL_CONTRASTIVE_SCORE,
+    LOCAL_CONTRASTIVE_NULL,
+    LOCAL_CONTRASTIVE_EXCESS,
 )
 # Keys that exist only for lambda > 0: a gate check on one must say `when: lambda > 0`.
-LAMBDA_ONLY_PREFIXES = ("consistency/", EXTERNAL_CONTRASTIVE_DELTA)
+LAMBDA_ONLY_PREFIXES = ("consistency/", LOCAL_CONTRASTIVE_DELTA)
 
 
 def lambda_only(key: str) -> bool:
@@ -126,18 +172,18 @@ def eval_null_tag(name: str) -> str:
 
 def probe_task_key(task: str, which: str) -> str:
     """Per-task probe AUC on the trial run (mean over seeds), so a reader sees which tasks move
-    the delta: `external/probe_task/<task>/<sae_auc | null_auc | raw_auc>`."""
+    the delta: `local/probe_task/<task>/<sae_auc | null_auc | raw_auc>`."""
     if which not in ("sae_auc", "null_auc", "raw_auc"):
         raise KeyError(f"not a probe AUC: {which!r}")
-    return f"external/probe_task/{task}/{which}"
+    return f"local/probe_task/{task}/{which}"
 
 
 def contrastive_attribute_key(attribute: str, which: str) -> str:
     """Per-attribute contrastive score (mean over seeds):
-    `external/contrastive_attribute/<attribute>/<score | null>`."""
+    `local/contrastive_attribute/<attribute>/<score | null>`."""
     if which not in ("score", "null"):
         raise KeyError(f"not a contrastive score: {which!r}")
-    return f"external/contrastive_attribute/{attribute}/{which}"
+    return f"local/contrastive_attribute/{attribute}/{which}"
 
 
 EVALS = ("transcoder", "ood", "probing", "contrastive")
@@ -162,9 +208,9 @@ EVAL_SKIPPED_PREFIX = "husai.eval_skipped."
 # share one computation (cached); this tag says the trial reused it.
 TAG_TRANSCODER_CACHED = "husai.transcoder_stress_cached"
 
-# The official harnesses `husai external` runs on a registered SAE (docs/metrics.md, "Official
-# benchmarks"): their outputs land on a run of their own in husai-external, which the version
-# links to (`external_run_tag`); the gate reads them from there.
+# The official harnesses `husai external` runs on a registered SAE
+# (docs/metrics.md, "Official benchmarks"): their outputs land on a run of their own in
+# husai-external, which the version links to (`external_run_tag`); the gate reads them there.
 EXPERIMENT_EXTERNAL = "husai-external"
 KIND_EXTERNAL = "external"
 HARNESS_SAEBENCH = "saebench"

@@ -38,7 +38,7 @@ latents = sae.encode(activations)  # activations: [n, {d_in}] from {hook}
 `cfg.json`'s `metadata` names the model and hook the SAE reads ({model}, {hook}), as both
 harnesses expect. `husai external --version {version} --harness saebench|cebench ...` runs them
 on this folder and records their metrics on the version (HUSAI's README, "Official
-benchmarks"). HUSAI's own `external/*` metrics are local stand-ins, on the modular-addition
+benchmarks"). HUSAI's own `local/*` metrics are local stand-ins, on the modular-addition
 model or on your rows; the official harnesses run a language model on their own datasets.
 """
 

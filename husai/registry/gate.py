@@ -60,11 +60,8 @@ class Check(BaseModel):
             return v
         if names.is_official_metric(v):
             return v
-        for old, new in names.REMOVED_STABILITY_SUFFIXES.items():
-            if v.startswith(names.STABILITY_PREFIX) and v.endswith(old):
-                raise ValueError(
-                    f"{v!r} was removed in metric_version 3; use {v.removesuffix(old) + new!r}"
-                )
+        if (why := names.retired_key(v)) is not None:
+            raise ValueError(why)
         raise ValueError(f"unknown metric {v!r} (see docs/metrics.md)")
 
     @model_validator(mode="after")

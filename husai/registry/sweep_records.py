@@ -1,6 +1,7 @@
 """What a sweep writes to MLflow besides its trials: the sweep run (what was swept, on which
 activations), its outcome (how many trials, the best one and its `candidate` SAE), and the
-reuse of an identical finished sweep. No Ray here: `husai.run.sweep` hands in plain values."""
+reuse of an identical finished sweep. No Ray here: `husai.run.sweep.driver` hands in plain
+values."""
 
 from __future__ import annotations
 

@@ -28,8 +28,8 @@ from husai.registry.sweep_records import SweepOutcome, experiment_of
 from husai.registry.tracking import Tracker
 from husai.report.sweep_report import SweepReport, log_sweep_report
 from husai.run import stages
-from husai.run.confirm import confirm_best
-from husai.run.sweep import run_sweep
+from husai.run.sweep.confirm import confirm_best
+from husai.run.sweep.driver import run_sweep
 
 T = TypeVar("T")
 
@@ -106,7 +106,7 @@ def run_pipeline(
     a = cfg0.activations
     if a.source == "transformer_lens" or a.file is not None or a.key is not None:
         # No task base model: the sweep's driver plans and checks the language model's sets
-        # or the user's own rows itself (`husai.run.sweep_sets`) before the store is opened.
+        # or the user's own rows itself (`husai.run.sweep.sets`) before the store is opened.
         prepared, opened, uri = None, None, tracking_uri  # the driver opens it after its checks
     else:
         task = _task_inputs(sweep, cfg0, tracking_uri, steps, allow_memorised)

@@ -86,11 +86,11 @@ class TrialOutcome:
 @dataclass(frozen=True)
 class PlainRecipe:
     """The same recipe at lambda = 0: the baseline of ev_drop and of
-    external/contrastive_delta, and its seeds the controls of independent stability."""
+    local/contrastive_delta, and its seeds the controls of independent stability."""
 
     run_id: str
     ev: float | None
-    contrastive: dict[int, float]  # seed -> external/contrastive_score
+    contrastive: dict[int, float]  # seed -> local/contrastive_score
     controls: list[tuple[int, torch.Tensor]]  # (seed, decoder), in seed order
 
 
@@ -189,7 +189,7 @@ def bundle_trials(
     on_trial: Callable[[int, TrialOutcome], None],
     rerun: bool = False,
 ) -> list[TrialOutcome]:
-    """A sweep's grid bundle (`husai.run.sweep_bundles`): trials that differ only in k, on
+    """A sweep's grid bundle (`husai.run.sweep.bundles`): trials that differ only in k, on
     one activation set, each found or made as `trial` would, the ones to make trained as one
     stack (`bundle_stack`; where they cannot stack, one after another) and each recorded as
     its own trial run. `on_trial(i, outcome)` after each point is found or recorded."""
@@ -296,7 +296,7 @@ def _recorded_plain(tracker: Tracker, run_id: str) -> PlainRecipe:
             if names.TAG_SEED not in seed_run.tags:
                 continue
             seed = int(seed_run.tags[names.TAG_SEED])
-            value = seed_run.metrics.get(names.EXTERNAL_CONTRASTIVE_SCORE)
+            value = seed_run.metrics.get(names.LOCAL_CONTRASTIVE_SCORE)
             if value is not None:
                 scores[seed] = value
             folder = tracker.download(seed_run.run_id, names.ARTIFACT_SAE, Path(tmp) / str(seed))

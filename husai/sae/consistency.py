@@ -7,7 +7,8 @@ penalty = 1 - mean_i cos(W_dec[i], R[pi(i)]), pi a Hungarian matching on |cos| r
 differentiable in W_dec. The loss term is lambda * s * penalty, added through sae-lens's own
 auxiliary-loss mechanism (see `husai.sae.build.build_sae`), with s = `loss_scale(rows)`: sae-lens's
 reconstruction loss is a squared error summed over d_in in raw units, so without s the same
-lambda would mean a different weight on every activation scale (docs/metrics.md, "lambda").
+lambda would mean a different weight on every activation scale
+(docs/metrics.md, "Consistency objective").
 """
 
 from __future__ import annotations

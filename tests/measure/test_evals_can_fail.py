@@ -142,7 +142,7 @@ def _seed_metrics(results: EvalResults) -> dict[str, float | None]:
 # The OOD ratio asks how much worse an SAE does out of distribution: an SAE that learned nothing
 # has nothing to lose, so the ratio is judged beside the reconstruction floor on the SAE's own
 # held-out rows (recon/ev >= 0.9), which is what fails it.
-GROUPS = {"external": (), "ood": ("recon",)}
+GROUPS = {"local": (), "ood": ("recon",)}
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
@@ -161,12 +161,12 @@ def test_probing_and_contrastive_each_separate_trained_from_untrained(
 ) -> None:
     """Each external check on its own: the trained SAEs beat the random-feature null with
     confidence, untrained ones do not."""
-    for key in (names.EXTERNAL_PROBE_EXCESS_LCB, names.EXTERNAL_CONTRASTIVE_EXCESS_LCB):
+    for key in (names.LOCAL_PROBE_EXCESS_LCB, names.LOCAL_CONTRASTIVE_EXCESS_LCB):
         t = evals["trained"].trial_metrics(None)[key]
         u = evals["untrained"].trial_metrics(None)[key]
         assert t is not None and u is not None and t > 0 > u, (key, t, u)
     # The contrastive delta needs the lambda = 0 recipe: absent at lambda 0, and says why.
-    assert names.EXTERNAL_CONTRASTIVE_DELTA not in evals["trained"].trial_metrics(None)
+    assert names.LOCAL_CONTRASTIVE_DELTA not in evals["trained"].trial_metrics(None)
     tags = evals["trained"].tags(None)
     assert names.TAG_CONTRASTIVE_DELTA_ABSENT in tags
     # Each seed says which feature null it was measured against (the stronger of the two).
@@ -188,12 +188,12 @@ def test_the_contrastive_delta_fails_a_pull_that_cost_contrastive_quality(
     def verdict(metrics: dict[str, float | None], lam: float) -> tuple[bool, str]:
         readings = {k: Reading(v, "test") for k, v in metrics.items()}
         decision = evaluate(STRICT, "1", readings, None, n_seeds=5, lam=lam)
-        (c,) = [c for c in decision.checks if c.metric == names.EXTERNAL_CONTRASTIVE_DELTA_LCB]
+        (c,) = [c for c in decision.checks if c.metric == names.LOCAL_CONTRASTIVE_DELTA_LCB]
         return c.passed, c.reason
 
     worse = evals["untrained"].trial_metrics(plain)
     kept = evals["trained"].trial_metrics(plain)
-    assert not verdict(worse, 0.5)[0], worse[names.EXTERNAL_CONTRASTIVE_DELTA_LCB]
+    assert not verdict(worse, 0.5)[0], worse[names.LOCAL_CONTRASTIVE_DELTA_LCB]
     assert verdict(kept, 0.5)[0]
     passed, reason = verdict(evals["trained"].trial_metrics(None), 0.0)
     assert passed and reason.startswith("not applicable")

@@ -38,9 +38,9 @@ GOOD = {
     "stress/ood_fvu_ratio": 1.2,
     "stress/ood_ev": 0.95,
     "stress/ood_drop": 0.02,
-    "external/probe_excess_lcb": 0.02,
-    "external/contrastive_excess_lcb": 0.01,
-    "external/contrastive_delta_lcb": 0.0,
+    "local/probe_excess_lcb": 0.02,
+    "local/contrastive_excess_lcb": 0.01,
+    "local/contrastive_delta_lcb": 0.0,
     "recon/ev": 0.97,
     "consistency/independent_gain_lcb": 0.02,
     "base/generalised": 1.0,  # read from the registry by the gate; here for the pure checks
@@ -50,7 +50,7 @@ FAILING = {
     "stability": (SURROGATE, -0.01),
     "transcoder": ("stress/transcoder_excess_lcb", -0.02),
     "ood": ("stress/ood_fvu_ratio", 2.0),
-    "external": ("external/probe_excess_lcb", -0.05),
+    "local": ("local/probe_excess_lcb", -0.05),
     "recon": ("recon/ev", 0.5),
     "consistency": ("consistency/independent_gain_lcb", -0.01),
 }
@@ -358,7 +358,7 @@ def test_consistency_checks_do_not_apply_at_lambda_0(tracker: Tracker) -> None:
 
 
 @pytest.mark.parametrize(
-    "metric", ["consistency/independent_gain_lcb", "external/contrastive_delta_lcb"]
+    "metric", ["consistency/independent_gain_lcb", "local/contrastive_delta_lcb"]
 )
 def test_a_check_on_a_lambda_only_key_must_say_when(tmp_path: Path, metric: str) -> None:
     """Keys that exist only for lambda > 0 are absent (never 0) at lambda 0: a check on one
@@ -567,3 +567,21 @@ def test_a_policy_names_known_nulls_and_families_or_per_null_keys() -> None:
 
 
 EV_CHECK = {"metric": "recon/ev", "op": ">=", "threshold": 0.9}
+
+
+def test_a_policy_naming_a_local_evals_old_external_key_is_refused_with_its_new_name(
+    tmp_path: Path,
+) -> None:
+    """metric_version 7 renamed the local stand-ins' keys (external/* -> local/*), so that
+    nobody takes them for the official harnesses (saebench/*, cebench/*)."""
+    bad = tmp_path / "old.yaml"
+    bad.write_text(
+        "name: old\nchecks:\n  local:\n"
+        "    - {metric: external/probe_excess_lcb, op: '>=', threshold: 0}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_policy(bad)
+    assert "renamed in metric_version 7" in str(e.value)
+    assert "local/probe_excess_lcb" in str(e.value)
+    assert "local/probe_excess_lcb" in names.gateable_metrics()
+    assert not any(k.startswith("external/") for k in names.gateable_metrics())

@@ -20,7 +20,7 @@ from husai.config.sweep import load_sweep
 from husai.core.errors import ConfigError
 from husai.registry.tracking import Tracker
 from husai.run.pipeline import run_pipeline
-from husai.run.sweep import run_sweep
+from husai.run.sweep.driver import run_sweep
 from tests.helpers import ROOT, lm_activations_cfg, runs_of_kind, tiny_lm, write_sweep
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]

@@ -15,7 +15,7 @@ from husai import names
 from husai.cli import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, main
 from husai.core.errors import InputError
 from husai.registry.tracking import Tracker
-from husai.run.ray_runtime import (
+from husai.run.sweep.ray_runtime import (
     CONNECT_TIMEOUT_ENV,
     _head_on_loopback,
     _host_port,

@@ -24,11 +24,11 @@ from husai.registry.sweep_records import open_sweep_run, record_outcome, reused_
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, register_trial_sae
 from husai.report.sweep_report import log_sweep_report
-from husai.run.ray_runtime import PRIVATE_PREFIX, kill_private_ray
-from husai.run.sweep import run_sweep
-from husai.run.sweep_end import best_trial, finish_sweep, record_lost_attempt
-from husai.run.sweep_search import DefineSpace
-from husai.run.sweep_sets import SetRef
+from husai.run.sweep.driver import run_sweep
+from husai.run.sweep.end import best_trial, finish_sweep, record_lost_attempt
+from husai.run.sweep.ray_runtime import PRIVATE_PREFIX, kill_private_ray
+from husai.run.sweep.search import DefineSpace
+from husai.run.sweep.sets import SetRef
 from tests.helpers import (
     MEMORISED_OK,
     SWEEP,

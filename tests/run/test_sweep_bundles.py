@@ -17,8 +17,8 @@ from husai.config.sweep import load_sweep
 from husai.registry.sweep_records import open_sweep_run
 from husai.registry.tracking import Tracker
 from husai.run import trial_stages
-from husai.run.sweep import run_sweep
-from husai.run.sweep_bundles import BUNDLE_KEY, points_of, shown_params, tune_grid, tune_trials
+from husai.run.sweep.bundles import BUNDLE_KEY, points_of, shown_params, tune_grid, tune_trials
+from husai.run.sweep.driver import run_sweep
 from husai.run.trial_stages import TrialOutcome, bundle_trials, trial_inputs
 from tests.helpers import ROOT, SWEEP, user_acts
 

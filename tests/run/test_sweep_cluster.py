@@ -33,7 +33,7 @@ import pytest
 
 from husai import names
 from husai.registry.tracking import Tracker
-from husai.run.ray_runtime import kill_processes_of, machine_address, processes_of
+from husai.run.sweep.ray_runtime import kill_processes_of, machine_address, processes_of
 from tests.helpers import (
     SWEEP,
     free_port,

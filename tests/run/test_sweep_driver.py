@@ -18,7 +18,7 @@ from husai.cli import EXIT_BAD_INPUT, main
 from husai.core.errors import InputError
 from husai.registry.tracking import Tracker
 from husai.registry.views import RunView
-from husai.run.sweep_driver import FRESH_S, DriverWatch, kill_recorded, refuse_if_alive
+from husai.run.sweep.resume import FRESH_S, DriverWatch, kill_recorded, refuse_if_alive
 from tests.helpers import write_sweep
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from husai import names
 from husai.registry.tracking import Tracker
-from husai.run.sweep import run_sweep
+from husai.run.sweep.driver import run_sweep
 from tests.helpers import (
     MEMORISED_OK,
     SWEEP,

@@ -1,4 +1,4 @@
-"""The driver's activation sets (`husai.run.sweep_sets`): one per value of the swept activation
+"""The driver's activation sets (`husai.run.sweep.sets`): one per value of the swept activation
 fields, each trial finding its own; on the task's base model (trained 6 steps, so fast)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from husai.config.sweep import load_sweep
 from husai.core.errors import ConfigError
 from husai.registry.tracking import Tracker
-from husai.run.sweep_sets import plan_sets, ref_for, resolve_sets
+from husai.run.sweep.sets import plan_sets, ref_for, resolve_sets
 from tests.helpers import write_sweep
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.0.hook_mlp_out", "blocks.0.mlp.hook_post"]

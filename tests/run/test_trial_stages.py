@@ -318,7 +318,7 @@ def test_every_seed_of_a_trial_is_evaluated_and_recorded(
     for key in names.HEADLINE_EVAL_KEYS:
         assert key in m and np.isfinite(m[key]), key
     # lambda = 0: the recipe is its own contrastive baseline; the delta is absent, not 0.
-    assert names.EXTERNAL_CONTRASTIVE_DELTA not in m
+    assert names.LOCAL_CONTRASTIVE_DELTA not in m
     assert "lambda = 0" in trial.data.tags[names.TAG_CONTRASTIVE_DELTA_ABSENT]
     assert trial.data.tags[names.TAG_PROBE_FREQUENCIES]
     for name in names.EVALS:
@@ -326,8 +326,8 @@ def test_every_seed_of_a_trial_is_evaluated_and_recorded(
     for s in seeds:  # not only the representative seed
         for key in names.SEED_EVAL_KEYS:
             assert key in s.data.metrics, (key, s.data.tags[names.TAG_SEED])
-    per_seed = [s.data.metrics[names.EXTERNAL_PROBE_DELTA] for s in seeds]
-    assert m[names.EXTERNAL_PROBE_DELTA] == pytest.approx(np.mean(per_seed))
+    per_seed = [s.data.metrics[names.LOCAL_PROBE_DELTA] for s in seeds]
+    assert m[names.LOCAL_PROBE_DELTA] == pytest.approx(np.mean(per_seed))
     assert names.TAG_TRANSCODER_CACHED not in trial.data.tags
     # The UI's Dataset column: the activation set (name = key, digest = its checksum, source =
     # the run that logged it) on the trial run and every seed run.
@@ -366,7 +366,7 @@ def test_user_activations_skip_evals_they_cannot_support(
     ]
     for name in names.EVALS:
         assert trial.data.tags[names.eval_skipped_tag(name)]
-    assert not any(k.startswith(("stress/", "external/")) for k in trial.data.metrics)
+    assert not any(k.startswith(("stress/", "local/")) for k in trial.data.metrics)
 
 
 def _tiny() -> dict:

@@ -17,8 +17,8 @@ from husai.config.sweep import load_sweep
 from husai.core.errors import ConfigError
 from husai.model.activations import load_user_activations
 from husai.registry.tracking import Tracker
-from husai.run.sweep import run_sweep
-from husai.run.sweep_sets import plan_sets, resolve_sets
+from husai.run.sweep.driver import run_sweep
+from husai.run.sweep.sets import plan_sets, resolve_sets
 from husai.run.user_sets import NO_BASE_MODEL
 from tests.helpers import ROOT, SWEEP, user_acts
 

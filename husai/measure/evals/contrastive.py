@@ -1,4 +1,4 @@
-"""CE-Bench-style contrastive eval, local stand-in (docs/metrics.md, "Contrastive").
+"""CE-Bench-style contrastive eval, local stand-in (docs/metrics.md, "Local evals").
 
 Held-out rows only (the SAE never trained on them). Controlled pairs of rows:
 - contrast pairs for attribute t (`tasks.ATTRIBUTES`: parity of c, c < p/2, c mod 3 = 0): two

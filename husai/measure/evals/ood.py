@@ -1,4 +1,5 @@
-"""OOD stress test (docs/metrics.md, "OOD"): the trial's SAEs never trained on the shifted slice
+"""OOD stress test (docs/metrics.md, "Stress tests"): the trial's SAEs never trained on the
+shifted slice
 (pairs with both operands in the held-out top range, `activations.ood_frac`). Per seed:
 
 - `fvu_ratio` = FVU on the shifted rows / FVU on the held-out in-distribution rows (each FVU

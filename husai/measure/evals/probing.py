@@ -1,4 +1,4 @@
-"""SAEBench-style sparse probing, local stand-in (docs/metrics.md, "Probing").
+"""SAEBench-style sparse probing, local stand-in (docs/metrics.md, "Local evals").
 
 Per binary task (`tasks`: attributes of c, and Fourier tasks the representation makes linearly
 decodable) and per feature set (the SAE's latents, or one of its feature nulls'):

@@ -79,16 +79,16 @@ class EvalResults:
             out.update(_ood_values(self.ood[seed]))
         if seed in self.probing:
             pr = self.probing[seed]
-            out[names.EXTERNAL_PROBE_DELTA] = pr.delta
-            out[names.EXTERNAL_PROBE_AUC] = pr.sae_auc
-            out[names.EXTERNAL_PROBE_NULL_AUC] = pr.null_auc
-            out[names.EXTERNAL_PROBE_EXCESS] = pr.excess
+            out[names.LOCAL_PROBE_DELTA] = pr.delta
+            out[names.LOCAL_PROBE_AUC] = pr.sae_auc
+            out[names.LOCAL_PROBE_NULL_AUC] = pr.null_auc
+            out[names.LOCAL_PROBE_EXCESS] = pr.excess
             out[names.STRESS_OOD_PROBE_DROP] = pr.ood_drop
         if seed in self.contrastive:
             c = self.contrastive[seed]
-            out[names.EXTERNAL_CONTRASTIVE_SCORE] = c.sae.score
-            out[names.EXTERNAL_CONTRASTIVE_NULL] = c.null.score
-            out[names.EXTERNAL_CONTRASTIVE_EXCESS] = c.excess
+            out[names.LOCAL_CONTRASTIVE_SCORE] = c.sae.score
+            out[names.LOCAL_CONTRASTIVE_NULL] = c.null.score
+            out[names.LOCAL_CONTRASTIVE_EXCESS] = c.excess
         return out
 
     def trial_metrics(self, plain_contrastive: dict[int, float] | None) -> dict[str, float | None]:
@@ -111,9 +111,9 @@ class EvalResults:
     def _probe_metrics(self) -> dict[str, float | None]:
         runs = list(self.probing.values())
         out: dict[str, float | None] = {
-            names.EXTERNAL_PROBE_AUC: _mean(r.sae_auc for r in runs),
-            names.EXTERNAL_PROBE_BASELINE_AUC: runs[0].baseline_auc,
-            names.EXTERNAL_PROBE_NULL_AUC: _mean(r.null_auc for r in runs),
+            names.LOCAL_PROBE_AUC: _mean(r.sae_auc for r in runs),
+            names.LOCAL_PROBE_BASELINE_AUC: runs[0].baseline_auc,
+            names.LOCAL_PROBE_NULL_AUC: _mean(r.null_auc for r in runs),
         }
         out.update(_interval(names.PROBE_DELTA_KEYS, [r.delta for r in runs]))
         out.update(_interval(names.PROBE_EXCESS_KEYS, [r.excess for r in runs]))
@@ -137,8 +137,8 @@ class EvalResults:
     def _contrastive_metrics(self, plain: dict[int, float] | None) -> dict[str, float | None]:
         runs = list(self.contrastive.values())
         out: dict[str, float | None] = {
-            names.EXTERNAL_CONTRASTIVE_SCORE: _mean(r.sae.score for r in runs),
-            names.EXTERNAL_CONTRASTIVE_NULL: _mean(r.null.score for r in runs),
+            names.LOCAL_CONTRASTIVE_SCORE: _mean(r.sae.score for r in runs),
+            names.LOCAL_CONTRASTIVE_NULL: _mean(r.null.score for r in runs),
         }
         out.update(_interval(names.CONTRASTIVE_EXCESS_KEYS, [r.excess for r in runs]))
         diffs = self._contrastive_delta(plain)

@@ -173,7 +173,7 @@ def print_stability(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
 def print_evals(m: Mapping[str, float]) -> None:
     """The stress tests and local external evals of a trial run, if it has any."""
     g = m.get
-    if not any(k.startswith((names.STRESS_PREFIX, names.EXTERNAL_PREFIX)) for k in m):
+    if not any(k.startswith((names.STRESS_PREFIX, names.LOCAL_PREFIX)) for k in m):
         return
 
     def ci(value: str, lcb: str, ucb: str) -> str:
@@ -211,17 +211,17 @@ def print_evals(m: Mapping[str, float]) -> None:
         f"{fmt(g(names.STRESS_OOD_PROBE_DROP), '+.4f')}"
     )
     print(
-        f"  external (local stand-ins): probe AUC {fmt(g(names.EXTERNAL_PROBE_AUC))} vs null "
-        f"{fmt(g(names.EXTERNAL_PROBE_NULL_AUC))}: excess "
+        f"  external (local stand-ins): probe AUC {fmt(g(names.LOCAL_PROBE_AUC))} vs null "
+        f"{fmt(g(names.LOCAL_PROBE_NULL_AUC))}: excess "
         + ci(*names.PROBE_EXCESS_KEYS)
-        + f"; raw {fmt(g(names.EXTERNAL_PROBE_BASELINE_AUC))}"
+        + f"; raw {fmt(g(names.LOCAL_PROBE_BASELINE_AUC))}"
     )
     print(
-        f"          contrastive {fmt(g(names.EXTERNAL_CONTRASTIVE_SCORE))} vs null "
-        f"{fmt(g(names.EXTERNAL_CONTRASTIVE_NULL))}: excess "
+        f"          contrastive {fmt(g(names.LOCAL_CONTRASTIVE_SCORE))} vs null "
+        f"{fmt(g(names.LOCAL_CONTRASTIVE_NULL))}: excess "
         + ci(*names.CONTRASTIVE_EXCESS_KEYS)
         + "; vs lambda 0 "
-        + (ci(*names.CONTRASTIVE_DELTA_KEYS) if names.EXTERNAL_CONTRASTIVE_DELTA in m else "n/a")
+        + (ci(*names.CONTRASTIVE_DELTA_KEYS) if names.LOCAL_CONTRASTIVE_DELTA in m else "n/a")
     )
     print(
         "          (null: each seed's stronger feature null, random features or its untrained SAE)"

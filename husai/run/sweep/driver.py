@@ -3,12 +3,12 @@
 The driver resolves the base model and activations once, creates the store, the experiment and
 the sweep run (SQLite must not be created by several processes at once), then runs Ray Tune.
 Each trial is one `husai trial` (N seeds, `husai.run.trial_stages`) recorded as a child of the
-sweep run, run in a Ray worker by `husai.run.sweep_trial` (a grid bundle of points that differ
+sweep run, run in a Ray worker by `husai.run.sweep.trial` (a grid bundle of points that differ
 only in k is one Tune trial and several trial runs); after each seed it reports the running
-mean held-out FVU, so ASHA can stop it. At the
-end the best trial (first objective) is tagged on the sweep run; the confirmation stage
-(`husai.run.confirm`) trains its recipe again on fresh seeds, and that run's representative SAE
-becomes `husai-sae@candidate` (without `confirm`, the best trial's own).
+mean held-out FVU, so ASHA can stop it. At the end the best trial (first objective) is tagged
+on the sweep run; the confirmation stage (`husai.run.sweep.confirm`) trains its recipe again
+on fresh seeds, and that run's representative SAE becomes `husai-sae@candidate` (without
+`confirm`, the best trial's own).
 
     python -m husai sweep --sweep sweeps/quick.yaml [--smoke yes] [--ray-address ADDR]
 """
@@ -41,27 +41,27 @@ from husai.registry.sweep_records import (
 )
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource
-from husai.run.confirm import confirm_best
-from husai.run.ray_runtime import (
+from husai.run.sweep.bundles import points_of, tune_trials
+from husai.run.sweep.confirm import confirm_best
+from husai.run.sweep.end import finish_sweep, record_lost_attempt
+from husai.run.sweep.progress import TrackingWatch, TrialLines
+from husai.run.sweep.ray_runtime import (
     check_reachable,
     cluster_address,
     remove_private_ray_dir,
     start_ray,
     trial_resources,
 )
-from husai.run.sweep_bundles import points_of, tune_trials
-from husai.run.sweep_driver import (
+from husai.run.sweep.resume import (
     DriverWatch,
     check_unchanged,
     interrupted_run,
     ready_to_resume,
     refuse_if_alive,
 )
-from husai.run.sweep_end import finish_sweep, record_lost_attempt
-from husai.run.sweep_progress import TrackingWatch, TrialLines
-from husai.run.sweep_search import make_tuner
-from husai.run.sweep_sets import PlannedSets, plan_sets, ref_for, resolve_sets
-from husai.run.sweep_trial import SweepContext, trainable
+from husai.run.sweep.search import make_tuner
+from husai.run.sweep.sets import PlannedSets, plan_sets, ref_for, resolve_sets
+from husai.run.sweep.trial import SweepContext, trainable
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -131,7 +131,7 @@ def run_sweep(
     """`prepared`: (base model, activations) a caller already resolved for this sweep's
     experiment (the pipeline), so they are not looked up and loaded twice. A base model that
     did not generalise is refused unless `allow_memorised`. `confirm`: run the confirmation
-    stage after the search (`husai.run.confirm`; the pipeline runs it as its own step)."""
+    stage after the search (`husai.run.sweep.confirm`; the pipeline runs it as its own step)."""
     sweep = load_sweep(sweep_path)
     planned = None if resume else plan_sets(sweep, smoke)  # every set checked before the store
     tracker = Tracker(tracking_uri)

@@ -16,8 +16,8 @@ from husai.config.sweep import GRID_KEY, SweepConfig, sampled_params
 from husai.registry.sweep_records import SweepOutcome, record_outcome
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, record_stopped_trial
-from husai.run.sweep_bundles import is_bundle, points_of
-from husai.run.sweep_sets import SetRef, ref_for
+from husai.run.sweep.bundles import is_bundle, points_of
+from husai.run.sweep.sets import SetRef, ref_for
 
 
 def best_trial(sweep: SweepConfig, results: list[dict[str, Any]]) -> tuple[str, float] | None:

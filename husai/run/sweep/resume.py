@@ -27,7 +27,7 @@ from husai.core.errors import ConfigError, InputError
 from husai.registry.sweep_records import experiment_of
 from husai.registry.tracking import Tracker
 from husai.registry.views import RunView
-from husai.run.ray_runtime import kill_private_ray
+from husai.run.sweep.ray_runtime import kill_private_ray
 
 HEARTBEAT_S = 20.0
 FRESH_S = 3 * HEARTBEAT_S  # a heartbeat younger than this is a live driver on another host

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from husai import console, names
 from husai.config.sweep import load_sweep
 from husai.core.errors import TrackingLost
-from husai.run.sweep_bundles import points_of, shown_params
+from husai.run.sweep.bundles import points_of, shown_params
 
 
 def _finite(x: Any) -> float | None:

@@ -5,7 +5,7 @@
 - A grid (`type: grid` dimensions and/or `grids:` sub-grids): Tune's grid search runs every grid
   point exactly once (`num_samples` times when other dimensions are sampled: those are drawn by
   Tune's seeded random search, since Optuna cannot promise each grid point once). Points that
-  differ only in k run as one Tune trial, a bundle (`husai.run.sweep_bundles`).
+  differ only in k run as one Tune trial, a bundle (`husai.run.sweep.bundles`).
 
 ASHA, when enabled, stops poor trials by their running held-out FVU in both forms. An
 interrupted sweep's Tuner is restored from its folder with its unfinished and errored trials.
@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from husai import names
 from husai.config.sweep import GRID_KEY, SweepConfig
 from husai.config.sweep_parts import Dimension
-from husai.run.sweep_bundles import tune_grid
+from husai.run.sweep.bundles import tune_grid
 
 
 class DefineSpace:
@@ -79,7 +79,7 @@ def make_tuner(
     param_space: dict[str, Any] = {}
     search: Any
     if sweep.is_grid():
-        # Each value a point, or a bundle of points that train as one stack (sweep_bundles).
+        # Each value a point, or a bundle of points that train as one stack (`sweep.bundles`).
         param_space[GRID_KEY] = tune.grid_search(tune_grid(sweep, smoke))
         param_space.update({p: _tune_domain(d) for p, d in sweep.sampled_space().items()})
         # Tune applies max_concurrent_trials to a Searcher only (it ignores it for a generator,
@@ -127,7 +127,7 @@ def make_tuner(
             verbose=0,  # Ray's boxes of every metric drown the sweep; TrialLines says enough
             callbacks=callbacks,
             # A lost attempt (its worker or node died) runs again; a trial that raised does
-            # not (it reports its error and ends: `husai.run.sweep_trial.trainable`).
+            # not (it reports its error and ends: `husai.run.sweep.trial.trainable`).
             failure_config=tune.FailureConfig(max_failures=sweep.retries),
         ),
     )

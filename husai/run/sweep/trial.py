@@ -1,8 +1,8 @@
 """One Ray Tune trial of a sweep, in its worker process: a grid point, an Optuna proposal, or a
-grid bundle (points that differ only in k, trained as one stack: `husai.run.sweep_bundles`),
+grid bundle (points that differ only in k, trained as one stack: `husai.run.sweep.bundles`),
 each recorded as its own trial run under the sweep run (`husai.run.trial_stages`). It reports
 the running held-out FVU after each seed (so ASHA can stop it) and, at the end, the trial's
-run id and metrics; a bundle reports its points' run ids. `husai.run.sweep` is the driver.
+run id and metrics; a bundle reports its points' run ids. `husai.run.sweep.driver` is the driver.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from husai.registry.provenance import server_lost
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource
 from husai.run import stages
-from husai.run.sweep_bundles import is_bundle, points_of
-from husai.run.sweep_progress import wait_to_be_stopped
-from husai.run.sweep_sets import SetRef, ref_for
+from husai.run.sweep.bundles import is_bundle, points_of
+from husai.run.sweep.progress import wait_to_be_stopped
+from husai.run.sweep.sets import SetRef, ref_for
 from husai.run.trial_stages import (
     TrialInputs,
     TrialOutcome,
@@ -48,7 +48,7 @@ class SweepContext:
     smoke: bool
     tracking_uri: str
     sweep_run_id: str
-    sets: tuple[SetRef, ...]  # every activation set a trial can ask for (`husai.run.sweep_sets`)
+    sets: tuple[SetRef, ...]  # every activation set a trial can ask for (`husai.run.sweep.sets`)
     cache_dir: str  # the driver's cache, for workers whose node sets no HUSAI_CACHE_DIR
     base_run_id: str | None  # the task's base model; None for a language model's sets
     base_version: str | None
