@@ -218,7 +218,7 @@ def main() -> None:
     import torch
     import yaml
 
-    from husai.config.sweep import load_sweep
+    from husai.config.sweep.spec import load_sweep
     from husai.registry.tracking import Tracker
     from husai.run import stages
 

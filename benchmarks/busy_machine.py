@@ -29,7 +29,7 @@ import sys, time, torch
 if sys.argv[1] == "1":
     torch.set_num_threads(1)
 from husai.config.experiment import SAEConfig, SAETrainConfig
-from husai.sae.batched import train_seeds_batched
+from husai.sae.batched.train import train_seeds_batched
 g = torch.Generator().manual_seed(0)
 x = torch.randn(4096, 128, generator=g) @ torch.randn(128, 128, generator=g)
 sae = SAEConfig(architecture="topk", d_sae=128, k=32)

@@ -1,6 +1,6 @@
 """Does `torch.compile` pay on the CPU step at the ablation grid's small shapes?
 
-Times one seed-batched TopK step (`husai.sae.batched_sparse.sparse_step`: 5 seeds, batch 2048,
+Times one seed-batched TopK step (`husai.sae.batched.sparse.sparse_step`: 5 seeds, batch 2048,
 d_in 128, an eighth of the latents dead so AuxK runs) three ways: eager as training runs it on
 the CPU (data-sized widths), eager with static widths (what a compiled graph needs), and
 compiled (static widths, `dynamic=False`), with the first call's compile time, cold (inductor's
@@ -26,7 +26,7 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="husai-inductor-
 
 import torch  # noqa: E402 - after the cache folder is set
 
-from husai.sae.batched_sparse import sparse_step  # noqa: E402
+from husai.sae.batched.sparse import sparse_step  # noqa: E402
 
 S, B, D_IN, STEPS = 5, 2048, 128, 140
 SHAPES = [(128, 32), (128, 8), (512, 32), (64, 32)]  # (d_sae, k), the grid's

@@ -1,10 +1,10 @@
 """Sparse or dense decode in the seed-batched step: where does each win on this machine?
 
-Times `husai.sae.batched_sparse.sparse_step` (5 seeds, TopK, d_in 128, batch 2048 by default)
+Times `husai.sae.batched.sparse.sparse_step` (5 seeds, TopK, d_in 128, batch 2048 by default)
 with the sparse decode (one embedding_bag over the chosen latents, sparse encoder gradient) and
 the dense one (activations scattered into [S, B, d_sae], decoded and differentiated by bmm),
 over a grid of k and d_sae, and prints ms per step and the ratio. The rule the seed-batched
-path uses (`husai.sae.batched_sparse.use_dense_decode`, on k plus AuxK's width, so that a step
+path uses (`husai.sae.batched.sparse.use_dense_decode`, on k plus AuxK's width, so that a step
 with dead latents counts their decode too) was read off this table; the last column says what
 it picks.
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from husai.sae.batched_sparse import sparse_step, use_dense_decode
+from husai.sae.batched.sparse import sparse_step, use_dense_decode
 
 D_SAES = (64, 128, 256, 512, 1024, 4096)
 KS = (8, 16, 32, 64, 128)

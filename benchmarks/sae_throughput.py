@@ -72,7 +72,7 @@ def worker(
     from husai.config.experiment import SAEConfig, SAETrainConfig
     from husai.core import device as devices
     from husai.core.repro import deterministic
-    from husai.sae.batched import train_seeds_batched
+    from husai.sae.batched.train import train_seeds_batched
     from husai.sae.build import build_sae
     from husai.sae.train import train_sae
 

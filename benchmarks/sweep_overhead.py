@@ -67,7 +67,7 @@ def main() -> None:
     path.write_text(yaml.safe_dump(sweep))
 
     from husai import names
-    from husai.config.sweep import load_sweep
+    from husai.config.sweep.spec import load_sweep
     from husai.registry.tracking import Tracker
     from husai.run import stages
     from husai.run.sweep.driver import run_sweep

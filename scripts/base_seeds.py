@@ -21,7 +21,7 @@ import numpy as np
 
 from husai import names
 from husai.config.loading import deep_merge, from_dict
-from husai.config.sweep import load_sweep
+from husai.config.sweep.spec import load_sweep
 from husai.model.rows import as_tensor
 from husai.model.synthetic import participation_ratio
 from husai.registry.gate import Reading, evaluate, load_policy

@@ -81,7 +81,7 @@ def model_table(model: type[BaseModel], prefix: str, seen: set[str]) -> list[str
 
 def config_page() -> str:
     from husai.config.experiment import ExperimentConfig
-    from husai.config.sweep import SweepConfig
+    from husai.config.sweep.spec import SweepConfig
     from husai.registry.gate import Policy
 
     out = [

@@ -34,7 +34,7 @@ def test_the_reference_pages_are_generated_from_the_code() -> None:
     from husai import names
     from husai.cli_args import build_parser
     from husai.config.sae import SAEConfig
-    from husai.config.sweep import SweepConfig
+    from husai.config.sweep.spec import SweepConfig
 
     config, cli, keys = (PAGES[f"reference/{p}.md"]() for p in ("config", "cli", "metric-keys"))
     assert all(f"| `{name}` |" in config for name in SAEConfig.model_fields)

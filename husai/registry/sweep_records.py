@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import husai
 from husai import names
-from husai.config.sweep import SweepConfig
+from husai.config.sweep.spec import SweepConfig
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import register_trial_sae
 

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from husai import console, names
 from husai.config.experiment import ExperimentConfig
-from husai.config.sweep import SweepConfig, load_sweep
+from husai.config.sweep.spec import SweepConfig, load_sweep
 from husai.core.errors import InputError
 from husai.registry.gate import load_policy
 from husai.registry.gate_apply import GateOutcome, run_gate

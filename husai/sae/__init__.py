@@ -1,6 +1,6 @@
 """SAEs, pure compute: construction from sae-lens training classes (`build`), the consistency
 penalty (`consistency`), seeded training seed by seed (`train`) or all seeds at once
-(`batched`, with its kernels in `batched_select` and `batched_sparse`), and what training
+(the `batched` subpackage), and what training
 returns (`types`); where training runs (`devices`).
 
 `load_sae` is also importable from here because `husai-sae` versions registered before the

@@ -26,7 +26,7 @@ from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.core import memory
 from husai.core.repro import deterministic
 from husai.model.rows import Rows, gather
-from husai.sae.batched import batched_supported, train_members_batched, train_seeds_batched
+from husai.sae.batched.train import batched_supported, train_members_batched, train_seeds_batched
 from husai.sae.build import (
     TranscoderStepInput,
     build_sae,
@@ -70,8 +70,8 @@ def train_seeds(
     consistency: Sequence[Consistency] | None = None,
 ) -> Iterator[TrainedSAE]:
     """One SAE per seed, in seed order (`consistency`: one penalty per seed, as the penalty
-    keeps per-seed state). All seeds at once on the seed-batched path (`husai.sae.batched`) when
-    `train.seed_batched` and the architecture has one; otherwise each seed is trained when the
+    keeps per-seed state). All seeds at once on the seed-batched path (`husai.sae.batched`)
+    when `train.seed_batched` and the architecture has one; otherwise each seed is trained when the
     caller asks for it, so a caller that stops early (an ASHA stop) trains no more."""
     memory.fixed_mmap_threshold()  # large step buffers mapped whole: no heap growth
     if consistency is not None and len(consistency) != len(seeds):

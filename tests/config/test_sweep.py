@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from husai.config.sweep import load_sweep
-from husai.config.sweep_confirm import confirm_config, confirm_seeds, recipe_from_params
+from husai.config.sweep.confirm import confirm_config, confirm_seeds, recipe_from_params
+from husai.config.sweep.spec import load_sweep
 from husai.core.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -147,7 +147,7 @@ def test_an_objective_must_name_its_null() -> None:
 
 
 def load_sweep_text(metric: str) -> object:
-    from husai.config.sweep_parts import Objective
+    from husai.config.sweep.parts import Objective
 
     try:
         return Objective.model_validate({"metric": metric, "mode": "max"})

@@ -19,7 +19,7 @@ from husai import names
 from husai.cli import EXIT_BAD_INPUT, main
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.config.loading import from_dict
-from husai.config.sweep import load_sweep
+from husai.config.sweep.spec import load_sweep
 from husai.core import device as devices
 from husai.core.errors import ConfigError
 from husai.measure.metrics import recon_metrics

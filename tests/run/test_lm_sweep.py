@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from husai import names
-from husai.config.sweep import load_sweep
+from husai.config.sweep.spec import load_sweep
 from husai.core.errors import ConfigError
 from husai.registry.tracking import Tracker
 from husai.run.pipeline import run_pipeline

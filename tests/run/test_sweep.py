@@ -18,7 +18,7 @@ import pytest
 
 from husai import names
 from husai.cli import EXIT_BAD_INPUT, main
-from husai.config.sweep import load_sweep, sampled_params
+from husai.config.sweep.spec import load_sweep, sampled_params
 from husai.core.errors import ConfigError
 from husai.registry.sweep_records import open_sweep_run, record_outcome, reused_sweep
 from husai.registry.tracking import Tracker

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from husai import names
-from husai.config.sweep import load_sweep
+from husai.config.sweep.spec import load_sweep
 from husai.registry.sweep_records import open_sweep_run
 from husai.registry.tracking import Tracker
 from husai.run import trial_stages

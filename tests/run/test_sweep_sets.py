@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from husai.config.sweep import load_sweep
+from husai.config.sweep.spec import load_sweep
 from husai.core.errors import ConfigError
 from husai.registry.tracking import Tracker
 from husai.run.sweep.sets import plan_sets, ref_for, resolve_sets

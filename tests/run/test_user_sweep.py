@@ -13,7 +13,7 @@ import yaml
 
 from husai import names
 from husai.cli import EXIT_BAD_INPUT, main
-from husai.config.sweep import load_sweep
+from husai.config.sweep.spec import load_sweep
 from husai.core.errors import ConfigError
 from husai.model.activations import load_user_activations
 from husai.registry.tracking import Tracker

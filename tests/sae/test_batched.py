@@ -10,16 +10,16 @@ import pytest
 import torch
 from sae_lens.saes.batchtopk_sae import BatchTopK
 
-import husai.sae.batched
-import husai.sae.batched_select
-import husai.sae.batched_sparse
+import husai.sae.batched.select
+import husai.sae.batched.sparse
+import husai.sae.batched.train
 from husai import names
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.measure.metrics import recon_metrics
 from husai.measure.stability import stability_report
-from husai.sae.batched import train_seeds_batched
-from husai.sae.batched_select import BATCHTOPK_CANDIDATES, select, select_static
-from husai.sae.batched_sparse import sparse_step
+from husai.sae.batched.select import BATCHTOPK_CANDIDATES, select, select_static
+from husai.sae.batched.sparse import sparse_step
+from husai.sae.batched.train import train_seeds_batched
 from husai.sae.build import TranscoderStepInput, build_sae, decoder, load_sae, save_sae
 from husai.sae.consistency import ConsistencyPenalty
 from husai.sae.train import train_members, train_sae, train_seeds
@@ -40,13 +40,13 @@ TRAIN = SAETrainConfig(
 
 def _use(kind: str, monkeypatch: pytest.MonkeyPatch) -> str:
     if kind == "static":  # the CUDA step (fixed widths, no host reads), here on the CPU
-        monkeypatch.setattr(husai.sae.batched, "static_step", lambda device: True)
+        monkeypatch.setattr(husai.sae.batched.train, "static_step", lambda device: True)
     dense = kind == "dense"
     share = 0.0 if dense else float("inf")  # every step dense, or every step sparse
-    monkeypatch.setattr(husai.sae.batched_sparse, "DENSE_DECODE_SHARE", share)
+    monkeypatch.setattr(husai.sae.batched.sparse, "DENSE_DECODE_SHARE", share)
     if kind == "chunked":
-        monkeypatch.setattr(husai.sae.batched_select, "WHOLE_MAX_ELEMENTS", 0)
-        monkeypatch.setattr(husai.sae.batched_select, "CHUNK_ELEMENTS", 64 * 128)
+        monkeypatch.setattr(husai.sae.batched.select, "WHOLE_MAX_ELEMENTS", 0)
+        monkeypatch.setattr(husai.sae.batched.select, "CHUNK_ELEMENTS", 64 * 128)
     return kind
 
 
@@ -301,7 +301,7 @@ def test_consistency_term_matches_the_sae_lens_extension(
 def test_the_decode_is_dense_from_the_measured_share_of_latents_per_row() -> None:
     """k plus AuxK's width against d_sae (benchmarks/decode_crossover.py measured where dense
     wins on this machine)."""
-    from husai.sae.batched_sparse import use_dense_decode
+    from husai.sae.batched.sparse import use_dense_decode
 
     assert use_dense_decode(16, 128) and not use_dense_decode(8, 128)
     assert use_dense_decode(8 + 16, 128)  # dead latents decode too
@@ -350,7 +350,7 @@ def test_the_cuda_step_scores_large_problems_in_groups_of_seeds(
 
     whole = step()
     limit = per_group * bsz * d_sae
-    monkeypatch.setattr(husai.sae.batched_select, "GPU_WHOLE_MAX_ELEMENTS", limit)
+    monkeypatch.setattr(husai.sae.batched.select, "GPU_WHOLE_MAX_ELEMENTS", limit)
     for a, b in zip(whole, step(), strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 

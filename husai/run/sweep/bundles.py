@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from husai.config.sweep import GRID_KEY, SweepConfig, sampled_params
+from husai.config.sweep.spec import GRID_KEY, SweepConfig, sampled_params
 from husai.measure.stack import bundle_key
 
 BUNDLE_KEY = "points"  # never a dotted config path, so never a grid point's own key

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from husai import console, names
-from husai.config.sweep import SweepConfig
-from husai.config.sweep_confirm import confirm_config, recipe_from_params
+from husai.config.sweep.confirm import confirm_config, recipe_from_params
+from husai.config.sweep.spec import SweepConfig
 from husai.registry.sweep_records import SweepOutcome, record_confirmation
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import find_confirmation

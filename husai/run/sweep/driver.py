@@ -26,7 +26,7 @@ import ray
 from ray import tune
 
 from husai import names
-from husai.config.sweep import SweepConfig, load_sweep
+from husai.config.sweep.spec import SweepConfig, load_sweep
 from husai.core.errors import TrackingLost, first_line
 from husai.core.paths import cache_root
 from husai.registry.handles import ActivationsHandle, BaseModelHandle

@@ -12,7 +12,7 @@ from typing import Any
 
 from husai import names
 from husai.config.experiment import ExperimentConfig
-from husai.config.sweep import GRID_KEY, SweepConfig, sampled_params
+from husai.config.sweep.spec import GRID_KEY, SweepConfig, sampled_params
 from husai.registry.sweep_records import SweepOutcome, record_outcome
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource, record_stopped_trial

@@ -25,7 +25,7 @@ from ray.tune import Callback
 from tqdm.auto import tqdm
 
 from husai import console, names
-from husai.config.sweep import load_sweep
+from husai.config.sweep.spec import load_sweep
 from husai.core.errors import TrackingLost
 from husai.run.sweep.bundles import points_of, shown_params
 

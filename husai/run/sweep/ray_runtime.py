@@ -19,7 +19,7 @@ import psutil
 import ray
 from ray._private import ray_constants
 
-from husai.config.sweep import SweepConfig
+from husai.config.sweep.spec import SweepConfig
 from husai.core.errors import InputError, ServiceUnavailable, first_line
 
 PRIVATE_PREFIX = "husai-ray-"  # the temp dir of every private instance HUSAI starts

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from husai import names
-from husai.config.sweep import SweepConfig
+from husai.config.sweep.spec import SweepConfig
 from husai.core.errors import ConfigError, InputError
 from husai.registry.sweep_records import experiment_of
 from husai.registry.tracking import Tracker

@@ -23,8 +23,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from husai import names
-from husai.config.sweep import GRID_KEY, SweepConfig
-from husai.config.sweep_parts import Dimension
+from husai.config.sweep.parts import Dimension
+from husai.config.sweep.spec import GRID_KEY, SweepConfig
 from husai.run.sweep.bundles import tune_grid
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from husai import console, names
 from husai.config.experiment import ExperimentConfig
-from husai.config.sweep import SweepConfig
-from husai.config.sweep_parts import ACTIVATION_FIELDS
+from husai.config.sweep.parts import ACTIVATION_FIELDS
+from husai.config.sweep.spec import SweepConfig
 from husai.core import device as devices
 from husai.measure.trial import check_sizes
 from husai.model.lm_source import LMPlan, plan

@@ -17,7 +17,7 @@ from ray import tune
 
 from husai import names
 from husai.config.experiment import ExperimentConfig
-from husai.config.sweep import load_sweep
+from husai.config.sweep.spec import load_sweep
 from husai.core import device as devices
 from husai.core.errors import first_line
 from husai.core.paths import cache_root

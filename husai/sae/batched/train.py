@@ -4,7 +4,7 @@ Trained one after another through sae-lens, a seed's step writes and re-reads a 
 [batch, d_sae] pre-activation tensor several times (matmul, rescale, top-k, scatter, backward
 through the scatter) and pays Python overhead per seed. Here the seeds' parameters are stacked
 [S, ...]; each step gathers every seed's own batch (its own `BatchOrder` and initialisation, as
-in `train.py`) and runs `batched_sparse.sparse_step` for all of them: scores ranked in one
+in `train.py`) and runs `batched.sparse.sparse_step` for all of them: scores ranked in one
 batched matmul or, for large SAEs, in cache-sized chunks; a sparse decode; hand-written sparse
 gradients. Adam is elementwise, so one Adam over stacked tensors is S independent Adams;
 gradient-norm clipping is per seed.
@@ -39,7 +39,7 @@ from husai import names
 from husai.config.experiment import SAEConfig, SAETrainConfig
 from husai.core.repro import deterministic
 from husai.model.rows import Rows, gather
-from husai.sae.batched_sparse import sparse_step
+from husai.sae.batched.sparse import sparse_step
 from husai.sae.build import build_sae, decoder, lr_scheduler
 from husai.sae.devices import on_active_device
 from husai.sae.types import BatchOrder, Consistency, SAECurves, SeedStreams, TrainedSAE
@@ -52,7 +52,7 @@ def batched_supported(sae_cfg: SAEConfig) -> bool:
 
 
 def static_step(device: torch.device) -> bool:
-    """Whether steps run with fixed shapes and no host reads (`batched_sparse.sparse_step`'s
+    """Whether steps run with fixed shapes and no host reads (`batched.sparse.sparse_step`'s
     `static`): on CUDA, where each read waits for the GPU's queue to drain. The CPU keeps the
     data-sized step, which skips work that the fixed widths would do for nothing. Reads that
     remain by design: the logged steps' curves, and the consistency term's matching (scipy, on
@@ -195,9 +195,9 @@ def _train(
     w0 = [decoder(sae) for sae in saes]
     dev = acts.device
     p = _Stack(saes, cfg, dev)
-    dense_grads = dev.type == "cuda"  # see husai.sae.batched_sparse
+    dense_grads = dev.type == "cuda"  # see husai.sae.batched.sparse
     # On the CPU each step decodes sparse or dense by the measured crossover (None: the rule
-    # in batched_sparse); on CUDA the sparse decode stays, what was measured bit-reproducible
+    # in batched.sparse); on CUDA the sparse decode stays, what was measured bit-reproducible
     # on a GPU, until the crossover is measured there too.
     dense_decode = None if dev.type == "cpu" else False
     static = static_step(dev)

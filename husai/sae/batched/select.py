@@ -1,4 +1,4 @@
-"""How the seed-batched step chooses its latents (`husai.sae.batched_sparse` runs the step).
+"""How the seed-batched step chooses its latents (`husai.sae.batched.sparse` runs the step).
 
 `select` ranks pre-activations in one batched matmul (small SAEs) or in row chunks that stay in
 cache (large ones) and returns the chosen (row, latent) pairs as compact `Entries`: each row's k

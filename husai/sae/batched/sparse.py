@@ -1,10 +1,10 @@
-"""Kernels of the seed-batched path (`husai.sae.batched`): one training step for all seeds.
+"""Kernels of the seed-batched path (`husai.sae.batched.train`): one training step for all seeds.
 
-`husai.sae.batched_select` chooses each row's latents as compact `Entries`; `sparse_step`
+`husai.sae.batched.select` chooses each row's latents as compact `Entries`; `sparse_step`
 decodes them with one `embedding_bag` over the chosen rows of W_dec and writes
 the gradients by hand: dL/dpre exists only at the chosen latents, so dW_enc is one sparse
 matrix product and dW_dec comes from `embedding_bag`'s own backward. The math, term by term,
-is sae-lens's TopK / BatchTopK training step; see `husai/sae/batched.py`.
+is sae-lens's TopK / BatchTopK training step; see `husai/sae/batched/train.py`.
 
 Every tensor is made on the device of the step's inputs. On CUDA the encoder gradient is one
 dense batched matmul instead of the sparse one (`dense_grads`): cuSPARSE's COO product is not
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from husai.sae.batched_select import Entries, mm_as, select, select_static
+from husai.sae.batched.select import Entries, mm_as, select, select_static
 
 # Dense decode from this share of latents decoded per row on: (k + AuxK's k_aux) / d_sae >=
 # DENSE_DECODE_SHARE. Below it the sparse decode does less work; above it dense batched
@@ -162,7 +162,7 @@ def sparse_step(
     this step by `use_dense_decode`, from k and this step's AuxK width). `static`: fixed
     widths, no host reads; `dead_possible` False (the driver knows no latent can be dead yet)
     lets it skip AuxK's ranking. `k`: one for every member, or one per member (a bundle of
-    grid points; `batched_select.select` chooses each run of members sharing k on its own)."""
+    grid points; `batched.select.select` chooses each run of members sharing k on its own)."""
     w_enc, b_enc, w_dec, b_dec = params
     n_seeds, bsz, d_in = sae_in.shape
     dev = sae_in.device

@@ -28,7 +28,7 @@ from husai import names
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import deep_merge, format_validation, from_dict, read_yaml_file
 from husai.config.strict import Strict
-from husai.config.sweep_parts import (
+from husai.config.sweep.parts import (
     ACTIVATION_FIELDS,
     ASHA_OBJECTIVES,
     CATEGORICAL_FIELDS,

@@ -1,4 +1,4 @@
-"""The parts of a sweep file (`husai.config.sweep.SweepConfig`): search dimensions, objectives,
+"""The parts of a sweep file (`husai.config.sweep.spec.SweepConfig`): search dimensions, objectives,
 resources, ASHA, the smoke run and the confirmation stage, and which config fields a sweep may
 vary. Part of the config layer.
 """

@@ -10,8 +10,8 @@ from typing import Any
 
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
-from husai.config.sweep import SweepConfig
-from husai.config.sweep_parts import CATEGORICAL_FIELDS, INTEGER_FIELDS, PARAM_OF
+from husai.config.sweep.parts import CATEGORICAL_FIELDS, INTEGER_FIELDS, PARAM_OF
+from husai.config.sweep.spec import SweepConfig
 
 
 def recipe_from_params(sweep: SweepConfig, params: Mapping[str, str]) -> dict[str, Any]:
