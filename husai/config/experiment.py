@@ -223,7 +223,7 @@ class TrialConfig(Strict):
 
 
 class EvalsConfig(Strict):
-    """Stress tests and local external evals on the trial's own SAEs (docs/metrics.md)."""
+    """Stress tests and local evals on the trial's own SAEs (docs/metrics.md)."""
 
     transcoder: bool = Field(True, description="transcoders vs SAEs on the MLP input, same seeds")
     ood: bool = Field(True, description="recon and probe AUC on the held-out operand slice")

@@ -171,7 +171,7 @@ def print_stability(m: Mapping[str, float], tags: Mapping[str, str]) -> None:
 
 
 def print_evals(m: Mapping[str, float]) -> None:
-    """The stress tests and local external evals of a trial run, if it has any."""
+    """The stress tests and local evals of a trial run, if it has any."""
     g = m.get
     if not any(k.startswith((names.STRESS_PREFIX, names.LOCAL_PREFIX)) for k in m):
         return

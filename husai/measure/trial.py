@@ -84,7 +84,7 @@ class TrialResult:
     seconds: float
     consistency: ConsistencyMetrics | None = None  # lambda > 0 only
     consistency_scale: float | None = None  # s of lambda * s * penalty (lambda > 0 only)
-    evals: EvalResults | None = None  # stress tests and local external evals (cfg.evals)
+    evals: EvalResults | None = None  # stress tests and local evals (cfg.evals)
     # lambda > 0: the lambda = 0 recipe's contrastive score per seed ({} if unknown);
     # None: this trial is its own baseline.
     plain_contrastive: dict[int, float] | None = None

@@ -171,7 +171,7 @@ PARAM_REF_RUN_ID = "ref_run_id"
 PARAM_CONTROLS_RUN_ID = "controls_run_id"  # the lambda = 0 trial whose seeds are the controls
 PARAM_ASSIGN_EVERY = "assign_every"
 TAG_REF_RUN_ID = "husai.ref_run_id"
-# Stress tests and local external evals: husai/names/evals.py (re-exported at the top).
+# Stress tests and local evals: husai/names/evals.py (re-exported at the top).
 
 
 # --- training curves (seed runs, per step) ------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Stress tests and local external evals, all on one trial's own SAEs (docs/design.md, "Evals").
+"""Stress tests and local evals, all on one trial's own SAEs (docs/design.md, "Evals").
 
 - `transcoder`: transcoders (MLP in -> MLP out) vs SAEs on the MLP input, same recipe and seeds;
 - `ood`: reconstruction and probe AUC on the shifted slice the SAEs never trained on;
