@@ -2,12 +2,14 @@
 its cache lacks (`trial_stack`), or several trials that differ only in k, a sweep's grid
 bundle, each with its nulls (`bundle_stack`). `husai.measure.trial.run_trial` measures each
 trial's part as if it had trained it alone; each member equals training it alone (float
-tolerance; tests/sae/test_batched.py, tests/measure/test_stack.py).
+tolerance; tests/sae/test_batched.py, tests/measure/test_nulls.py,
+tests/run/test_sweep_bundles.py).
 
 Stacking is the CPU's, as measured (benchmarks/ablation_grid.py): on CUDA, for sets on disk,
 or where the members would need more than a quarter of the machine's memory, a trial trains
 its seeds alone (lazily, so an ASHA stop trains no more) and its nulls after them, and a
-bundle is not stacked (each point runs as its own trial).
+bundle is not stacked (its points train one after another in the bundle's Tune trial; sweeps
+bundle only without a GPU share, `husai.run.sweep.bundles`).
 """
 
 from __future__ import annotations

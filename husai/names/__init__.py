@@ -245,6 +245,7 @@ TUNE_DUPLICATE = "duplicate"  # 1: the trial reused another's record of the same
 # point order ("" / 0 for a point not recorded); the driver reads each run's metrics.
 TUNE_BUNDLE_RUN_IDS = "bundle_trial_run_ids"
 TUNE_BUNDLE_DUPLICATES = "bundle_duplicates"
+TUNE_BUNDLE_ERRORS = "bundle_errors"  # JSON {point index: why} of points that failed alone
 # A trial that raised reports its error's last line and ends (Tune retries only lost attempts).
 TUNE_TRIAL_ERROR = "trial_error"
 # A trial whose tracking server stopped answering: why, in one line; the driver stops the sweep.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from husai import console, names
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
 from husai.core import device as devices
+from husai.core.errors import first_line
 from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
 from husai.measure.stack import Trained, bundle_stack
@@ -35,6 +37,7 @@ from husai.model.base_model import HookedTransformer
 from husai.model.lm_source import plan
 from husai.registry.claims import claim
 from husai.registry.handles import Reference
+from husai.registry.provenance import server_lost
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import (
     RecordedTrial,
@@ -188,11 +191,14 @@ def bundle_trials(
     parent_run_id: str,
     on_trial: Callable[[int, TrialOutcome], None],
     rerun: bool = False,
-) -> list[TrialOutcome]:
+    on_failed: Callable[[int, str], None] | None = None,
+) -> list[TrialOutcome | None]:
     """A sweep's grid bundle (`husai.run.sweep.bundles`): trials that differ only in k, on
     one activation set, each found or made as `trial` would, the ones to make trained as one
     stack (`bundle_stack`; where they cannot stack, one after another) and each recorded as
-    its own trial run. `on_trial(i, outcome)` after each point is found or recorded."""
+    its own trial run. `on_trial(i, outcome)` after each point is found or recorded. A point
+    whose measuring or recording raises fails alone, as it would unbundled: `on_failed(i, why)`
+    and its outcome None, the rest still recorded (a lost tracking server stops them all)."""
     tracker, src, acts = inputs.tracker, inputs.src, inputs.acts
     assert src.ray_trial_id is not None, "a bundle is a sweep's Ray Tune trial"
     out: dict[int, TrialOutcome] = {}
@@ -216,10 +222,19 @@ def bundle_trials(
         stacked = bundle_stack([cfgs[i] for i in todo], acts, inputs.random_base, progress=True)
         for j, i in enumerate(todo):
             trained = None if stacked is None else stacked[j]
-            result, rec = run_and_record(cfgs[i], inputs, None, None, parent_run_id, None, trained)
+            try:
+                result, rec = run_and_record(
+                    cfgs[i], inputs, None, None, parent_run_id, None, trained
+                )
+            except Exception as e:
+                if on_failed is None or server_lost(tracker.uri, e) is not None:
+                    raise
+                traceback.print_exc()  # to the worker's log; the sweep records the line
+                on_failed(i, f"{type(e).__name__}: {first_line(e)}")
+                continue
             out[i] = TrialOutcome(rec.run_id, result, rec)
             on_trial(i, out[i])
-    return [out[i] for i in range(len(cfgs))]
+    return [out.get(i) for i in range(len(cfgs))]
 
 
 _LOADED_BASE: dict[tuple[str, str], HookedTransformer] = {}

@@ -4,8 +4,9 @@ tolerance); an interrupted bundle trains only the points it had not recorded."""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,12 @@ from husai import names
 from husai.config.sweep.spec import load_sweep
 from husai.registry.sweep_records import open_sweep_run
 from husai.registry.tracking import Tracker
+from husai.registry.trial_records import TrialSource
 from husai.run import trial_stages
 from husai.run.sweep.bundles import BUNDLE_KEY, points_of, shown_params, tune_grid, tune_trials
 from husai.run.sweep.driver import run_sweep
+from husai.run.sweep.end import finish_sweep
+from husai.run.sweep.sets import SetRef
 from husai.run.trial_stages import TrialOutcome, bundle_trials, trial_inputs
 from tests.helpers import ROOT, SWEEP, user_acts
 
@@ -63,9 +67,13 @@ def test_grid_points_that_differ_only_in_k_form_one_bundle(tmp_path: Path) -> No
     assert [p["sae.k"] for p in points_of(ablation, bundle)] == [8, 16, 32, 64]
     assert shown_params(points_of(ablation, bundle)) == {"sae.k": "8|16|32|64", "sae.d_sae": 128}
     assert len(tune_grid(ablation, smoke=True)) == 1  # --smoke: its first two points, one stack
-    # Opting out, sampled dimensions, ASHA, or a lambda > 0 recipe: one Tune trial per point.
+    # Opting out, sampled dimensions, a GPU share, or a lambda > 0 recipe: a trial per point.
     off = ablation.model_copy(update={"bundle": False})
     assert tune_grid(off) == ablation.grid_points() and tune_trials(off) == 7
+    gpu = ablation.model_copy(
+        update={"resources": ablation.resources.model_copy(update={"gpu": 0.5})}
+    )
+    assert tune_grid(gpu) == ablation.grid_points()
     npy = user_acts(tmp_path)
     lam = load_sweep(
         _sweep(tmp_path, npy, "lam", grids=[{"sae.k": [2, 4], "consistency.lambda": [0.1]}])
@@ -78,8 +86,10 @@ def test_grid_points_that_differ_only_in_k_form_one_bundle(tmp_path: Path) -> No
         search_space={"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
     )
     assert all(BUNDLE_KEY not in g for g in tune_grid(load_sweep(sampled)))
-    # Bundling is how trials are scheduled, not what they measure: the fingerprint ignores it.
-    assert off.fingerprint(False) == ablation.fingerprint(False)
+    # A bundled sweep is a sweep of its own (its Tune trials differ: --resume across a change
+    # is refused); off, the fingerprint is what it was before the field existed.
+    assert off.fingerprint(False) != ablation.fingerprint(False)
+    assert "bundle" not in json.dumps(off.model_dump(mode="json", exclude={"bundle"}))
 
 
 def _by_point(tracker: Tracker, name: str) -> dict[tuple[int, int], Any]:
@@ -91,10 +101,13 @@ def _by_point(tracker: Tracker, name: str) -> dict[tuple[int, int], Any]:
 
 @pytest.mark.slow
 def test_a_bundled_grid_sweep_records_each_point_as_an_unbundled_sweep_does(
-    tmp_path: Path, isolated_store: str
+    tmp_path: Path, isolated_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     npy = user_acts(tmp_path)
     bundled = run_sweep(_sweep(tmp_path, npy), tracking_uri=isolated_store)
+    # A cache of its own: the unbundled sweep trains its nulls itself, never loading the
+    # bundle's, so a null given to the wrong point in the stack would show below.
+    monkeypatch.setenv("HUSAI_CACHE_DIR", str(tmp_path / "cache-alone"))
     alone = run_sweep(_sweep(tmp_path, npy, bundle=False), tracking_uri=f"{isolated_store}-alone")
     assert bundled.n_trials == alone.n_trials == 3 and bundled.n_recorded == 3
     got = _by_point(Tracker(isolated_store), "bundled")
@@ -152,8 +165,61 @@ def test_an_interrupted_bundle_trains_only_the_points_it_had_not_recorded(
         again = bundle_trials(cfgs, inputs, parent, lambda i, done: seen.append(i))
     # The retry found the recorded point (not trained again) and trained the other two.
     assert seen[0] == 0 and sorted(seen) == [0, 1, 2]
-    assert again[0].reused and again[0].run_id == first[(2, 32)].info.run_id
-    assert not again[1].reused and not again[2].reused
+    assert all(a is not None for a in again)
+    assert again[0].reused and again[0].run_id == first[(2, 32)].info.run_id  # type: ignore[union-attr]
+    assert not again[1].reused and not again[2].reused  # type: ignore[union-attr]
     assert sorted(_by_point(tracker, "bundled")) == [(2, 32), (3, 32), (4, 32)]
     # The first attempt stacked all three; the retry only the two it had not recorded.
     assert stacked == [([2, 3, 4], True), ([3, 4], True)]
+
+
+def test_a_point_that_fails_alone_leaves_the_rest_of_its_bundle_recorded(
+    tmp_path: Path, isolated_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One point's measuring raises (here k 3's record: a stand-in failure, the test is about
+    our own bookkeeping): the other points are still recorded; the sweep's end records the
+    failed point FAILED with its own error and counts the others, as unbundled trials would."""
+    npy = user_acts(tmp_path)
+    sweep = load_sweep(_sweep(tmp_path, npy, grids=[{"sae.k": [2, 3, 4]}]))
+    (grid,) = tune_grid(sweep)
+    cfgs = [sweep.trial_config(p) for p in grid[BUNDLE_KEY]]
+    inputs = trial_inputs(cfgs[0], isolated_store)
+    inputs = replace(inputs, src=replace(inputs.src, ray_trial_id="t9"))
+    real = trial_stages.run_and_record
+
+    def fails_at_k3(cfg: Any, *args: Any, **kw: Any) -> Any:
+        if cfg.sae.k == 3:
+            raise ValueError("boom at k 3")
+        return real(cfg, *args, **kw)
+
+    monkeypatch.setattr(trial_stages, "run_and_record", fails_at_k3)
+    tracker = inputs.tracker
+    failed: dict[int, str] = {}
+    with open_sweep_run(tracker, sweep, "h", "f", False, 3, "ray", inputs.acts.key, None) as parent:
+        done = bundle_trials(cfgs, inputs, parent, lambda i, d: None, on_failed=failed.__setitem__)
+        assert done[1] is None and done[0] is not None and done[2] is not None
+        assert failed == {1: "ValueError: boom at k 3"}
+        # The bundle's last report, as the driver gets it from Tune.
+        report = {
+            names.TUNE_BUNDLE_RUN_IDS: f"{done[0].run_id},,{done[2].run_id}",
+            names.TUNE_BUNDLE_DUPLICATES: "0,0,0",
+            names.TUNE_BUNDLE_ERRORS: json.dumps({"1": failed[1]}),
+            names.TUNE_RAY_TRIAL_ID: "t9",
+        }
+
+        @dataclass
+        class Result:  # what finish_sweep reads of a Tune result
+            metrics: dict[str, Any]
+            config: dict[str, Any]
+            error: Exception | None = None
+
+        sets = (SetRef("{}", inputs.acts.key, inputs.acts.d_in, None, "", None),)
+        src = TrialSource(inputs.acts.key, None, "sweep")
+        out = finish_sweep(
+            tracker, sweep, False, sets, src, parent, [Result(report, {"grid": grid})]
+        )
+    assert out.n_trials == 3 and out.n_recorded == 2
+    runs = _by_point(tracker, "bundled")
+    assert runs[(3, 32)].info.status == "FAILED"
+    assert runs[(3, 32)].data.tags[names.TAG_TRIAL_ERROR] == "ValueError: boom at k 3"
+    assert {runs[(2, 32)].info.status, runs[(4, 32)].info.status} == {"FINISHED"}

@@ -206,8 +206,12 @@ class SweepConfig(Strict):
         activations and metric version are matched separately, on the sweep run."""
         # Without grids the file dumps as it did before they existed: old fingerprints hold.
         # Retries change how a trial is scheduled, never what it measures.
-        # Bundling too: the same trials, stacked (each member equal to training it alone).
-        left_out = {"retries", "bundle"} if self.grids else {"grids", "retries", "bundle"}
+        # `bundle: false` (the default) too: fingerprints from before it existed hold. A bundled
+        # sweep is a sweep of its own: its Tune trials differ, so --resume across a change of
+        # `bundle` is refused rather than restoring a Tuner of the other layout.
+        left_out = {"retries"} if self.grids else {"grids", "retries"}
+        if not self.bundle:
+            left_out.add("bundle")
         dump = self.model_dump(mode="json", exclude=left_out)
         blob = json.dumps({"sweep": dump, "smoke": smoke}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

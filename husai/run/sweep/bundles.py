@@ -23,8 +23,17 @@ BUNDLE_KEY = "points"  # never a dotted config path, so never a grid point's own
 
 
 def bundles_allowed(sweep: SweepConfig) -> bool:
-    """A grid of points only, each run once, without ASHA (a bundle stops as a whole)."""
-    return sweep.bundle and sweep.is_grid() and not sweep.sampled_space() and not sweep.asha.enabled
+    """A grid of points only, each run once, without ASHA (a bundle stops as a whole), on the
+    CPU (stacking is the CPU's; on a GPU share a bundle would only serialise its points)."""
+    device = sweep.base_experiment().runtime.device
+    on_cpu = sweep.resources.gpu == 0 and not device.startswith("cuda")
+    return (
+        sweep.bundle
+        and on_cpu
+        and sweep.is_grid()
+        and not sweep.sampled_space()
+        and not sweep.asha.enabled
+    )
 
 
 def tune_grid(sweep: SweepConfig, smoke: bool = False) -> list[dict[str, Any]]:

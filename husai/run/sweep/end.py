@@ -6,6 +6,7 @@ results come in as plain objects with `.metrics`, `.config` and `.error`.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,7 +16,7 @@ from husai.config.experiment import ExperimentConfig
 from husai.config.sweep.spec import GRID_KEY, SweepConfig, sampled_params
 from husai.registry.sweep_records import SweepOutcome, record_outcome
 from husai.registry.tracking import Tracker
-from husai.registry.trial_records import TrialSource, record_stopped_trial
+from husai.registry.trial_records import TrialSource, find_ray_trial, record_stopped_trial
 from husai.run.sweep.bundles import is_bundle, points_of
 from husai.run.sweep.sets import SetRef, ref_for
 
@@ -49,7 +50,7 @@ def finish_sweep(
     """Record the trials ASHA stopped (or that failed) before they were recorded, then the
     sweep's outcome. `trials`: Tune's results (anything with `.metrics`, `.config`, `.error`);
     a grid bundle's stands for each of its points."""
-    trials = [p for t in trials for p in _points(tracker, sweep, t)]
+    trials = [p for t in trials for p in _points(tracker, sweep, smoke, sweep_run_id, t)]
     results = [t.metrics or {} for t in trials]
     for r, t in zip(results, trials, strict=True):
         if names.TUNE_TRIAL_RUN_ID not in r:
@@ -83,10 +84,14 @@ class _PointResult:
     error: object
 
 
-def _points(tracker: Tracker, sweep: SweepConfig, t: Any) -> list[Any]:
+def _points(
+    tracker: Tracker, sweep: SweepConfig, smoke: bool, sweep_run_id: str, t: Any
+) -> list[Any]:
     """A Tune result, or a bundle's as one result per point: a recorded point's metrics are
-    its trial run's (the bundle reported only the run ids); one not recorded keeps the
-    bundle's report (its error, its node) and is recorded stopped like any trial."""
+    its trial run's (the bundle reported only the run ids; a point recorded after the last
+    report the driver heard of is found by its Ray trial id); one not recorded keeps the
+    bundle's report (its node; its own error, else the bundle's) and is recorded stopped like
+    any trial."""
     config = dict(t.config or {})
     if not is_bundle(config):
         return [t]
@@ -94,10 +99,17 @@ def _points(tracker: Tracker, sweep: SweepConfig, t: Any) -> list[Any]:
     points = points_of(sweep, config)
     runs = str(r.pop(names.TUNE_BUNDLE_RUN_IDS, "")).split(",")
     dups = str(r.pop(names.TUNE_BUNDLE_DUPLICATES, "")).split(",")
+    errors = json.loads(str(r.pop(names.TUNE_BUNDLE_ERRORS, "{}")) or "{}")
+    ray_trial = r.get(names.TUNE_RAY_TRIAL_ID)
     out = []
     for i, point in enumerate(points):
         run_id = runs[i] if i < len(runs) else ""
+        if not run_id and ray_trial:
+            cfg = sweep.trial_config(point, smoke)
+            run_id = find_ray_trial(tracker, cfg, str(ray_trial), sweep_run_id) or ""
         metrics = dict(r)
+        if str(i) in errors:
+            metrics[names.TUNE_TRIAL_ERROR] = errors[str(i)]
         if run_id:
             dup = i < len(dups) and dups[i] == "1"
             metrics = {

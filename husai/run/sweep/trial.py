@@ -7,6 +7,7 @@ run id and metrics; a bundle reports its points' run ids. `husai.run.sweep.drive
 
 from __future__ import annotations
 
+import json
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,21 +168,31 @@ def _run_trial(
 def _run_bundle(
     inputs: TrialInputs, ctx: SweepContext, cfgs: list[ExperimentConfig], last: dict[str, Any]
 ) -> None:
-    """A grid bundle: its points trained as one stack, each recorded as its own trial run;
-    one report at the end naming them (`last` holds those recorded so far, for an error)."""
+    """A grid bundle: its points trained as one stack, each recorded as its own trial run.
+    A report after each point names the points recorded so far (a worker killed mid-bundle
+    leaves them in Tune's last result) and each point that failed on its own, with why."""
     runs, dups = [""] * len(cfgs), ["0"] * len(cfgs)
+    errors: dict[str, str] = {}
+    node = inputs.src.ray_node_id
 
-    def on_trial(i: int, done: TrialOutcome) -> None:
-        runs[i], dups[i] = done.run_id, str(int(done.duplicate))
+    def report() -> None:
         last.update(
             {
                 names.TUNE_BUNDLE_RUN_IDS: ",".join(runs),
                 names.TUNE_BUNDLE_DUPLICATES: ",".join(dups),
+                names.TUNE_BUNDLE_ERRORS: json.dumps(errors),
             }
         )
+        tune.report({**last, names.TUNE_NODE_ID: node})  # no ASHA on a bundle: reports are free
 
-    bundle_trials(cfgs, inputs, ctx.sweep_run_id, on_trial, rerun=ctx.rerun)
-    n_seeds = len(cfgs[0].trial.seeds)
-    tune.report(
-        {**last, names.TUNE_SEEDS_DONE: n_seeds + 1, names.TUNE_NODE_ID: inputs.src.ray_node_id}
-    )
+    def on_trial(i: int, done: TrialOutcome) -> None:
+        runs[i], dups[i] = done.run_id, str(int(done.duplicate))
+        report()
+
+    def on_failed(i: int, why: str) -> None:
+        errors[str(i)] = why
+        report()
+
+    bundle_trials(cfgs, inputs, ctx.sweep_run_id, on_trial, rerun=ctx.rerun, on_failed=on_failed)
+    last[names.TUNE_SEEDS_DONE] = len(cfgs[0].trial.seeds) + 1
+    report()
