@@ -130,6 +130,18 @@ def test_a_bundled_grid_sweep_records_each_point_as_an_unbundled_sweep_does(
         assert len(seeds) == 3
 
 
+def _bundle_of_three(
+    tmp_path: Path, store: str, ray_trial_id: str
+) -> tuple[Any, dict[str, Any], list[Any], Any]:
+    """A bundle of k 2/3/4 on a user's file, as one Ray trial (`ray_trial_id`) would run it:
+    (sweep, its grid value, the points' configs, the trial's inputs)."""
+    sweep = load_sweep(_sweep(tmp_path, user_acts(tmp_path), grids=[{"sae.k": [2, 3, 4]}]))
+    (grid,) = tune_grid(sweep)
+    cfgs = [sweep.trial_config(p) for p in grid[BUNDLE_KEY]]
+    inputs = trial_inputs(cfgs[0], store)
+    return sweep, grid, cfgs, replace(inputs, src=replace(inputs.src, ray_trial_id=ray_trial_id))
+
+
 def test_an_interrupted_bundle_trains_only_the_points_it_had_not_recorded(
     tmp_path: Path, isolated_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -142,12 +154,7 @@ def test_an_interrupted_bundle_trains_only_the_points_it_had_not_recorded(
 
     real = trial_stages.bundle_stack
     monkeypatch.setattr(trial_stages, "bundle_stack", spy)
-    npy = user_acts(tmp_path)
-    sweep = load_sweep(_sweep(tmp_path, npy, grids=[{"sae.k": [2, 3, 4]}]))
-    (grid,) = tune_grid(sweep)
-    cfgs = [sweep.trial_config(p) for p in grid[BUNDLE_KEY]]
-    inputs = trial_inputs(cfgs[0], isolated_store)
-    inputs = replace(inputs, src=replace(inputs.src, ray_trial_id="t1"))
+    sweep, grid, cfgs, inputs = _bundle_of_three(tmp_path, isolated_store, "t1")
     tracker = inputs.tracker
     with open_sweep_run(tracker, sweep, "h", "f", False, 3, "ray", inputs.acts.key, None) as parent:
 
@@ -179,12 +186,7 @@ def test_a_point_that_fails_alone_leaves_the_rest_of_its_bundle_recorded(
     """One point's measuring raises (here k 3's record: a stand-in failure, the test is about
     our own bookkeeping): the other points are still recorded; the sweep's end records the
     failed point FAILED with its own error and counts the others, as unbundled trials would."""
-    npy = user_acts(tmp_path)
-    sweep = load_sweep(_sweep(tmp_path, npy, grids=[{"sae.k": [2, 3, 4]}]))
-    (grid,) = tune_grid(sweep)
-    cfgs = [sweep.trial_config(p) for p in grid[BUNDLE_KEY]]
-    inputs = trial_inputs(cfgs[0], isolated_store)
-    inputs = replace(inputs, src=replace(inputs.src, ray_trial_id="t9"))
+    sweep, grid, cfgs, inputs = _bundle_of_three(tmp_path, isolated_store, "t9")
     real = trial_stages.run_and_record
 
     def fails_at_k3(cfg: Any, *args: Any, **kw: Any) -> Any:
