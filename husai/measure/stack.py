@@ -75,11 +75,16 @@ def machine_bytes() -> int:
         return 0
 
 
-def _fits(cfgs: Sequence[ExperimentConfig], n_members: int, d_in: int) -> bool:
-    """CPU only, and never near the machine's memory: a member holds what one seed does."""
+def _fits(
+    cfgs: Sequence[ExperimentConfig], n_members: int, acts: ActivationSet, n_row_sets: int
+) -> bool:
+    """CPU only, and never near the machine's memory: a member holds what one seed does, and
+    the pooled rows hold the trial's set and each trained null's (`n_row_sets` in all)."""
     cfg = cfgs[0]
-    per_member = training_bytes(cfg, d_in) / len(cfg.trial.seeds)
-    return devices.active().type == "cpu" and per_member * n_members <= machine_bytes() / 4
+    per_member = training_bytes(cfg, acts.d_in) / len(cfg.trial.seeds)
+    rows = FLOAT32 * int(acts.train.shape[0]) * acts.d_in * n_row_sets
+    need = per_member * n_members + rows
+    return devices.active().type == "cpu" and need <= machine_bytes() / 4
 
 
 def _in_memory(acts: ActivationSet, random_base: ActivationSet | None) -> bool:
@@ -101,7 +106,8 @@ def trial_stack(
     seeds, own = cfg.trial.seeds, acts.train
     jobs = null_jobs(cfg, acts, random_base) if stacks(cfg.sae, cfg.train) else []
     n_members = len(seeds) + sum(len(job.seeds) for job in jobs)
-    if not jobs or not _in_memory(acts, random_base) or not _fits([cfg], n_members, acts.d_in):
+    fits = _fits([cfg], n_members, acts, 1 + len(jobs))
+    if not jobs or not _in_memory(acts, random_base) or not fits:
         return Trained(train_seeds(cfg.sae, cfg.train, own, seeds, progress, consistency=pulls), {})
     return _stack(
         [cfg], acts, jobs_of=[jobs], pulls=pulls, progress=progress, label="trial + nulls"
@@ -124,7 +130,8 @@ def bundle_stack(
         len(c.trial.seeds) + sum(len(j.seeds) for j in jobs)
         for c, jobs in zip(cfgs, jobs_of, strict=True)
     )
-    if not _fits(cfgs, n_members, acts.d_in):
+    n_row_sets = 1 + len({job.name for jobs in jobs_of for job in jobs})  # twins drawn once
+    if not _fits(cfgs, n_members, acts, n_row_sets):
         return None
     return _stack(cfgs, acts, jobs_of, None, progress, "bundle")
 
@@ -155,8 +162,18 @@ def _stack(
     progress: bool,
     label: str,
 ) -> list[Trained]:
+    # A twin of rows in memory is in memory. A bundle's points share their trial block, so
+    # their surrogate twins are the same draw: drawn once, pooled once.
+    drawn: dict[tuple[str, str], TwinRows | ActivationSet] = {}
+
+    def rows_of(cfg: ExperimentConfig, job: NullJob) -> TwinRows | ActivationSet:
+        key = (job.name, cfg.trial.model_dump_json())
+        if key not in drawn:
+            drawn[key] = job.rows()
+        return drawn[key]
+
     parts = [
-        _Part(cfg, [(job, job.rows()) for job in jobs])  # a twin of rows in memory is in memory
+        _Part(cfg, [(job, rows_of(cfg, job)) for job in jobs])
         for cfg, jobs in zip(cfgs, jobs_of, strict=True)
     ]
     rows = [r for p in parts for r in p.rows(acts.train)]

@@ -15,11 +15,19 @@ import yaml
 
 from husai import names
 from husai.config.sweep.spec import load_sweep
+from husai.measure import nulls
 from husai.registry.sweep_records import open_sweep_run
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource
 from husai.run import trial_stages
-from husai.run.sweep.bundles import BUNDLE_KEY, points_of, shown_params, tune_grid, tune_trials
+from husai.run.sweep.bundles import (
+    BUNDLE_KEY,
+    ignored_because,
+    points_of,
+    shown_params,
+    tune_grid,
+    tune_trials,
+)
 from husai.run.sweep.driver import run_sweep
 from husai.run.sweep.end import finish_sweep
 from husai.run.sweep.sets import SetRef
@@ -70,10 +78,12 @@ def test_grid_points_that_differ_only_in_k_form_one_bundle(tmp_path: Path) -> No
     # Opting out, sampled dimensions, a GPU share, or a lambda > 0 recipe: a trial per point.
     off = ablation.model_copy(update={"bundle": False})
     assert tune_grid(off) == ablation.grid_points() and tune_trials(off) == 7
+    assert ignored_because(ablation) is None and ignored_because(off) is None
     gpu = ablation.model_copy(
         update={"resources": ablation.resources.model_copy(update={"gpu": 0.5})}
     )
     assert tune_grid(gpu) == ablation.grid_points()
+    assert "GPU share" in str(ignored_because(gpu))
     npy = user_acts(tmp_path)
     lam = load_sweep(
         _sweep(tmp_path, npy, "lam", grids=[{"sae.k": [2, 4], "consistency.lambda": [0.1]}])
@@ -86,6 +96,7 @@ def test_grid_points_that_differ_only_in_k_form_one_bundle(tmp_path: Path) -> No
         search_space={"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
     )
     assert all(BUNDLE_KEY not in g for g in tune_grid(load_sweep(sampled)))
+    assert "samples dimensions" in str(ignored_because(load_sweep(sampled)))
     # A bundled sweep is a sweep of its own (its Tune trials differ: --resume across a change
     # is refused); off, the fingerprint is what it was before the field existed.
     assert off.fingerprint(False) != ablation.fingerprint(False)
@@ -154,6 +165,13 @@ def test_an_interrupted_bundle_trains_only_the_points_it_had_not_recorded(
 
     real = trial_stages.bundle_stack
     monkeypatch.setattr(trial_stages, "bundle_stack", spy)
+    draws: list[int] = []  # a spy: the points share their trial block, so one twin per stack
+    real_rows = nulls.surrogate_rows
+    monkeypatch.setattr(
+        nulls,
+        "surrogate_rows",
+        lambda *a: draws.append(1) or real_rows(*a),  # type: ignore[func-returns-value]
+    )
     sweep, grid, cfgs, inputs = _bundle_of_three(tmp_path, isolated_store, "t1")
     tracker = inputs.tracker
     with open_sweep_run(tracker, sweep, "h", "f", False, 3, "ray", inputs.acts.key, None) as parent:
@@ -178,6 +196,7 @@ def test_an_interrupted_bundle_trains_only_the_points_it_had_not_recorded(
     assert sorted(_by_point(tracker, "bundled")) == [(2, 32), (3, 32), (4, 32)]
     # The first attempt stacked all three; the retry only the two it had not recorded.
     assert stacked == [([2, 3, 4], True), ([3, 4], True)]
+    assert len(draws) == 2  # one surrogate twin per attempt, not one per point
 
 
 def test_a_point_that_fails_alone_leaves_the_rest_of_its_bundle_recorded(

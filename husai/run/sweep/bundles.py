@@ -36,6 +36,19 @@ def bundles_allowed(sweep: SweepConfig) -> bool:
     )
 
 
+def ignored_because(sweep: SweepConfig) -> str | None:
+    """Why `bundle: true` does nothing in this sweep (None: it bundles, or was not asked)."""
+    if not sweep.bundle or bundles_allowed(sweep):
+        return None
+    if not sweep.is_grid():
+        return "it has no grid (an Optuna search keeps one trial per proposal)"
+    if sweep.sampled_space():
+        return "it samples dimensions beside its grid"
+    if sweep.asha.enabled:
+        return "ASHA stops trials one by one"
+    return "its trials run on a GPU share (stacking is the CPU's)"
+
+
 def tune_grid(sweep: SweepConfig, smoke: bool = False) -> list[dict[str, Any]]:
     """The values of Tune's grid search: each point alone, or a bundle of points
     (`{BUNDLE_KEY: [point, ...]}`), in the grid's order of first appearance."""

@@ -25,7 +25,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from husai import names
+from husai import console, names
 from husai.config.sweep.spec import SweepConfig, load_sweep
 from husai.core.errors import TrackingLost, first_line
 from husai.core.paths import cache_root
@@ -41,7 +41,7 @@ from husai.registry.sweep_records import (
 )
 from husai.registry.tracking import Tracker
 from husai.registry.trial_records import TrialSource
-from husai.run.sweep.bundles import points_of, tune_trials
+from husai.run.sweep.bundles import ignored_because, points_of, tune_trials
 from husai.run.sweep.confirm import confirm_best
 from husai.run.sweep.end import finish_sweep, record_lost_attempt
 from husai.run.sweep.progress import TrackingWatch, TrialLines
@@ -171,6 +171,8 @@ def _search(
         smoke = previous.params[names.SWEEP_PARAM_SMOKE] == "True"
         check_unchanged(previous, sweep.fingerprint(smoke), sweep_path)
     fingerprint = sweep.fingerprint(smoke)
+    if (why := ignored_because(sweep)) is not None:
+        console.say(f"sweep {sweep.name}: bundle: true has no effect here: {why}")
     cfg0 = sweep.base_experiment(smoke)
     planned = planned or plan_sets(sweep, smoke)  # a resumed sweep's: its own smoke setting
     tracker.experiment_id(experiment_of(sweep))  # created here, before any trial process writes
