@@ -22,6 +22,11 @@ class TrackingLost(ServiceUnavailable):
     further MLflow call is made (each would wait out the client's retries)."""
 
 
+def described(e: BaseException) -> str:
+    """An exception as one line with its type: `ValueError: bad k`."""
+    return f"{type(e).__name__}: {first_line(e)}"
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's text: errors are reported as one line."""
     text = str(e).strip()

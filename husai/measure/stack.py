@@ -75,12 +75,9 @@ def machine_bytes() -> int:
         return 0
 
 
-def _fits(
-    cfgs: Sequence[ExperimentConfig], n_members: int, acts: ActivationSet, n_row_sets: int
-) -> bool:
-    """CPU only, and never near the machine's memory: a member holds what one seed does, and
-    the pooled rows hold the trial's set and each trained null's (`n_row_sets` in all)."""
-    cfg = cfgs[0]
+def _fits(cfg: ExperimentConfig, n_members: int, acts: ActivationSet, n_row_sets: int) -> bool:
+    """CPU only, and never near the machine's memory: a member holds what one seed of `cfg`
+    does, and the pooled rows hold the trial's set and each trained null's (`n_row_sets`)."""
     per_member = training_bytes(cfg, acts.d_in) / len(cfg.trial.seeds)
     rows = FLOAT32 * int(acts.train.shape[0]) * acts.d_in * n_row_sets
     need = per_member * n_members + rows
@@ -106,7 +103,7 @@ def trial_stack(
     seeds, own = cfg.trial.seeds, acts.train
     jobs = null_jobs(cfg, acts, random_base) if stacks(cfg.sae, cfg.train) else []
     n_members = len(seeds) + sum(len(job.seeds) for job in jobs)
-    fits = _fits([cfg], n_members, acts, 1 + len(jobs))
+    fits = _fits(cfg, n_members, acts, 1 + len(jobs))
     if not jobs or not _in_memory(acts, random_base) or not fits:
         return Trained(train_seeds(cfg.sae, cfg.train, own, seeds, progress, consistency=pulls), {})
     return _stack(
@@ -131,7 +128,7 @@ def bundle_stack(
         for c, jobs in zip(cfgs, jobs_of, strict=True)
     )
     n_row_sets = 1 + len({job.name for jobs in jobs_of for job in jobs})  # twins drawn once
-    if not _fits(cfgs, n_members, acts, n_row_sets):
+    if not _fits(cfgs[0], n_members, acts, n_row_sets):
         return None
     return _stack(cfgs, acts, jobs_of, None, progress, "bundle")
 
@@ -162,18 +159,14 @@ def _stack(
     progress: bool,
     label: str,
 ) -> list[Trained]:
-    # A twin of rows in memory is in memory. A bundle's points share their trial block, so
-    # their surrogate twins are the same draw: drawn once, pooled once.
-    drawn: dict[tuple[str, str], TwinRows | ActivationSet] = {}
-
-    def rows_of(cfg: ExperimentConfig, job: NullJob) -> TwinRows | ActivationSet:
-        key = (job.name, cfg.trial.model_dump_json())
-        if key not in drawn:
-            drawn[key] = job.rows()
-        return drawn[key]
-
+    # A twin of rows in memory is in memory. The trials of one stack share their trial block
+    # (`stackable`), so each null's rows are the same draw for all: drawn once, pooled once.
+    drawn: dict[str, TwinRows | ActivationSet] = {}
+    for job in (job for jobs in jobs_of for job in jobs):
+        if job.name not in drawn:
+            drawn[job.name] = job.rows()
     parts = [
-        _Part(cfg, [(job, rows_of(cfg, job)) for job in jobs])
+        _Part(cfg, [(job, drawn[job.name]) for job in jobs])
         for cfg, jobs in zip(cfgs, jobs_of, strict=True)
     ]
     rows = [r for p in parts for r in p.rows(acts.train)]
@@ -183,8 +176,7 @@ def _stack(
     if pulls is not None:  # one trial's seeds pulled; its nulls never are
         pull_of = [*pulls, *([None] * (len(members) - len(pulls)))]
     first = cfgs[0]
-    each_k = None if len(set(ks)) == 1 else ks
-    trained = train_members(first.sae, first.train, rows, members, progress, label, pull_of, each_k)
+    trained = train_members(first.sae, first.train, rows, members, progress, label, pull_of, ks)
     out, at = [], 0
     for p in parts:
         n = len(p.cfg.trial.seeds)

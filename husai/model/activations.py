@@ -28,7 +28,7 @@ from transformer_lens import HookedTransformer  # noqa: TID251 (the owner)
 
 from husai.config.experiment import ActivationsConfig, ExperimentConfig, hook_layer
 from husai.core.cache import MANIFEST
-from husai.core.errors import ConfigError, InputError, first_line
+from husai.core.errors import ConfigError, InputError, described, first_line
 from husai.core.hashing import stable_hash
 from husai.model.base_model import build_model, readout_logits
 from husai.model.lm_source import ROW_FILES, read_lm_rows
@@ -246,8 +246,7 @@ def load_activations(directory: Path, key: str | None = None) -> ActivationSet:
         )
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
         raise ActivationCacheError(
-            f"{directory}: corrupt activation cache entry ({type(e).__name__}: {first_line(e)}); "
-            "delete it to recompute"
+            f"{directory}: corrupt activation cache entry ({described(e)}); delete it to recompute"
         ) from None
     if key is not None and acts.key != key:
         raise ActivationCacheError(f"{meta_path}: holds key {acts.key}, expected {key}")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: TID251
 from transformers import AutoTokenizer
 
-from husai.core.errors import ConfigError, first_line
+from husai.core.errors import ConfigError, described
 
 MODEL_CONFIG = "config.json"
 MODEL_WEIGHTS = "model.safetensors"
@@ -65,9 +65,7 @@ def _model_refused(what: str, hint: str) -> Iterator[None]:
         with quiet_constructor():
             yield
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(
-            f"activations.lm.model: {what} ({type(e).__name__}: {first_line(e)}); {hint}"
-        ) from None
+        raise ConfigError(f"activations.lm.model: {what} ({described(e)}); {hint}") from None
 
 
 @functools.cache

@@ -354,16 +354,18 @@ def find_ray_trial(
 ) -> str | None:
     """The trial run a sweep's Tune trial already recorded (a driver killed after the record
     but before Tune saved that the trial finished runs it again on --resume)."""
-    return tracker.newest_run(
-        names.EXPERIMENT_SWEEP_PREFIX + cfg.name,
-        {},
-        {
-            names.TAG_KIND: names.KIND_TRIAL,
-            names.TAG_RAY_TRIAL_ID: ray_trial_id,
-            names.TAG_CONFIG_HASH: cfg.config_hash(),
-            names.MLFLOW_PARENT_TAG: sweep_run_id,
-        },
-    )
+    tags = {names.TAG_KIND: names.KIND_TRIAL, **ray_trial_tags(cfg, ray_trial_id, sweep_run_id)}
+    return tracker.newest_run(names.EXPERIMENT_SWEEP_PREFIX + cfg.name, {}, tags)
+
+
+def ray_trial_tags(cfg: ExperimentConfig, ray_trial_id: str, sweep_run_id: str) -> dict[str, str]:
+    """The tags of every run a sweep's Tune trial writes for recipe `cfg` (a grid bundle's
+    trial writes one recipe per point)."""
+    return {
+        names.TAG_RAY_TRIAL_ID: ray_trial_id,
+        names.TAG_CONFIG_HASH: cfg.config_hash(),
+        names.MLFLOW_PARENT_TAG: sweep_run_id,
+    }
 
 
 def record_stopped_trial(

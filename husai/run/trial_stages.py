@@ -27,7 +27,7 @@ from husai import console, names
 from husai.config.experiment import ExperimentConfig
 from husai.config.loading import from_dict
 from husai.core import device as devices
-from husai.core.errors import first_line
+from husai.core.errors import described
 from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
 from husai.measure.stack import Trained, bundle_stack
@@ -230,7 +230,7 @@ def bundle_trials(
                 if on_failed is None or server_lost(tracker.uri, e) is not None:
                     raise
                 traceback.print_exc()  # to the worker's log; the sweep records the line
-                on_failed(i, f"{type(e).__name__}: {first_line(e)}")
+                on_failed(i, described(e))
                 continue
             out[i] = TrialOutcome(rec.run_id, result, rec)
             on_trial(i, out[i])

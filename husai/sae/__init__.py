@@ -1,7 +1,6 @@
 """SAEs, pure compute: construction from sae-lens training classes (`build`), the consistency
-penalty (`consistency`), seeded training seed by seed (`train`) or all seeds at once
-(the `batched` subpackage), and what training
-returns (`types`); where training runs (`devices`).
+penalty (`consistency`), seeded training seed by seed (`train`) or all seeds at once (the
+`batched` subpackage), what training returns (`types`) and where it runs (`devices`).
 
 `load_sae` is also importable from here because `husai-sae` versions registered before the
 layered layout (models-from-code wrappers, which MLflow stores with the version) import

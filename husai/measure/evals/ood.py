@@ -1,6 +1,6 @@
 """OOD stress test (docs/metrics.md, "Stress tests"): the trial's SAEs never trained on the
-shifted slice
-(pairs with both operands in the held-out top range, `activations.ood_frac`). Per seed:
+shifted slice (pairs with both operands in the held-out top range, `activations.ood_frac`).
+Per seed:
 
 - `fvu_ratio` = FVU on the shifted rows / FVU on the held-out in-distribution rows (each FVU
   over its own rows' variance): how many times worse the SAE reconstructs out of distribution.

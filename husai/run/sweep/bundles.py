@@ -23,30 +23,26 @@ BUNDLE_KEY = "points"  # never a dotted config path, so never a grid point's own
 
 
 def bundles_allowed(sweep: SweepConfig) -> bool:
-    """A grid of points only, each run once, without ASHA (a bundle stops as a whole), on the
-    CPU (stacking is the CPU's; on a GPU share a bundle would only serialise its points)."""
-    device = sweep.base_experiment().runtime.device
-    on_cpu = sweep.resources.gpu == 0 and not device.startswith("cuda")
-    return (
-        sweep.bundle
-        and on_cpu
-        and sweep.is_grid()
-        and not sweep.sampled_space()
-        and not sweep.asha.enabled
-    )
+    return sweep.bundle and _cannot_bundle(sweep) is None
 
 
 def ignored_because(sweep: SweepConfig) -> str | None:
     """Why `bundle: true` does nothing in this sweep (None: it bundles, or was not asked)."""
-    if not sweep.bundle or bundles_allowed(sweep):
-        return None
+    return _cannot_bundle(sweep) if sweep.bundle else None
+
+
+def _cannot_bundle(sweep: SweepConfig) -> str | None:
+    """A grid of points only, each run once, without ASHA (a bundle stops as a whole), on the
+    CPU (stacking is the CPU's; on a GPU share a bundle would only serialise its points)."""
     if not sweep.is_grid():
         return "it has no grid (an Optuna search keeps one trial per proposal)"
     if sweep.sampled_space():
         return "it samples dimensions beside its grid"
     if sweep.asha.enabled:
         return "ASHA stops trials one by one"
-    return "its trials run on a GPU share (stacking is the CPU's)"
+    if sweep.resources.gpu > 0 or sweep.base_experiment().runtime.device.startswith("cuda"):
+        return "its trials run on a GPU share (stacking is the CPU's)"
+    return None
 
 
 def tune_grid(sweep: SweepConfig, smoke: bool = False) -> list[dict[str, Any]]:
@@ -64,7 +60,7 @@ def tune_grid(sweep: SweepConfig, smoke: bool = False) -> list[dict[str, Any]]:
 
 def tune_trials(sweep: SweepConfig, smoke: bool = False) -> int:
     """How many Tune trials the sweep runs (bundles count once)."""
-    if sweep.is_grid() and bundles_allowed(sweep):
+    if bundles_allowed(sweep):
         return len(tune_grid(sweep, smoke))
     return sweep.n_trials(smoke)
 

@@ -16,7 +16,12 @@ from husai.config.experiment import ExperimentConfig
 from husai.config.sweep.spec import GRID_KEY, SweepConfig, sampled_params
 from husai.registry.sweep_records import SweepOutcome, record_outcome
 from husai.registry.tracking import Tracker
-from husai.registry.trial_records import TrialSource, find_ray_trial, record_stopped_trial
+from husai.registry.trial_records import (
+    TrialSource,
+    find_ray_trial,
+    ray_trial_tags,
+    record_stopped_trial,
+)
 from husai.run.sweep.bundles import is_bundle, points_of
 from husai.run.sweep.sets import SetRef, ref_for
 
@@ -107,17 +112,17 @@ def _points(
         if not run_id and ray_trial:
             cfg = sweep.trial_config(point, smoke)
             run_id = find_ray_trial(tracker, cfg, str(ray_trial), sweep_run_id) or ""
-        metrics = dict(r)
-        if str(i) in errors:
-            metrics[names.TUNE_TRIAL_ERROR] = errors[str(i)]
-        if run_id:
-            dup = i < len(dups) and dups[i] == "1"
-            metrics = {
-                **tracker.get_run_metrics(run_id),
-                names.TUNE_TRIAL_RUN_ID: run_id,
-                names.TUNE_DUPLICATE: float(dup),
-            }
-        out.append(_PointResult(metrics, {GRID_KEY: point}, None if run_id else t.error))
+        grid = {GRID_KEY: point}
+        if not run_id:  # its own error, else the bundle's report (and Tune's error) as is
+            own = {names.TUNE_TRIAL_ERROR: errors[str(i)]} if str(i) in errors else {}
+            out.append(_PointResult({**r, **own}, grid, t.error))
+            continue
+        metrics = {
+            **tracker.get_run_metrics(run_id),
+            names.TUNE_TRIAL_RUN_ID: run_id,
+            names.TUNE_DUPLICATE: float(i < len(dups) and dups[i] == "1"),
+        }
+        out.append(_PointResult(metrics, grid, None))
     return out
 
 
@@ -141,11 +146,7 @@ def record_lost_attempt(
     why = f"attempt lost, run again: {last_line(error)}"
     experiment = names.EXPERIMENT_SWEEP_PREFIX + cfg.name
     mark = {names.TAG_TRIAL_ERROR: why[:500], names.TAG_LOST_ATTEMPT: "true"}
-    mine = {
-        names.MLFLOW_PARENT_TAG: sweep_run_id,
-        names.TAG_RAY_TRIAL_ID: str(src.ray_trial_id),
-        names.TAG_CONFIG_HASH: cfg.config_hash(),
-    }
+    mine = ray_trial_tags(cfg, str(src.ray_trial_id), sweep_run_id)
     if tracker.find_runs(experiment, {}, mine):
         return None
     half = tracker.running_runs(experiment, mine)

@@ -20,7 +20,7 @@ from husai import names
 from husai.config.experiment import ExperimentConfig
 from husai.config.sweep.spec import load_sweep
 from husai.core import device as devices
-from husai.core.errors import first_line
+from husai.core.errors import described, first_line
 from husai.core.paths import cache_root
 from husai.measure.lm_splice import lm_splice
 from husai.measure.metrics import ReconMetrics
@@ -89,7 +89,7 @@ def trainable(config: dict[str, Any], ctx: SweepContext) -> None:
         # again. The traceback goes to this worker's Ray log; the sweep records the line on the
         # trial's FAILED run (husai.trial_error).
         traceback.print_exc()
-        why = f"{type(e).__name__}: {first_line(e)}"
+        why = described(e)
         if oom:
             why = (
                 f"out of GPU memory on {devices.describe(dev).name}: the trial's share is "

@@ -141,11 +141,14 @@ def select(
     d_sae, dev = w_s.shape[2], sae_in.device
     groups = k_groups(k, n_seeds)
     if len(groups) > 1:
-        runs = [
-            select(sae_in[g], w_s[g], b_s[g], norm[g], arch, kg, dead[g], k_aux[g], dt)
-            for g, kg in groups
-        ]
-        return _join([r[0] for r in runs], bsz, d_sae), _join([r[1] for r in runs], bsz, d_sae)
+        return _joined_runs(
+            [
+                select(sae_in[g], w_s[g], b_s[g], norm[g], arch, kg, dead[g], k_aux[g], dt)
+                for g, kg in groups
+            ],
+            bsz,
+            d_sae,
+        )
     k = groups[0][1]
     m = k if arch == "topk" else min(d_sae, BATCHTOPK_CANDIDATES * k)
     ka = max(k_aux)
@@ -204,6 +207,13 @@ def _dead_best(sc: torch.Tensor, dead: torch.Tensor, ka: int) -> tuple[torch.Ten
     ids); a seed with fewer dead latents gets -inf fillers."""
     scores, ids = torch.where(dead[:, None, :], sc, -torch.inf).topk(ka, dim=-1, sorted=False)
     return scores, ids
+
+
+def _joined_runs(
+    runs: list[tuple[Entries, Entries]], bsz: int, d_sae: int
+) -> tuple[Entries, Entries]:
+    """The (main, AuxK) entries of consecutive runs of members (one per k) as one stack's."""
+    return _join([r[0] for r in runs], bsz, d_sae), _join([r[1] for r in runs], bsz, d_sae)
 
 
 def _join(parts: list[Entries], bsz: int, d_sae: int) -> Entries:
@@ -284,11 +294,14 @@ def select_static(
     d_sae = w_s.shape[2]
     groups = k_groups(k, n_seeds)
     if len(groups) > 1:
-        runs = [
-            select_static(sae_in[g], w_s[g], b_s[g], norm[g], arch, kg, dead[g], ka, dt)
-            for g, kg in groups
-        ]
-        return _join([r[0] for r in runs], bsz, d_sae), _join([r[1] for r in runs], bsz, d_sae)
+        return _joined_runs(
+            [
+                select_static(sae_in[g], w_s[g], b_s[g], norm[g], arch, kg, dead[g], ka, dt)
+                for g, kg in groups
+            ],
+            bsz,
+            d_sae,
+        )
     k = groups[0][1]
     per = max(1, GPU_WHOLE_MAX_ELEMENTS // (bsz * d_sae))
     mains: list[Entries] = []

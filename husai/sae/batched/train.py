@@ -118,7 +118,8 @@ def train_seeds_batched(
         raise ValueError(f"target shape {tuple(target.shape)} != input {tuple(acts.shape)}")
     acts, target = on_active_device(acts, target)
     with deterministic():
-        return _train(sae_cfg, cfg, _Pool.of([acts]), seeds, progress, target, label, consistency)
+        pool = _Pool.of([acts] * len(seeds))
+        return _train(sae_cfg, cfg, pool, seeds, progress, target, label, consistency)
 
 
 def train_members_batched(
@@ -152,7 +153,7 @@ def train_members_batched(
 
 class _Pool:
     """The rows every member trains on: one tensor (members with their own rows pooled, each
-    with its offset and row count), or the one set all share (which may stay lazy)."""
+    with its offset), or the one set all share (which may stay lazy); each member's row count."""
 
     def __init__(self, rows: Rows, offsets: torch.Tensor | None, n_rows: list[int]) -> None:
         self.rows, self.offsets, self.n_rows = rows, offsets, n_rows
@@ -161,7 +162,7 @@ class _Pool:
     def of(cls, members: Sequence[Rows]) -> _Pool:
         unique = list({id(r): r for r in members}.values())
         if len(unique) == 1:
-            return cls(unique[0], None, [int(unique[0].shape[0])] * max(1, len(members)))
+            return cls(unique[0], None, [int(unique[0].shape[0])] * len(members))
         start, at, tensors = 0, {}, []
         for r in unique:
             if not isinstance(r, torch.Tensor):
@@ -202,9 +203,9 @@ def _train(
     dense_decode = None if dev.type == "cpu" else False
     static = static_step(dev)
     mm_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    n_rows = pool.n_rows if pool.offsets is not None else [int(acts.shape[0])] * len(streams)
     orders = [
-        BatchOrder(n, cfg.batch_size, st.data_seed) for n, st in zip(n_rows, streams, strict=True)
+        BatchOrder(n, cfg.batch_size, st.data_seed)
+        for n, st in zip(pool.n_rows, streams, strict=True)
     ]
     offsets = None if pool.offsets is None else pool.offsets.to(dev)
     n_seeds, d_sae = len(seeds), sae_cfg.d_sae
